@@ -1,0 +1,437 @@
+//! Gateway configuration: serde (camelCase), loadable from a JSON file, validated at
+//! construction with errors that name the offending field.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::alerts::{AlertRule, AlertType};
+use crate::key::MAX_NAME_LEN;
+use crate::quota::Quota;
+
+/// The largest credit amount or limit accepted anywhere (2^53 − 1), so every figure stays
+/// exact in JSON consumers that use doubles and sums cannot overflow `u64`.
+pub const MAX_AMOUNT: u64 = (1 << 53) - 1;
+
+/// The methods that pass without a key and without billing unless configured otherwise.
+pub const DEFAULT_FREE_METHODS: [&str; 7] = [
+    "initialize",
+    "notifications/initialized",
+    "initialized",
+    "ping",
+    "tools/list",
+    "resources/list",
+    "prompts/list",
+];
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The JSON is malformed or a field has the wrong type or value.
+    #[error("invalid config at '{field}': {message}")]
+    Invalid {
+        /// Dotted path of the field (`toolPricing.search.creditsPerCall`), or `(root)`.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+impl ConfigError {
+    fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Price and limits of one tool.
+///
+/// ```
+/// use paygate_mcp::ToolPricing;
+/// let p: ToolPricing = serde_json::from_str(r#"{"creditsPerCall": 2, "creditsPerKbInput": 5}"#).unwrap();
+/// assert_eq!(p.price_for_input(3 * 1024), 17);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ToolPricing {
+    /// Base credits per call.
+    #[serde(deserialize_with = "whole::de")]
+    pub credits_per_call: u64,
+    /// Calls per rolling minute per key for this tool; absent or 0 = no per-tool limit.
+    #[serde(
+        default,
+        deserialize_with = "whole::de_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub rate_limit_per_min: Option<u64>,
+    /// Surcharge per KB of arguments (compact JSON); absent or 0 = flat price.
+    #[serde(
+        default,
+        deserialize_with = "whole::de_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub credits_per_kb_input: Option<u64>,
+}
+
+/// Everything the gate needs to know. Field names follow the original product's config file.
+///
+/// ```
+/// use paygate_mcp::PayGateConfig;
+/// let cfg = PayGateConfig::from_json_str(r#"{
+///     "name": "My server",
+///     "defaultCreditsPerCall": 2,
+///     "toolPricing": {"search": {"creditsPerCall": 5, "rateLimitPerMin": 10}},
+///     "globalQuota": {"dailyCallLimit": 1000}
+/// }"#).unwrap();
+/// assert_eq!(cfg.global_rate_limit_per_min, 60);
+///
+/// let err = PayGateConfig::from_json_str(r#"{"toolPricing": {"x": {"creditsPerCall": -1}}}"#)
+///     .unwrap_err();
+/// assert!(err.to_string().contains("toolPricing.x.creditsPerCall"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct PayGateConfig {
+    /// Server name shown in discovery documents.
+    pub name: String,
+    /// Price of a tool without its own pricing.
+    #[serde(deserialize_with = "whole::de")]
+    pub default_credits_per_call: u64,
+    /// Per-tool pricing, by exact tool name.
+    pub tool_pricing: BTreeMap<String, ToolPricing>,
+    /// Calls per rolling minute per key across all tools; 0 = off.
+    #[serde(deserialize_with = "whole::de")]
+    pub global_rate_limit_per_min: u64,
+    /// JSON-RPC methods that need no key and cost nothing.
+    pub free_methods: Vec<String>,
+    /// Run every check and record it, but allow every call and charge nothing.
+    pub shadow_mode: bool,
+    /// Refund a call whose downstream answered a JSON-RPC error, 5xx, failed or timed out.
+    pub refund_on_failure: bool,
+    /// Also refund a `CallToolResult` with `isError: true`.
+    pub refund_on_tool_error: bool,
+    /// Quota for keys without their own.
+    pub global_quota: Option<Quota>,
+    /// Alert rules evaluated after every gated call.
+    pub alert_rules: Vec<AlertRule>,
+    /// Where usage and admin events are POSTed.
+    pub webhook_url: Option<String>,
+    /// Secret for the `X-PayGate-Signature` HMAC.
+    pub webhook_secret: Option<String>,
+    /// Largest request body read, in bytes.
+    #[serde(deserialize_with = "whole::de")]
+    pub max_body_bytes: u64,
+    /// How many reverse proxies in front of the gateway to trust in `X-Forwarded-For`.
+    #[serde(deserialize_with = "whole::de")]
+    pub trusted_proxy_hops: u64,
+}
+
+impl Default for PayGateConfig {
+    fn default() -> Self {
+        Self {
+            name: "PayGate MCP Server".to_string(),
+            default_credits_per_call: 1,
+            tool_pricing: BTreeMap::new(),
+            global_rate_limit_per_min: 60,
+            free_methods: DEFAULT_FREE_METHODS.iter().map(|m| m.to_string()).collect(),
+            shadow_mode: false,
+            refund_on_failure: false,
+            refund_on_tool_error: false,
+            global_quota: None,
+            alert_rules: Vec::new(),
+            webhook_url: None,
+            webhook_secret: None,
+            max_body_bytes: 1024 * 1024,
+            trusted_proxy_hops: 0,
+        }
+    }
+}
+
+impl PayGateConfig {
+    /// Parses and validates a JSON config.
+    pub fn from_json_str(text: &str) -> Result<Self, ConfigError> {
+        let de = &mut serde_json::Deserializer::from_str(text);
+        let cfg: Self = serde_path_to_error::deserialize(de).map_err(|e| {
+            let field = e.path().to_string();
+            let field = if field == "." {
+                "(root)".to_string()
+            } else {
+                field
+            };
+            ConfigError::invalid(field, e.inner().to_string())
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads, parses and validates a JSON config file.
+    pub fn from_json_file(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_json_str(&text)
+    }
+
+    /// Checks the rules serde cannot express; the error names the field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.name.trim().is_empty() || self.name.chars().count() > MAX_NAME_LEN {
+            return Err(ConfigError::invalid(
+                "name",
+                format!("must be 1 to {MAX_NAME_LEN} characters"),
+            ));
+        }
+        for tool in self.tool_pricing.keys() {
+            if tool.is_empty() || tool.chars().count() > MAX_NAME_LEN {
+                return Err(ConfigError::invalid(
+                    "toolPricing",
+                    format!("tool names must be 1 to {MAX_NAME_LEN} characters"),
+                ));
+            }
+        }
+        for (i, method) in self.free_methods.iter().enumerate() {
+            if method == "tools/call" {
+                return Err(ConfigError::invalid(
+                    format!("freeMethods[{i}]"),
+                    "tools/call cannot be free: every tool call would bypass the gate",
+                ));
+            }
+        }
+        for (i, rule) in self.alert_rules.iter().enumerate() {
+            let percent = matches!(
+                rule.rule_type,
+                AlertType::SpendingThreshold | AlertType::QuotaWarning
+            );
+            if percent && rule.threshold > 100 {
+                return Err(ConfigError::invalid(
+                    format!("alertRules[{i}].threshold"),
+                    "a percentage must be between 0 and 100",
+                ));
+            }
+        }
+        if let Some(url) = &self.webhook_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
+                return Err(ConfigError::invalid(
+                    "webhookUrl",
+                    "must be an http:// or https:// URL",
+                ));
+            }
+        }
+        if self.max_body_bytes == 0 || self.max_body_bytes > 1 << 30 {
+            return Err(ConfigError::invalid(
+                "maxBodyBytes",
+                "must be between 1 byte and 1 GiB",
+            ));
+        }
+        if self.trusted_proxy_hops > 16 {
+            return Err(ConfigError::invalid(
+                "trustedProxyHops",
+                "must be at most 16",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Sets the default price per call.
+    pub fn with_default_price(mut self, credits: u64) -> Self {
+        self.default_credits_per_call = credits;
+        self
+    }
+
+    /// Sets a tool's flat price (keeping any rate limit or per-KB surcharge it had).
+    pub fn with_tool_price(mut self, tool: &str, credits: u64) -> Self {
+        self.tool_pricing
+            .entry(tool.to_string())
+            .or_default()
+            .credits_per_call = credits;
+        self
+    }
+
+    /// Sets a tool's full pricing.
+    pub fn with_tool_pricing(mut self, tool: &str, pricing: ToolPricing) -> Self {
+        self.tool_pricing.insert(tool.to_string(), pricing);
+        self
+    }
+
+    /// Sets the per-key global rate limit (calls per rolling minute; 0 = off).
+    pub fn with_rate_limit(mut self, per_min: u64) -> Self {
+        self.global_rate_limit_per_min = per_min;
+        self
+    }
+
+    /// Sets the global quota.
+    pub fn with_global_quota(mut self, quota: Quota) -> Self {
+        self.global_quota = Some(quota);
+        self
+    }
+
+    /// Turns shadow mode on or off.
+    pub fn with_shadow_mode(mut self, on: bool) -> Self {
+        self.shadow_mode = on;
+        self
+    }
+
+    /// Turns refund-on-failure on or off.
+    pub fn with_refund_on_failure(mut self, on: bool) -> Self {
+        self.refund_on_failure = on;
+        self
+    }
+
+    /// Adds an alert rule.
+    pub fn with_alert_rule(mut self, rule: AlertRule) -> Self {
+        self.alert_rules.push(rule);
+        self
+    }
+
+    /// Sets the request body limit in bytes.
+    pub fn with_max_body_bytes(mut self, bytes: u64) -> Self {
+        self.max_body_bytes = bytes;
+        self
+    }
+
+    /// Sets how many proxy hops of `X-Forwarded-For` to trust.
+    pub fn with_trusted_proxy_hops(mut self, hops: u64) -> Self {
+        self.trusted_proxy_hops = hops;
+        self
+    }
+}
+
+/// Deserializers for whole amounts: fractional input is floored, negative input refused.
+pub(crate) mod whole {
+    use serde::{Deserialize, Deserializer};
+
+    use super::MAX_AMOUNT;
+
+    /// Converts a JSON number to a whole amount, or says why it cannot be one.
+    pub(crate) fn from_number(n: &serde_json::Number) -> Result<u64, String> {
+        if let Some(u) = n.as_u64() {
+            return if u <= MAX_AMOUNT {
+                Ok(u)
+            } else {
+                Err(format!("{u} is larger than {MAX_AMOUNT}"))
+            };
+        }
+        if n.as_i64().is_some() {
+            return Err(format!("{n} is negative; amounts must be 0 or more"));
+        }
+        match n.as_f64() {
+            Some(f) if f.is_finite() && f < 0.0 && f > -1.0 => Ok(0),
+            Some(f) if f.is_finite() && f < 0.0 => {
+                Err(format!("{n} is negative; amounts must be 0 or more"))
+            }
+            Some(f) if f.is_finite() && f.floor() <= MAX_AMOUNT as f64 => Ok(f.floor() as u64),
+            _ => Err(format!("{n} is larger than {MAX_AMOUNT}")),
+        }
+    }
+
+    pub(crate) fn de<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        let n = serde_json::Number::deserialize(d)?;
+        from_number(&n).map_err(serde::de::Error::custom)
+    }
+
+    pub(crate) fn de_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        match Option::<serde_json::Number>::deserialize(d)? {
+            None => Ok(None),
+            Some(n) => from_number(&n).map(Some).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field_of(json: &str) -> String {
+        match PayGateConfig::from_json_str(json) {
+            Err(ConfigError::Invalid { field, .. }) => field,
+            other => panic!("expected an invalid config, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_original_product() {
+        let cfg = PayGateConfig::from_json_str("{}").unwrap();
+        assert_eq!(cfg, PayGateConfig::default());
+        assert_eq!(cfg.default_credits_per_call, 1);
+        assert_eq!(cfg.global_rate_limit_per_min, 60);
+        assert_eq!(cfg.max_body_bytes, 1 << 20);
+        assert!(cfg.free_methods.iter().any(|m| m == "tools/list"));
+    }
+
+    #[test]
+    fn fractions_floor_and_negatives_name_the_field() {
+        let cfg = PayGateConfig::from_json_str(r#"{"defaultCreditsPerCall": 2.9}"#).unwrap();
+        assert_eq!(cfg.default_credits_per_call, 2);
+        assert_eq!(
+            field_of(r#"{"defaultCreditsPerCall": -2}"#),
+            "defaultCreditsPerCall"
+        );
+        assert_eq!(
+            field_of(r#"{"defaultCreditsPerCall": -0.5e3}"#),
+            "defaultCreditsPerCall"
+        );
+        assert_eq!(
+            field_of(r#"{"globalQuota": {"monthlyCreditLimit": 1e300}}"#),
+            "globalQuota.monthlyCreditLimit"
+        );
+        assert_eq!(
+            field_of(r#"{"globalRateLimitPerMin": "60"}"#),
+            "globalRateLimitPerMin"
+        );
+    }
+
+    #[test]
+    fn unknown_and_dangerous_fields_are_refused() {
+        assert_eq!(
+            field_of(r#"{"globalRateLimitPerMinute": 5}"#),
+            "globalRateLimitPerMinute"
+        );
+        assert_eq!(
+            field_of(r#"{"freeMethods": ["ping", "tools/call"]}"#),
+            "freeMethods[1]"
+        );
+        assert_eq!(
+            field_of(r#"{"alertRules": [{"type": "quota_warning", "threshold": 150}]}"#),
+            "alertRules[0].threshold"
+        );
+        assert_eq!(
+            field_of(r#"{"alertRules": [{"type": "nope", "threshold": 1}]}"#),
+            "alertRules[0].type"
+        );
+        assert_eq!(field_of(r#"{"webhookUrl": "ftp://x"}"#), "webhookUrl");
+        assert_eq!(field_of(r#"{"maxBodyBytes": 0}"#), "maxBodyBytes");
+        assert_eq!(field_of("nope"), "(root)");
+    }
+
+    #[test]
+    fn file_loading_reports_missing_files() {
+        let err = PayGateConfig::from_json_file("/nonexistent/paygate.json").unwrap_err();
+        assert!(matches!(err, ConfigError::Io { .. }));
+    }
+
+    #[test]
+    fn builder_setters_compose() {
+        let cfg = PayGateConfig::default()
+            .with_default_price(3)
+            .with_tool_price("search", 5)
+            .with_rate_limit(0)
+            .with_shadow_mode(true);
+        assert_eq!(cfg.tool_pricing["search"].credits_per_call, 5);
+        assert_eq!(cfg.global_rate_limit_per_min, 0);
+        assert!(cfg.shadow_mode);
+        cfg.validate().unwrap();
+    }
+}

@@ -1,0 +1,572 @@
+//! The gate: SPEC §3's ordered checks for one `tools/call`, as plain Rust.
+//!
+//! [`Gate::evaluate`] resolves the price, asks the store to check and charge atomically,
+//! records the usage event, feeds analytics and checks alert rules. It knows nothing of HTTP;
+//! the tower layers translate requests into [`CallRequest`]s and [`Decision`]s into responses.
+
+use std::fmt;
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+
+use serde::Serialize;
+
+use crate::alerts::{Alert, AlertContext, AlertEngine};
+use crate::analytics::AnalyticsEngine;
+use crate::clock::{ms_to_datetime, SharedClock, SystemClock};
+use crate::config::{ConfigError, PayGateConfig};
+use crate::key::{generate_key, KeyDigest, KeyRecord};
+use crate::meter::{UsageEvent, UsageMeter};
+use crate::pricing::Pricing;
+use crate::ratelimit::RateState;
+use crate::store::{
+    ChargeReceipt, ChargeRequest, KeySnapshot, KeyStore, MemoryKeyStore, StoreError,
+};
+
+/// Why a call was (or, in shadow mode, would have been) denied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DenyReason {
+    /// No key was sent.
+    MissingApiKey,
+    /// The key is unknown or revoked.
+    InvalidApiKey,
+    /// The key has expired.
+    ApiKeyExpired,
+    /// The client IP is not in the key's allowlist.
+    IpNotAllowed,
+    /// The tool is not in the key's allowed tools.
+    ToolNotAllowed,
+    /// The tool is in the key's denied tools.
+    ToolDenied,
+    /// The key's global rate window is full.
+    RateLimited,
+    /// The key's window for this tool is full.
+    ToolRateLimited,
+    /// The key has fewer credits than the price.
+    InsufficientCredits,
+    /// The call would take the key past its spending limit.
+    SpendingLimitExceeded,
+    /// Daily call quota reached.
+    DailyCallQuotaExceeded,
+    /// Monthly call quota reached.
+    MonthlyCallQuotaExceeded,
+    /// Daily credit quota would be exceeded.
+    DailyCreditQuotaExceeded,
+    /// Monthly credit quota would be exceeded.
+    MonthlyCreditQuotaExceeded,
+    /// The store could not be reached; the call fails closed.
+    StoreUnavailable,
+}
+
+/// The family of a denial, which decides its JSON-RPC error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DenyCategory {
+    /// Missing, invalid or expired key, IP not allowed (`-32002`).
+    Unauthorized,
+    /// ACL (`-32003`).
+    Forbidden,
+    /// Rate limits (`-32001`).
+    RateLimited,
+    /// Credits, spending limit, quotas (`-32402`).
+    PaymentRequired,
+    /// The gate could not decide (`-32603`).
+    Unavailable,
+}
+
+impl DenyCategory {
+    /// The JSON-RPC error code of this category.
+    pub fn jsonrpc_code(self) -> i64 {
+        match self {
+            DenyCategory::Unauthorized => -32002,
+            DenyCategory::Forbidden => -32003,
+            DenyCategory::RateLimited => -32001,
+            DenyCategory::PaymentRequired => -32402,
+            DenyCategory::Unavailable => -32603,
+        }
+    }
+
+    /// The message prefix (`Payment required`, ...).
+    pub fn label(self) -> &'static str {
+        match self {
+            DenyCategory::Unauthorized => "Unauthorized",
+            DenyCategory::Forbidden => "Forbidden",
+            DenyCategory::RateLimited => "Rate limited",
+            DenyCategory::PaymentRequired => "Payment required",
+            DenyCategory::Unavailable => "Service unavailable",
+        }
+    }
+}
+
+impl DenyReason {
+    /// The machine reason (`insufficient_credits`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DenyReason::MissingApiKey => "missing_api_key",
+            DenyReason::InvalidApiKey => "invalid_api_key",
+            DenyReason::ApiKeyExpired => "api_key_expired",
+            DenyReason::IpNotAllowed => "ip_not_allowed",
+            DenyReason::ToolNotAllowed => "tool_not_allowed",
+            DenyReason::ToolDenied => "tool_denied",
+            DenyReason::RateLimited => "rate_limited",
+            DenyReason::ToolRateLimited => "tool_rate_limited",
+            DenyReason::InsufficientCredits => "insufficient_credits",
+            DenyReason::SpendingLimitExceeded => "spending_limit_exceeded",
+            DenyReason::DailyCallQuotaExceeded => "daily_call_quota_exceeded",
+            DenyReason::MonthlyCallQuotaExceeded => "monthly_call_quota_exceeded",
+            DenyReason::DailyCreditQuotaExceeded => "daily_credit_quota_exceeded",
+            DenyReason::MonthlyCreditQuotaExceeded => "monthly_credit_quota_exceeded",
+            DenyReason::StoreUnavailable => "store_unavailable",
+        }
+    }
+
+    /// The reason's family.
+    pub fn category(self) -> DenyCategory {
+        use DenyReason::*;
+        match self {
+            MissingApiKey | InvalidApiKey | ApiKeyExpired | IpNotAllowed => {
+                DenyCategory::Unauthorized
+            }
+            ToolNotAllowed | ToolDenied => DenyCategory::Forbidden,
+            RateLimited | ToolRateLimited => DenyCategory::RateLimited,
+            InsufficientCredits
+            | SpendingLimitExceeded
+            | DailyCallQuotaExceeded
+            | MonthlyCallQuotaExceeded
+            | DailyCreditQuotaExceeded
+            | MonthlyCreditQuotaExceeded => DenyCategory::PaymentRequired,
+            StoreUnavailable => DenyCategory::Unavailable,
+        }
+    }
+
+    /// Whether this is one of the two rate-limit reasons.
+    pub fn is_rate_limit(self) -> bool {
+        matches!(self, DenyReason::RateLimited | DenyReason::ToolRateLimited)
+    }
+}
+
+impl fmt::Display for DenyReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One `tools/call` as the gate sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct CallRequest<'a> {
+    /// The API key sent, if any.
+    pub api_key: Option<&'a str>,
+    /// The tool called (exact name).
+    pub tool: &'a str,
+    /// Size of the arguments as compact JSON (see [`crate::compact_json_len`]).
+    pub input_bytes: usize,
+    /// The client's IP, when known.
+    pub client_ip: Option<IpAddr>,
+}
+
+impl<'a> CallRequest<'a> {
+    /// A call to `tool` with `api_key`, no arguments and no known IP.
+    pub fn new(api_key: &'a str, tool: &'a str) -> Self {
+        Self {
+            api_key: Some(api_key),
+            tool,
+            input_bytes: 0,
+            client_ip: None,
+        }
+    }
+
+    /// Sets the client IP.
+    pub fn from_ip(mut self, ip: IpAddr) -> Self {
+        self.client_ip = Some(ip);
+        self
+    }
+
+    /// Sets the arguments' compact-JSON size.
+    pub fn with_input_bytes(mut self, bytes: usize) -> Self {
+        self.input_bytes = bytes;
+        self
+    }
+}
+
+/// The gate's answer for one call.
+#[derive(Debug)]
+pub struct Decision {
+    /// Whether the call may go to the tool.
+    pub allowed: bool,
+    /// True when shadow mode let through a call that `reason` would have denied.
+    pub shadow: bool,
+    /// Why the call was denied (or would have been, in shadow mode).
+    pub reason: Option<DenyReason>,
+    /// Human detail for the reason (`need 5, have 2`).
+    pub detail: String,
+    /// The tool called.
+    pub tool: String,
+    /// The call's price.
+    pub credits_required: u64,
+    /// Credits actually deducted.
+    pub credits_charged: u64,
+    /// The key's balance afterwards, when the key is known.
+    pub remaining_credits: Option<u64>,
+    /// Seconds until a rate-limited call could pass.
+    pub retry_after_secs: Option<u64>,
+    /// The rate window the response headers report.
+    pub rate: Option<RateState>,
+    /// Needed to refund the charge.
+    pub receipt: Option<ChargeReceipt>,
+    /// The key's state afterwards, when the key is known.
+    pub key: Option<KeySnapshot>,
+    /// Alerts this call fired.
+    pub alerts: Vec<Alert>,
+    /// True the first time this key was seen expired (emit `key.expired`).
+    pub key_expired: bool,
+}
+
+impl Decision {
+    /// `<Category>: <reason>: <detail>`, e.g. `Payment required: insufficient_credits: need 5, have 2`.
+    pub fn message(&self) -> String {
+        match self.reason {
+            Some(r) if self.detail.is_empty() => format!("{}: {}", r.category().label(), r),
+            Some(r) => format!("{}: {}: {}", r.category().label(), r, self.detail),
+            None => "allowed".to_string(),
+        }
+    }
+}
+
+/// Why a key could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    /// The store refused or failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The OS random source failed.
+    #[error("cannot generate a key: {0}")]
+    Random(String),
+    /// The input is not acceptable.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The gate over a store `S` (in memory by default).
+///
+/// ```
+/// use paygate_mcp::{CallRequest, DenyReason, Gate, ManualClock, MemoryKeyStore, PayGateConfig};
+/// use std::sync::Arc;
+///
+/// let clock = Arc::new(ManualClock::at_ms(1_700_000_000_000));
+/// let cfg = PayGateConfig::default().with_tool_price("search", 5);
+/// let gate = Gate::with_store(cfg, MemoryKeyStore::new(), clock.clone()).unwrap();
+/// let key = gate.create_key_blocking("alice", 7).unwrap();
+///
+/// let first = gate.evaluate_blocking(&CallRequest::new(&key, "search"));
+/// assert!(first.allowed);
+/// assert_eq!(first.remaining_credits, Some(2));
+///
+/// let second = gate.evaluate_blocking(&CallRequest::new(&key, "search"));
+/// assert_eq!(second.reason, Some(DenyReason::InsufficientCredits));
+/// assert_eq!(second.message(), "Payment required: insufficient_credits: need 5, have 2");
+/// ```
+pub struct Gate<S = MemoryKeyStore> {
+    store: S,
+    config: PayGateConfig,
+    pricing: Pricing,
+    clock: SharedClock,
+    alerts: AlertEngine,
+    analytics: AnalyticsEngine,
+    meter: UsageMeter,
+}
+
+impl<S> fmt::Debug for Gate<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Gate")
+            .field("name", &self.config.name)
+            .finish()
+    }
+}
+
+impl Gate<MemoryKeyStore> {
+    /// A gate over a fresh in-memory store and the system clock.
+    pub fn new(config: PayGateConfig) -> Result<Self, ConfigError> {
+        Self::with_store(config, MemoryKeyStore::new(), Arc::new(SystemClock))
+    }
+}
+
+impl<S: KeyStore> Gate<S> {
+    /// A gate over `store`, reading time from `clock`. Refuses an invalid config.
+    pub fn with_store(
+        config: PayGateConfig,
+        store: S,
+        clock: SharedClock,
+    ) -> Result<Self, ConfigError> {
+        config.validate()?;
+        Ok(Self {
+            pricing: Pricing::from_config(&config),
+            alerts: AlertEngine::new(config.alert_rules.clone(), clock.clone()),
+            analytics: AnalyticsEngine::new(clock.clone()),
+            meter: UsageMeter::default(),
+            store,
+            config,
+            clock,
+        })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+    /// The config the gate was built with.
+    pub fn config(&self) -> &PayGateConfig {
+        &self.config
+    }
+    /// The price list.
+    pub fn pricing(&self) -> &Pricing {
+        &self.pricing
+    }
+    /// The clock.
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
+    }
+    /// The alert engine.
+    pub fn alerts(&self) -> &AlertEngine {
+        &self.alerts
+    }
+    /// The analytics engine.
+    pub fn analytics(&self) -> &AnalyticsEngine {
+        &self.analytics
+    }
+    /// Recent usage events.
+    pub fn meter(&self) -> &UsageMeter {
+        &self.meter
+    }
+
+    /// Whether `method` passes without a key and without billing.
+    pub fn is_free_method(&self, method: &str) -> bool {
+        self.config.free_methods.iter().any(|m| m == method)
+    }
+
+    /// Creates a key with `credits` and returns the plaintext key (shown once).
+    pub async fn create_key(&self, name: &str, credits: u64) -> Result<String, GateError> {
+        let key = generate_key().map_err(|e| GateError::Random(e.to_string()))?;
+        self.import_key(&key, name, credits).await?;
+        Ok(key)
+    }
+
+    /// Stores an existing plaintext key (e.g. migrated from another gateway).
+    pub async fn import_key(&self, key: &str, name: &str, credits: u64) -> Result<(), GateError> {
+        if key.len() < 16 || key.len() > 256 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(GateError::Invalid(
+                "a key must be 16 to 256 printable ASCII characters".into(),
+            ));
+        }
+        if credits > crate::config::MAX_AMOUNT {
+            return Err(GateError::Invalid("credits too large".into()));
+        }
+        let rec = KeyRecord::new(key, name, credits, self.clock.now_ms());
+        self.store.insert(rec).await?;
+        Ok(())
+    }
+
+    /// Runs SPEC §3 for one `tools/call`: decide, charge atomically, record, alert.
+    pub async fn evaluate(&self, call: &CallRequest<'_>) -> Decision {
+        let now_ms = self.clock.now_ms();
+        let price = self.pricing.price(call.tool, call.input_bytes);
+        let outcome = match call.api_key.filter(|k| !k.is_empty()) {
+            None => Err(DenyReason::MissingApiKey),
+            Some(key) => {
+                let req = ChargeRequest {
+                    key: KeyDigest::of(key),
+                    tool: call.tool,
+                    price,
+                    client_ip: call.client_ip,
+                    now_ms,
+                    global_rate_limit: self.config.global_rate_limit_per_min,
+                    tool_rate_limit: self.pricing.tool_rate_limit(call.tool),
+                    global_quota: self.config.global_quota,
+                    shadow: self.config.shadow_mode,
+                };
+                self.store
+                    .charge(&req)
+                    .await
+                    .map_err(|_| DenyReason::StoreUnavailable)
+            }
+        };
+        let shadow = self.config.shadow_mode;
+        let mut decision = match outcome {
+            Err(reason) => Decision {
+                allowed: false,
+                shadow: false,
+                reason: Some(reason),
+                detail: match reason {
+                    DenyReason::MissingApiKey => "no API key was sent".into(),
+                    _ => "the key store did not answer; nothing was charged".into(),
+                },
+                tool: call.tool.to_string(),
+                credits_required: price,
+                credits_charged: 0,
+                remaining_credits: None,
+                retry_after_secs: None,
+                rate: None,
+                receipt: None,
+                key: None,
+                alerts: Vec::new(),
+                key_expired: false,
+            },
+            Ok(out) => {
+                let detail = out
+                    .denial
+                    .map(|r| {
+                        self.detail(r, call, price, out.snapshot.as_ref(), out.retry_after_secs)
+                    })
+                    .unwrap_or_default();
+                let allowed = out.denial.is_none() || shadow;
+                Decision {
+                    allowed,
+                    shadow: shadow && out.denial.is_some(),
+                    reason: out.denial,
+                    detail,
+                    tool: call.tool.to_string(),
+                    credits_required: price,
+                    credits_charged: out.receipt.as_ref().map_or(0, |r| r.credits),
+                    remaining_credits: out.snapshot.as_ref().map(|s| s.credits),
+                    retry_after_secs: out.retry_after_secs,
+                    rate: out.rate,
+                    receipt: out.receipt,
+                    key: out.snapshot,
+                    alerts: Vec::new(),
+                    key_expired: out.newly_expired,
+                }
+            }
+        };
+        self.record_usage(&decision, now_ms);
+        if let Some(snap) = &decision.key {
+            let ctx = AlertContext {
+                rate_limit_denied: decision.reason.is_some_and(DenyReason::is_rate_limit),
+            };
+            decision.alerts = self.alerts.check(snap, ctx);
+        }
+        decision
+    }
+
+    /// Undoes a charge exactly. Returns the key's state afterwards (`None` when it is gone).
+    pub async fn refund(&self, receipt: ChargeReceipt) -> Result<Option<KeySnapshot>, StoreError> {
+        self.store.refund(receipt, self.clock.now_ms()).await
+    }
+
+    fn record_usage(&self, d: &Decision, now_ms: i64) {
+        let deny_reason = d.reason.map(|r| {
+            if d.shadow {
+                format!("shadow:{r}")
+            } else {
+                r.as_str().to_string()
+            }
+        });
+        let event = UsageEvent {
+            timestamp: ms_to_datetime(now_ms),
+            api_key: d
+                .key
+                .as_ref()
+                .map_or_else(String::new, |k| k.key_masked.clone()),
+            key_name: d.key.as_ref().map_or_else(String::new, |k| k.name.clone()),
+            tool: d.tool.clone(),
+            credits_charged: d.credits_charged,
+            allowed: d.allowed,
+            deny_reason,
+            duration_ms: None,
+        };
+        self.analytics.record(&event);
+        self.meter.record(event);
+    }
+
+    fn detail(
+        &self,
+        reason: DenyReason,
+        call: &CallRequest<'_>,
+        price: u64,
+        snap: Option<&KeySnapshot>,
+        retry: Option<u64>,
+    ) -> String {
+        let tool = call.tool;
+        match (reason, snap) {
+            (DenyReason::InsufficientCredits, Some(s)) => {
+                format!("need {price}, have {}", s.credits)
+            }
+            (DenyReason::SpendingLimitExceeded, Some(s)) => format!(
+                "spent {} of a {} credit limit, call costs {price}",
+                s.total_spent, s.spending_limit
+            ),
+            (DenyReason::RateLimited, _) => format!(
+                "{} calls per minute; retry in {}s",
+                self.config.global_rate_limit_per_min,
+                retry.unwrap_or(1)
+            ),
+            (DenyReason::ToolRateLimited, _) => format!(
+                "{} calls per minute to {tool}; retry in {}s",
+                self.pricing.tool_rate_limit(tool),
+                retry.unwrap_or(1)
+            ),
+            (DenyReason::ToolNotAllowed, _) => format!("{tool} is not in this key's allowed tools"),
+            (DenyReason::ToolDenied, _) => format!("{tool} is denied for this key"),
+            (DenyReason::IpNotAllowed, _) => match call.client_ip {
+                Some(ip) => format!("{ip} is not in this key's IP allowlist"),
+                None => "client IP unknown and this key has an IP allowlist".into(),
+            },
+            (DenyReason::ApiKeyExpired, Some(s)) => match s.expires_at_ms {
+                Some(ms) => format!("expired at {}", ms_to_datetime(ms).to_rfc3339()),
+                None => "expired".into(),
+            },
+            (DenyReason::InvalidApiKey, _) => "unknown or revoked API key".into(),
+            (quota, Some(s)) if quota.category() == DenyCategory::PaymentRequired => {
+                match s.quota.and_then(|q| q.highest_usage(&s.quota_usage)) {
+                    Some(level) => format!(
+                        "{} used {} of {}, call costs {price}",
+                        level.dimension, level.used, level.limit
+                    ),
+                    None => String::new(),
+                }
+            }
+            _ => String::new(),
+        }
+    }
+}
+
+impl Gate<MemoryKeyStore> {
+    /// [`Gate::evaluate`] without an async runtime (the memory store never waits).
+    pub fn evaluate_blocking(&self, call: &CallRequest<'_>) -> Decision {
+        block_on(self.evaluate(call))
+    }
+
+    /// [`Gate::create_key`] without an async runtime.
+    pub fn create_key_blocking(&self, name: &str, credits: u64) -> Result<String, GateError> {
+        block_on(self.create_key(name, credits))
+    }
+
+    /// [`Gate::refund`] without an async runtime.
+    pub fn refund_blocking(&self, receipt: ChargeReceipt) -> Option<KeySnapshot> {
+        block_on(self.refund(receipt)).ok().flatten()
+    }
+}
+
+/// Runs a future to completion on the current thread, parking while it waits. For the
+/// in-memory store's always-ready futures and for tests without a runtime.
+///
+/// ```
+/// assert_eq!(paygate_mcp::block_on(async { 1 + 1 }), 2);
+/// ```
+pub fn block_on<F: Future>(future: F) -> F::Output {
+    struct Unparker(std::thread::Thread);
+    impl Wake for Unparker {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unparker(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut future = pin!(future);
+    loop {
+        match future.as_mut().poll(&mut cx) {
+            Poll::Ready(out) => return out,
+            Poll::Pending => std::thread::park(),
+        }
+    }
+}

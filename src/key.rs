@@ -1,0 +1,350 @@
+//! API keys and their records.
+//!
+//! A key is `pg_` followed by 48 lowercase hex digits from the operating system's CSPRNG. It is
+//! shown to its owner once; stores keep only its SHA-256 [`KeyDigest`] and a masked display
+//! form, so a dump of a state file or of Redis lets nobody in.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use chrono::{DateTime, Utc};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::quota::{Quota, QuotaUsage};
+
+/// The prefix every generated key starts with.
+pub const KEY_PREFIX: &str = "pg_";
+/// Number of random bytes in a key (48 hex digits).
+const KEY_RANDOM_BYTES: usize = 24;
+
+/// The most tags one key may carry.
+pub const MAX_TAGS: usize = 50;
+/// The longest tag name or value, in characters.
+pub const MAX_TAG_LEN: usize = 100;
+/// The most entries in an allowed/denied tool list or an IP allowlist.
+pub const MAX_LIST_LEN: usize = 1_000;
+/// The longest key name or tool name, in characters.
+pub const MAX_NAME_LEN: usize = 200;
+
+/// Generates a new API key: `pg_` + 48 lowercase hex digits from the OS CSPRNG.
+///
+/// ```
+/// let key = paygate_mcp::generate_key().unwrap();
+/// assert!(key.starts_with("pg_") && key.len() == 51);
+/// ```
+pub fn generate_key() -> Result<String, getrandom::Error> {
+    let mut bytes = [0u8; KEY_RANDOM_BYTES];
+    getrandom::fill(&mut bytes)?;
+    Ok(format!("{KEY_PREFIX}{}", hex::encode(bytes)))
+}
+
+/// Masks a key for display: its first 7 and last 4 characters.
+///
+/// ```
+/// assert_eq!(
+///     paygate_mcp::mask_key("pg_0123456789abcdef0123456789abcdef0123456789abcdef"),
+///     "pg_0123...cdef"
+/// );
+/// ```
+pub fn mask_key(key: &str) -> String {
+    let chars: Vec<char> = key.chars().collect();
+    if chars.len() <= 11 {
+        // Too short to reveal anything safely.
+        return "***".to_string();
+    }
+    let head: String = chars[..7].iter().collect();
+    let tail: String = chars[chars.len() - 4..].iter().collect();
+    format!("{head}...{tail}")
+}
+
+/// The SHA-256 digest of an API key: how every store identifies a key at rest.
+///
+/// ```
+/// use paygate_mcp::KeyDigest;
+/// let d = KeyDigest::of("pg_example");
+/// assert_eq!(d, KeyDigest::of("pg_example"));
+/// assert_ne!(d, KeyDigest::of("pg_Example"));
+/// assert_eq!(KeyDigest::from_hex(&d.to_hex()), Some(d));
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyDigest(pub [u8; 32]);
+
+impl KeyDigest {
+    /// Digests a plaintext key.
+    pub fn of(key: &str) -> Self {
+        Self(Sha256::digest(key.as_bytes()).into())
+    }
+
+    /// Lowercase hex form (64 digits).
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// Parses the 64-digit hex form.
+    pub fn from_hex(text: &str) -> Option<Self> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(text, &mut out).ok()?;
+        Some(Self(out))
+    }
+}
+
+impl fmt::Debug for KeyDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyDigest({}…)", &self.to_hex()[..12])
+    }
+}
+
+impl Serialize for KeyDigest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for KeyDigest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Self::from_hex(&text)
+            .ok_or_else(|| serde::de::Error::custom("keyHash must be 64 hex digits"))
+    }
+}
+
+/// Everything a store keeps about one API key. The plaintext key is not part of it.
+///
+/// ```
+/// use paygate_mcp::KeyRecord;
+/// let rec = KeyRecord::new("pg_0123456789abcdef0123456789abcdef0123456789abcdef", "demo", 100, 0);
+/// assert_eq!(rec.key_masked, "pg_0123...cdef");
+/// assert!(rec.permits_tool("anything"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyRecord {
+    /// SHA-256 of the key.
+    pub key_hash: KeyDigest,
+    /// Display form of the key (first 7 + last 4 characters).
+    pub key_masked: String,
+    /// Owner-chosen label.
+    pub name: String,
+    /// Credits left.
+    pub credits: u64,
+    /// Credits spent over the key's life (refunds subtract).
+    pub total_spent: u64,
+    /// Allowed calls over the key's life (refunds subtract).
+    pub total_calls: u64,
+    /// When the key was created.
+    pub created_at: DateTime<Utc>,
+    /// When the key last made an allowed call.
+    pub last_used_at: Option<DateTime<Utc>>,
+    /// False once revoked.
+    pub active: bool,
+    /// Cap on `total_spent`; 0 = unlimited.
+    pub spending_limit: u64,
+    /// Tools the key may call; empty = all.
+    pub allowed_tools: Vec<String>,
+    /// Tools the key may never call.
+    pub denied_tools: Vec<String>,
+    /// When the key stops working; `None` = never.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Per-key quota; `None` = the global quota applies.
+    pub quota: Option<Quota>,
+    /// Free-form labels for external systems.
+    pub tags: BTreeMap<String, String>,
+    /// Client IPs or networks the key may be used from; empty = any.
+    pub ip_allowlist: Vec<IpNet>,
+    /// Quota counters and the UTC day and month they belong to.
+    pub quota_usage: QuotaUsage,
+    /// Whether the `key.expired` event has been emitted for the current expiry.
+    #[serde(default)]
+    pub expiry_notified: bool,
+}
+
+impl KeyRecord {
+    /// A fresh, active record for `key` with `credits`, created at `now_ms`.
+    pub fn new(key: &str, name: &str, credits: u64, now_ms: i64) -> Self {
+        Self {
+            key_hash: KeyDigest::of(key),
+            key_masked: mask_key(key),
+            name: name.to_string(),
+            credits,
+            total_spent: 0,
+            total_calls: 0,
+            created_at: crate::clock::ms_to_datetime(now_ms),
+            last_used_at: None,
+            active: true,
+            spending_limit: 0,
+            allowed_tools: Vec::new(),
+            denied_tools: Vec::new(),
+            expires_at: None,
+            quota: None,
+            tags: BTreeMap::new(),
+            ip_allowlist: Vec::new(),
+            quota_usage: QuotaUsage::default(),
+            expiry_notified: false,
+        }
+    }
+
+    /// Whether the key has expired at `now_ms` (exact to the millisecond).
+    pub fn is_expired_at(&self, now_ms: i64) -> bool {
+        self.expires_at
+            .is_some_and(|t| now_ms >= t.timestamp_millis())
+    }
+
+    /// Whether the ACL lets this key call `tool` (exact, case-sensitive names).
+    pub fn permits_tool(&self, tool: &str) -> bool {
+        self.acl_denial(tool).is_none()
+    }
+
+    /// Which ACL rule refuses `tool`, if any.
+    pub(crate) fn acl_denial(&self, tool: &str) -> Option<crate::gate::DenyReason> {
+        use crate::gate::DenyReason;
+        if !self.allowed_tools.is_empty() && !self.allowed_tools.iter().any(|t| t == tool) {
+            return Some(DenyReason::ToolNotAllowed);
+        }
+        if self.denied_tools.iter().any(|t| t == tool) {
+            return Some(DenyReason::ToolDenied);
+        }
+        None
+    }
+
+    /// Whether a call from `ip` satisfies the allowlist. An unknown IP never satisfies a
+    /// non-empty allowlist.
+    pub fn permits_ip(&self, ip: Option<IpAddr>) -> bool {
+        if self.ip_allowlist.is_empty() {
+            return true;
+        }
+        let Some(ip) = ip else { return false };
+        let ip = canonical_ip(ip);
+        self.ip_allowlist.iter().any(|net| net.contains(&ip))
+    }
+
+    /// Credits left before the spending limit is reached; `None` when unlimited.
+    pub fn remaining_budget(&self) -> Option<u64> {
+        (self.spending_limit > 0).then(|| self.spending_limit.saturating_sub(self.total_spent))
+    }
+}
+
+/// Maps IPv4-mapped IPv6 addresses (`::ffff:1.2.3.4`) to plain IPv4 so allowlists match
+/// however the socket reported the peer.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    }
+}
+
+/// Parses an allowlist entry: an exact IPv4/IPv6 address or a CIDR network.
+///
+/// ```
+/// let net = paygate_mcp::parse_ip_entry("10.0.0.0/8").unwrap();
+/// assert!(net.contains(&"10.1.2.3".parse::<std::net::IpAddr>().unwrap()));
+/// assert!(paygate_mcp::parse_ip_entry("10.0.0.0/33").is_err());
+/// ```
+pub fn parse_ip_entry(text: &str) -> Result<IpNet, String> {
+    let text = text.trim();
+    if let Ok(net) = text.parse::<IpNet>() {
+        return Ok(net.trunc());
+    }
+    match text.parse::<IpAddr>() {
+        Ok(ip) => Ok(IpNet::from(canonical_ip(ip))),
+        Err(_) => Err(format!("'{text}' is not an IP address or CIDR network")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_are_distinct_lowercase_hex() {
+        let a = generate_key().unwrap();
+        let b = generate_key().unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 51);
+        assert!(a[3..]
+            .chars()
+            .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)));
+    }
+
+    #[test]
+    fn record_holds_no_plaintext_key() {
+        let key = generate_key().unwrap();
+        let rec = KeyRecord::new(&key, "n", 5, 0);
+        let json = serde_json::to_string(&rec).unwrap();
+        assert!(!json.contains(&key));
+        assert!(!json.contains(&key[7..47]));
+        assert!(json.contains(&rec.key_hash.to_hex()));
+    }
+
+    #[test]
+    fn masking_short_input_reveals_nothing() {
+        assert_eq!(mask_key("pg_short"), "***");
+        assert_eq!(mask_key(""), "***");
+        // Multi-byte input does not panic on a char boundary.
+        assert_eq!(mask_key("ééééééééééééé"), "ééééééé...éééé");
+    }
+
+    #[test]
+    fn acl_is_exact_and_case_sensitive() {
+        let mut rec = KeyRecord::new("pg_xxxxxxxxxxxxxxxxxxxx", "n", 5, 0);
+        rec.allowed_tools = vec!["search".into()];
+        assert!(rec.permits_tool("search"));
+        assert!(!rec.permits_tool("Search"));
+        assert!(!rec.permits_tool("search "));
+        rec.allowed_tools.clear();
+        rec.denied_tools = vec!["admin".into()];
+        assert!(!rec.permits_tool("admin"));
+        assert!(rec.permits_tool("ADMIN"));
+    }
+
+    #[test]
+    fn ip_allowlist_exact_cidr_v4_v6_and_mapped() {
+        let mut rec = KeyRecord::new("pg_xxxxxxxxxxxxxxxxxxxx", "n", 5, 0);
+        assert!(rec.permits_ip(None));
+        rec.ip_allowlist = vec![
+            parse_ip_entry("192.168.1.10").unwrap(),
+            parse_ip_entry("10.0.0.0/8").unwrap(),
+            parse_ip_entry("2001:db8::/32").unwrap(),
+        ];
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        assert!(rec.permits_ip(ip("192.168.1.10")));
+        assert!(!rec.permits_ip(ip("192.168.1.11")));
+        assert!(rec.permits_ip(ip("10.200.0.1")));
+        assert!(rec.permits_ip(ip("::ffff:10.1.1.1")));
+        assert!(rec.permits_ip(ip("2001:db8::1")));
+        assert!(!rec.permits_ip(ip("2001:db9::1")));
+        assert!(!rec.permits_ip(None));
+    }
+
+    #[test]
+    fn bad_ip_entries_are_refused() {
+        for bad in [
+            "",
+            "10.0.0",
+            "10.0.0.0/40",
+            "::/200",
+            "host.example",
+            "1.2.3.4/-1",
+        ] {
+            assert!(parse_ip_entry(bad).is_err(), "{bad}");
+        }
+        // Host bits are dropped so the stored form is canonical.
+        assert_eq!(
+            parse_ip_entry("10.1.2.3/8").unwrap().to_string(),
+            "10.0.0.0/8"
+        );
+    }
+
+    #[test]
+    fn expiry_is_exact_to_the_millisecond() {
+        let mut rec = KeyRecord::new("pg_xxxxxxxxxxxxxxxxxxxx", "n", 5, 0);
+        rec.expires_at = Some(crate::clock::ms_to_datetime(10_000));
+        assert!(!rec.is_expired_at(9_999));
+        assert!(rec.is_expired_at(10_000));
+    }
+}

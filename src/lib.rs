@@ -1,0 +1,57 @@
+//! # paygate-mcp
+//!
+//! Charge for, meter, rate-limit and watch the use of an MCP server.
+//!
+//! The crate's core works as plain structs with no HTTP: a [`Gate`] over a [`KeyStore`]
+//! decides each `tools/call` in the order of the product spec (key, expiry, IP allowlist, ACL,
+//! rate limits, credits, spending limit, quotas) and charges it as one atomic step.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use paygate_mcp::{CallRequest, DenyReason, Gate, ManualClock, MemoryKeyStore, PayGateConfig};
+//!
+//! let clock = Arc::new(ManualClock::at_ms(1_700_000_000_000));
+//! let cfg = PayGateConfig::default().with_tool_price("search", 2).with_rate_limit(2);
+//! let gate = Gate::with_store(cfg, MemoryKeyStore::new(), clock.clone()).unwrap();
+//! let key = gate.create_key_blocking("alice", 100).unwrap();
+//!
+//! assert!(gate.evaluate_blocking(&CallRequest::new(&key, "search")).allowed);
+//! assert!(gate.evaluate_blocking(&CallRequest::new(&key, "search")).allowed);
+//! let third = gate.evaluate_blocking(&CallRequest::new(&key, "search"));
+//! assert_eq!(third.reason, Some(DenyReason::RateLimited));
+//! assert_eq!(third.retry_after_secs, Some(60));
+//!
+//! clock.advance_secs(60); // the rolling window moves on
+//! let later = gate.evaluate_blocking(&CallRequest::new(&key, "search"));
+//! assert!(later.allowed);
+//! assert_eq!(later.remaining_credits, Some(94));
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod alerts;
+pub mod analytics;
+pub mod clock;
+pub mod config;
+pub mod gate;
+pub mod key;
+pub mod meter;
+pub mod pricing;
+pub mod quota;
+pub mod ratelimit;
+pub mod store;
+
+pub use alerts::{Alert, AlertContext, AlertEngine, AlertRule, AlertType};
+pub use analytics::AnalyticsEngine;
+pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
+pub use config::{ConfigError, PayGateConfig, ToolPricing};
+pub use gate::{block_on, CallRequest, Decision, DenyCategory, DenyReason, Gate, GateError};
+pub use key::{generate_key, mask_key, parse_ip_entry, KeyDigest, KeyRecord};
+pub use meter::{UsageEvent, UsageMeter};
+pub use pricing::{compact_json_len, Pricing, PricingModel, ToolPriceTag};
+pub use quota::{Quota, QuotaLevel, QuotaUsage};
+pub use ratelimit::{RateState, RateWindow};
+pub use store::{
+    ChargeOutcome, ChargeReceipt, ChargeRequest, KeyPage, KeySnapshot, KeyStore, KeyUpdate,
+    MemoryKeyStore, StoreError, StoreStats,
+};

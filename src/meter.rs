@@ -1,0 +1,98 @@
+//! Usage events: one per gate decision, kept in a bounded ring for export and fed to the
+//! analytics engine.
+
+use std::collections::VecDeque;
+
+use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+/// One gate decision, as reported by `/usage`, webhooks and analytics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageEvent {
+    /// When the decision was made.
+    pub timestamp: DateTime<Utc>,
+    /// The key's display form (never the key itself).
+    pub api_key: String,
+    /// The key's name (empty for unknown keys).
+    pub key_name: String,
+    /// The tool called.
+    pub tool: String,
+    /// Credits charged (0 when denied, in shadow mode, or after a refund).
+    pub credits_charged: u64,
+    /// Whether the call was let through.
+    pub allowed: bool,
+    /// The machine reason for a denial; `shadow:<reason>` for a shadow-mode would-be denial.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deny_reason: Option<String>,
+    /// How long the downstream took, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+}
+
+/// A bounded, thread-safe ring of the most recent usage events.
+///
+/// ```
+/// use paygate_mcp::{UsageMeter, UsageEvent};
+/// let meter = UsageMeter::with_capacity(2);
+/// for tool in ["a", "b", "c"] {
+///     meter.record(UsageEvent {
+///         timestamp: chrono::Utc::now(), api_key: "pg_1234...abcd".into(), key_name: "k".into(),
+///         tool: tool.into(), credits_charged: 1, allowed: true, deny_reason: None, duration_ms: None,
+///     });
+/// }
+/// let tools: Vec<_> = meter.since(None).into_iter().map(|e| e.tool).collect();
+/// assert_eq!(tools, ["b", "c"]);
+/// ```
+#[derive(Debug)]
+pub struct UsageMeter {
+    events: Mutex<VecDeque<UsageEvent>>,
+    capacity: usize,
+}
+
+impl Default for UsageMeter {
+    fn default() -> Self {
+        Self::with_capacity(10_000)
+    }
+}
+
+impl UsageMeter {
+    /// A ring holding at most `capacity` events (at least 1).
+    pub fn with_capacity(capacity: usize) -> Self {
+        let capacity = capacity.max(1);
+        Self {
+            events: Mutex::new(VecDeque::with_capacity(capacity.min(1024))),
+            capacity,
+        }
+    }
+
+    /// Appends an event, dropping the oldest when full.
+    pub fn record(&self, event: UsageEvent) {
+        let mut events = self.events.lock();
+        if events.len() == self.capacity {
+            events.pop_front();
+        }
+        events.push_back(event);
+    }
+
+    /// Events at or after `since` (all when `None`), oldest first.
+    pub fn since(&self, since: Option<DateTime<Utc>>) -> Vec<UsageEvent> {
+        let events = self.events.lock();
+        events
+            .iter()
+            .filter(|e| since.is_none_or(|s| e.timestamp >= s))
+            .cloned()
+            .collect()
+    }
+
+    /// Events held now.
+    pub fn len(&self) -> usize {
+        self.events.lock().len()
+    }
+
+    /// Whether no event is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

@@ -1,0 +1,457 @@
+//! The embedded default store: keys in memory, sharded so threads working on different keys
+//! never wait for each other.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::{ready, Ready};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+
+use super::{
+    ChargeOutcome, ChargeReceipt, ChargeRequest, KeyPage, KeySnapshot, KeyStore, KeyUpdate,
+    StoreError, StoreStats,
+};
+use crate::clock::ms_to_datetime;
+use crate::gate::DenyReason;
+use crate::key::{KeyDigest, KeyRecord};
+use crate::ratelimit::{KeyWindows, WINDOW_MS};
+
+/// Shards are chosen by the digest's first byte, so iterating shards in order walks keys in
+/// digest order: listing needs no merge.
+const SHARDS: usize = 64;
+
+/// Digests are uniformly random already: hashing their first 8 bytes is enough.
+#[derive(Default)]
+struct DigestHasher(u64);
+
+impl Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8).take(1) {
+            let mut buf = [0u8; 8];
+            buf[..chunk.len()].copy_from_slice(chunk);
+            self.0 ^= u64::from_le_bytes(buf);
+        }
+    }
+}
+
+type WindowMap = HashMap<KeyDigest, Box<KeyWindows>, BuildHasherDefault<DigestHasher>>;
+
+#[derive(Default)]
+struct Shard {
+    keys: BTreeMap<KeyDigest, KeyRecord>,
+    /// Rate windows of keys with calls in the last minute only.
+    windows: WindowMap,
+    last_sweep_ms: i64,
+}
+
+impl Shard {
+    /// Frees the windows of keys idle for a minute; runs at most once a minute per shard.
+    fn sweep_windows(&mut self, now_ms: i64) {
+        if now_ms - self.last_sweep_ms < WINDOW_MS {
+            return;
+        }
+        self.last_sweep_ms = now_ms;
+        self.windows.retain(|_, w| !w.is_idle(now_ms));
+    }
+}
+
+/// Keys, balances, quota counters and rate windows in process memory.
+///
+/// ```
+/// use paygate_mcp::{KeyRecord, KeyStore, MemoryKeyStore};
+/// # paygate_mcp::block_on(async {
+/// let store = MemoryKeyStore::new();
+/// let rec = KeyRecord::new("pg_0123456789abcdef0123456789abcdef0123456789abcdef", "demo", 10, 0);
+/// store.insert(rec.clone()).await.unwrap();
+/// assert_eq!(store.get(&rec.key_hash).await.unwrap().unwrap().credits, 10);
+/// assert_eq!(store.stats().await.unwrap().total_credits, 10);
+/// # });
+/// ```
+pub struct MemoryKeyStore {
+    shards: Box<[Mutex<Shard>]>,
+    total_keys: AtomicU64,
+    active_keys: AtomicU64,
+    total_credits: AtomicU64,
+}
+
+impl Default for MemoryKeyStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for MemoryKeyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryKeyStore")
+            .field("stats", &self.stats_now())
+            .finish()
+    }
+}
+
+/// What one record adds to the store-wide aggregates.
+fn contribution(rec: &KeyRecord) -> (u64, u64) {
+    if rec.active {
+        (1, rec.credits)
+    } else {
+        (0, 0)
+    }
+}
+
+impl MemoryKeyStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            total_keys: AtomicU64::new(0),
+            active_keys: AtomicU64::new(0),
+            total_credits: AtomicU64::new(0),
+        }
+    }
+
+    fn shard(&self, key: &KeyDigest) -> &Mutex<Shard> {
+        &self.shards[usize::from(key.0[0]) * SHARDS / 256]
+    }
+
+    fn adjust(&self, before: (u64, u64), after: (u64, u64)) {
+        let apply = |counter: &AtomicU64, old: u64, new: u64| {
+            if new >= old {
+                counter.fetch_add(new - old, Ordering::Relaxed);
+            } else {
+                counter.fetch_sub(old - new, Ordering::Relaxed);
+            }
+        };
+        apply(&self.active_keys, before.0, after.0);
+        apply(&self.total_credits, before.1, after.1);
+    }
+
+    /// Runs `f` on one record under its shard lock, keeping the aggregates in step.
+    fn with_record<T>(
+        &self,
+        key: &KeyDigest,
+        f: impl FnOnce(&mut KeyRecord, &mut Shard) -> T,
+    ) -> Option<T> {
+        let mut guard = self.shard(key).lock();
+        let shard = &mut *guard;
+        let mut rec = shard.keys.remove(key)?;
+        let before = contribution(&rec);
+        let out = f(&mut rec, shard);
+        self.adjust(before, contribution(&rec));
+        shard.keys.insert(*key, rec);
+        Some(out)
+    }
+
+    fn stats_now(&self) -> StoreStats {
+        StoreStats {
+            total_keys: self.total_keys.load(Ordering::Relaxed),
+            active_keys: self.active_keys.load(Ordering::Relaxed),
+            total_credits: self.total_credits.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Every record, shard by shard (for snapshots). Each shard is locked only while copied.
+    pub fn export(&self) -> Vec<KeyRecord> {
+        self.shards
+            .iter()
+            .flat_map(|s| s.lock().keys.values().cloned().collect::<Vec<_>>())
+            .collect()
+    }
+
+    /// Frees the rate windows of every key idle for a minute. Charges do this by themselves,
+    /// at most once a minute per shard; call it to reclaim memory sooner.
+    pub fn sweep_idle_windows(&self, now_ms: i64) {
+        for shard in self.shards.iter() {
+            let mut s = shard.lock();
+            s.last_sweep_ms = i64::MIN / 2;
+            s.sweep_windows(now_ms);
+        }
+    }
+
+    /// Number of keys currently holding rate-window memory.
+    pub fn keys_with_windows(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().windows.len()).sum()
+    }
+
+    fn charge_now(&self, req: &ChargeRequest<'_>) -> ChargeOutcome {
+        let denied = |reason, snapshot| ChargeOutcome {
+            denial: Some(reason),
+            retry_after_secs: None,
+            snapshot,
+            rate: None,
+            receipt: None,
+            newly_expired: false,
+        };
+        let mut guard = self.shard(&req.key).lock();
+        let shard = &mut *guard;
+        shard.sweep_windows(req.now_ms);
+        let Some(rec) = shard.keys.get_mut(&req.key) else {
+            return denied(DenyReason::InvalidApiKey, None);
+        };
+        let snap = |rec: &KeyRecord| Some(KeySnapshot::of(rec, req.now_ms, req.global_quota));
+        if !rec.active {
+            return denied(DenyReason::InvalidApiKey, snap(rec));
+        }
+        if rec.is_expired_at(req.now_ms) {
+            let newly_expired = !rec.expiry_notified;
+            rec.expiry_notified = true;
+            return ChargeOutcome {
+                newly_expired,
+                ..denied(DenyReason::ApiKeyExpired, snap(rec))
+            };
+        }
+        if !rec.permits_ip(req.client_ip) {
+            return denied(DenyReason::IpNotAllowed, snap(rec));
+        }
+        if let Some(reason) = rec.acl_denial(req.tool) {
+            return denied(reason, snap(rec));
+        }
+
+        // Rate windows, then credits, spending limit and quotas: the first failure is the
+        // reason. In shadow mode evaluation continues to the end and nothing is applied.
+        let mut first: Option<(DenyReason, Option<u64>)> = None;
+        let limited = req.global_rate_limit > 0 || req.tool_rate_limit > 0;
+        let mut windows = limited.then(|| shard.windows.entry(req.key).or_default());
+        if let Some(w) = windows.as_deref_mut() {
+            if req.global_rate_limit > 0 {
+                if let Err(retry) = w.global.check(req.global_rate_limit, req.now_ms) {
+                    first.get_or_insert((DenyReason::RateLimited, Some(retry)));
+                }
+            }
+            if req.tool_rate_limit > 0 {
+                if let Err(retry) = w.tool_mut(req.tool).check(req.tool_rate_limit, req.now_ms) {
+                    first.get_or_insert((DenyReason::ToolRateLimited, Some(retry)));
+                }
+            }
+        }
+        let usage = rec.quota_usage.rolled(req.now_ms);
+        if rec.credits < req.price {
+            first.get_or_insert((DenyReason::InsufficientCredits, None));
+        }
+        if rec.spending_limit > 0 && rec.total_spent.saturating_add(req.price) > rec.spending_limit
+        {
+            first.get_or_insert((DenyReason::SpendingLimitExceeded, None));
+        }
+        if let Some(reason) = rec
+            .quota
+            .or(req.global_quota)
+            .and_then(|q| q.check(&usage, req.price))
+        {
+            first.get_or_insert((reason, None));
+        }
+        let (denial, retry_after_secs) = first.map_or((None, None), |(r, t)| (Some(r), t));
+
+        let mut receipt = None;
+        if denial.is_none() && !req.shadow {
+            if let Some(w) = windows.as_deref_mut() {
+                if req.global_rate_limit > 0 {
+                    w.global.record(req.now_ms);
+                }
+                if req.tool_rate_limit > 0 {
+                    w.tool_mut(req.tool).record(req.now_ms);
+                }
+            }
+            let before = contribution(rec);
+            rec.credits -= req.price;
+            rec.total_spent = rec.total_spent.saturating_add(req.price);
+            rec.total_calls = rec.total_calls.saturating_add(1);
+            rec.quota_usage = usage;
+            rec.quota_usage.add(req.price, req.now_ms);
+            rec.last_used_at = Some(ms_to_datetime(req.now_ms));
+            self.adjust(before, contribution(rec));
+            receipt = Some(ChargeReceipt {
+                key: req.key,
+                credits: req.price,
+                day: rec.quota_usage.day,
+                month: rec.quota_usage.month,
+            });
+        }
+
+        // Headers report the window after this call: the tool's when it has one.
+        let mut rate = None;
+        let mut idle = false;
+        if let Some(w) = windows {
+            rate = if req.tool_rate_limit > 0 {
+                Some(w.tool_mut(req.tool).state(req.tool_rate_limit, req.now_ms))
+            } else {
+                Some(w.global.state(req.global_rate_limit, req.now_ms))
+            };
+            idle = w.is_idle(req.now_ms);
+        }
+        if idle {
+            shard.windows.remove(&req.key);
+        }
+        ChargeOutcome {
+            denial,
+            retry_after_secs,
+            snapshot: snap(rec),
+            rate,
+            receipt,
+            newly_expired: false,
+        }
+    }
+}
+
+// Ready futures (rather than `impl Future`) let callers that know the store skip a runtime.
+#[allow(refining_impl_trait)]
+impl KeyStore for MemoryKeyStore {
+    fn charge(&self, req: &ChargeRequest<'_>) -> Ready<Result<ChargeOutcome, StoreError>> {
+        ready(Ok(self.charge_now(req)))
+    }
+
+    fn refund(
+        &self,
+        receipt: ChargeReceipt,
+        now_ms: i64,
+    ) -> Ready<Result<Option<KeySnapshot>, StoreError>> {
+        let out = self.with_record(&receipt.key, |rec, _| {
+            rec.credits = rec.credits.saturating_add(receipt.credits);
+            rec.total_spent = rec.total_spent.saturating_sub(receipt.credits);
+            rec.total_calls = rec.total_calls.saturating_sub(1);
+            rec.quota_usage
+                .remove(receipt.credits, receipt.day, receipt.month);
+            KeySnapshot::of(rec, now_ms, None)
+        });
+        ready(Ok(out))
+    }
+
+    fn insert(&self, record: KeyRecord) -> Ready<Result<(), StoreError>> {
+        let mut shard = self.shard(&record.key_hash).lock();
+        if shard.keys.contains_key(&record.key_hash) {
+            return ready(Err(StoreError::Duplicate));
+        }
+        self.adjust((0, 0), contribution(&record));
+        self.total_keys.fetch_add(1, Ordering::Relaxed);
+        shard.keys.insert(record.key_hash, record);
+        ready(Ok(()))
+    }
+
+    fn get(&self, key: &KeyDigest) -> Ready<Result<Option<KeyRecord>, StoreError>> {
+        ready(Ok(self.shard(key).lock().keys.get(key).cloned()))
+    }
+
+    fn update(
+        &self,
+        key: &KeyDigest,
+        change: &KeyUpdate,
+    ) -> Ready<Result<Option<KeyRecord>, StoreError>> {
+        let out = self.with_record(key, |rec, _| {
+            change.apply(rec)?;
+            Ok(rec.clone())
+        });
+        ready(out.transpose())
+    }
+
+    fn rotate(
+        &self,
+        old: &KeyDigest,
+        new_key: KeyDigest,
+        new_masked: String,
+    ) -> Ready<Result<Option<KeyRecord>, StoreError>> {
+        // Lock both shards in index order so concurrent rotations cannot deadlock.
+        let (a, b) = (self.shard(old), self.shard(&new_key));
+        let same = std::ptr::eq(a, b);
+        let a_first = (a as *const _ as usize) <= (b as *const _ as usize);
+        let (mut first, second) = if same {
+            (a.lock(), None)
+        } else if a_first {
+            let g = a.lock();
+            (g, Some(b.lock()))
+        } else {
+            let g2 = b.lock();
+            let g1 = a.lock();
+            (g1, Some(g2))
+        };
+        let new_taken = match &second {
+            Some(s) => s.keys.contains_key(&new_key),
+            None => first.keys.contains_key(&new_key),
+        };
+        if new_taken {
+            return ready(Err(StoreError::Duplicate));
+        }
+        match first.keys.get(old) {
+            Some(rec) if rec.active => {}
+            _ => return ready(Ok(None)),
+        }
+        let Some(mut rec) = first.keys.remove(old) else {
+            return ready(Ok(None));
+        };
+        let windows = first.windows.remove(old);
+        rec.key_hash = new_key;
+        rec.key_masked = new_masked;
+        let out = rec.clone();
+        let target = match second {
+            Some(mut s) => {
+                s.keys.insert(new_key, rec);
+                if let Some(w) = windows {
+                    s.windows.insert(new_key, w);
+                }
+                return ready(Ok(Some(out)));
+            }
+            None => &mut first,
+        };
+        target.keys.insert(new_key, rec);
+        if let Some(w) = windows {
+            target.windows.insert(new_key, w);
+        }
+        ready(Ok(Some(out)))
+    }
+
+    fn list(&self, after: Option<KeyDigest>, limit: usize) -> Ready<Result<KeyPage, StoreError>> {
+        use std::ops::Bound;
+        let limit = limit.max(1);
+        let mut keys = Vec::with_capacity(limit.min(1024));
+        let start = after.map_or(0, |k| usize::from(k.0[0]) * SHARDS / 256);
+        let mut more = false;
+        for shard in &self.shards[start..] {
+            let shard = shard.lock();
+            let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+            for rec in shard.keys.range((lower, Bound::Unbounded)).map(|(_, r)| r) {
+                if keys.len() == limit {
+                    more = true;
+                    break;
+                }
+                keys.push(rec.clone());
+            }
+            if more {
+                break;
+            }
+        }
+        let next_cursor = if more {
+            keys.last().map(|r| r.key_hash)
+        } else {
+            None
+        };
+        ready(Ok(KeyPage {
+            keys,
+            next_cursor,
+            total: self.total_keys.load(Ordering::Relaxed),
+        }))
+    }
+
+    fn search_by_tags(
+        &self,
+        tags: &BTreeMap<String, String>,
+        limit: usize,
+    ) -> Ready<Result<Vec<KeyRecord>, StoreError>> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard.lock();
+            for rec in shard.keys.values() {
+                if out.len() >= limit {
+                    return ready(Ok(out));
+                }
+                if tags.iter().all(|(k, v)| rec.tags.get(k) == Some(v)) {
+                    out.push(rec.clone());
+                }
+            }
+        }
+        ready(Ok(out))
+    }
+
+    fn stats(&self) -> Ready<Result<StoreStats, StoreError>> {
+        ready(Ok(self.stats_now()))
+    }
+}

@@ -1,0 +1,328 @@
+//! The seam for state: every backend (in memory, Redis) implements [`KeyStore`].
+//!
+//! The store owns the one operation that must be atomic, [`KeyStore::charge`]: it checks a
+//! key (steps 2–9 of the gate) and, when every check passes, deducts credits and counts the
+//! call everywhere (step 10) in one indivisible step, so no interleaving of callers, threads
+//! or processes can overspend a key or exceed a limit.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::IpAddr;
+
+use chrono::{DateTime, Utc};
+use ipnet::IpNet;
+
+use crate::gate::DenyReason;
+use crate::key::{KeyDigest, KeyRecord};
+use crate::quota::{Quota, QuotaUsage};
+use crate::ratelimit::RateState;
+
+pub mod memory;
+
+pub use memory::MemoryKeyStore;
+
+/// Why a store operation failed (as opposed to a key being denied).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend cannot be reached or did not answer in time.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A key with this digest already exists.
+    #[error("a key with this digest already exists")]
+    Duplicate,
+    /// An update would leave the record invalid.
+    #[error("{0}")]
+    Invalid(String),
+    /// The backend holds data it cannot read.
+    #[error("corrupt store data: {0}")]
+    Corrupt(String),
+}
+
+/// Everything the store needs to decide and charge one `tools/call` atomically.
+#[derive(Debug, Clone)]
+pub struct ChargeRequest<'a> {
+    /// The caller's key.
+    pub key: KeyDigest,
+    /// The tool being called.
+    pub tool: &'a str,
+    /// Credits the call costs.
+    pub price: u64,
+    /// The caller's IP, when known.
+    pub client_ip: Option<IpAddr>,
+    /// The time of the call.
+    pub now_ms: i64,
+    /// Per-key calls per rolling minute across tools; 0 = off.
+    pub global_rate_limit: u64,
+    /// Per-key calls per rolling minute for this tool; 0 = off.
+    pub tool_rate_limit: u64,
+    /// Quota for keys without their own.
+    pub global_quota: Option<Quota>,
+    /// Evaluate every check but apply nothing.
+    pub shadow: bool,
+}
+
+/// The state of a key after a charge, refund or denial: what alerts, events and response
+/// headers need, without the whole record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeySnapshot {
+    /// The key's digest.
+    pub key: KeyDigest,
+    /// Owner-chosen label.
+    pub name: String,
+    /// Display form of the key.
+    pub key_masked: String,
+    /// Credits left.
+    pub credits: u64,
+    /// Credits spent over the key's life.
+    pub total_spent: u64,
+    /// Allowed calls over the key's life.
+    pub total_calls: u64,
+    /// Spending cap; 0 = unlimited.
+    pub spending_limit: u64,
+    /// Expiry in epoch milliseconds.
+    pub expires_at_ms: Option<i64>,
+    /// The quota in force (the key's own, else the global one).
+    pub quota: Option<Quota>,
+    /// Quota counters, rolled to the time of the snapshot.
+    pub quota_usage: QuotaUsage,
+}
+
+impl KeySnapshot {
+    /// Snapshot of `rec` at `now_ms` with `global_quota` as fallback.
+    pub fn of(rec: &KeyRecord, now_ms: i64, global_quota: Option<Quota>) -> Self {
+        Self {
+            key: rec.key_hash,
+            name: rec.name.clone(),
+            key_masked: rec.key_masked.clone(),
+            credits: rec.credits,
+            total_spent: rec.total_spent,
+            total_calls: rec.total_calls,
+            spending_limit: rec.spending_limit,
+            expires_at_ms: rec.expires_at.map(|t| t.timestamp_millis()),
+            quota: rec.quota.or(global_quota),
+            quota_usage: rec.quota_usage.rolled(now_ms),
+        }
+    }
+}
+
+/// Proof that a call was charged, needed to refund it. It can be used once: refunding
+/// consumes it, so a refund can never return credits that were not charged.
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "a receipt is the only way to refund the charge"]
+pub struct ChargeReceipt {
+    /// The key charged.
+    pub key: KeyDigest,
+    /// Credits charged.
+    pub credits: u64,
+    /// UTC day the quota counters counted the call on.
+    pub day: i64,
+    /// UTC month the quota counters counted the call in.
+    pub month: i64,
+}
+
+/// The outcome of [`KeyStore::charge`].
+#[derive(Debug)]
+pub struct ChargeOutcome {
+    /// `None` when allowed; the first failing check otherwise (in shadow mode the call is
+    /// still allowed and this says what would have denied it).
+    pub denial: Option<DenyReason>,
+    /// Seconds until a rate-limited call could pass.
+    pub retry_after_secs: Option<u64>,
+    /// The key's state after the operation; `None` when the key is unknown.
+    pub snapshot: Option<KeySnapshot>,
+    /// The window the headers report (the tool's when it has one, else the global one).
+    pub rate: Option<RateState>,
+    /// Present when credits were actually deducted.
+    pub receipt: Option<ChargeReceipt>,
+    /// True the first time a call meets this key expired (emit `key.expired` once).
+    pub newly_expired: bool,
+}
+
+/// Aggregates kept up to date as keys change, so reading them costs the same at any size.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Keys stored, active or not.
+    pub total_keys: u64,
+    /// Keys not revoked (expired keys included until they are revoked).
+    pub active_keys: u64,
+    /// Sum of the credits of active keys.
+    pub total_credits: u64,
+}
+
+/// One page of a key listing, in a stable order.
+#[derive(Debug, Clone, Default)]
+pub struct KeyPage {
+    /// The records on this page.
+    pub keys: Vec<KeyRecord>,
+    /// Pass as `after` to get the next page; `None` on the last page.
+    pub next_cursor: Option<KeyDigest>,
+    /// Keys in the store.
+    pub total: u64,
+}
+
+/// A change to one key, applied atomically by [`KeyStore::update`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum KeyUpdate {
+    /// Adds credits.
+    TopUp(u64),
+    /// Deactivates the key for good.
+    Revoke,
+    /// Replaces the allowed and denied tool lists.
+    SetAcl {
+        /// Tools the key may call; empty = all.
+        allowed_tools: Vec<String>,
+        /// Tools the key may never call.
+        denied_tools: Vec<String>,
+    },
+    /// Sets or removes the expiry.
+    SetExpiry(Option<DateTime<Utc>>),
+    /// Sets the key's own quota, or removes it (`None`) to fall back to the global one.
+    SetQuota(Option<Quota>),
+    /// Merges tags; a `None` value deletes the tag.
+    MergeTags(BTreeMap<String, Option<String>>),
+    /// Replaces the IP allowlist.
+    SetIpAllowlist(Vec<IpNet>),
+    /// Sets the spending limit (0 = unlimited).
+    SetSpendingLimit(u64),
+}
+
+impl KeyUpdate {
+    /// Applies the update to `rec`, refusing it (and leaving `rec` unchanged) when the result
+    /// would break a bound. Every store applies updates through this one function.
+    pub fn apply(&self, rec: &mut KeyRecord) -> Result<(), StoreError> {
+        use crate::config::MAX_AMOUNT;
+        use crate::key::{MAX_LIST_LEN, MAX_TAGS, MAX_TAG_LEN};
+        match self {
+            KeyUpdate::TopUp(credits) => {
+                let sum = rec.credits.saturating_add(*credits);
+                if sum > MAX_AMOUNT {
+                    return Err(StoreError::Invalid(format!(
+                        "balance would exceed {MAX_AMOUNT} credits"
+                    )));
+                }
+                rec.credits = sum;
+            }
+            KeyUpdate::Revoke => rec.active = false,
+            KeyUpdate::SetAcl {
+                allowed_tools,
+                denied_tools,
+            } => {
+                if allowed_tools.len() > MAX_LIST_LEN || denied_tools.len() > MAX_LIST_LEN {
+                    return Err(StoreError::Invalid(format!(
+                        "tool lists hold at most {MAX_LIST_LEN} names"
+                    )));
+                }
+                rec.allowed_tools = allowed_tools.clone();
+                rec.denied_tools = denied_tools.clone();
+            }
+            KeyUpdate::SetExpiry(at) => {
+                rec.expires_at = *at;
+                rec.expiry_notified = false;
+            }
+            KeyUpdate::SetQuota(q) => rec.quota = *q,
+            KeyUpdate::MergeTags(changes) => {
+                let mut tags = rec.tags.clone();
+                for (k, v) in changes {
+                    if k.is_empty() || k.chars().count() > MAX_TAG_LEN {
+                        return Err(StoreError::Invalid(format!(
+                            "tag names must be 1 to {MAX_TAG_LEN} characters"
+                        )));
+                    }
+                    match v {
+                        Some(v) if v.chars().count() > MAX_TAG_LEN => {
+                            return Err(StoreError::Invalid(format!(
+                                "tag values must be at most {MAX_TAG_LEN} characters"
+                            )))
+                        }
+                        Some(v) => {
+                            tags.insert(k.clone(), v.clone());
+                        }
+                        None => {
+                            tags.remove(k);
+                        }
+                    }
+                }
+                if tags.len() > MAX_TAGS {
+                    return Err(StoreError::Invalid(format!(
+                        "a key holds at most {MAX_TAGS} tags"
+                    )));
+                }
+                rec.tags = tags;
+            }
+            KeyUpdate::SetIpAllowlist(nets) => {
+                if nets.len() > MAX_LIST_LEN {
+                    return Err(StoreError::Invalid(format!(
+                        "an IP allowlist holds at most {MAX_LIST_LEN} entries"
+                    )));
+                }
+                rec.ip_allowlist = nets.clone();
+            }
+            KeyUpdate::SetSpendingLimit(limit) => rec.spending_limit = *limit,
+        }
+        Ok(())
+    }
+}
+
+/// Where keys, balances, quota counters and rate windows live.
+///
+/// Methods return `Send` futures so a networked backend fits; the in-memory store answers
+/// with ready futures, so its hot path pays no allocation or boxing. The gate is generic over
+/// the store rather than holding a `dyn KeyStore`.
+pub trait KeyStore: Send + Sync + 'static {
+    /// Steps 2–10 of the gate as one atomic operation: check the key and, when every check
+    /// passes and `req.shadow` is false, deduct and count the call.
+    fn charge(
+        &self,
+        req: &ChargeRequest<'_>,
+    ) -> impl Future<Output = Result<ChargeOutcome, StoreError>> + Send;
+
+    /// Undoes a charge exactly (credits, totalSpent, totalCalls, quota counters). Returns the
+    /// key's state afterwards, or `None` when the key no longer exists.
+    fn refund(
+        &self,
+        receipt: ChargeReceipt,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<Option<KeySnapshot>, StoreError>> + Send;
+
+    /// Stores a new key.
+    fn insert(&self, record: KeyRecord) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Reads one key.
+    fn get(
+        &self,
+        key: &KeyDigest,
+    ) -> impl Future<Output = Result<Option<KeyRecord>, StoreError>> + Send;
+
+    /// Applies one change atomically; `None` when the key is unknown.
+    fn update(
+        &self,
+        key: &KeyDigest,
+        change: &KeyUpdate,
+    ) -> impl Future<Output = Result<Option<KeyRecord>, StoreError>> + Send;
+
+    /// Moves all of `old`'s state to a new key (`new_key`, `new_masked`); `old` stops working
+    /// at once. `None` when `old` is unknown or revoked.
+    fn rotate(
+        &self,
+        old: &KeyDigest,
+        new_key: KeyDigest,
+        new_masked: String,
+    ) -> impl Future<Output = Result<Option<KeyRecord>, StoreError>> + Send;
+
+    /// Up to `limit` keys after `after` in the store's stable order.
+    fn list(
+        &self,
+        after: Option<KeyDigest>,
+        limit: usize,
+    ) -> impl Future<Output = Result<KeyPage, StoreError>> + Send;
+
+    /// Keys whose tags contain every pair in `tags`, at most `limit`.
+    fn search_by_tags(
+        &self,
+        tags: &BTreeMap<String, String>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<KeyRecord>, StoreError>> + Send;
+
+    /// Aggregates over all keys, in constant time.
+    fn stats(&self) -> impl Future<Output = Result<StoreStats, StoreError>> + Send;
+}
