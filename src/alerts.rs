@@ -1,9 +1,19 @@
 //! Alerts: rules evaluated after every gated call, with per-key cooldowns and a bounded queue
 //! of pending alerts.
 
-use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::clock::{ms_to_datetime, SharedClock};
 use crate::config::whole;
+use crate::key::KeyDigest;
+use crate::store::KeySnapshot;
 
 /// What an alert rule watches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -79,13 +89,36 @@ impl AlertRule {
     }
 }
 
+/// How far back `rate_limit_spike` counts denials.
+pub const SPIKE_WINDOW_MS: i64 = 5 * 60 * 1000;
+/// Default bound of the pending-alert queue.
+pub const DEFAULT_MAX_PENDING: usize = 1_000;
+/// Denials remembered per key for spike detection; more than any sane threshold.
+const MAX_DENIALS_PER_KEY: usize = 10_000;
+/// Size at which the cooldown and denial maps are pruned of stale entries.
+const PRUNE_AT: usize = 50_000;
+
 /// A fired alert.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Alert {
     /// The rule type that fired.
     #[serde(rename = "type")]
     pub alert_type: AlertType,
+    /// When it fired.
+    pub timestamp: DateTime<Utc>,
+    /// The key's display form.
+    pub key_prefix: String,
+    /// The key's name.
+    pub key_name: String,
+    /// What happened, for people.
+    pub message: String,
+    /// The rule's threshold.
+    pub threshold: u64,
+    /// The value that crossed it (percent to one decimal, credits, seconds or a count).
+    pub current_value: f64,
+    /// Type-specific details.
+    pub metadata: serde_json::Value,
 }
 
 /// Facts about the call being checked that the key snapshot does not hold.
@@ -95,16 +128,472 @@ pub struct AlertContext {
     pub rate_limit_denied: bool,
 }
 
-/// Evaluates alert rules.
-pub struct AlertEngine {}
+/// Evaluates alert rules after each gated call, with a cooldown per rule type per key, and
+/// queues what fires until [`AlertEngine::consume`] takes it.
+///
+/// ```
+/// use std::sync::Arc;
+/// use paygate_mcp::{AlertContext, AlertEngine, AlertRule, AlertType, KeyRecord, KeySnapshot, ManualClock};
+///
+/// let clock = Arc::new(ManualClock::at_ms(1_700_000_000_000));
+/// let engine = AlertEngine::new(vec![AlertRule::new(AlertType::CreditsLow, 10)], clock.clone());
+/// let rec = KeyRecord::new("pg_0123456789abcdef0123456789abcdef0123456789abcdef", "bob", 5, 0);
+/// let snap = KeySnapshot::of(&rec, 0, None);
+///
+/// assert_eq!(engine.check(&snap, AlertContext::default()).len(), 1);
+/// assert!(engine.check(&snap, AlertContext::default()).is_empty()); // cooling down
+/// clock.advance_secs(300);
+/// assert_eq!(engine.check(&snap, AlertContext::default()).len(), 1);
+/// assert_eq!(engine.consume().len(), 2);
+/// assert_eq!(engine.pending_count(), 0);
+/// ```
+pub struct AlertEngine {
+    rules: RwLock<Arc<[AlertRule]>>,
+    has_rules: AtomicBool,
+    clock: SharedClock,
+    dry_run: bool,
+    max_pending: usize,
+    cooldowns: Mutex<HashMap<(AlertType, KeyDigest), i64>>,
+    denials: Mutex<HashMap<KeyDigest, VecDeque<i64>>>,
+    pending: Mutex<VecDeque<Alert>>,
+    dropped: AtomicU64,
+}
+
+impl std::fmt::Debug for AlertEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlertEngine")
+            .field("rules", &self.rules())
+            .field("dry_run", &self.dry_run)
+            .finish()
+    }
+}
 
 impl AlertEngine {
-    /// An engine with `rules`.
-    pub fn new(_rules: Vec<AlertRule>, _clock: crate::clock::SharedClock) -> Self {
-        Self {}
+    /// An engine with `rules`, reading time from `clock`.
+    pub fn new(rules: Vec<AlertRule>, clock: SharedClock) -> Self {
+        Self {
+            has_rules: AtomicBool::new(!rules.is_empty()),
+            rules: RwLock::new(rules.into()),
+            clock,
+            dry_run: false,
+            max_pending: DEFAULT_MAX_PENDING,
+            cooldowns: Mutex::new(HashMap::new()),
+            denials: Mutex::new(HashMap::new()),
+            pending: Mutex::new(VecDeque::new()),
+            dropped: AtomicU64::new(0),
+        }
     }
-    /// Checks rules.
-    pub fn check(&self, _snap: &crate::store::KeySnapshot, _ctx: AlertContext) -> Vec<Alert> {
-        Vec::new()
+
+    /// In dry-run mode alerts are evaluated and returned but never queued.
+    pub fn with_dry_run(mut self, dry_run: bool) -> Self {
+        self.dry_run = dry_run;
+        self
+    }
+
+    /// Bounds the pending queue (at least 1); the oldest alert is dropped when it is full.
+    pub fn with_max_pending(mut self, max: usize) -> Self {
+        self.max_pending = max.max(1);
+        self
+    }
+
+    /// Replaces the rules.
+    pub fn set_rules(&self, rules: Vec<AlertRule>) {
+        self.has_rules.store(!rules.is_empty(), Ordering::Release);
+        *self.rules.write() = rules.into();
+    }
+
+    /// The rules in force.
+    pub fn rules(&self) -> Vec<AlertRule> {
+        self.rules.read().to_vec()
+    }
+
+    /// Takes every pending alert, oldest first.
+    pub fn consume(&self) -> Vec<Alert> {
+        self.pending.lock().drain(..).collect()
+    }
+
+    /// Alerts waiting to be consumed.
+    pub fn pending_count(&self) -> usize {
+        self.pending.lock().len()
+    }
+
+    /// Alerts dropped because the queue was full.
+    pub fn dropped_count(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Evaluates every rule against a key's state after a gated call; returns what fired.
+    pub fn check(&self, snap: &KeySnapshot, ctx: AlertContext) -> Vec<Alert> {
+        if !self.has_rules.load(Ordering::Acquire) {
+            return Vec::new();
+        }
+        let rules = self.rules.read().clone();
+        let now_ms = self.clock.now_ms();
+        let spike_rule = rules
+            .iter()
+            .any(|r| r.rule_type == AlertType::RateLimitSpike);
+        let recent_denials = if ctx.rate_limit_denied && spike_rule {
+            self.count_denial(snap.key, now_ms)
+        } else {
+            0
+        };
+        let mut fired = Vec::new();
+        for rule in rules.iter() {
+            let Some((value, message, metadata)) =
+                evaluate(rule, snap, now_ms, ctx, recent_denials)
+            else {
+                continue;
+            };
+            if !self.take_cooldown(rule, snap.key, now_ms) {
+                continue;
+            }
+            fired.push(Alert {
+                alert_type: rule.rule_type,
+                timestamp: ms_to_datetime(now_ms),
+                key_prefix: snap.key_masked.clone(),
+                key_name: snap.name.clone(),
+                message,
+                threshold: rule.threshold,
+                current_value: value,
+                metadata,
+            });
+        }
+        if !fired.is_empty() && !self.dry_run {
+            let mut pending = self.pending.lock();
+            for alert in &fired {
+                if pending.len() >= self.max_pending {
+                    pending.pop_front();
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                pending.push_back(alert.clone());
+            }
+        }
+        fired
+    }
+
+    /// Starts the rule's cooldown for this key unless one is running; false when it is.
+    fn take_cooldown(&self, rule: &AlertRule, key: KeyDigest, now_ms: i64) -> bool {
+        let cooldown_ms =
+            i64::try_from(rule.cooldown_secs().saturating_mul(1000)).unwrap_or(i64::MAX);
+        let mut cooldowns = self.cooldowns.lock();
+        if let Some(&last) = cooldowns.get(&(rule.rule_type, key)) {
+            if now_ms.saturating_sub(last) < cooldown_ms {
+                return false;
+            }
+        }
+        if cooldowns.len() >= PRUNE_AT {
+            let longest = self
+                .rules
+                .read()
+                .iter()
+                .map(|r| r.cooldown_secs().saturating_mul(1000))
+                .max()
+                .unwrap_or(0);
+            let longest = i64::try_from(longest).unwrap_or(i64::MAX);
+            cooldowns.retain(|_, last| now_ms.saturating_sub(*last) < longest);
+        }
+        cooldowns.insert((rule.rule_type, key), now_ms);
+        true
+    }
+
+    /// Remembers a rate-limit denial and returns how many the key had in the spike window.
+    fn count_denial(&self, key: KeyDigest, now_ms: i64) -> u64 {
+        let cutoff = now_ms - SPIKE_WINDOW_MS;
+        let mut denials = self.denials.lock();
+        if denials.len() >= PRUNE_AT && !denials.contains_key(&key) {
+            denials.retain(|_, d| d.back().is_some_and(|&t| t > cutoff));
+        }
+        let list = denials.entry(key).or_default();
+        while list.front().is_some_and(|&t| t <= cutoff) {
+            list.pop_front();
+        }
+        if list.len() >= MAX_DENIALS_PER_KEY {
+            list.pop_front();
+        }
+        list.push_back(now_ms);
+        list.len() as u64
+    }
+}
+
+fn one_decimal(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+/// Whether `rule` fires for `snap`: the current value, a message and metadata.
+fn evaluate(
+    rule: &AlertRule,
+    snap: &KeySnapshot,
+    now_ms: i64,
+    ctx: AlertContext,
+    recent_denials: u64,
+) -> Option<(f64, String, serde_json::Value)> {
+    let name = &snap.name;
+    let threshold = rule.threshold;
+    match rule.rule_type {
+        AlertType::SpendingThreshold => {
+            let budget = snap.credits.saturating_add(snap.total_spent);
+            if budget == 0 {
+                return None;
+            }
+            let pct = snap.total_spent as f64 * 100.0 / budget as f64;
+            (pct >= threshold as f64).then(|| {
+                (
+                    one_decimal(pct),
+                    format!(
+                        "\"{name}\" spent {} of {budget} credits ({:.1}%), at or over the {threshold}% alert",
+                        snap.total_spent, pct
+                    ),
+                    json!({"credits": snap.credits, "totalSpent": snap.total_spent, "totalBudget": budget}),
+                )
+            })
+        }
+        AlertType::CreditsLow => (snap.credits <= threshold).then(|| {
+            (
+                snap.credits as f64,
+                format!(
+                    "\"{name}\" is down to {} credits (alert at {threshold})",
+                    snap.credits
+                ),
+                json!({"credits": snap.credits}),
+            )
+        }),
+        AlertType::QuotaWarning => {
+            let level = snap.quota?.highest_usage(&snap.quota_usage)?;
+            (level.percent >= threshold as f64).then(|| {
+                (
+                    one_decimal(level.percent),
+                    format!(
+                        "\"{name}\" used {} of its {} {} quota ({:.1}%)",
+                        level.used, level.limit, level.dimension, level.percent
+                    ),
+                    json!({"quotaType": level.dimension, "used": level.used, "limit": level.limit}),
+                )
+            })
+        }
+        AlertType::KeyExpirySoon => {
+            let left_ms = snap.expires_at_ms?.saturating_sub(now_ms);
+            let threshold_ms = i64::try_from(threshold.saturating_mul(1000)).unwrap_or(i64::MAX);
+            (left_ms > 0 && left_ms <= threshold_ms).then(|| {
+                let secs = (left_ms as u64).div_ceil(1000);
+                let at = snap
+                    .expires_at_ms
+                    .map(ms_to_datetime)
+                    .map(|t| t.to_rfc3339());
+                (
+                    secs as f64,
+                    format!("\"{name}\" expires in {secs} s"),
+                    json!({"expiresAt": at, "remainingSeconds": secs}),
+                )
+            })
+        }
+        AlertType::RateLimitSpike => {
+            (ctx.rate_limit_denied && recent_denials >= threshold).then(|| {
+                (
+                    recent_denials as f64,
+                    format!(
+                        "\"{name}\" was rate-limited {recent_denials} times in the last 5 minutes"
+                    ),
+                    json!({"denialCount": recent_denials, "windowMinutes": 5}),
+                )
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::{Clock, ManualClock};
+    use crate::key::KeyRecord;
+    use crate::quota::{Quota, QuotaUsage};
+
+    const KEY: &str = "pg_0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn setup(rules: Vec<AlertRule>) -> (Arc<ManualClock>, AlertEngine, KeyRecord) {
+        let clock = Arc::new(ManualClock::at_rfc3339("2026-05-01T12:00:00Z").unwrap());
+        let engine = AlertEngine::new(rules, clock.clone());
+        let rec = KeyRecord::new(KEY, "acme", 100, clock.now_ms());
+        (clock, engine, rec)
+    }
+
+    fn snap(rec: &KeyRecord, clock: &ManualClock) -> KeySnapshot {
+        KeySnapshot::of(rec, clock.now_ms(), None)
+    }
+
+    const NONE: AlertContext = AlertContext {
+        rate_limit_denied: false,
+    };
+    const DENIED: AlertContext = AlertContext {
+        rate_limit_denied: true,
+    };
+
+    #[test]
+    fn spending_threshold_uses_spent_share_of_total_budget() {
+        let (clock, engine, mut rec) =
+            setup(vec![AlertRule::new(AlertType::SpendingThreshold, 80)]);
+        rec.credits = 21;
+        rec.total_spent = 79;
+        assert!(engine.check(&snap(&rec, &clock), NONE).is_empty());
+        rec.credits = 20;
+        rec.total_spent = 80;
+        let fired = engine.check(&snap(&rec, &clock), NONE);
+        assert_eq!(fired.len(), 1);
+        assert_eq!(fired[0].current_value, 80.0);
+        assert_eq!(fired[0].metadata["totalBudget"], 100);
+        assert_eq!(fired[0].key_prefix, "pg_0123...cdef");
+        // A key with nothing ever credited has no budget to measure.
+        rec.credits = 0;
+        rec.total_spent = 0;
+        clock.advance_secs(301);
+        assert!(engine.check(&snap(&rec, &clock), NONE).is_empty());
+    }
+
+    #[test]
+    fn credits_low_fires_at_or_below_threshold() {
+        let (clock, engine, mut rec) = setup(vec![AlertRule::new(AlertType::CreditsLow, 10)]);
+        rec.credits = 11;
+        assert!(engine.check(&snap(&rec, &clock), NONE).is_empty());
+        rec.credits = 10;
+        assert_eq!(
+            engine.check(&snap(&rec, &clock), NONE)[0].current_value,
+            10.0
+        );
+    }
+
+    #[test]
+    fn quota_warning_watches_every_dimension_in_force() {
+        let (clock, engine, mut rec) = setup(vec![AlertRule::new(AlertType::QuotaWarning, 90)]);
+        rec.quota = Some(Quota {
+            monthly_credit_limit: 1000,
+            ..Default::default()
+        });
+        rec.quota_usage = QuotaUsage::default().rolled(clock.now_ms());
+        rec.quota_usage.monthly_credits = 899;
+        assert!(engine.check(&snap(&rec, &clock), NONE).is_empty());
+        rec.quota_usage.monthly_credits = 900;
+        let fired = engine.check(&snap(&rec, &clock), NONE);
+        assert_eq!(fired[0].metadata["quotaType"], "monthlyCredits");
+        // The global quota counts when the key has none.
+        let (clock, engine, mut rec) = setup(vec![AlertRule::new(AlertType::QuotaWarning, 50)]);
+        rec.quota_usage = QuotaUsage::default().rolled(clock.now_ms());
+        rec.quota_usage.daily_calls = 5;
+        let global = Some(Quota {
+            daily_call_limit: 10,
+            ..Default::default()
+        });
+        assert!(engine.check(&snap(&rec, &clock), NONE).is_empty());
+        let s = KeySnapshot::of(&rec, clock.now_ms(), global);
+        assert_eq!(engine.check(&s, NONE).len(), 1);
+    }
+
+    #[test]
+    fn key_expiry_soon_fires_only_before_expiry_within_threshold() {
+        let (clock, engine, mut rec) = setup(vec![AlertRule {
+            cooldown_seconds: Some(0),
+            ..AlertRule::new(AlertType::KeyExpirySoon, 3600)
+        }]);
+        rec.expires_at = Some(ms_to_datetime(clock.now_ms() + 3_600_001));
+        assert!(engine.check(&snap(&rec, &clock), NONE).is_empty());
+        clock.advance_ms(1);
+        assert_eq!(
+            engine.check(&snap(&rec, &clock), NONE)[0].current_value,
+            3600.0
+        );
+        clock.advance_ms(3_600_000); // exactly at expiry: already expired
+        assert!(engine.check(&snap(&rec, &clock), NONE).is_empty());
+    }
+
+    #[test]
+    fn rate_limit_spike_counts_denials_in_five_minutes() {
+        let (clock, engine, rec) = setup(vec![AlertRule::new(AlertType::RateLimitSpike, 3)]);
+        let s = snap(&rec, &clock);
+        assert!(engine.check(&s, DENIED).is_empty());
+        clock.advance_secs(100);
+        assert!(engine.check(&s, DENIED).is_empty());
+        clock.advance_secs(201); // the first denial has left the window
+        assert!(engine.check(&s, DENIED).is_empty());
+        assert!(engine.check(&s, NONE).is_empty()); // allowed calls do not count
+        clock.advance_secs(1);
+        let fired = engine.check(&s, DENIED);
+        assert_eq!(fired.len(), 1);
+        assert_eq!(fired[0].current_value, 3.0);
+    }
+
+    #[test]
+    fn cooldown_is_per_rule_type_per_key() {
+        let (clock, engine, rec) = setup(vec![
+            AlertRule::new(AlertType::CreditsLow, 1000),
+            AlertRule {
+                cooldown_seconds: Some(10),
+                ..AlertRule::new(AlertType::SpendingThreshold, 0)
+            },
+        ]);
+        let s = snap(&rec, &clock);
+        assert_eq!(engine.check(&s, NONE).len(), 2);
+        let other = KeyRecord::new(
+            "pg_ffffffffffffffffffffffffffffffffffffffffffffffff",
+            "o",
+            1,
+            0,
+        );
+        assert_eq!(engine.check(&snap(&other, &clock), NONE).len(), 2);
+        clock.advance_secs(10);
+        let fired = engine.check(&s, NONE);
+        assert_eq!(fired.len(), 1);
+        assert_eq!(fired[0].alert_type, AlertType::SpendingThreshold);
+        clock.advance_secs(290);
+        assert_eq!(engine.check(&s, NONE).len(), 2);
+    }
+
+    #[test]
+    fn dry_run_returns_without_queueing_and_queue_is_bounded() {
+        let (clock, engine, rec) = setup(vec![AlertRule::new(AlertType::CreditsLow, 1000)]);
+        let engine = engine.with_dry_run(true);
+        assert_eq!(engine.check(&snap(&rec, &clock), NONE).len(), 1);
+        assert_eq!(engine.pending_count(), 0);
+
+        let (clock, engine, rec) = setup(vec![AlertRule {
+            cooldown_seconds: Some(0),
+            ..AlertRule::new(AlertType::CreditsLow, 1000)
+        }]);
+        let engine = engine.with_max_pending(3);
+        for _ in 0..5 {
+            clock.advance_ms(1);
+            engine.check(&snap(&rec, &clock), NONE);
+        }
+        assert_eq!(engine.pending_count(), 3);
+        assert_eq!(engine.dropped_count(), 2);
+        let alerts = engine.consume();
+        assert!(alerts[0].timestamp < alerts[2].timestamp);
+        assert_eq!(engine.pending_count(), 0);
+    }
+
+    #[test]
+    fn rules_can_be_replaced_at_run_time() {
+        let (clock, engine, rec) = setup(vec![]);
+        assert!(engine.check(&snap(&rec, &clock), NONE).is_empty());
+        engine.set_rules(vec![AlertRule::new(AlertType::CreditsLow, 1000)]);
+        assert_eq!(engine.rules().len(), 1);
+        assert_eq!(engine.check(&snap(&rec, &clock), NONE).len(), 1);
+    }
+
+    #[test]
+    fn alert_serializes_in_camel_case_with_type() {
+        let (clock, engine, rec) = setup(vec![AlertRule::new(AlertType::CreditsLow, 1000)]);
+        let alert = engine.check(&snap(&rec, &clock), NONE).remove(0);
+        let json = serde_json::to_value(&alert).unwrap();
+        for field in [
+            "type",
+            "timestamp",
+            "keyPrefix",
+            "keyName",
+            "message",
+            "threshold",
+            "currentValue",
+            "metadata",
+        ] {
+            assert!(json.get(field).is_some(), "{field}");
+        }
+        assert_eq!(json["type"], "credits_low");
     }
 }
