@@ -455,3 +455,93 @@ impl KeyStore for MemoryKeyStore {
         ready(Ok(self.stats_now()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gate::block_on;
+
+    const NOW: i64 = 1_700_000_000_000;
+
+    fn charge(store: &MemoryKeyStore, key: &KeyDigest, now_ms: i64, limit: u64) -> ChargeOutcome {
+        block_on(store.charge(&ChargeRequest {
+            key: *key,
+            tool: "t",
+            price: 1,
+            client_ip: None,
+            now_ms,
+            global_rate_limit: limit,
+            tool_rate_limit: 0,
+            global_quota: None,
+            shadow: false,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn idle_keys_hold_no_window_memory() {
+        let store = MemoryKeyStore::new();
+        let keys: Vec<_> = (0..500u32)
+            .map(|n| {
+                let rec = KeyRecord::new(&format!("pg_{n:048x}"), "k", 10, NOW);
+                let d = rec.key_hash;
+                block_on(store.insert(rec)).unwrap();
+                d
+            })
+            .collect();
+        // Without rate limits no window is ever allocated.
+        for k in &keys {
+            charge(&store, k, NOW, 0);
+        }
+        assert_eq!(store.keys_with_windows(), 0);
+        for k in &keys {
+            charge(&store, k, NOW, 5);
+        }
+        assert_eq!(store.keys_with_windows(), 500);
+        // A minute later, charges on other keys sweep the idle windows away by themselves.
+        let late = NOW + WINDOW_MS + 1;
+        for k in keys.iter().take(200) {
+            charge(&store, k, late, 0);
+        }
+        assert!(store.keys_with_windows() < 500);
+        store.sweep_idle_windows(late);
+        assert_eq!(store.keys_with_windows(), 0);
+    }
+
+    #[test]
+    fn list_resumes_after_cursor_across_shards() {
+        let store = MemoryKeyStore::new();
+        for n in 0..300u32 {
+            block_on(store.insert(KeyRecord::new(&format!("pg_{n:048x}"), "k", 1, NOW))).unwrap();
+        }
+        let first = block_on(store.list(None, 1000)).unwrap();
+        assert_eq!(first.keys.len(), 300);
+        assert!(first.next_cursor.is_none());
+        let sorted: Vec<_> = first.keys.iter().map(|r| r.key_hash).collect();
+        let mut expected = sorted.clone();
+        expected.sort();
+        assert_eq!(sorted, expected, "listing walks keys in digest order");
+        let page = block_on(store.list(Some(sorted[149]), 10)).unwrap();
+        assert_eq!(page.keys[0].key_hash, sorted[150]);
+    }
+
+    #[test]
+    fn stats_follow_every_change() {
+        let store = MemoryKeyStore::new();
+        let rec = KeyRecord::new(
+            "pg_0123456789abcdef0123456789abcdef0123456789abcdef",
+            "k",
+            10,
+            NOW,
+        );
+        let d = rec.key_hash;
+        block_on(store.insert(rec)).unwrap();
+        let receipt = charge(&store, &d, NOW, 0).receipt.unwrap();
+        assert_eq!(store.stats_now().total_credits, 9);
+        block_on(store.refund(receipt, NOW)).unwrap();
+        assert_eq!(store.stats_now().total_credits, 10);
+        block_on(store.update(&d, &KeyUpdate::Revoke)).unwrap();
+        let s = store.stats_now();
+        assert_eq!((s.total_keys, s.active_keys, s.total_credits), (1, 0, 0));
+    }
+}
