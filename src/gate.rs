@@ -18,7 +18,7 @@ use crate::analytics::AnalyticsEngine;
 use crate::clock::{ms_to_datetime, SharedClock, SystemClock};
 use crate::config::{ConfigError, PayGateConfig};
 use crate::key::{generate_key, KeyDigest, KeyRecord};
-use crate::meter::{UsageEvent, UsageMeter};
+use crate::meter::{AdminEvent, EventSink, UsageEvent, UsageMeter};
 use crate::pricing::Pricing;
 use crate::ratelimit::RateState;
 use crate::store::{
@@ -275,6 +275,7 @@ pub struct Gate<S = MemoryKeyStore> {
     alerts: AlertEngine,
     analytics: AnalyticsEngine,
     meter: UsageMeter,
+    sink: Option<Arc<dyn EventSink>>,
 }
 
 impl<S> fmt::Debug for Gate<S> {
@@ -305,10 +306,67 @@ impl<S: KeyStore> Gate<S> {
             alerts: AlertEngine::new(config.alert_rules.clone(), clock.clone()),
             analytics: AnalyticsEngine::new(clock.clone()),
             meter: UsageMeter::default(),
+            sink: None,
             store,
             config,
             clock,
         })
+    }
+
+    /// Sends every usage and admin event to `sink` as well.
+    pub fn with_event_sink(mut self, sink: Arc<dyn EventSink>) -> Self {
+        self.sink = Some(sink);
+        self
+    }
+
+    /// Emits an admin event to the sink, if any.
+    pub fn emit(&self, event_type: &str, data: serde_json::Value) {
+        if let Some(sink) = &self.sink {
+            sink.admin(&AdminEvent {
+                event_type: event_type.to_string(),
+                timestamp: self.clock.now(),
+                data,
+            });
+        }
+    }
+
+    /// Hands a decision's fired alerts (`alert.fired`) and first expiry (`key.expired`) to
+    /// the event sink.
+    pub fn dispatch_events(&self, decision: &Decision) {
+        if self.sink.is_none() {
+            return;
+        }
+        if let (true, Some(key)) = (decision.key_expired, &decision.key) {
+            self.emit("key.expired", serde_json::json!({"keyMasked": key.key_masked, "name": key.name}));
+        }
+        for alert in &decision.alerts {
+            self.emit(
+                "alert.fired",
+                serde_json::json!({
+                    "alertType": alert.alert_type.as_str(),
+                    "keyPrefix": alert.key_prefix,
+                    "message": alert.message,
+                    "value": alert.current_value,
+                    "threshold": alert.threshold,
+                }),
+            );
+        }
+    }
+
+    /// Refunds a failed call and records a `billing.refund` event with `reason`.
+    pub async fn refund_and_record(&self, receipt: ChargeReceipt, reason: &str) {
+        let credits = receipt.credits;
+        if let Ok(Some(snap)) = self.refund(receipt).await {
+            self.emit(
+                "billing.refund",
+                serde_json::json!({
+                    "keyMasked": snap.key_masked,
+                    "credits": credits,
+                    "reason": reason,
+                    "balance": snap.credits,
+                }),
+            );
+        }
     }
 
     /// The store.
@@ -448,6 +506,61 @@ impl<S: KeyStore> Gate<S> {
         decision
     }
 
+    /// Steps 1–4 of the gate without charging: the key is present, known, active, not
+    /// expired, allowed from `client_ip` and, when `tool` is given, allowed to call it.
+    /// Used for methods that need a valid key but are not billed, and for `tools/list` ACLs.
+    pub async fn authorize(
+        &self,
+        api_key: Option<&str>,
+        client_ip: Option<IpAddr>,
+        tool: Option<&str>,
+    ) -> Result<KeyRecord, DenyReason> {
+        let key = api_key
+            .filter(|k| !k.is_empty())
+            .ok_or(DenyReason::MissingApiKey)?;
+        let rec = self
+            .store
+            .get(&KeyDigest::of(key))
+            .await
+            .map_err(|_| DenyReason::StoreUnavailable)?
+            .filter(|r| r.active)
+            .ok_or(DenyReason::InvalidApiKey)?;
+        if rec.is_expired_at(self.clock.now_ms()) {
+            return Err(DenyReason::ApiKeyExpired);
+        }
+        if !rec.permits_ip(client_ip) {
+            return Err(DenyReason::IpNotAllowed);
+        }
+        if let Some(reason) = tool.and_then(|t| rec.acl_denial(t)) {
+            return Err(reason);
+        }
+        Ok(rec)
+    }
+
+    /// A denial [`Decision`] for `reason` outside the store's charge (e.g. from
+    /// [`Gate::authorize`]), recorded as a usage event like any other.
+    pub fn deny(&self, reason: DenyReason, tool: &str, call: &CallRequest<'_>) -> Decision {
+        let detail = self.detail(reason, call, 0, None, None);
+        let decision = Decision {
+            allowed: false,
+            shadow: false,
+            reason: Some(reason),
+            detail,
+            tool: tool.to_string(),
+            credits_required: 0,
+            credits_charged: 0,
+            remaining_credits: None,
+            retry_after_secs: None,
+            rate: None,
+            receipt: None,
+            key: None,
+            alerts: Vec::new(),
+            key_expired: false,
+        };
+        self.record_usage(&decision, self.clock.now_ms());
+        decision
+    }
+
     /// Undoes a charge exactly. Returns the key's state afterwards (`None` when it is gone).
     pub async fn refund(&self, receipt: ChargeReceipt) -> Result<Option<KeySnapshot>, StoreError> {
         self.store.refund(receipt, self.clock.now_ms()).await
@@ -475,6 +588,9 @@ impl<S: KeyStore> Gate<S> {
             duration_ms: None,
         };
         self.analytics.record(&event);
+        if let Some(sink) = &self.sink {
+            sink.usage(&event);
+        }
         self.meter.record(event);
     }
 

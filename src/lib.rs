@@ -34,7 +34,9 @@ pub mod analytics;
 pub mod clock;
 pub mod config;
 pub mod gate;
+pub mod jsonrpc;
 pub mod key;
+pub mod layer;
 pub mod meter;
 pub mod pricing;
 pub mod quota;
@@ -47,7 +49,11 @@ pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use config::{ConfigError, PayGateConfig, ToolPricing};
 pub use gate::{block_on, CallRequest, Decision, DenyCategory, DenyReason, Gate, GateError};
 pub use key::{generate_key, mask_key, parse_ip_entry, KeyDigest, KeyRecord};
-pub use meter::{UsageEvent, UsageMeter};
+pub use layer::{
+    AlertLayer, AuthLayer, BillingLayer, ClientAddr, GateBody, GateService, PayGateLayer, QuotaLayer,
+    RateLimitLayer,
+};
+pub use meter::{AdminEvent, EventSink, UsageEvent, UsageMeter};
 pub use pricing::{compact_json_len, Pricing, PricingModel, ToolPriceTag};
 pub use quota::{Quota, QuotaLevel, QuotaUsage};
 pub use ratelimit::{RateState, RateWindow};

@@ -96,3 +96,39 @@ impl UsageMeter {
         self.len() == 0
     }
 }
+
+/// An administrative or lifecycle event (`key.created`, `key.expired`, `alert.fired`,
+/// `billing.refund`, ...), as delivered to an [`EventSink`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AdminEvent {
+    /// The event type, e.g. `key.expired`.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// When it happened.
+    pub timestamp: DateTime<Utc>,
+    /// Type-specific fields (never a full API key).
+    pub data: serde_json::Value,
+}
+
+/// Receives the gate's events as they happen (webhooks, audit logs, metrics).
+///
+/// Both methods are called on the request path: implementations must return quickly and
+/// never block (queue and deliver elsewhere).
+///
+/// ```
+/// use paygate_mcp::{AdminEvent, EventSink, UsageEvent};
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+///
+/// #[derive(Default)]
+/// struct Count(AtomicUsize);
+/// impl EventSink for Count {
+///     fn usage(&self, _: &UsageEvent) { self.0.fetch_add(1, Ordering::Relaxed); }
+/// }
+/// ```
+pub trait EventSink: Send + Sync + 'static {
+    /// One gate decision.
+    fn usage(&self, _event: &UsageEvent) {}
+    /// One administrative or lifecycle event.
+    fn admin(&self, _event: &AdminEvent) {}
+}

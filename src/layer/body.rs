@@ -1,0 +1,470 @@
+//! Response bodies the layers hand back: the downstream's body passed through (watched for
+//! the call's JSON-RPC response when a refund may be due, or rewritten event by event for
+//! `tools/list`), or a body the gate wrote itself.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use serde_json::Value;
+
+use crate::jsonrpc::{classify_response, CallOutcome};
+
+/// Bytes of a JSON response or of one SSE event kept for inspection; beyond it the layer
+/// stops looking (and does not refund).
+const INSPECT_LIMIT: usize = 8 * 1024 * 1024;
+
+/// A refund (or any follow-up) to run when the call turns out to have failed.
+pub(crate) type FollowUp = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// How the downstream answered, as far as the layer can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Framing {
+    Json,
+    Sse,
+}
+
+/// Watches a response for the call's JSON-RPC response and runs `on_failure` once when it
+/// shows a failure (or never shows up).
+pub(crate) struct RefundWatch {
+    id: Value,
+    framing: Framing,
+    refund_tool_errors: bool,
+    buf: BytesMut,
+    overflow: bool,
+    decided: bool,
+    on_failure: Option<FollowUp>,
+}
+
+impl RefundWatch {
+    pub(crate) fn new(id: Value, framing: Framing, refund_tool_errors: bool, on_failure: FollowUp) -> Self {
+        Self {
+            id,
+            framing,
+            refund_tool_errors,
+            buf: BytesMut::new(),
+            overflow: false,
+            decided: false,
+            on_failure: Some(on_failure),
+        }
+    }
+
+    fn is_failure(&self, outcome: CallOutcome) -> bool {
+        match outcome {
+            CallOutcome::Success => false,
+            CallOutcome::ToolError => self.refund_tool_errors,
+            CallOutcome::RpcError => true,
+        }
+    }
+
+    /// Feeds a chunk; returns true when a failure was seen.
+    fn feed(&mut self, chunk: &[u8]) -> bool {
+        if self.decided || self.overflow {
+            return false;
+        }
+        self.buf.extend_from_slice(chunk);
+        if self.framing == Framing::Sse {
+            while let Some(event) = split_event(&mut self.buf) {
+                if let Some(outcome) = sse_event_outcome(&event, &self.id) {
+                    self.decided = true;
+                    self.buf = BytesMut::new();
+                    return self.is_failure(outcome);
+                }
+            }
+        }
+        if self.buf.len() > INSPECT_LIMIT {
+            self.overflow = true;
+            self.buf = BytesMut::new();
+        }
+        false
+    }
+
+    /// The stream ended; returns true when the call failed or its response never came.
+    fn finish(&mut self) -> bool {
+        if self.decided || self.overflow {
+            return false;
+        }
+        self.decided = true;
+        let outcome = match self.framing {
+            Framing::Json => serde_json::from_slice::<Value>(&self.buf)
+                .ok()
+                .and_then(|v| classify_response(&v, &self.id)),
+            Framing::Sse => {
+                let mut rest = std::mem::take(&mut self.buf);
+                rest.extend_from_slice(b"\n\n");
+                let mut found = None;
+                while let Some(event) = split_event(&mut rest) {
+                    found = found.or_else(|| sse_event_outcome(&event, &self.id));
+                }
+                found
+            }
+        };
+        outcome.is_none_or(|o| self.is_failure(o))
+    }
+}
+
+/// Rewrites the call's JSON-RPC response (`tools/list`) inside a JSON or SSE body.
+pub(crate) struct Rewrite {
+    id: Value,
+    framing: Framing,
+    buf: BytesMut,
+    transform: Box<dyn Fn(Value) -> Value + Send>,
+    done: bool,
+}
+
+impl Rewrite {
+    pub(crate) fn new(id: Value, framing: Framing, transform: Box<dyn Fn(Value) -> Value + Send>) -> Self {
+        Self {
+            id,
+            framing,
+            buf: BytesMut::new(),
+            transform,
+            done: false,
+        }
+    }
+
+    fn rewrite_message(&self, text: &[u8]) -> Option<Vec<u8>> {
+        let value: Value = serde_json::from_slice(text).ok()?;
+        if value.get("id") != Some(&self.id) || value.get("result").is_none() {
+            return None;
+        }
+        serde_json::to_vec(&(self.transform)(value)).ok()
+    }
+
+    /// Takes a chunk and returns what can be passed on now.
+    fn feed(&mut self, chunk: &[u8]) -> Bytes {
+        if self.done {
+            return Bytes::copy_from_slice(chunk);
+        }
+        self.buf.extend_from_slice(chunk);
+        match self.framing {
+            Framing::Json => {
+                if self.buf.len() > INSPECT_LIMIT {
+                    self.done = true;
+                    return std::mem::take(&mut self.buf).freeze();
+                }
+                Bytes::new()
+            }
+            Framing::Sse => {
+                let mut out = BytesMut::new();
+                while let Some(event) = split_event(&mut self.buf) {
+                    out.extend_from_slice(&self.rewrite_event(&event));
+                }
+                if self.buf.len() > INSPECT_LIMIT {
+                    self.done = true;
+                    out.extend_from_slice(&std::mem::take(&mut self.buf));
+                }
+                out.freeze()
+            }
+        }
+    }
+
+    fn rewrite_event(&mut self, event: &[u8]) -> Vec<u8> {
+        let data = sse_data(event);
+        if !self.done && !data.is_empty() {
+            if let Some(new) = self.rewrite_message(&data) {
+                self.done = true;
+                let mut out = Vec::with_capacity(new.len() + 16);
+                // Keep the event's other fields (id, event, retry) and replace its data.
+                for line in event.split(|&b| b == b'\n') {
+                    let line = line.strip_suffix(b"\r").unwrap_or(line);
+                    if !line.starts_with(b"data:") && !line.is_empty() {
+                        out.extend_from_slice(line);
+                        out.push(b'\n');
+                    }
+                }
+                out.extend_from_slice(b"data: ");
+                out.extend_from_slice(&new);
+                out.extend_from_slice(b"\n\n");
+                return out;
+            }
+        }
+        event.to_vec()
+    }
+
+    fn finish(&mut self) -> Bytes {
+        let rest = std::mem::take(&mut self.buf);
+        if self.done || rest.is_empty() {
+            return rest.freeze();
+        }
+        self.done = true;
+        match self.framing {
+            Framing::Json => match self.rewrite_message(&rest) {
+                Some(new) => Bytes::from(new),
+                None => rest.freeze(),
+            },
+            Framing::Sse => rest.freeze(),
+        }
+    }
+}
+
+/// Takes one complete SSE event (through its blank line) off the front of `buf`.
+fn split_event(buf: &mut BytesMut) -> Option<BytesMut> {
+    let pos = buf.windows(2).position(|w| w == b"\n\n");
+    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n");
+    let (end, sep) = match (pos, crlf) {
+        (Some(a), Some(b)) if b < a => (b, 4),
+        (Some(a), _) => (a, 2),
+        (None, Some(b)) => (b, 4),
+        (None, None) => return None,
+    };
+    let event = buf.split_to(end + sep);
+    Some(event)
+}
+
+/// The joined `data:` lines of one SSE event.
+fn sse_data(event: &[u8]) -> Vec<u8> {
+    let mut data = Vec::new();
+    for line in event.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if let Some(rest) = line.strip_prefix(b"data:") {
+            if !data.is_empty() {
+                data.push(b'\n');
+            }
+            data.extend_from_slice(rest.strip_prefix(b" ").unwrap_or(rest));
+        }
+    }
+    data
+}
+
+fn sse_event_outcome(event: &[u8], id: &Value) -> Option<CallOutcome> {
+    let data = sse_data(event);
+    if data.iter().all(u8::is_ascii_whitespace) {
+        return None; // priming or keep-alive event
+    }
+    let value: Value = serde_json::from_slice(&data).ok()?;
+    classify_response(&value, id)
+}
+
+/// What a [`GateBody`] does with the downstream's bytes (opaque).
+pub(crate) enum Watch {
+    /// Watching for a failure to refund.
+    Refund(Box<RefundWatch>),
+    /// Rewriting the `tools/list` answer.
+    Rewrite(Box<Rewrite>),
+}
+
+pin_project! {
+    /// The response body of every PayGate layer: the downstream's body passed through (and
+    /// watched or rewritten when needed), or a body the gate wrote itself.
+    pub struct GateBody<B>
+    where
+        B: Body,
+    {
+        #[pin]
+        kind: Kind<B>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<B>
+    where
+        B: Body,
+    {
+        Inner {
+            #[pin]
+            body: B,
+            watch: Option<Watch>,
+            // A refund that must finish before more is passed on.
+            pending: Option<FollowUp>,
+            // A frame held back while a refund finishes.
+            held: Option<Option<Result<Frame<Bytes>, B::Error>>>,
+        },
+        Full { data: Option<Bytes> },
+    }
+}
+
+impl<B: Body> GateBody<B> {
+    /// Wraps the downstream's body unchanged.
+    pub(crate) fn inner(body: B, watch: Option<Watch>) -> Self {
+        Self {
+            kind: Kind::Inner {
+                body,
+                watch,
+                pending: None,
+                held: None,
+            },
+        }
+    }
+
+    /// A body of `bytes`.
+    pub(crate) fn full(bytes: impl Into<Bytes>) -> Self {
+        Self {
+            kind: Kind::Full {
+                data: Some(bytes.into()),
+            },
+        }
+    }
+}
+
+impl<B> Body for GateBody<B>
+where
+    B: Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.project().kind.project() {
+            KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            KindProj::Inner {
+                mut body,
+                watch,
+                pending,
+                held,
+            } => loop {
+                // A refund in progress finishes before anything more is passed on.
+                if let Some(fut) = pending.as_mut() {
+                    ready!(fut.as_mut().poll(cx));
+                    *pending = None;
+                }
+                if let Some(frame) = held.take() {
+                    return Poll::Ready(frame);
+                }
+                let polled = ready!(body.as_mut().poll_frame(cx));
+                let Some(w) = watch.as_mut() else {
+                    return Poll::Ready(polled);
+                };
+                let out = match (w, polled) {
+                    (Watch::Refund(r), Some(Ok(frame))) => {
+                        if let Some(data) = frame.data_ref() {
+                            if r.feed(data) {
+                                *pending = r.on_failure.take();
+                            }
+                        }
+                        Some(Ok(frame))
+                    }
+                    (Watch::Refund(r), Some(Err(e))) => {
+                        // The stream broke: unless the call's answer was already seen, refund.
+                        if !r.decided {
+                            r.decided = true;
+                            *pending = r.on_failure.take();
+                        }
+                        Some(Err(e))
+                    }
+                    (Watch::Refund(r), None) => {
+                        if r.finish() {
+                            *pending = r.on_failure.take();
+                        }
+                        None
+                    }
+                    (Watch::Rewrite(rw), Some(Ok(frame))) => match frame.into_data() {
+                        Ok(data) => {
+                            let out = rw.feed(&data);
+                            if out.is_empty() {
+                                continue;
+                            }
+                            Some(Ok(Frame::data(out)))
+                        }
+                        Err(frame) => Some(Ok(frame)),
+                    },
+                    (Watch::Rewrite(rw), None) => {
+                        let rest = rw.finish();
+                        *watch = None;
+                        if rest.is_empty() {
+                            None
+                        } else {
+                            *held = Some(None);
+                            Some(Ok(Frame::data(rest)))
+                        }
+                    }
+                    (Watch::Rewrite(_), Some(Err(e))) => Some(Err(e)),
+                };
+                if pending.is_some() {
+                    *held = Some(out);
+                    continue;
+                }
+                return Poll::Ready(out);
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full { data } => data.is_none(),
+            Kind::Inner {
+                body,
+                watch,
+                pending,
+                held,
+            } => watch.is_none() && pending.is_none() && held.is_none() && body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            Kind::Inner { body, watch: None, .. } => body.size_hint(),
+            // A rewrite changes the length.
+            Kind::Inner { .. } => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn split_events_on_lf_and_crlf() {
+        let mut buf = BytesMut::from(&b"data: a\n\ndata: b\r\n\r\ndata: partial"[..]);
+        assert_eq!(&split_event(&mut buf).unwrap()[..], b"data: a\n\n");
+        assert_eq!(&split_event(&mut buf).unwrap()[..], b"data: b\r\n\r\n");
+        assert!(split_event(&mut buf).is_none());
+        assert_eq!(&buf[..], b"data: partial");
+    }
+
+    #[test]
+    fn refund_watch_sees_errors_across_chunk_boundaries() {
+        let mut w = RefundWatch::new(json!(5), Framing::Sse, false, Box::pin(async {}));
+        assert!(!w.feed(b"data: \nid: 0\nretry: 3000\n\n"));
+        assert!(!w.feed(b"data: {\"jsonrpc\":\"2.0\",\"id\":5,\"er"));
+        assert!(w.feed(b"ror\":{\"code\":-1,\"message\":\"x\"}}\n\n"));
+        assert!(!w.finish(), "decided once");
+    }
+
+    #[test]
+    fn refund_watch_success_tool_error_and_missing_answer() {
+        let mut ok = RefundWatch::new(json!(1), Framing::Json, true, Box::pin(async {}));
+        ok.feed(br#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#);
+        assert!(!ok.finish());
+        let mut tool_err = RefundWatch::new(json!(1), Framing::Json, true, Box::pin(async {}));
+        tool_err.feed(br#"{"jsonrpc":"2.0","id":1,"result":{"isError":true}}"#);
+        assert!(tool_err.finish());
+        let mut ignored = RefundWatch::new(json!(1), Framing::Json, false, Box::pin(async {}));
+        ignored.feed(br#"{"jsonrpc":"2.0","id":1,"result":{"isError":true}}"#);
+        assert!(!ignored.finish());
+        let mut silent = RefundWatch::new(json!(1), Framing::Sse, false, Box::pin(async {}));
+        silent.feed(b"data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\n");
+        assert!(silent.finish(), "a stream that ends without the answer refunds");
+    }
+
+    #[test]
+    fn rewrite_replaces_only_the_matching_event() {
+        let mut rw = Rewrite::new(
+            json!(2),
+            Framing::Sse,
+            Box::new(|mut v| {
+                v["result"]["x"] = json!(1);
+                v
+            }),
+        );
+        let mut out = Vec::new();
+        out.extend_from_slice(&rw.feed(b"data: \nid: 0\n\nid: 7\ndata: {\"jsonrpc\":\"2.0\",\"id\":2,"));
+        out.extend_from_slice(&rw.feed(b"\"result\":{}}\n\n"));
+        out.extend_from_slice(&rw.finish());
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("data: \nid: 0\n\n"));
+        assert!(text.contains("id: 7\ndata: {\"id\":2,\"jsonrpc\":\"2.0\",\"result\":{\"x\":1}}\n\n") || text.contains("\"x\":1"));
+    }
+}

@@ -1,0 +1,696 @@
+//! Tower middleware: the gate in front of any MCP Streamable-HTTP service.
+//!
+//! Every layer here builds the same [`GateService`] with a different set of [`Stages`], so
+//! layers compose in any subset and any order while the request body is read and parsed
+//! once and the gate decides once. What is *checked* is the gate's policy (its config: rate
+//! limits, quotas, prices); what a stage adds is its part of the wire behaviour:
+//!
+//! | layer | stage |
+//! |---|---|
+//! | [`AuthLayer`] | body limit, single parse, JSON-RPC validation, key and client IP, free methods, `tools/list` ACL filtering and `_pricing`, key checks for unbilled methods |
+//! | [`RateLimitLayer`] | the decision, `X-RateLimit-*` and `Retry-After` headers |
+//! | [`QuotaLayer`] | the decision |
+//! | [`BillingLayer`] | the decision, `X-Credits-Remaining`, refunds on failure |
+//! | [`AlertLayer`] | hands fired alerts and `key.expired` to the gate's event sink |
+//! | [`PayGateLayer`] | all of the above in one service |
+//!
+//! The first stage that needs the decision makes it, in one atomic store call; stages
+//! further in reuse it through request extensions ([`McpContext`], [`GateDecision`]).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{Method, Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use tower::Service;
+
+use crate::gate::{CallRequest, Decision, Gate};
+use crate::jsonrpc::{self, RpcRequest};
+use crate::key::KeyRecord;
+use crate::store::{ChargeReceipt, KeyStore, MemoryKeyStore};
+
+mod alert;
+mod auth;
+mod billing;
+mod body;
+mod bundle;
+mod quota;
+mod ratelimit;
+
+pub use alert::AlertLayer;
+pub use auth::AuthLayer;
+pub use billing::BillingLayer;
+pub use body::GateBody;
+pub use bundle::PayGateLayer;
+pub use quota::QuotaLayer;
+pub use ratelimit::RateLimitLayer;
+
+use body::{Framing, RefundWatch, Rewrite, Watch};
+
+/// Boxed error type of the request body.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Headers the layers set, exposed to browsers.
+pub const EXPOSED_HEADERS: [&str; 5] = [
+    "x-credits-remaining",
+    "x-ratelimit-limit",
+    "x-ratelimit-remaining",
+    "x-ratelimit-reset",
+    "mcp-session-id",
+];
+
+/// What parts of the gate's wire behaviour a [`GateService`] performs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stages {
+    /// Authentication and protocol checks.
+    pub auth: bool,
+    /// Rate-limit headers.
+    pub rate_limit: bool,
+    /// Quota enforcement.
+    pub quota: bool,
+    /// Credits header and refunds.
+    pub billing: bool,
+    /// Alert and event dispatch.
+    pub alert: bool,
+}
+
+impl Stages {
+    /// Every stage.
+    pub const ALL: Stages = Stages {
+        auth: true,
+        rate_limit: true,
+        quota: true,
+        billing: true,
+        alert: true,
+    };
+
+    fn decides(&self) -> bool {
+        self.rate_limit || self.quota || self.billing
+    }
+}
+
+/// The client's socket address, for servers that do not use axum's `ConnectInfo`: insert it
+/// into request extensions and the layers read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// Turns a bearer token into an API key (`None` rejects it).
+pub type BearerResolver = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+/// What the first layer learned about a request, shared with the layers inside it.
+#[derive(Clone)]
+pub struct McpContext {
+    /// The request body exactly as received (forwarded unchanged).
+    pub body: Bytes,
+    /// The JSON-RPC request (`None` for requests without a JSON-RPC body, e.g. GET).
+    pub rpc: Option<Arc<RpcRequest>>,
+    /// The API key sent, if any.
+    pub api_key: Option<Arc<str>>,
+    /// The client IP, when known.
+    pub client_ip: Option<IpAddr>,
+}
+
+/// The gate's decision for a `tools/call`, shared with the layers inside the one that made it.
+#[derive(Clone)]
+pub struct GateDecision {
+    /// The decision (its receipt moved to `receipt`).
+    pub decision: Arc<Decision>,
+    receipt: Arc<Mutex<Option<ChargeReceipt>>>,
+}
+
+/// Options shared by every layer built from one gate.
+pub(crate) struct Shared<St> {
+    pub(crate) gate: Arc<Gate<St>>,
+    pub(crate) bearer: Option<BearerResolver>,
+}
+
+impl<St> Clone for Shared<St> {
+    fn clone(&self) -> Self {
+        Self {
+            gate: self.gate.clone(),
+            bearer: self.bearer.clone(),
+        }
+    }
+}
+
+/// The service every PayGate layer produces.
+pub struct GateService<S, St = MemoryKeyStore> {
+    inner: S,
+    shared: Shared<St>,
+    stages: Stages,
+}
+
+impl<S: Clone, St> Clone for GateService<S, St> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+            stages: self.stages,
+        }
+    }
+}
+
+impl<S, St> GateService<S, St> {
+    pub(crate) fn new(inner: S, shared: Shared<St>, stages: Stages) -> Self {
+        Self {
+            inner,
+            shared,
+            stages,
+        }
+    }
+}
+
+/// The response future of [`GateService`].
+pub struct ResponseFuture<ResBody: Body, E> {
+    inner: Pin<Box<dyn Future<Output = Result<Response<GateBody<ResBody>>, E>> + Send>>,
+}
+
+impl<ResBody: Body, E> Future for ResponseFuture<ResBody, E> {
+    type Output = Result<Response<GateBody<ResBody>>, E>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+impl<S, St, B, ResBody> Service<Request<B>> for GateService<S, St>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Send + 'static,
+    St: KeyStore,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Send,
+{
+    type Response = Response<GateBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<ResBody, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        // The clone that was driven to readiness serves this request.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let shared = self.shared.clone();
+        let stages = self.stages;
+        ResponseFuture {
+            inner: Box::pin(handle(inner, shared, stages, req)),
+        }
+    }
+}
+
+type Answer<R, E> = Result<Response<GateBody<R>>, E>;
+
+fn json_response<R: Body>(status: StatusCode, body: Vec<u8>) -> Response<GateBody<R>> {
+    let mut resp = Response::new(GateBody::full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    expose_headers(resp.headers_mut());
+    resp
+}
+
+fn expose_headers(headers: &mut http::HeaderMap) {
+    headers.insert(
+        http::header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static(
+            "x-credits-remaining, x-ratelimit-limit, x-ratelimit-remaining, x-ratelimit-reset, mcp-session-id, retry-after",
+        ),
+    );
+}
+
+fn rpc_error<R: Body>(status: StatusCode, id: Option<&Value>, e: &jsonrpc::RpcError) -> Response<GateBody<R>> {
+    json_response(status, jsonrpc::error_body(id, e.code, &e.message, None))
+}
+
+async fn handle<S, St, B, ResBody>(
+    inner: S,
+    shared: Shared<St>,
+    stages: Stages,
+    req: Request<B>,
+) -> Answer<ResBody, S::Error>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send,
+    St: KeyStore,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+{
+    let gate = shared.gate.clone();
+    let (mut parts, body) = req.into_parts();
+    let ctx = match parts.extensions.get::<McpContext>() {
+        Some(ctx) => ctx.clone(),
+        None => match read_context(&shared, &parts, body).await {
+            Ok(ctx) => {
+                parts.extensions.insert(ctx.clone());
+                ctx
+            }
+            Err(resp) => return Ok(*resp),
+        },
+    };
+    let Some(rpc) = ctx.rpc.clone() else {
+        return forward(inner, parts, &ctx, None).await;
+    };
+    let id = rpc.id.clone();
+
+    if rpc.method == "tools/call" {
+        let tool = match rpc.tool_name() {
+            Ok(t) => t.to_string(),
+            Err(e) => return Ok(rpc_error(StatusCode::OK, id.as_ref(), &e)),
+        };
+        if let Some(resp) = check_mcp_headers(&parts.headers, &rpc, Some(&tool), id.as_ref()) {
+            return Ok(resp);
+        }
+        let call = CallRequest {
+            api_key: ctx.api_key.as_deref(),
+            tool: &tool,
+            input_bytes: rpc.arguments_len(),
+            client_ip: ctx.client_ip,
+        };
+        let existing = parts.extensions.get::<GateDecision>().cloned();
+        let decided = match existing {
+            Some(d) => Some(d),
+            None if stages.decides() => {
+                let mut decision = gate.evaluate(&call).await;
+                let receipt = decision.receipt.take();
+                let d = GateDecision {
+                    decision: Arc::new(decision),
+                    receipt: Arc::new(Mutex::new(receipt)),
+                };
+                parts.extensions.insert(d.clone());
+                Some(d)
+            }
+            None => None,
+        };
+        let Some(d) = decided else {
+            // Authentication alone: the key must be valid for this tool.
+            if stages.auth {
+                if let Err(reason) = gate.authorize(call.api_key, call.client_ip, Some(&tool)).await {
+                    let decision = gate.deny(reason, &tool, &call);
+                    return Ok(denial_response(id.as_ref(), &decision, stages));
+                }
+            }
+            return forward(inner, parts, &ctx, None).await;
+        };
+        if stages.alert {
+            gate.dispatch_events(&d.decision);
+        }
+        if !d.decision.allowed {
+            return Ok(denial_response(id.as_ref(), &d.decision, stages));
+        }
+        let refund = if stages.billing && gate.config().refund_on_failure {
+            d.receipt.lock().take()
+        } else {
+            None
+        };
+        let mut resp = forward_with_refund(inner, parts, &ctx, &gate, refund, id.unwrap_or(Value::Null)).await?;
+        decorate(resp.headers_mut(), &d.decision, stages);
+        return Ok(resp);
+    }
+
+    if gate.is_free_method(&rpc.method) {
+        if let Some(resp) = check_mcp_headers(&parts.headers, &rpc, None, id.as_ref()) {
+            return Ok(resp);
+        }
+        if rpc.method == "tools/list" && stages.auth {
+            // A known key sees only the tools its ACL allows; every tool shows its price.
+            let record = gate
+                .authorize(ctx.api_key.as_deref(), ctx.client_ip, None)
+                .await
+                .ok();
+            let rewrite = tools_list_rewrite(&gate, record);
+            return forward(inner, parts, &ctx, Some((id.unwrap_or(Value::Null), rewrite))).await;
+        }
+        return forward(inner, parts, &ctx, None).await;
+    }
+
+    // Any other method needs a valid key, though it is not billed.
+    if let Some(resp) = check_mcp_headers(&parts.headers, &rpc, None, id.as_ref()) {
+        return Ok(resp);
+    }
+    let call = CallRequest {
+        api_key: ctx.api_key.as_deref(),
+        tool: &rpc.method,
+        input_bytes: 0,
+        client_ip: ctx.client_ip,
+    };
+    if let Err(reason) = gate.authorize(call.api_key, call.client_ip, None).await {
+        let decision = gate.deny(reason, &rpc.method, &call);
+        return Ok(denial_response(id.as_ref(), &decision, stages));
+    }
+    forward(inner, parts, &ctx, None).await
+}
+
+/// Reads the body (bounded), parses it once, and finds the key and client IP.
+async fn read_context<St, B, R>(
+    shared: &Shared<St>,
+    parts: &http::request::Parts,
+    body: B,
+) -> Result<McpContext, Box<Response<GateBody<R>>>>
+where
+    St: KeyStore,
+    B: Body,
+    B::Error: Into<BoxError>,
+    R: Body,
+{
+    let cfg = shared.gate.config();
+    let limit = usize::try_from(cfg.max_body_bytes).unwrap_or(usize::MAX);
+    let too_large = || {
+        Box::new(json_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            jsonrpc::error_body(
+                None,
+                jsonrpc::INVALID_REQUEST,
+                &format!("request body larger than {limit} bytes"),
+                None,
+            ),
+        ))
+    };
+    let declared = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > cfg.max_body_bytes) {
+        return Err(too_large());
+    }
+    let bytes = match Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large()),
+        Err(_) => {
+            return Err(Box::new(json_response(
+                StatusCode::BAD_REQUEST,
+                jsonrpc::error_body(None, jsonrpc::PARSE_ERROR, "could not read the request body", None),
+            )))
+        }
+    };
+    let rpc = if parts.method == Method::POST {
+        match jsonrpc::parse_request(&bytes) {
+            Ok(rpc) => Some(Arc::new(rpc)),
+            Err(e) => return Err(Box::new(rpc_error(StatusCode::BAD_REQUEST, None, &e))),
+        }
+    } else {
+        None
+    };
+    Ok(McpContext {
+        body: bytes,
+        rpc,
+        api_key: api_key(parts, shared.bearer.as_ref()).map(Arc::from),
+        client_ip: client_ip(parts, cfg.trusted_proxy_hops),
+    })
+}
+
+/// `X-API-Key`, else `Authorization: Bearer <token>` through the resolver.
+fn api_key(parts: &http::request::Parts, bearer: Option<&BearerResolver>) -> Option<String> {
+    if let Some(v) = parts.headers.get("x-api-key") {
+        // A key that is not visible ASCII can match nothing; keep it so it is denied as invalid.
+        return Some(v.to_str().map(|s| s.trim().to_string()).unwrap_or_else(|_| "\u{fffd}".into()));
+    }
+    let auth = parts.headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = auth.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = token.trim();
+    match bearer {
+        Some(resolve) => resolve(token),
+        None => Some(token.to_string()),
+    }
+}
+
+/// The peer address, or with `hops` trusted proxies the address they saw.
+fn client_ip(parts: &http::request::Parts, hops: u64) -> Option<IpAddr> {
+    let peer = parts
+        .extensions
+        .get::<ClientAddr>()
+        .map(|a| a.0.ip())
+        .or_else(|| connect_info(parts));
+    if hops == 0 {
+        return peer;
+    }
+    // Each trusted proxy appends the address it received from; the client is `hops` from the end.
+    let forwarded: Vec<IpAddr> = parts
+        .headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().parse::<IpAddr>())
+        .collect::<Result<_, _>>()
+        .ok()?;
+    let hops = usize::try_from(hops).ok()?;
+    if forwarded.len() < hops {
+        return None;
+    }
+    forwarded.get(forwarded.len() - hops).copied()
+}
+
+#[cfg(feature = "axum")]
+fn connect_info(parts: &http::request::Parts) -> Option<IpAddr> {
+    parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+}
+
+#[cfg(not(feature = "axum"))]
+fn connect_info(_parts: &http::request::Parts) -> Option<IpAddr> {
+    None
+}
+
+/// Refuses requests whose `Mcp-Method` / `Mcp-Name` headers disagree with the body.
+fn check_mcp_headers<R: Body>(
+    headers: &http::HeaderMap,
+    rpc: &RpcRequest,
+    tool: Option<&str>,
+    id: Option<&Value>,
+) -> Option<Response<GateBody<R>>> {
+    let mismatch = |name: &str, expected: Option<&str>| {
+        let sent = headers.get(name)?;
+        match (sent.to_str().ok(), expected) {
+            (Some(s), Some(e)) if s == e => None,
+            _ => Some(()),
+        }
+    };
+    let bad = mismatch("mcp-method", Some(&rpc.method)).is_some() || mismatch("mcp-name", tool).is_some();
+    bad.then(|| {
+        let e = jsonrpc::RpcError {
+            code: jsonrpc::INVALID_REQUEST,
+            message: "Mcp-Method / Mcp-Name headers disagree with the request body".into(),
+        };
+        rpc_error(StatusCode::BAD_REQUEST, id, &e)
+    })
+}
+
+fn denial_response<R: Body>(id: Option<&Value>, d: &Decision, stages: Stages) -> Response<GateBody<R>> {
+    let mut resp = json_response(StatusCode::OK, jsonrpc::denial_body(id, d));
+    if let Some(retry) = d.retry_after_secs {
+        resp.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(retry));
+    }
+    decorate(resp.headers_mut(), d, stages);
+    resp
+}
+
+/// Credits and rate-limit headers for a request with a known key.
+fn decorate(headers: &mut http::HeaderMap, d: &Decision, stages: Stages) {
+    expose_headers(headers);
+    let Some(key) = &d.key else { return };
+    if stages.billing || stages.auth {
+        headers.insert(HeaderName::from_static("x-credits-remaining"), HeaderValue::from(key.credits));
+    }
+    if let (true, Some(rate)) = (stages.rate_limit || stages.auth, d.rate) {
+        headers.insert(HeaderName::from_static("x-ratelimit-limit"), HeaderValue::from(rate.limit));
+        headers.insert(HeaderName::from_static("x-ratelimit-remaining"), HeaderValue::from(rate.remaining));
+        headers.insert(HeaderName::from_static("x-ratelimit-reset"), HeaderValue::from(rate.reset_secs));
+    }
+}
+
+fn framing(headers: &http::HeaderMap) -> Framing {
+    let sse = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if sse {
+        Framing::Sse
+    } else {
+        Framing::Json
+    }
+}
+
+fn rebuild(parts: http::request::Parts, ctx: &McpContext) -> Request<Full<Bytes>> {
+    Request::from_parts(parts, Full::new(ctx.body.clone()))
+}
+
+/// Forwards the request; `rewrite` transforms the response to the request with that id.
+async fn forward<S, R>(
+    inner: S,
+    parts: http::request::Parts,
+    ctx: &McpContext,
+    rewrite: Option<(Value, Box<dyn Fn(Value) -> Value + Send>)>,
+) -> Answer<R, S::Error>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<R>>,
+    R: Body<Data = Bytes>,
+{
+    let resp = inner_call(inner, rebuild(parts, ctx)).await?;
+    let (mut head, body) = resp.into_parts();
+    let watch = rewrite.map(|(id, f)| {
+        head.headers.remove(CONTENT_LENGTH);
+        Watch::Rewrite(Box::new(Rewrite::new(id, framing(&head.headers), f)))
+    });
+    expose_headers(&mut head.headers);
+    Ok(Response::from_parts(head, GateBody::inner(body, watch)))
+}
+
+async fn inner_call<S, Req>(mut inner: S, req: Req) -> Result<S::Response, S::Error>
+where
+    S: Service<Req>,
+{
+    // `poll_ready` was driven on this clone by the caller of `GateService::call`.
+    inner.call(req).await
+}
+
+/// Forwards an allowed call; when `receipt` is given, refunds it if the call fails.
+async fn forward_with_refund<S, St, R>(
+    inner: S,
+    parts: http::request::Parts,
+    ctx: &McpContext,
+    gate: &Arc<Gate<St>>,
+    receipt: Option<ChargeReceipt>,
+    id: Value,
+) -> Answer<R, S::Error>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<R>>,
+    St: KeyStore,
+    R: Body<Data = Bytes>,
+{
+    let Some(receipt) = receipt else {
+        return forward(inner, parts, ctx, None).await;
+    };
+    let started = std::time::Instant::now();
+    let result = inner_call(inner, rebuild(parts, ctx)).await;
+    let refund = {
+        let gate = gate.clone();
+        move |reason: &'static str| -> body::FollowUp {
+            Box::pin(async move {
+                gate.refund_and_record(receipt, reason).await;
+            })
+        }
+    };
+    let resp = match result {
+        Ok(resp) => resp,
+        Err(e) => {
+            refund("transport_error").await;
+            return Err(e);
+        }
+    };
+    let _ = started;
+    let (mut head, body) = resp.into_parts();
+    expose_headers(&mut head.headers);
+    if head.status.is_server_error() {
+        refund("http_5xx").await;
+        return Ok(Response::from_parts(head, GateBody::inner(body, None)));
+    }
+    let watch = RefundWatch::new(
+        id,
+        framing(&head.headers),
+        gate.config().refund_on_tool_error,
+        refund("tool_failed"),
+    );
+    Ok(Response::from_parts(head, GateBody::inner(body, Some(Watch::Refund(Box::new(watch))))))
+}
+
+/// Filters `tools/list` by the key's ACL and adds `_pricing` to each tool.
+fn tools_list_rewrite<St: KeyStore>(
+    gate: &Arc<Gate<St>>,
+    record: Option<KeyRecord>,
+) -> Box<dyn Fn(Value) -> Value + Send> {
+    let pricing = gate.pricing().clone();
+    Box::new(move |mut message: Value| {
+        if let Some(tools) = message
+            .get_mut("result")
+            .and_then(|r| r.get_mut("tools"))
+            .and_then(Value::as_array_mut)
+        {
+            tools.retain(|t| {
+                let name = t.get("name").and_then(Value::as_str).unwrap_or_default();
+                record.as_ref().is_none_or(|r| r.permits_tool(name))
+            });
+            for tool in tools.iter_mut() {
+                let name = tool.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+                if let Some(obj) = tool.as_object_mut() {
+                    obj.insert("_pricing".into(), json!(pricing.tag(&name)));
+                }
+            }
+        }
+        message
+    })
+}
+
+/// Builds a [`Shared`] for layers over `gate`.
+pub(crate) fn shared<St>(gate: Arc<Gate<St>>, bearer: Option<BearerResolver>) -> Shared<St> {
+    Shared { gate, bearer }
+}
+
+#[allow(dead_code)]
+fn _assert_send() {
+    fn is_send<T: Send>() {}
+    is_send::<GateBody<Full<Bytes>>>();
+    let _: Option<Infallible> = None;
+}
+
+/// Defines a layer that builds a [`GateService`] with the given stages.
+macro_rules! stage_layer {
+    ($(#[$doc:meta])* $name:ident, $stages:expr) => {
+        $(#[$doc])*
+        pub struct $name<St = $crate::store::MemoryKeyStore> {
+            shared: $crate::layer::Shared<St>,
+        }
+
+        impl<St> Clone for $name<St> {
+            fn clone(&self) -> Self {
+                Self { shared: self.shared.clone() }
+            }
+        }
+
+        impl<St: $crate::store::KeyStore> $name<St> {
+            /// A layer over `gate`.
+            pub fn new(gate: std::sync::Arc<$crate::gate::Gate<St>>) -> Self {
+                Self { shared: $crate::layer::shared(gate, None) }
+            }
+
+            /// Resolves `Authorization: Bearer` tokens to API keys (by default the token is the key).
+            pub fn with_bearer_resolver(
+                mut self,
+                resolve: impl Fn(&str) -> Option<String> + Send + Sync + 'static,
+            ) -> Self {
+                self.shared.bearer = Some(std::sync::Arc::new(resolve));
+                self
+            }
+        }
+
+        impl<S, St> tower::Layer<S> for $name<St> {
+            type Service = $crate::layer::GateService<S, St>;
+            fn layer(&self, inner: S) -> Self::Service {
+                $crate::layer::GateService::new(inner, self.shared.clone(), $stages)
+            }
+        }
+    };
+}
+pub(crate) use stage_layer;
