@@ -337,7 +337,10 @@ impl<S: KeyStore> Gate<S> {
             return;
         }
         if let (true, Some(key)) = (decision.key_expired, &decision.key) {
-            self.emit("key.expired", serde_json::json!({"keyMasked": key.key_masked, "name": key.name}));
+            self.emit(
+                "key.expired",
+                serde_json::json!({"keyMasked": key.key_masked, "name": key.name}),
+            );
         }
         for alert in &decision.alerts {
             self.emit(

@@ -86,7 +86,12 @@ pub fn parse_request(body: &[u8]) -> Result<RpcRequest, RpcError> {
                 "ambiguous request: duplicate key in a JSON object",
             ))
         }
-        Err(_) => return Err(RpcError::new(PARSE_ERROR, "Parse error: body is not valid JSON")),
+        Err(_) => {
+            return Err(RpcError::new(
+                PARSE_ERROR,
+                "Parse error: body is not valid JSON",
+            ))
+        }
     };
     let Value::Object(mut obj) = value else {
         return Err(RpcError::new(
@@ -108,12 +113,22 @@ pub fn parse_request(body: &[u8]) -> Result<RpcRequest, RpcError> {
     let id = match obj.remove("id") {
         None => None,
         Some(id @ (Value::String(_) | Value::Number(_) | Value::Null)) => Some(id),
-        Some(_) => return Err(RpcError::new(INVALID_REQUEST, "id must be a string, number or null")),
+        Some(_) => {
+            return Err(RpcError::new(
+                INVALID_REQUEST,
+                "id must be a string, number or null",
+            ))
+        }
     };
     let params = match obj.remove("params") {
         None => None,
         Some(p @ (Value::Object(_) | Value::Array(_))) => Some(p),
-        Some(_) => return Err(RpcError::new(INVALID_REQUEST, "params must be an object or array")),
+        Some(_) => {
+            return Err(RpcError::new(
+                INVALID_REQUEST,
+                "params must be an object or array",
+            ))
+        }
     };
     Ok(RpcRequest { id, method, params })
 }
@@ -150,7 +165,12 @@ pub fn denial_body(id: Option<&Value>, decision: &Decision) -> Vec<u8> {
     if let Some(retry) = decision.retry_after_secs {
         data["retryAfterSeconds"] = json!(retry);
     }
-    error_body(id, reason.category().jsonrpc_code(), &decision.message(), Some(data))
+    error_body(
+        id,
+        reason.category().jsonrpc_code(),
+        &decision.message(),
+        Some(data),
+    )
 }
 
 /// What a downstream JSON-RPC response says about the call, for refunds.
@@ -250,30 +270,59 @@ mod tests {
     #[test]
     fn envelope_rules() {
         let bad = [
-            (&br#"{"jsonrpc":"1.0","id":1,"method":"x"}"#[..], INVALID_REQUEST),
+            (
+                &br#"{"jsonrpc":"1.0","id":1,"method":"x"}"#[..],
+                INVALID_REQUEST,
+            ),
             (br#"{"id":1,"method":"x"}"#, INVALID_REQUEST),
             (br#"{"jsonrpc":"2.0","id":1,"method":5}"#, INVALID_REQUEST),
-            (br#"{"jsonrpc":"2.0","id":{},"method":"x"}"#, INVALID_REQUEST),
-            (br#"{"jsonrpc":"2.0","id":1,"method":"x","params":3}"#, INVALID_REQUEST),
-            (br#"[{"jsonrpc":"2.0","id":1,"method":"x"}]"#, INVALID_REQUEST),
+            (
+                br#"{"jsonrpc":"2.0","id":{},"method":"x"}"#,
+                INVALID_REQUEST,
+            ),
+            (
+                br#"{"jsonrpc":"2.0","id":1,"method":"x","params":3}"#,
+                INVALID_REQUEST,
+            ),
+            (
+                br#"[{"jsonrpc":"2.0","id":1,"method":"x"}]"#,
+                INVALID_REQUEST,
+            ),
             (br#""just a string""#, INVALID_REQUEST),
-            (br#"{"jsonrpc":"2.0","method":"x","method":"y"}"#, INVALID_REQUEST),
+            (
+                br#"{"jsonrpc":"2.0","method":"x","method":"y"}"#,
+                INVALID_REQUEST,
+            ),
             (b"", PARSE_ERROR),
             (b"\xff\xfe", PARSE_ERROR),
             (br#"{"jsonrpc":"2.0""#, PARSE_ERROR),
         ];
         for (body, code) in bad {
-            assert_eq!(parse_request(body).unwrap_err().code, code, "{}", String::from_utf8_lossy(body));
+            assert_eq!(
+                parse_request(body).unwrap_err().code,
+                code,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
         }
-        let n = parse_request(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#).unwrap();
+        let n =
+            parse_request(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#).unwrap();
         assert!(n.id.is_none());
     }
 
     #[test]
     fn tool_name_must_be_a_string() {
         for params in [r#"{}"#, r#"{"name":5}"#, r#"{"name":null}"#, r#"["echo"]"#] {
-            let body = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{params}}}"#);
-            assert_eq!(parse_request(body.as_bytes()).unwrap().tool_name().unwrap_err().code, INVALID_PARAMS);
+            let body =
+                format!(r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{params}}}"#);
+            assert_eq!(
+                parse_request(body.as_bytes())
+                    .unwrap()
+                    .tool_name()
+                    .unwrap_err()
+                    .code,
+                INVALID_PARAMS
+            );
         }
     }
 
@@ -284,19 +333,40 @@ mod tests {
             "[".repeat(100_000),
             "]".repeat(100_000)
         );
-        assert_eq!(parse_request(body.as_bytes()).unwrap_err().code, PARSE_ERROR);
+        assert_eq!(
+            parse_request(body.as_bytes()).unwrap_err().code,
+            PARSE_ERROR
+        );
     }
 
     #[test]
     fn classify_matches_only_the_calls_id() {
         let id = json!(3);
-        assert_eq!(classify_response(&json!({"jsonrpc":"2.0","id":3,"result":{}}), &id), Some(CallOutcome::Success));
         assert_eq!(
-            classify_response(&json!({"jsonrpc":"2.0","id":3,"result":{"isError":true}}), &id),
+            classify_response(&json!({"jsonrpc":"2.0","id":3,"result":{}}), &id),
+            Some(CallOutcome::Success)
+        );
+        assert_eq!(
+            classify_response(
+                &json!({"jsonrpc":"2.0","id":3,"result":{"isError":true}}),
+                &id
+            ),
             Some(CallOutcome::ToolError)
         );
-        assert_eq!(classify_response(&json!({"jsonrpc":"2.0","id":3,"error":{}}), &id), Some(CallOutcome::RpcError));
-        assert_eq!(classify_response(&json!({"jsonrpc":"2.0","id":"3","error":{}}), &id), None);
-        assert_eq!(classify_response(&json!({"jsonrpc":"2.0","method":"notifications/progress"}), &id), None);
+        assert_eq!(
+            classify_response(&json!({"jsonrpc":"2.0","id":3,"error":{}}), &id),
+            Some(CallOutcome::RpcError)
+        );
+        assert_eq!(
+            classify_response(&json!({"jsonrpc":"2.0","id":"3","error":{}}), &id),
+            None
+        );
+        assert_eq!(
+            classify_response(
+                &json!({"jsonrpc":"2.0","method":"notifications/progress"}),
+                &id
+            ),
+            None
+        );
     }
 }

@@ -50,8 +50,8 @@ pub use config::{ConfigError, PayGateConfig, ToolPricing};
 pub use gate::{block_on, CallRequest, Decision, DenyCategory, DenyReason, Gate, GateError};
 pub use key::{generate_key, mask_key, parse_ip_entry, KeyDigest, KeyRecord};
 pub use layer::{
-    AlertLayer, AuthLayer, BillingLayer, ClientAddr, GateBody, GateService, PayGateLayer, QuotaLayer,
-    RateLimitLayer,
+    AlertLayer, AuthLayer, BillingLayer, ClientAddr, GateBody, GateService, PayGateLayer,
+    QuotaLayer, RateLimitLayer,
 };
 pub use meter::{AdminEvent, EventSink, UsageEvent, UsageMeter};
 pub use pricing::{compact_json_len, Pricing, PricingModel, ToolPriceTag};

@@ -40,7 +40,12 @@ pub(crate) struct RefundWatch {
 }
 
 impl RefundWatch {
-    pub(crate) fn new(id: Value, framing: Framing, refund_tool_errors: bool, on_failure: FollowUp) -> Self {
+    pub(crate) fn new(
+        id: Value,
+        framing: Framing,
+        refund_tool_errors: bool,
+        on_failure: FollowUp,
+    ) -> Self {
         Self {
             id,
             framing,
@@ -116,7 +121,11 @@ pub(crate) struct Rewrite {
 }
 
 impl Rewrite {
-    pub(crate) fn new(id: Value, framing: Framing, transform: Box<dyn Fn(Value) -> Value + Send>) -> Self {
+    pub(crate) fn new(
+        id: Value,
+        framing: Framing,
+        transform: Box<dyn Fn(Value) -> Value + Send>,
+    ) -> Self {
         Self {
             id,
             framing,
@@ -403,7 +412,9 @@ where
             Kind::Full { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
-            Kind::Inner { body, watch: None, .. } => body.size_hint(),
+            Kind::Inner {
+                body, watch: None, ..
+            } => body.size_hint(),
             // A rewrite changes the length.
             Kind::Inner { .. } => SizeHint::default(),
         }
@@ -446,7 +457,10 @@ mod tests {
         assert!(!ignored.finish());
         let mut silent = RefundWatch::new(json!(1), Framing::Sse, false, Box::pin(async {}));
         silent.feed(b"data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\n");
-        assert!(silent.finish(), "a stream that ends without the answer refunds");
+        assert!(
+            silent.finish(),
+            "a stream that ends without the answer refunds"
+        );
     }
 
     #[test]
@@ -460,11 +474,16 @@ mod tests {
             }),
         );
         let mut out = Vec::new();
-        out.extend_from_slice(&rw.feed(b"data: \nid: 0\n\nid: 7\ndata: {\"jsonrpc\":\"2.0\",\"id\":2,"));
+        out.extend_from_slice(
+            &rw.feed(b"data: \nid: 0\n\nid: 7\ndata: {\"jsonrpc\":\"2.0\",\"id\":2,"),
+        );
         out.extend_from_slice(&rw.feed(b"\"result\":{}}\n\n"));
         out.extend_from_slice(&rw.finish());
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("data: \nid: 0\n\n"));
-        assert!(text.contains("id: 7\ndata: {\"id\":2,\"jsonrpc\":\"2.0\",\"result\":{\"x\":1}}\n\n") || text.contains("\"x\":1"));
+        assert!(
+            text.contains("id: 7\ndata: {\"id\":2,\"jsonrpc\":\"2.0\",\"result\":{\"x\":1}}\n\n")
+                || text.contains("\"x\":1")
+        );
     }
 }

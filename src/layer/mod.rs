@@ -233,7 +233,11 @@ fn expose_headers(headers: &mut http::HeaderMap) {
     );
 }
 
-fn rpc_error<R: Body>(status: StatusCode, id: Option<&Value>, e: &jsonrpc::RpcError) -> Response<GateBody<R>> {
+fn rpc_error<R: Body>(
+    status: StatusCode,
+    id: Option<&Value>,
+    e: &jsonrpc::RpcError,
+) -> Response<GateBody<R>> {
     json_response(status, jsonrpc::error_body(id, e.code, &e.message, None))
 }
 
@@ -301,7 +305,10 @@ where
         let Some(d) = decided else {
             // Authentication alone: the key must be valid for this tool.
             if stages.auth {
-                if let Err(reason) = gate.authorize(call.api_key, call.client_ip, Some(&tool)).await {
+                if let Err(reason) = gate
+                    .authorize(call.api_key, call.client_ip, Some(&tool))
+                    .await
+                {
                     let decision = gate.deny(reason, &tool, &call);
                     return Ok(denial_response(id.as_ref(), &decision, stages));
                 }
@@ -319,7 +326,9 @@ where
         } else {
             None
         };
-        let mut resp = forward_with_refund(inner, parts, &ctx, &gate, refund, id.unwrap_or(Value::Null)).await?;
+        let mut resp =
+            forward_with_refund(inner, parts, &ctx, &gate, refund, id.unwrap_or(Value::Null))
+                .await?;
         decorate(resp.headers_mut(), &d.decision, stages);
         return Ok(resp);
     }
@@ -335,7 +344,13 @@ where
                 .await
                 .ok();
             let rewrite = tools_list_rewrite(&gate, record);
-            return forward(inner, parts, &ctx, Some((id.unwrap_or(Value::Null), rewrite))).await;
+            return forward(
+                inner,
+                parts,
+                &ctx,
+                Some((id.unwrap_or(Value::Null), rewrite)),
+            )
+            .await;
         }
         return forward(inner, parts, &ctx, None).await;
     }
@@ -396,7 +411,12 @@ where
         Err(_) => {
             return Err(Box::new(json_response(
                 StatusCode::BAD_REQUEST,
-                jsonrpc::error_body(None, jsonrpc::PARSE_ERROR, "could not read the request body", None),
+                jsonrpc::error_body(
+                    None,
+                    jsonrpc::PARSE_ERROR,
+                    "could not read the request body",
+                    None,
+                ),
             )))
         }
     };
@@ -420,9 +440,17 @@ where
 fn api_key(parts: &http::request::Parts, bearer: Option<&BearerResolver>) -> Option<String> {
     if let Some(v) = parts.headers.get("x-api-key") {
         // A key that is not visible ASCII can match nothing; keep it so it is denied as invalid.
-        return Some(v.to_str().map(|s| s.trim().to_string()).unwrap_or_else(|_| "\u{fffd}".into()));
+        return Some(
+            v.to_str()
+                .map(|s| s.trim().to_string())
+                .unwrap_or_else(|_| "\u{fffd}".into()),
+        );
     }
-    let auth = parts.headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let auth = parts
+        .headers
+        .get(http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
     let (scheme, token) = auth.trim().split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("bearer") {
         return None;
@@ -488,7 +516,8 @@ fn check_mcp_headers<R: Body>(
             _ => Some(()),
         }
     };
-    let bad = mismatch("mcp-method", Some(&rpc.method)).is_some() || mismatch("mcp-name", tool).is_some();
+    let bad =
+        mismatch("mcp-method", Some(&rpc.method)).is_some() || mismatch("mcp-name", tool).is_some();
     bad.then(|| {
         let e = jsonrpc::RpcError {
             code: jsonrpc::INVALID_REQUEST,
@@ -498,10 +527,15 @@ fn check_mcp_headers<R: Body>(
     })
 }
 
-fn denial_response<R: Body>(id: Option<&Value>, d: &Decision, stages: Stages) -> Response<GateBody<R>> {
+fn denial_response<R: Body>(
+    id: Option<&Value>,
+    d: &Decision,
+    stages: Stages,
+) -> Response<GateBody<R>> {
     let mut resp = json_response(StatusCode::OK, jsonrpc::denial_body(id, d));
     if let Some(retry) = d.retry_after_secs {
-        resp.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(retry));
+        resp.headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from(retry));
     }
     decorate(resp.headers_mut(), d, stages);
     resp
@@ -512,12 +546,24 @@ fn decorate(headers: &mut http::HeaderMap, d: &Decision, stages: Stages) {
     expose_headers(headers);
     let Some(key) = &d.key else { return };
     if stages.billing || stages.auth {
-        headers.insert(HeaderName::from_static("x-credits-remaining"), HeaderValue::from(key.credits));
+        headers.insert(
+            HeaderName::from_static("x-credits-remaining"),
+            HeaderValue::from(key.credits),
+        );
     }
     if let (true, Some(rate)) = (stages.rate_limit || stages.auth, d.rate) {
-        headers.insert(HeaderName::from_static("x-ratelimit-limit"), HeaderValue::from(rate.limit));
-        headers.insert(HeaderName::from_static("x-ratelimit-remaining"), HeaderValue::from(rate.remaining));
-        headers.insert(HeaderName::from_static("x-ratelimit-reset"), HeaderValue::from(rate.reset_secs));
+        headers.insert(
+            HeaderName::from_static("x-ratelimit-limit"),
+            HeaderValue::from(rate.limit),
+        );
+        headers.insert(
+            HeaderName::from_static("x-ratelimit-remaining"),
+            HeaderValue::from(rate.remaining),
+        );
+        headers.insert(
+            HeaderName::from_static("x-ratelimit-reset"),
+            HeaderValue::from(rate.reset_secs),
+        );
     }
 }
 
@@ -613,7 +659,10 @@ where
         gate.config().refund_on_tool_error,
         refund("tool_failed"),
     );
-    Ok(Response::from_parts(head, GateBody::inner(body, Some(Watch::Refund(Box::new(watch))))))
+    Ok(Response::from_parts(
+        head,
+        GateBody::inner(body, Some(Watch::Refund(Box::new(watch)))),
+    ))
 }
 
 /// Filters `tools/list` by the key's ACL and adds `_pricing` to each tool.
@@ -633,7 +682,11 @@ fn tools_list_rewrite<St: KeyStore>(
                 record.as_ref().is_none_or(|r| r.permits_tool(name))
             });
             for tool in tools.iter_mut() {
-                let name = tool.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+                let name = tool
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
                 if let Some(obj) = tool.as_object_mut() {
                     obj.insert("_pricing".into(), json!(pricing.tag(&name)));
                 }
