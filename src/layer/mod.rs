@@ -17,7 +17,6 @@
 //! The first stage that needs the decision makes it, in one atomic store call; stages
 //! further in reuse it through request extensions ([`McpContext`], [`GateDecision`]).
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -169,9 +168,14 @@ impl<S, St> GateService<S, St> {
     }
 }
 
+type Answer<R, E> = Result<Response<GateBody<R>>, E>;
+
+/// Rewrites the JSON-RPC response with the given id.
+type Transform = Box<dyn Fn(Value) -> Value + Send>;
+
 /// The response future of [`GateService`].
 pub struct ResponseFuture<ResBody: Body, E> {
-    inner: Pin<Box<dyn Future<Output = Result<Response<GateBody<ResBody>>, E>> + Send>>,
+    inner: Pin<Box<dyn Future<Output = Answer<ResBody, E>> + Send>>,
 }
 
 impl<ResBody: Body, E> Future for ResponseFuture<ResBody, E> {
@@ -212,8 +216,6 @@ where
         }
     }
 }
-
-type Answer<R, E> = Result<Response<GateBody<R>>, E>;
 
 fn json_response<R: Body>(status: StatusCode, body: Vec<u8>) -> Response<GateBody<R>> {
     let mut resp = Response::new(GateBody::full(body));
@@ -272,6 +274,17 @@ where
         return forward(inner, parts, &ctx, None).await;
     };
     let id = rpc.id.clone();
+
+    // A method a lenient downstream might read as `tools/call` is refused outright.
+    if rpc.method != "tools/call"
+        && (rpc.method.trim().eq_ignore_ascii_case("tools/call") || rpc.method.trim() != rpc.method)
+    {
+        let e = jsonrpc::RpcError {
+            code: jsonrpc::INVALID_REQUEST,
+            message: "ambiguous method name".into(),
+        };
+        return Ok(rpc_error(StatusCode::BAD_REQUEST, id.as_ref(), &e));
+    }
 
     if rpc.method == "tools/call" {
         let tool = match rpc.tool_name() {
@@ -585,16 +598,17 @@ fn rebuild(parts: http::request::Parts, ctx: &McpContext) -> Request<Full<Bytes>
 
 /// Forwards the request; `rewrite` transforms the response to the request with that id.
 async fn forward<S, R>(
-    inner: S,
+    mut inner: S,
     parts: http::request::Parts,
     ctx: &McpContext,
-    rewrite: Option<(Value, Box<dyn Fn(Value) -> Value + Send>)>,
+    rewrite: Option<(Value, Transform)>,
 ) -> Answer<R, S::Error>
 where
     S: Service<Request<Full<Bytes>>, Response = Response<R>>,
     R: Body<Data = Bytes>,
 {
-    let resp = inner_call(inner, rebuild(parts, ctx)).await?;
+    // `poll_ready` was driven on this service by `GateService::call`'s caller.
+    let resp = inner.call(rebuild(parts, ctx)).await?;
     let (mut head, body) = resp.into_parts();
     let watch = rewrite.map(|(id, f)| {
         head.headers.remove(CONTENT_LENGTH);
@@ -604,17 +618,9 @@ where
     Ok(Response::from_parts(head, GateBody::inner(body, watch)))
 }
 
-async fn inner_call<S, Req>(mut inner: S, req: Req) -> Result<S::Response, S::Error>
-where
-    S: Service<Req>,
-{
-    // `poll_ready` was driven on this clone by the caller of `GateService::call`.
-    inner.call(req).await
-}
-
 /// Forwards an allowed call; when `receipt` is given, refunds it if the call fails.
 async fn forward_with_refund<S, St, R>(
-    inner: S,
+    mut inner: S,
     parts: http::request::Parts,
     ctx: &McpContext,
     gate: &Arc<Gate<St>>,
@@ -629,8 +635,7 @@ where
     let Some(receipt) = receipt else {
         return forward(inner, parts, ctx, None).await;
     };
-    let started = std::time::Instant::now();
-    let result = inner_call(inner, rebuild(parts, ctx)).await;
+    let result = inner.call(rebuild(parts, ctx)).await;
     let refund = {
         let gate = gate.clone();
         move |reason: &'static str| -> body::FollowUp {
@@ -646,7 +651,6 @@ where
             return Err(e);
         }
     };
-    let _ = started;
     let (mut head, body) = resp.into_parts();
     expose_headers(&mut head.headers);
     if head.status.is_server_error() {
@@ -666,10 +670,7 @@ where
 }
 
 /// Filters `tools/list` by the key's ACL and adds `_pricing` to each tool.
-fn tools_list_rewrite<St: KeyStore>(
-    gate: &Arc<Gate<St>>,
-    record: Option<KeyRecord>,
-) -> Box<dyn Fn(Value) -> Value + Send> {
+fn tools_list_rewrite<St: KeyStore>(gate: &Arc<Gate<St>>, record: Option<KeyRecord>) -> Transform {
     let pricing = gate.pricing().clone();
     Box::new(move |mut message: Value| {
         if let Some(tools) = message
@@ -699,13 +700,6 @@ fn tools_list_rewrite<St: KeyStore>(
 /// Builds a [`Shared`] for layers over `gate`.
 pub(crate) fn shared<St>(gate: Arc<Gate<St>>, bearer: Option<BearerResolver>) -> Shared<St> {
     Shared { gate, bearer }
-}
-
-#[allow(dead_code)]
-fn _assert_send() {
-    fn is_send<T: Send>() {}
-    is_send::<GateBody<Full<Bytes>>>();
-    let _: Option<Infallible> = None;
 }
 
 /// Defines a layer that builds a [`GateService`] with the given stages.

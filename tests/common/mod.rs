@@ -48,3 +48,5 @@ pub fn record(gate: &Gate<MemoryKeyStore>, key: &str) -> paygate_mcp::KeyRecord 
 pub fn now(clock: &ManualClock) -> chrono::DateTime<chrono::Utc> {
     clock.now()
 }
+
+pub mod mcp;

@@ -1,0 +1,92 @@
+//! A real rmcp Streamable-HTTP server behind the PayGate layers, on a loopback port.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Request};
+use axum::middleware::{self, Next};
+use paygate_mcp::{block_on, ClientAddr, Gate, MemoryKeyStore, PayGateConfig, PayGateLayer};
+use rmcp::service::RunningService;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::{RoleClient, ServiceExt};
+use tower::ServiceBuilder;
+
+#[path = "../../examples/common/demo_server.rs"]
+pub mod demo_server;
+
+pub use demo_server::Mode;
+
+/// A gateway serving the demo server on 127.0.0.1, stopped when dropped.
+pub struct Running {
+    pub url: String,
+    pub gate: Arc<Gate<MemoryKeyStore>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+async fn client_addr(
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    mut req: Request,
+    next: Next,
+) -> axum::response::Response {
+    req.extensions_mut().insert(ClientAddr(addr));
+    next.run(req).await
+}
+
+/// Starts the demo server in `mode` behind a `PayGateLayer` built from `cfg`.
+pub async fn spawn_gateway(cfg: PayGateConfig, mode: Mode) -> Running {
+    let gate = Arc::new(Gate::new(cfg).expect("valid config"));
+    let mcp = ServiceBuilder::new()
+        .layer(PayGateLayer::from_gate(gate.clone()))
+        .service(demo_server::service(mode));
+    let app = axum::Router::new()
+        .nest_service("/mcp", mcp)
+        .layer(middleware::from_fn(client_addr));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let addr = listener.local_addr().expect("local addr");
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _ = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async {
+            let _ = rx.await;
+        })
+        .await;
+    });
+    Running {
+        url: format!("http://{addr}/mcp"),
+        gate,
+        stop: Some(tx),
+    }
+}
+
+/// An rmcp client that sends `X-API-Key: key` on every request.
+pub async fn client(url: &str, key: &str) -> RunningService<RoleClient, ()> {
+    let mut headers = HashMap::new();
+    headers.insert(
+        http::HeaderName::from_static("x-api-key"),
+        http::HeaderValue::from_str(key).expect("ascii key"),
+    );
+    let config = StreamableHttpClientTransportConfig::with_uri(url).custom_headers(headers);
+    ().serve(StreamableHttpClientTransport::from_config(config))
+        .await
+        .expect("client initializes")
+}
+
+/// Creates a key on a running gateway.
+pub fn key(running: &Running, credits: u64) -> String {
+    block_on(running.gate.create_key("test", credits)).expect("key created")
+}
