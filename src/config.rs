@@ -136,6 +136,10 @@ pub struct PayGateConfig {
     /// How many reverse proxies in front of the gateway to trust in `X-Forwarded-For`.
     #[serde(deserialize_with = "whole::de")]
     pub trusted_proxy_hops: u64,
+    /// Longest a `tools/call` may take, answer included, in milliseconds; 0 = no limit.
+    /// A call that runs out of time is answered with a JSON-RPC error and refunded.
+    #[serde(deserialize_with = "whole::de")]
+    pub call_timeout_ms: u64,
 }
 
 impl Default for PayGateConfig {
@@ -155,6 +159,7 @@ impl Default for PayGateConfig {
             webhook_secret: None,
             max_body_bytes: 1024 * 1024,
             trusted_proxy_hops: 0,
+            call_timeout_ms: 0,
         }
     }
 }
@@ -299,6 +304,12 @@ impl PayGateConfig {
     /// Sets the request body limit in bytes.
     pub fn with_max_body_bytes(mut self, bytes: u64) -> Self {
         self.max_body_bytes = bytes;
+        self
+    }
+
+    /// Sets the `tools/call` time limit in milliseconds (0 = none).
+    pub fn with_call_timeout_ms(mut self, ms: u64) -> Self {
+        self.call_timeout_ms = ms;
         self
     }
 

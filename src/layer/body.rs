@@ -248,6 +248,16 @@ fn sse_event_outcome(event: &[u8], id: &Value) -> Option<CallOutcome> {
     classify_response(&value, id)
 }
 
+/// A call's time limit inside its response body: when it passes before the body ends, the
+/// body ends with `reply` (an SSE event or a JSON-RPC error) and any refund runs.
+pub(crate) struct Deadline {
+    pub(crate) sleep: Pin<Box<tokio::time::Sleep>>,
+    /// The response's framing, which decides how the reply is written.
+    pub(crate) framing: Framing,
+    /// The JSON-RPC error document to send.
+    pub(crate) reply: Bytes,
+}
+
 /// What a [`GateBody`] does with the downstream's bytes (opaque).
 pub(crate) enum Watch {
     /// Watching for a failure to refund.
@@ -282,6 +292,10 @@ pin_project! {
             pending: Option<FollowUp>,
             // A frame held back while a refund finishes.
             held: Option<Option<Result<Frame<Bytes>, B::Error>>>,
+            // When the call must have answered, and what to send if it has not.
+            deadline: Option<Deadline>,
+            sent_any: bool,
+            ended: bool,
         },
         Full { data: Option<Bytes> },
     }
@@ -290,12 +304,20 @@ pin_project! {
 impl<B: Body> GateBody<B> {
     /// Wraps the downstream's body unchanged.
     pub(crate) fn inner(body: B, watch: Option<Watch>) -> Self {
+        Self::with_deadline(body, watch, None)
+    }
+
+    /// Wraps the downstream's body, cutting it off at `deadline`.
+    pub(crate) fn with_deadline(body: B, watch: Option<Watch>, deadline: Option<Deadline>) -> Self {
         Self {
             kind: Kind::Inner {
                 body,
                 watch,
                 pending: None,
                 held: None,
+                deadline,
+                sent_any: false,
+                ended: false,
             },
         }
     }
@@ -306,6 +328,22 @@ impl<B: Body> GateBody<B> {
             kind: Kind::Full {
                 data: Some(bytes.into()),
             },
+        }
+    }
+}
+
+impl<B: Body> std::fmt::Debug for GateBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.kind {
+            Kind::Inner { watch, ended, .. } => f
+                .debug_struct("GateBody::Inner")
+                .field("watched", &watch.is_some())
+                .field("ended", ended)
+                .finish(),
+            Kind::Full { data } => f
+                .debug_struct("GateBody::Full")
+                .field("len", &data.as_ref().map_or(0, Bytes::len))
+                .finish(),
         }
     }
 }
@@ -328,6 +366,9 @@ where
                 watch,
                 pending,
                 held,
+                deadline,
+                sent_any,
+                ended,
             } => loop {
                 // A refund in progress finishes before anything more is passed on.
                 if let Some(fut) = pending.as_mut() {
@@ -335,9 +376,44 @@ where
                     *pending = None;
                 }
                 if let Some(frame) = held.take() {
+                    *sent_any = true;
                     return Poll::Ready(frame);
                 }
+                if *ended {
+                    return Poll::Ready(None);
+                }
+                if let Some(d) = deadline.as_mut() {
+                    if d.sleep.as_mut().poll(cx).is_ready() {
+                        let reply = match d.framing {
+                            // A JSON body already under way cannot take a second document.
+                            Framing::Json if *sent_any => None,
+                            Framing::Json => Some(d.reply.clone()),
+                            Framing::Sse => {
+                                let mut event = BytesMut::from(&b"data: "[..]);
+                                event.extend_from_slice(&d.reply);
+                                event.extend_from_slice(b"\n\n");
+                                Some(event.freeze())
+                            }
+                        };
+                        if let Some(Watch::Refund(r)) = watch.as_mut() {
+                            if !r.decided {
+                                r.decided = true;
+                                *pending = r.on_failure.take();
+                            }
+                        }
+                        *deadline = None;
+                        *watch = None;
+                        *ended = true;
+                        if let Some(reply) = reply {
+                            *held = Some(Some(Ok(Frame::data(reply))));
+                        }
+                        continue;
+                    }
+                }
                 let polled = ready!(body.as_mut().poll_frame(cx));
+                if polled.is_none() {
+                    *deadline = None;
+                }
                 let Some(w) = watch.as_mut() else {
                     return Poll::Ready(polled);
                 };
@@ -403,7 +479,15 @@ where
                 watch,
                 pending,
                 held,
-            } => watch.is_none() && pending.is_none() && held.is_none() && body.is_end_stream(),
+                ended,
+                ..
+            } => {
+                *ended
+                    || (watch.is_none()
+                        && pending.is_none()
+                        && held.is_none()
+                        && body.is_end_stream())
+            }
         }
     }
 

@@ -22,6 +22,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
@@ -340,8 +341,7 @@ where
             None
         };
         let mut resp =
-            forward_with_refund(inner, parts, &ctx, &gate, refund, id.unwrap_or(Value::Null))
-                .await?;
+            forward_call(inner, parts, &ctx, &gate, refund, id.unwrap_or(Value::Null)).await?;
         decorate(resp.headers_mut(), &d.decision, stages);
         return Ok(resp);
     }
@@ -618,8 +618,9 @@ where
     Ok(Response::from_parts(head, GateBody::inner(body, watch)))
 }
 
-/// Forwards an allowed call; when `receipt` is given, refunds it if the call fails.
-async fn forward_with_refund<S, St, R>(
+/// Forwards an allowed `tools/call` under the call timeout; when `receipt` is given, refunds
+/// it if the call fails, times out or never answers.
+async fn forward_call<S, St, R>(
     mut inner: S,
     parts: http::request::Parts,
     ctx: &McpContext,
@@ -632,40 +633,73 @@ where
     St: KeyStore,
     R: Body<Data = Bytes>,
 {
-    let Some(receipt) = receipt else {
-        return forward(inner, parts, ctx, None).await;
-    };
-    let result = inner.call(rebuild(parts, ctx)).await;
-    let refund = {
+    let timeout_ms = gate.config().call_timeout_ms;
+    let mut receipt = receipt;
+    let mut refund = |reason: &'static str| -> Option<body::FollowUp> {
+        let receipt = receipt.take()?;
         let gate = gate.clone();
-        move |reason: &'static str| -> body::FollowUp {
-            Box::pin(async move {
-                gate.refund_and_record(receipt, reason).await;
-            })
-        }
+        Some(Box::pin(async move {
+            gate.refund_and_record(receipt, reason).await;
+        }))
+    };
+    let timeout_reply = || {
+        Bytes::from(jsonrpc::error_body(
+            Some(&id),
+            jsonrpc::INTERNAL_ERROR,
+            &format!("Tool call timed out after {timeout_ms} ms"),
+            Some(json!({"reason": "upstream_timeout"})),
+        ))
+    };
+    let deadline =
+        (timeout_ms > 0).then(|| tokio::time::Instant::now() + Duration::from_millis(timeout_ms));
+    let call = inner.call(rebuild(parts, ctx));
+    let result = match deadline {
+        Some(at) => match tokio::time::timeout_at(at, call).await {
+            Ok(result) => result,
+            Err(_) => {
+                if let Some(r) = refund("timeout") {
+                    r.await;
+                }
+                return Ok(json_response(StatusCode::OK, timeout_reply().to_vec()));
+            }
+        },
+        None => call.await,
     };
     let resp = match result {
         Ok(resp) => resp,
         Err(e) => {
-            refund("transport_error").await;
+            if let Some(r) = refund("transport_error") {
+                r.await;
+            }
             return Err(e);
         }
     };
     let (mut head, body) = resp.into_parts();
     expose_headers(&mut head.headers);
     if head.status.is_server_error() {
-        refund("http_5xx").await;
+        if let Some(r) = refund("http_5xx") {
+            r.await;
+        }
         return Ok(Response::from_parts(head, GateBody::inner(body, None)));
     }
-    let watch = RefundWatch::new(
-        id,
-        framing(&head.headers),
-        gate.config().refund_on_tool_error,
-        refund("tool_failed"),
-    );
+    let framing = framing(&head.headers);
+    let watch = refund("tool_failed").map(|on_failure| {
+        let w = RefundWatch::new(
+            id.clone(),
+            framing,
+            gate.config().refund_on_tool_error,
+            on_failure,
+        );
+        Watch::Refund(Box::new(w))
+    });
+    let deadline = deadline.map(|at| body::Deadline {
+        sleep: Box::pin(tokio::time::sleep_until(at)),
+        framing,
+        reply: timeout_reply(),
+    });
     Ok(Response::from_parts(
         head,
-        GateBody::inner(body, Some(Watch::Refund(Box::new(watch)))),
+        GateBody::with_deadline(body, watch, deadline),
     ))
 }
 
