@@ -193,25 +193,15 @@ async fn main() -> ExitCode {
         }
     };
     let url = format!("http://127.0.0.1:{port}/mcp");
-    println!(
-        "PayGate MCP gateway on {url} (server: {})",
-        gate.config().name
-    );
-    println!("admin key: {admin_key}");
-    println!(
-        "API key:   {} ({} credits)",
-        keys[0],
-        if args.import_keys.is_empty() {
-            100
-        } else {
-            args.import_keys[0].1
-        }
-    );
+    let credits = args.import_keys.first().map_or(100, |(_, c)| *c);
+    println!("PayGate MCP gateway on {url} ({})", gate.config().name);
+    println!("An API key with {credits} credits and the admin key; paste these into your shell:");
+    println!("export PAYGATE_KEY={}", keys[0]);
+    println!("export PAYGATE_ADMIN_KEY={admin_key}");
     println!();
-    println!("Try it:");
+    println!("Then call a tool:");
     println!(
-        "curl -s {url} -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' -H 'X-API-Key: {}' -d '{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{{\"name\":\"echo\",\"arguments\":{{\"hello\":\"world\"}}}}}}'",
-        keys[0]
+        "curl -s {url} -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' -H \"X-API-Key: $PAYGATE_KEY\" -d '{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{{\"name\":\"echo\",\"arguments\":{{\"hello\":\"world\"}}}}}}'"
     );
     let serve = axum::serve(
         listener,

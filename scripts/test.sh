@@ -5,3 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo test --all-features --all-targets "$@"
 cargo test --all-features --doc "$@"
+scripts/smoke_gateway.sh

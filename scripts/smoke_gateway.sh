@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Starts the gateway exactly as the README says and runs the README's curl lines against it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --quiet --example gateway
+log=$(mktemp)
+cargo run --quiet --example gateway >"$log" 2>&1 &
+pid=$!
+trap 'kill $pid 2>/dev/null || true; rm -f "$log"' EXIT
+for _ in $(seq 1 100); do
+  grep -q '^export PAYGATE_ADMIN_KEY=' "$log" && break
+  kill -0 $pid 2>/dev/null || { cat "$log"; echo "gateway exited early"; exit 1; }
+  sleep 0.1
+done
+eval "$(grep '^export ' "$log")"
+[ -n "${PAYGATE_KEY:-}" ] || { cat "$log"; echo "no API key printed"; exit 1; }
+ran=0
+while IFS= read -r line; do
+  out=$(bash -c "$line")
+  if ! grep -q '"jsonrpc":"2.0"' <<<"$out"; then
+    echo "README command gave no JSON-RPC answer: $line"; echo "$out"; exit 1
+  fi
+  ran=$((ran + 1))
+done < <(sed -n '/^## Try the gateway/,/^## /p' README.md | grep '^curl ')
+[ "$ran" -ge 4 ] || { echo "expected at least 4 README curl lines, ran $ran"; exit 1; }
+# The key paid for exactly the two successful calls.
+balance=$(curl -si http://127.0.0.1:3402/mcp -H 'Content-Type: application/json' -H "X-API-Key: $PAYGATE_KEY" \
+  -d '{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"echo","arguments":{}}}' | tr -d '\r' | awk -F': ' 'tolower($1)=="x-credits-remaining"{print $2}')
+[ "$balance" = "97" ] || { echo "expected 97 credits left, got '$balance'"; exit 1; }
+echo "gateway smoke: $ran README commands ok, balance $balance"
