@@ -53,7 +53,7 @@ pub use layer::{
     AlertLayer, AuthLayer, BillingLayer, ClientAddr, GateBody, GateService, PayGateLayer,
     QuotaLayer, RateLimitLayer,
 };
-pub use meter::{AdminEvent, EventSink, UsageEvent, UsageMeter};
+pub use meter::{AdminEvent, EventSink, FanOut, UsageEvent, UsageMeter};
 pub use pricing::{compact_json_len, Pricing, PricingModel, ToolPriceTag};
 pub use quota::{Quota, QuotaLevel, QuotaUsage};
 pub use ratelimit::{RateState, RateWindow};

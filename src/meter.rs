@@ -132,3 +132,29 @@ pub trait EventSink: Send + Sync + 'static {
     /// One administrative or lifecycle event.
     fn admin(&self, _event: &AdminEvent) {}
 }
+
+/// Sends every event to each of several sinks, in order.
+///
+/// ```
+/// use std::sync::Arc;
+/// use paygate_mcp::{EventSink, FanOut};
+/// struct Quiet;
+/// impl EventSink for Quiet {}
+/// let sinks = FanOut(vec![Arc::new(Quiet) as Arc<dyn EventSink>, Arc::new(Quiet)]);
+/// # let _ = sinks;
+/// ```
+#[derive(Clone, Default)]
+pub struct FanOut(pub Vec<std::sync::Arc<dyn EventSink>>);
+
+impl EventSink for FanOut {
+    fn usage(&self, event: &UsageEvent) {
+        for sink in &self.0 {
+            sink.usage(event);
+        }
+    }
+    fn admin(&self, event: &AdminEvent) {
+        for sink in &self.0 {
+            sink.admin(event);
+        }
+    }
+}
