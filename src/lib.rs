@@ -44,7 +44,11 @@ pub mod ratelimit;
 pub mod store;
 
 pub use alerts::{Alert, AlertContext, AlertEngine, AlertRule, AlertType};
-pub use analytics::AnalyticsEngine;
+pub use analytics::{
+    AnalyticsConfig, AnalyticsEngine, AnalyticsError, AnalyticsReport, AnalyticsStats, Granularity,
+    PeriodTotals, ReportQuery, ReportSummary, TimeBucket, ToolBreakdown, TopConsumer, TrendChange,
+    TrendComparison,
+};
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use config::{ConfigError, PayGateConfig, ToolPricing};
 pub use gate::{block_on, CallRequest, Decision, DenyCategory, DenyReason, Gate, GateError};
