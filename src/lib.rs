@@ -38,6 +38,7 @@ pub mod jsonrpc;
 pub mod key;
 pub mod layer;
 pub mod meter;
+pub mod metrics;
 pub mod pricing;
 pub mod quota;
 pub mod ratelimit;
@@ -58,6 +59,7 @@ pub use layer::{
     QuotaLayer, RateLimitLayer,
 };
 pub use meter::{AdminEvent, EventSink, FanOut, UsageEvent, UsageMeter};
+pub use metrics::Metrics;
 pub use pricing::{compact_json_len, Pricing, PricingModel, ToolPriceTag};
 pub use quota::{Quota, QuotaLevel, QuotaUsage};
 pub use ratelimit::{RateState, RateWindow};
