@@ -29,6 +29,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod alerts;
 pub mod analytics;
 pub mod clock;
@@ -44,6 +45,7 @@ pub mod quota;
 pub mod ratelimit;
 pub mod store;
 
+pub use admin::AdminService;
 pub use alerts::{Alert, AlertContext, AlertEngine, AlertRule, AlertType};
 pub use analytics::{
     AnalyticsConfig, AnalyticsEngine, AnalyticsError, AnalyticsReport, AnalyticsStats, Granularity,

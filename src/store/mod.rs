@@ -174,6 +174,10 @@ pub enum KeyUpdate {
         /// Tools the key may never call.
         denied_tools: Vec<String>,
     },
+    /// Replaces only the allowed tool list.
+    SetAllowedTools(Vec<String>),
+    /// Replaces only the denied tool list.
+    SetDeniedTools(Vec<String>),
     /// Sets or removes the expiry.
     SetExpiry(Option<DateTime<Utc>>),
     /// Sets the key's own quota, or removes it (`None`) to fall back to the global one.
@@ -207,13 +211,18 @@ impl KeyUpdate {
                 allowed_tools,
                 denied_tools,
             } => {
-                if allowed_tools.len() > MAX_LIST_LEN || denied_tools.len() > MAX_LIST_LEN {
-                    return Err(StoreError::Invalid(format!(
-                        "tool lists hold at most {MAX_LIST_LEN} names"
-                    )));
-                }
+                check_tool_list(allowed_tools)?;
+                check_tool_list(denied_tools)?;
                 rec.allowed_tools = allowed_tools.clone();
                 rec.denied_tools = denied_tools.clone();
+            }
+            KeyUpdate::SetAllowedTools(tools) => {
+                check_tool_list(tools)?;
+                rec.allowed_tools = tools.clone();
+            }
+            KeyUpdate::SetDeniedTools(tools) => {
+                check_tool_list(tools)?;
+                rec.denied_tools = tools.clone();
             }
             KeyUpdate::SetExpiry(at) => {
                 rec.expires_at = *at;
@@ -261,6 +270,25 @@ impl KeyUpdate {
         }
         Ok(())
     }
+}
+
+/// Refuses tool lists that are too long or hold empty or overlong names.
+fn check_tool_list(tools: &[String]) -> Result<(), StoreError> {
+    use crate::key::{MAX_LIST_LEN, MAX_NAME_LEN};
+    if tools.len() > MAX_LIST_LEN {
+        return Err(StoreError::Invalid(format!(
+            "tool lists hold at most {MAX_LIST_LEN} names"
+        )));
+    }
+    if tools
+        .iter()
+        .any(|t| t.is_empty() || t.chars().count() > MAX_NAME_LEN)
+    {
+        return Err(StoreError::Invalid(format!(
+            "tool names must be 1 to {MAX_NAME_LEN} characters"
+        )));
+    }
+    Ok(())
 }
 
 /// Where keys, balances, quota counters and rate windows live.

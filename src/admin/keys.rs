@@ -1,0 +1,629 @@
+//! Key management endpoints.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use http::StatusCode;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::json;
+
+use super::{
+    bad_request, error, json_reply, not_found, store_error, AdminRequest, AdminState, Reply,
+};
+use crate::config::whole;
+use crate::key::{generate_key, mask_key, parse_ip_entry, KeyDigest, KeyRecord, MAX_NAME_LEN};
+use crate::quota::Quota;
+use crate::store::{KeyStore, KeyUpdate};
+
+/// Longest expiry accepted: ten years.
+const MAX_EXPIRES_IN_SECS: u64 = 10 * 366 * 86_400;
+/// Largest page of `GET /keys`.
+const MAX_PAGE: usize = 1_000;
+
+/// A key as listings show it: masked, never the key itself.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct KeyView<'a> {
+    key: &'a str,
+    name: &'a str,
+    credits: u64,
+    total_spent: u64,
+    total_calls: u64,
+    active: bool,
+    created_at: DateTime<Utc>,
+    last_used_at: Option<DateTime<Utc>>,
+    expires_at: Option<DateTime<Utc>>,
+    spending_limit: u64,
+    allowed_tools: &'a [String],
+    denied_tools: &'a [String],
+    tags: &'a BTreeMap<String, String>,
+    ip_allowlist: &'a [ipnet::IpNet],
+    quota: Option<Quota>,
+}
+
+impl<'a> From<&'a KeyRecord> for KeyView<'a> {
+    fn from(r: &'a KeyRecord) -> Self {
+        Self {
+            key: &r.key_masked,
+            name: &r.name,
+            credits: r.credits,
+            total_spent: r.total_spent,
+            total_calls: r.total_calls,
+            active: r.active,
+            created_at: r.created_at,
+            last_used_at: r.last_used_at,
+            expires_at: r.expires_at,
+            spending_limit: r.spending_limit,
+            allowed_tools: &r.allowed_tools,
+            denied_tools: &r.denied_tools,
+            tags: &r.tags,
+            ip_allowlist: &r.ip_allowlist,
+            quota: r.quota,
+        }
+    }
+}
+
+/// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`).
+fn nullable<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+#[derive(Deserialize)]
+struct KeyOnly {
+    key: String,
+}
+
+fn digest_of(key: &str) -> Result<KeyDigest, Reply> {
+    if key.is_empty() || key.len() > 256 {
+        return Err(bad_request("'key' must be the full API key"));
+    }
+    Ok(KeyDigest::of(key))
+}
+
+/// Parses the expiry fields shared by create and `/keys/expiry`.
+fn parse_expiry(
+    now_ms: i64,
+    expires_in: Option<u64>,
+    expires_at: Option<Option<String>>,
+) -> Result<Option<Option<DateTime<Utc>>>, Reply> {
+    if let Some(secs) = expires_in {
+        if secs == 0 || secs > MAX_EXPIRES_IN_SECS {
+            return Err(bad_request(format!(
+                "'expiresIn' must be 1 to {MAX_EXPIRES_IN_SECS} seconds"
+            )));
+        }
+        let at =
+            crate::clock::ms_to_datetime(now_ms.saturating_add((secs as i64).saturating_mul(1000)));
+        return Ok(Some(Some(at)));
+    }
+    match expires_at {
+        None => Ok(None),
+        Some(None) => Ok(Some(None)),
+        Some(Some(text)) => match DateTime::parse_from_rfc3339(&text) {
+            Ok(t) if t.timestamp_millis() <= now_ms => {
+                Err(bad_request("'expiresAt' is in the past"))
+            }
+            Ok(t) => Ok(Some(Some(t.with_timezone(&Utc)))),
+            Err(_) => Err(bad_request(
+                "'expiresAt' must be an RFC 3339 time, e.g. 2026-12-31T23:59:59Z",
+            )),
+        },
+    }
+}
+
+fn ip_list(entries: &[String]) -> Result<Vec<ipnet::IpNet>, Reply> {
+    entries
+        .iter()
+        .map(|e| parse_ip_entry(e).map_err(|msg| bad_request(format!("'ipAllowlist': {msg}"))))
+        .collect()
+}
+
+async fn apply<St: KeyStore>(
+    state: &AdminState<St>,
+    key: &KeyDigest,
+    change: &KeyUpdate,
+) -> Result<KeyRecord, Reply> {
+    match state.gate.store().update(key, change).await {
+        Ok(Some(rec)) => Ok(rec),
+        Ok(None) => Err(not_found()),
+        Err(e) => Err(store_error(e)),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CreateKey {
+    name: Option<String>,
+    #[serde(default, deserialize_with = "whole::de_opt")]
+    credits: Option<u64>,
+    allowed_tools: Option<Vec<String>>,
+    denied_tools: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "whole::de_opt")]
+    expires_in: Option<u64>,
+    #[serde(default, deserialize_with = "nullable")]
+    expires_at: Option<Option<String>>,
+    quota: Option<Quota>,
+    tags: Option<BTreeMap<String, String>>,
+    ip_allowlist: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "whole::de_opt")]
+    spending_limit: Option<u64>,
+}
+
+pub(crate) async fn create<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Reply {
+    let body: CreateKey = match req.json() {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let now_ms = state.gate.clock().now_ms();
+    let name = body.name.unwrap_or_else(|| "unnamed".to_string());
+    if name.trim().is_empty() || name.chars().count() > MAX_NAME_LEN {
+        return bad_request(format!("'name' must be 1 to {MAX_NAME_LEN} characters"));
+    }
+    let expires_at = match parse_expiry(now_ms, body.expires_in, body.expires_at) {
+        Ok(e) => e.flatten(),
+        Err(r) => return r,
+    };
+    let ips = match ip_list(body.ip_allowlist.as_deref().unwrap_or_default()) {
+        Ok(ips) => ips,
+        Err(r) => return r,
+    };
+    let key = match generate_key() {
+        Ok(k) => k,
+        Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "cannot generate a key"),
+    };
+    let mut rec = KeyRecord::new(&key, &name, body.credits.unwrap_or(100), now_ms);
+    rec.expires_at = expires_at;
+    rec.quota = body.quota;
+    let changes = [
+        KeyUpdate::SetAcl {
+            allowed_tools: body.allowed_tools.unwrap_or_default(),
+            denied_tools: body.denied_tools.unwrap_or_default(),
+        },
+        KeyUpdate::MergeTags(
+            body.tags
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, Some(v)))
+                .collect(),
+        ),
+        KeyUpdate::SetIpAllowlist(ips),
+        KeyUpdate::SetSpendingLimit(body.spending_limit.unwrap_or(0)),
+    ];
+    for change in &changes {
+        if let Err(e) = change.apply(&mut rec) {
+            return store_error(e);
+        }
+    }
+    if let Err(e) = state.gate.store().insert(rec.clone()).await {
+        return store_error(e);
+    }
+    state.gate.emit(
+        "key.created",
+        json!({"actor": "admin", "keyMasked": rec.key_masked, "name": rec.name, "credits": rec.credits}),
+    );
+    json_reply(
+        StatusCode::CREATED,
+        &json!({
+            "key": key,
+            "name": rec.name,
+            "credits": rec.credits,
+            "allowedTools": rec.allowed_tools,
+            "deniedTools": rec.denied_tools,
+            "expiresAt": rec.expires_at,
+            "tags": rec.tags,
+            "ipAllowlist": rec.ip_allowlist,
+            "spendingLimit": rec.spending_limit,
+            "quota": rec.quota,
+            "message": "Save this key now: it is shown only once.",
+        }),
+    )
+}
+
+pub(crate) async fn list<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Reply {
+    let limit = match req.query.get("limit").map(|l| l.parse::<usize>()) {
+        None => 100,
+        Some(Ok(n)) if (1..=MAX_PAGE).contains(&n) => n,
+        Some(_) => return bad_request(format!("'limit' must be 1 to {MAX_PAGE}")),
+    };
+    let after = match req.query.get("cursor") {
+        None => None,
+        Some(c) => match KeyDigest::from_hex(c) {
+            Some(d) => Some(d),
+            None => return bad_request("'cursor' is not a cursor this API returned"),
+        },
+    };
+    match state.gate.store().list(after, limit).await {
+        Ok(page) => {
+            let keys: Vec<KeyView<'_>> = page.keys.iter().map(KeyView::from).collect();
+            json_reply(
+                StatusCode::OK,
+                &json!({
+                    "keys": keys,
+                    "count": keys.len(),
+                    "total": page.total,
+                    "limit": limit,
+                    "nextCursor": page.next_cursor.map(|c| c.to_hex()),
+                }),
+            )
+        }
+        Err(e) => store_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct TopUp {
+    key: String,
+    #[serde(deserialize_with = "whole::de")]
+    credits: u64,
+}
+
+pub(crate) async fn topup<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Reply {
+    let body: TopUp = match req.json() {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    if body.credits == 0 {
+        return bad_request("'credits' must be at least 1");
+    }
+    let d = match digest_of(&body.key) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    match apply(state, &d, &KeyUpdate::TopUp(body.credits)).await {
+        Ok(rec) => {
+            state.gate.emit(
+                "key.topup",
+                json!({"actor": "admin", "keyMasked": rec.key_masked, "creditsAdded": body.credits, "newBalance": rec.credits}),
+            );
+            json_reply(
+                StatusCode::OK,
+                &json!({"credits": rec.credits, "added": body.credits, "key": rec.key_masked, "name": rec.name}),
+            )
+        }
+        Err(r) => r,
+    }
+}
+
+pub(crate) async fn revoke<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Reply {
+    let body: KeyOnly = match req.json() {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let d = match digest_of(&body.key) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    match apply(state, &d, &KeyUpdate::Revoke).await {
+        Ok(rec) => {
+            state.gate.emit(
+                "key.revoked",
+                json!({"actor": "admin", "keyMasked": rec.key_masked}),
+            );
+            json_reply(
+                StatusCode::OK,
+                &json!({"revoked": true, "key": rec.key_masked, "name": rec.name}),
+            )
+        }
+        Err(r) => r,
+    }
+}
+
+pub(crate) async fn rotate<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Reply {
+    let body: KeyOnly = match req.json() {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let d = match digest_of(&body.key) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    let new_key = match generate_key() {
+        Ok(k) => k,
+        Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "cannot generate a key"),
+    };
+    let old_masked = mask_key(&body.key);
+    match state
+        .gate
+        .store()
+        .rotate(&d, KeyDigest::of(&new_key), mask_key(&new_key))
+        .await
+    {
+        Ok(Some(rec)) => {
+            state.gate.emit(
+                "key.rotated",
+                json!({"actor": "admin", "oldKeyMasked": old_masked, "newKeyMasked": rec.key_masked}),
+            );
+            let mut view = serde_json::to_value(KeyView::from(&rec)).unwrap_or_default();
+            if let Some(obj) = view.as_object_mut() {
+                obj.remove("key");
+                obj.insert("newKey".into(), json!(new_key));
+                obj.insert("oldKeyMasked".into(), json!(old_masked));
+                obj.insert(
+                    "message".into(),
+                    json!(
+                        "The old key stopped working. Save the new key now: it is shown only once."
+                    ),
+                );
+            }
+            json_reply(StatusCode::OK, &view)
+        }
+        Ok(None) => error(StatusCode::NOT_FOUND, "key not found or revoked"),
+        Err(e) => store_error(e),
+    }
+}
+
+/// Runs one or more updates on the key named in the body and answers with the key's view.
+async fn update_and_reply<St: KeyStore>(
+    state: &AdminState<St>,
+    key: &str,
+    changes: &[KeyUpdate],
+    event: &str,
+) -> Reply {
+    let d = match digest_of(key) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    let mut last = None;
+    for change in changes {
+        match apply(state, &d, change).await {
+            Ok(rec) => last = Some(rec),
+            Err(r) => return r,
+        }
+    }
+    let rec = match last {
+        Some(rec) => rec,
+        None => match state.gate.store().get(&d).await {
+            Ok(Some(rec)) => rec,
+            Ok(None) => return not_found(),
+            Err(e) => return store_error(e),
+        },
+    };
+    state.gate.emit(
+        event,
+        json!({"actor": "admin", "keyMasked": rec.key_masked}),
+    );
+    json_reply(StatusCode::OK, &KeyView::from(&rec))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Acl {
+    key: String,
+    allowed_tools: Option<Vec<String>>,
+    denied_tools: Option<Vec<String>>,
+}
+
+pub(crate) async fn acl<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Reply {
+    let body: Acl = match req.json() {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let mut changes = Vec::new();
+    if let Some(a) = body.allowed_tools {
+        changes.push(KeyUpdate::SetAllowedTools(a));
+    }
+    if let Some(d) = body.denied_tools {
+        changes.push(KeyUpdate::SetDeniedTools(d));
+    }
+    if changes.is_empty() {
+        return bad_request("send 'allowedTools' and/or 'deniedTools'");
+    }
+    update_and_reply(state, &body.key, &changes, "key.acl_updated").await
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Expiry {
+    key: String,
+    #[serde(default, deserialize_with = "whole::de_opt")]
+    expires_in: Option<u64>,
+    #[serde(default, deserialize_with = "nullable")]
+    expires_at: Option<Option<String>>,
+}
+
+pub(crate) async fn expiry<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Reply {
+    let body: Expiry = match req.json() {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let at = match parse_expiry(
+        state.gate.clock().now_ms(),
+        body.expires_in,
+        body.expires_at,
+    ) {
+        Ok(Some(at)) => at,
+        Ok(None) => {
+            return bad_request(
+                "send 'expiresIn' (seconds) or 'expiresAt' (RFC 3339, or null to remove)",
+            )
+        }
+        Err(r) => return r,
+    };
+    update_and_reply(
+        state,
+        &body.key,
+        &[KeyUpdate::SetExpiry(at)],
+        "key.expiry_updated",
+    )
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct QuotaBody {
+    key: String,
+    #[serde(default)]
+    remove: bool,
+    #[serde(flatten)]
+    quota: QuotaFields,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct QuotaFields {
+    #[serde(default, deserialize_with = "whole::de")]
+    daily_call_limit: u64,
+    #[serde(default, deserialize_with = "whole::de")]
+    monthly_call_limit: u64,
+    #[serde(default, deserialize_with = "whole::de")]
+    daily_credit_limit: u64,
+    #[serde(default, deserialize_with = "whole::de")]
+    monthly_credit_limit: u64,
+}
+
+pub(crate) async fn quota<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Reply {
+    let body: QuotaBody = match req.json() {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let q = (!body.remove).then_some(Quota {
+        daily_call_limit: body.quota.daily_call_limit,
+        monthly_call_limit: body.quota.monthly_call_limit,
+        daily_credit_limit: body.quota.daily_credit_limit,
+        monthly_credit_limit: body.quota.monthly_credit_limit,
+    });
+    update_and_reply(
+        state,
+        &body.key,
+        &[KeyUpdate::SetQuota(q)],
+        "key.quota_updated",
+    )
+    .await
+}
+
+#[derive(Deserialize)]
+struct Tags {
+    key: String,
+    tags: BTreeMap<String, Option<String>>,
+}
+
+pub(crate) async fn tags<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Reply {
+    let body: Tags = match req.json() {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    update_and_reply(
+        state,
+        &body.key,
+        &[KeyUpdate::MergeTags(body.tags)],
+        "key.tags_updated",
+    )
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Ip {
+    key: String,
+    ip_allowlist: Vec<String>,
+}
+
+pub(crate) async fn ip<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Reply {
+    let body: Ip = match req.json() {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let nets = match ip_list(&body.ip_allowlist) {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    update_and_reply(
+        state,
+        &body.key,
+        &[KeyUpdate::SetIpAllowlist(nets)],
+        "key.ip_updated",
+    )
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Limits {
+    key: String,
+    #[serde(deserialize_with = "whole::de")]
+    spending_limit: u64,
+}
+
+pub(crate) async fn limits<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Reply {
+    let body: Limits = match req.json() {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    update_and_reply(
+        state,
+        &body.key,
+        &[KeyUpdate::SetSpendingLimit(body.spending_limit)],
+        "key.limit_updated",
+    )
+    .await
+}
+
+#[derive(Deserialize)]
+struct Search {
+    tags: BTreeMap<String, String>,
+}
+
+pub(crate) async fn search<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Reply {
+    let body: Search = match req.json() {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    if body.tags.is_empty() || body.tags.len() > crate::key::MAX_TAGS {
+        return bad_request("'tags' must hold 1 to 50 tags to match");
+    }
+    match state
+        .gate
+        .store()
+        .search_by_tags(&body.tags, MAX_PAGE)
+        .await
+    {
+        Ok(found) => {
+            let keys: Vec<KeyView<'_>> = found.iter().map(KeyView::from).collect();
+            json_reply(StatusCode::OK, &json!({"keys": keys, "count": keys.len()}))
+        }
+        Err(e) => store_error(e),
+    }
+}
+
+/// `GET /balance`: a key holder's own view, authenticated by `X-API-Key`.
+pub(crate) async fn balance<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Reply {
+    let Some(key) = req.headers.get("x-api-key").and_then(|v| v.to_str().ok()) else {
+        return error(StatusCode::UNAUTHORIZED, "send your API key in X-API-Key");
+    };
+    let rec = match state.gate.store().get(&KeyDigest::of(key.trim())).await {
+        Ok(Some(rec)) if rec.active => rec,
+        Ok(_) => return error(StatusCode::UNAUTHORIZED, "invalid API key"),
+        Err(e) => return store_error(e),
+    };
+    let now_ms = state.gate.clock().now_ms();
+    let usage = rec.quota_usage.rolled(now_ms);
+    json_reply(
+        StatusCode::OK,
+        &json!({
+            "key": rec.key_masked,
+            "name": rec.name,
+            "credits": rec.credits,
+            "totalSpent": rec.total_spent,
+            "totalCalls": rec.total_calls,
+            "spendingLimit": rec.spending_limit,
+            "remainingBudget": rec.remaining_budget(),
+            "lastUsedAt": rec.last_used_at,
+            "allowedTools": rec.allowed_tools,
+            "deniedTools": rec.denied_tools,
+            "expiresAt": rec.expires_at,
+            "tags": rec.tags,
+            "ipAllowlist": rec.ip_allowlist,
+            "quota": rec.quota.or(state.gate.config().global_quota),
+            "quotaUsage": {
+                "dailyCalls": usage.daily_calls,
+                "dailyCredits": usage.daily_credits,
+                "monthlyCalls": usage.monthly_calls,
+                "monthlyCredits": usage.monthly_credits,
+            },
+        }),
+    )
+}

@@ -1,0 +1,333 @@
+//! The admin API: a tower `Service` that operators mount beside the gated MCP endpoint
+//! (for example axum's `Router::fallback_service`). Paths and camelCase JSON fields mirror
+//! the original product's admin API, so scripts written against it keep working.
+//!
+//! Every endpoint but `/`, `/metrics`, `/pricing`, `/.well-known/mcp-payment` and `/balance`
+//! needs `X-Admin-Key`, compared in constant time; failures are audited as
+//! `admin.auth_failed`. Keys are masked in every response except the one that creates or
+//! rotates them. Bad input gets 400 with `{"error": "..."}`, an unknown key 404, a wrong
+//! method 405 and a missing or wrong admin key 401.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use http::{Method, Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::{BodyExt, Full, Limited};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tower::Service;
+
+use crate::gate::Gate;
+use crate::metrics::Metrics;
+use crate::store::{KeyStore, MemoryKeyStore, StoreError};
+
+mod keys;
+mod reports;
+
+/// Largest admin request body.
+const MAX_ADMIN_BODY: usize = 1024 * 1024;
+
+/// The admin API over a gate.
+///
+/// ```
+/// use std::sync::Arc;
+/// use paygate_mcp::{AdminService, Gate, PayGateConfig};
+/// use tower::ServiceExt;
+/// # paygate_mcp::block_on(async {
+/// let gate = Arc::new(Gate::new(PayGateConfig::default()).unwrap());
+/// let admin = AdminService::new(gate, "admin-secret-123");
+/// let req = http::Request::post("/keys")
+///     .header("x-admin-key", "admin-secret-123")
+///     .body(http_body_util::Full::new(bytes::Bytes::from(r#"{"name":"alice","credits":50}"#)))
+///     .unwrap();
+/// let resp = admin.oneshot(req).await.unwrap();
+/// assert_eq!(resp.status(), 201);
+/// # });
+/// ```
+pub struct AdminService<St = MemoryKeyStore> {
+    state: Arc<AdminState<St>>,
+}
+
+impl<St> Clone for AdminService<St> {
+    fn clone(&self) -> Self {
+        Self {
+            state: self.state.clone(),
+        }
+    }
+}
+
+pub(crate) struct AdminState<St> {
+    pub(crate) gate: Arc<Gate<St>>,
+    admin_key_digest: [u8; 32],
+    pub(crate) metrics: Option<Arc<Metrics>>,
+    pub(crate) started_ms: i64,
+}
+
+impl<St: KeyStore> AdminService<St> {
+    /// The admin API over `gate`, guarded by `admin_key`.
+    pub fn new(gate: Arc<Gate<St>>, admin_key: &str) -> Self {
+        let started_ms = gate.clock().now_ms();
+        Self {
+            state: Arc::new(AdminState {
+                gate,
+                admin_key_digest: Sha256::digest(admin_key.as_bytes()).into(),
+                metrics: None,
+                started_ms,
+            }),
+        }
+    }
+
+    /// Serves `/metrics` from `metrics` (which should also be one of the gate's event sinks).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        if let Some(state) = Arc::get_mut(&mut self.state) {
+            state.metrics = Some(metrics);
+        }
+        self
+    }
+}
+
+/// The response future of [`AdminService`].
+pub struct AdminFuture {
+    inner: Pin<Box<dyn Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send>>,
+}
+
+impl Future for AdminFuture {
+    type Output = Result<Response<Full<Bytes>>, Infallible>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+impl<St, B> Service<Request<B>> for AdminService<St>
+where
+    St: KeyStore,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = AdminFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> AdminFuture {
+        let state = self.state.clone();
+        AdminFuture {
+            inner: Box::pin(async move {
+                let method = req.method().clone();
+                let resp = route(&state, req).await;
+                if let Some(m) = &state.metrics {
+                    m.observe_http(method.as_str(), resp.status().as_u16());
+                }
+                Ok(resp)
+            }),
+        }
+    }
+}
+
+/// An admin response: status and JSON body, or a finished response (CSV, metrics).
+pub(crate) type Reply = Response<Full<Bytes>>;
+
+pub(crate) fn json_reply(status: StatusCode, body: &impl Serialize) -> Reply {
+    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    let mut resp = Response::new(Full::new(Bytes::from(bytes)));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+pub(crate) fn text_reply(content_type: &'static str, body: String) -> Reply {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+
+pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Reply {
+    json_reply(status, &json!({"error": message.into()}))
+}
+
+pub(crate) fn bad_request(message: impl Into<String>) -> Reply {
+    error(StatusCode::BAD_REQUEST, message)
+}
+
+pub(crate) fn not_found() -> Reply {
+    error(StatusCode::NOT_FOUND, "key not found")
+}
+
+/// Maps a store failure to a response that says what is wrong without internals.
+pub(crate) fn store_error(e: StoreError) -> Reply {
+    match e {
+        StoreError::Invalid(msg) => bad_request(msg),
+        StoreError::Duplicate => {
+            error(StatusCode::CONFLICT, "a key with this value already exists")
+        }
+        StoreError::Unavailable(_) | StoreError::Corrupt(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the key store is unavailable; nothing was changed",
+        ),
+    }
+}
+
+/// The parsed request: method, path, query, headers and body bytes.
+pub(crate) struct AdminRequest {
+    pub(crate) method: Method,
+    pub(crate) path: String,
+    pub(crate) query: HashMap<String, String>,
+    pub(crate) headers: http::HeaderMap,
+    pub(crate) body: Bytes,
+}
+
+impl AdminRequest {
+    /// The body as `T`, or a 400 naming the offending field.
+    pub(crate) fn json<T: DeserializeOwned>(&self) -> Result<T, Reply> {
+        if self.body.is_empty() {
+            return Err(bad_request("request body must be a JSON object"));
+        }
+        let de = &mut serde_json::Deserializer::from_slice(&self.body);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if inner.is_syntax() || inner.is_eof() {
+                bad_request("malformed JSON body")
+            } else if path == "." {
+                bad_request(format!("invalid body: {inner}"))
+            } else {
+                bad_request(format!("invalid '{path}': {inner}"))
+            }
+        })
+    }
+}
+
+/// Every endpoint with the methods it takes; `public` ones need no admin key.
+const ROUTES: &[(&str, &[Method], bool)] = &[
+    ("/", &[Method::GET], true),
+    ("/health", &[Method::GET], true),
+    ("/metrics", &[Method::GET], true),
+    ("/pricing", &[Method::GET], true),
+    ("/.well-known/mcp-payment", &[Method::GET], true),
+    ("/balance", &[Method::GET], true),
+    ("/keys", &[Method::GET, Method::POST], false),
+    ("/topup", &[Method::POST], false),
+    ("/keys/revoke", &[Method::POST], false),
+    ("/keys/rotate", &[Method::POST], false),
+    ("/keys/acl", &[Method::POST], false),
+    ("/keys/expiry", &[Method::POST], false),
+    ("/keys/quota", &[Method::POST], false),
+    ("/keys/tags", &[Method::POST], false),
+    ("/keys/ip", &[Method::POST], false),
+    ("/keys/search", &[Method::POST], false),
+    ("/limits", &[Method::POST], false),
+    ("/usage", &[Method::GET], false),
+    ("/status", &[Method::GET], false),
+    ("/analytics", &[Method::GET], false),
+    ("/alerts", &[Method::GET, Method::POST], false),
+];
+
+async fn route<St, B>(state: &AdminState<St>, req: Request<B>) -> Reply
+where
+    St: KeyStore,
+    B: Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().trim_end_matches('/');
+    let path = if path.is_empty() { "/" } else { path }.to_string();
+    let Some((_, methods, public)) = ROUTES.iter().find(|(p, _, _)| *p == path) else {
+        return error(StatusCode::NOT_FOUND, "not found");
+    };
+    if !methods.contains(&parts.method) {
+        let mut resp = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+        let allow: Vec<&str> = methods.iter().map(Method::as_str).collect();
+        if let Ok(v) = HeaderValue::from_str(&allow.join(", ")) {
+            resp.headers_mut().insert(ALLOW, v);
+        }
+        return resp;
+    }
+    if !public && !state.admin_key_ok(&parts.headers) {
+        state.gate.emit(
+            "admin.auth_failed",
+            json!({"actor": "unknown", "path": path, "method": parts.method.as_str()}),
+        );
+        return error(StatusCode::UNAUTHORIZED, "missing or invalid X-Admin-Key");
+    }
+    let body = match Limited::new(body, MAX_ADMIN_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body too large or unreadable",
+            )
+        }
+    };
+    let query = parts
+        .uri
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    let req = AdminRequest {
+        method: parts.method,
+        path,
+        query,
+        headers: parts.headers,
+        body,
+    };
+    match (req.method.clone(), req.path.as_str()) {
+        (_, "/" | "/health") => reports::health(state),
+        (_, "/metrics") => reports::metrics(state).await,
+        (_, "/pricing") => reports::pricing(state),
+        (_, "/.well-known/mcp-payment") => reports::discovery(state),
+        (_, "/balance") => keys::balance(state, &req).await,
+        (Method::POST, "/keys") => keys::create(state, &req).await,
+        (_, "/keys") => keys::list(state, &req).await,
+        (_, "/topup") => keys::topup(state, &req).await,
+        (_, "/keys/revoke") => keys::revoke(state, &req).await,
+        (_, "/keys/rotate") => keys::rotate(state, &req).await,
+        (_, "/keys/acl") => keys::acl(state, &req).await,
+        (_, "/keys/expiry") => keys::expiry(state, &req).await,
+        (_, "/keys/quota") => keys::quota(state, &req).await,
+        (_, "/keys/tags") => keys::tags(state, &req).await,
+        (_, "/keys/ip") => keys::ip(state, &req).await,
+        (_, "/keys/search") => keys::search(state, &req).await,
+        (_, "/limits") => keys::limits(state, &req).await,
+        (_, "/usage") => reports::usage(state, &req),
+        (_, "/status") => reports::status(state).await,
+        (_, "/analytics") => reports::analytics(state, &req),
+        (Method::POST, "/alerts") => reports::configure_alerts(state, &req),
+        (_, "/alerts") => reports::alerts(state),
+        _ => error(StatusCode::NOT_FOUND, "not found"),
+    }
+}
+
+impl<St> AdminState<St> {
+    /// Constant-time comparison of the digests, so neither content nor length leaks.
+    fn admin_key_ok(&self, headers: &http::HeaderMap) -> bool {
+        let Some(sent) = headers.get("x-admin-key") else {
+            return false;
+        };
+        let digest: [u8; 32] = Sha256::digest(sent.as_bytes()).into();
+        bool::from(digest.ct_eq(&self.admin_key_digest))
+    }
+}
+
+/// Neutralizes a CSV cell that a spreadsheet would run as a formula.
+pub(crate) fn csv_safe(cell: &str) -> std::borrow::Cow<'_, str> {
+    match cell.chars().next() {
+        Some('=' | '+' | '-' | '@' | '\t' | '\r') => format!("'{cell}").into(),
+        _ => cell.into(),
+    }
+}
