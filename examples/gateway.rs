@@ -14,7 +14,10 @@ use std::process::ExitCode;
 
 use axum::extract::{ConnectInfo, Request};
 use axum::middleware::{self, Next};
-use paygate_mcp::{block_on, generate_key, ClientAddr, Gate, PayGateConfig, PayGateLayer};
+use paygate_mcp::{
+    block_on, generate_key, AdminService, ClientAddr, EventSink, FanOut, Gate, Metrics,
+    PayGateConfig, PayGateLayer, SystemClock,
+};
 use tower::ServiceBuilder;
 
 #[derive(Debug, Default)]
@@ -140,8 +143,10 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let metrics = std::sync::Arc::new(Metrics::new(std::sync::Arc::new(SystemClock)));
+    let sinks = FanOut(vec![metrics.clone() as std::sync::Arc<dyn EventSink>]);
     let gate = match Gate::new(cfg) {
-        Ok(g) => std::sync::Arc::new(g),
+        Ok(g) => std::sync::Arc::new(g.with_event_sink(std::sync::Arc::new(sinks))),
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
@@ -161,6 +166,10 @@ async fn main() -> ExitCode {
     };
     let mut keys = Vec::new();
     for (key, credits) in &args.import_keys {
+        if *key == admin_key {
+            eprintln!("error: --import-key: an API key cannot be the admin key");
+            return ExitCode::from(2);
+        }
         if let Err(e) = block_on(gate.import_key(key, "imported", *credits)) {
             eprintln!("error: --import-key: {e}");
             return ExitCode::from(2);
@@ -180,8 +189,10 @@ async fn main() -> ExitCode {
     let mcp = ServiceBuilder::new()
         .layer(PayGateLayer::from_gate(gate.clone()))
         .service(demo_server::service(demo_server::Mode::Json));
+    let admin = AdminService::new(gate.clone(), &admin_key).with_metrics(metrics);
     let app = axum::Router::new()
         .nest_service("/mcp", mcp)
+        .fallback_service(admin)
         .layer(middleware::from_fn(client_addr));
 
     let port = args.port.unwrap_or(3402);

@@ -516,7 +516,8 @@ impl AnalyticsEngine {
 
     /// Builds a report for `query` from the aggregates.
     ///
-    /// Defaults: `to` = now (the engine's clock), `from` = `to` − 24 h. Refused when
+    /// Defaults: `to` = now (the engine's clock; calls made in the current minute count),
+    /// `from` = `to` − 24 h. Refused when
     /// `from` > `to`, when the range exceeds [`MAX_RANGE_DAYS`] days, or when `top_n` exceeds
     /// [`MAX_TOP_N`]. `from` == `to` gives an empty report with no buckets.
     ///
@@ -548,7 +549,14 @@ impl AnalyticsEngine {
             let m = from_ms.div_euclid(MINUTE_MS);
             (m, m)
         } else {
-            (from_ms.div_euclid(MINUTE_MS), ceil_div(to_ms, MINUTE_MS))
+            // A defaulted `to` is "now": the current minute counts even when now falls exactly
+            // on its first millisecond.
+            let m_to = if query.to.is_none() {
+                to_ms.div_euclid(MINUTE_MS) + 1
+            } else {
+                ceil_div(to_ms, MINUTE_MS)
+            };
+            (from_ms.div_euclid(MINUTE_MS), m_to)
         };
         let (h_from, h_to) = if m_from == m_to {
             (0, 0)

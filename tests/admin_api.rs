@@ -1,0 +1,743 @@
+//! The admin API over HTTP semantics, in process: every endpoint's happy path and bad input,
+//! with the gated MCP endpoint beside it sharing one gate.
+
+mod common;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use parking_lot::Mutex;
+use paygate_mcp::{
+    AdminEvent, AdminService, EventSink, FanOut, Gate, ManualClock, MemoryKeyStore, Metrics,
+    PayGateConfig, PayGateLayer, Quota, UsageEvent,
+};
+use serde_json::{json, Value};
+use tower::{service_fn, ServiceBuilder, ServiceExt};
+
+const ADMIN: &str = "admin_0123456789abcdef0123456789abcdef";
+
+#[derive(Default)]
+struct Captured(Mutex<Vec<AdminEvent>>);
+
+impl EventSink for Captured {
+    fn admin(&self, e: &AdminEvent) {
+        self.0.lock().push(e.clone());
+    }
+    fn usage(&self, _: &UsageEvent) {}
+}
+
+struct App {
+    gate: Arc<Gate<MemoryKeyStore>>,
+    clock: Arc<ManualClock>,
+    admin: AdminService,
+    events: Arc<Captured>,
+    /// Every response body seen, to check that no secret leaks.
+    seen: Mutex<Vec<String>>,
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: http::HeaderMap,
+    text: String,
+    json: Value,
+}
+
+impl App {
+    fn new(cfg: PayGateConfig) -> Self {
+        let clock = common::clock_at(common::T0);
+        let events = Arc::new(Captured::default());
+        let metrics = Arc::new(Metrics::new(clock.clone()));
+        let sinks = FanOut(vec![events.clone() as Arc<dyn EventSink>, metrics.clone()]);
+        let gate = Gate::with_store(cfg, MemoryKeyStore::new(), clock.clone())
+            .unwrap()
+            .with_event_sink(Arc::new(sinks));
+        let gate = Arc::new(gate);
+        let admin = AdminService::new(gate.clone(), ADMIN).with_metrics(metrics);
+        Self {
+            gate,
+            clock,
+            admin,
+            events,
+            seen: Mutex::new(Vec::new()),
+        }
+    }
+
+    async fn send(&self, method: Method, uri: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+        let mut b = Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let req = b.body(Full::new(Bytes::from(body.to_string()))).unwrap();
+        let resp = self.admin.clone().oneshot(req).await.unwrap();
+        let (parts, body) = resp.into_parts();
+        let text = String::from_utf8(body.collect().await.unwrap().to_bytes().to_vec()).unwrap();
+        self.seen.lock().push(text.clone());
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            json: serde_json::from_str(&text).unwrap_or(Value::Null),
+            text,
+        }
+    }
+
+    async fn get(&self, uri: &str) -> Reply {
+        self.send(Method::GET, uri, &[("x-admin-key", ADMIN)], "")
+            .await
+    }
+
+    async fn post(&self, uri: &str, body: Value) -> Reply {
+        self.send(
+            Method::POST,
+            uri,
+            &[("x-admin-key", ADMIN)],
+            &body.to_string(),
+        )
+        .await
+    }
+
+    async fn create(&self, body: Value) -> String {
+        let r = self.post("/keys", body).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        r.json["key"].as_str().unwrap().to_string()
+    }
+
+    /// A `tools/call` through the gated MCP stack.
+    async fn call(&self, key: &str, tool: &str) -> Value {
+        let svc = ServiceBuilder::new()
+            .layer(PayGateLayer::from_gate(self.gate.clone()))
+            .service(service_fn(|_req: Request<Full<Bytes>>| async {
+                let body =
+                    json!({"jsonrpc": "2.0", "id": 1, "result": {"content": []}}).to_string();
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
+            }));
+        let body =
+            json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": tool}});
+        let req = Request::post("http://localhost/mcp")
+            .header("x-api-key", key)
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap();
+        let resp = svc.oneshot(req).await.unwrap();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    fn event_types(&self) -> Vec<String> {
+        self.events
+            .0
+            .lock()
+            .iter()
+            .map(|e| e.event_type.clone())
+            .collect()
+    }
+}
+
+fn reason(v: &Value) -> &str {
+    v["error"]["data"]["reason"].as_str().unwrap_or("allowed")
+}
+
+#[tokio::test]
+async fn admin_key_is_required_compared_exactly_and_failures_are_audited() {
+    let app = App::new(PayGateConfig::default());
+    let key = app.create(json!({"name": "a"})).await;
+    for headers in [
+        vec![],
+        vec![("x-admin-key", "wrong")],
+        vec![("x-admin-key", key.as_str())],
+        vec![("x-admin-key", &ADMIN[..ADMIN.len() - 1])],
+    ] {
+        let r = app.send(Method::GET, "/keys", &headers, "").await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+        assert!(r.json["error"].is_string());
+    }
+    assert_eq!(
+        app.event_types()
+            .iter()
+            .filter(|t| *t == "admin.auth_failed")
+            .count(),
+        4
+    );
+    // The admin key is not an API key.
+    assert_eq!(reason(&app.call(ADMIN, "t").await), "invalid_api_key");
+    // Public endpoints need no admin key.
+    for path in ["/", "/metrics", "/pricing", "/.well-known/mcp-payment"] {
+        assert_eq!(
+            app.send(Method::GET, path, &[], "").await.status,
+            StatusCode::OK,
+            "{path}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn create_key_defaults_shape_and_validation() {
+    let app = App::new(PayGateConfig::default());
+    let r = app.post("/keys", json!({"name": "alice"})).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    for field in [
+        "key",
+        "name",
+        "credits",
+        "allowedTools",
+        "deniedTools",
+        "expiresAt",
+        "tags",
+        "ipAllowlist",
+        "message",
+    ] {
+        assert!(r.json.get(field).is_some(), "{field}");
+    }
+    assert_eq!(r.json["credits"], 100, "absent credits default to 100");
+    let key = r.json["key"].as_str().unwrap();
+    assert!(key.starts_with("pg_") && key.len() == 51);
+    assert_eq!(
+        app.post("/keys", json!({"credits": 0})).await.json["credits"],
+        0,
+        "explicit 0 is an empty key"
+    );
+    assert_eq!(
+        app.post("/keys", json!({"credits": 12.7})).await.json["credits"],
+        12,
+        "fractions floor"
+    );
+    let bad = [
+        (json!({"credits": -1}), "credits"),
+        (json!({"credits": "ten"}), "credits"),
+        (json!({"name": ""}), "name"),
+        (json!({"name": "x".repeat(201)}), "name"),
+        (
+            json!({"tags": (0..51).map(|i| (format!("k{i}"), json!("v"))).collect::<serde_json::Map<_, _>>()}),
+            "tags",
+        ),
+        (json!({"tags": {"k": "v".repeat(101)}}), "tag"),
+        (json!({"ipAllowlist": ["10.0.0.0/33"]}), "ipAllowlist"),
+        (json!({"expiresAt": "2000-01-01T00:00:00Z"}), "expiresAt"),
+        (json!({"expiresAt": "tomorrow"}), "expiresAt"),
+        (json!({"expiresIn": 0}), "expiresIn"),
+        (json!({"allowedTools": [""]}), "tool names"),
+        (json!({"quota": {"dailyCallLimit": -5}}), "quota"),
+        (json!({"spendingLimit": -1}), "spendingLimit"),
+    ];
+    for (body, mentions) in bad {
+        let r = app.post("/keys", body.clone()).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}");
+        let msg = r.json["error"].as_str().unwrap();
+        assert!(msg.contains(mentions), "{body}: {msg}");
+    }
+    let r = app
+        .send(Method::POST, "/keys", &[("x-admin-key", ADMIN)], "{nope")
+        .await;
+    assert_eq!(
+        (r.status, r.json["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("malformed JSON body"))
+    );
+    let r = app
+        .send(Method::POST, "/keys", &[("x-admin-key", ADMIN)], "[1,2]")
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    // Expiry by duration.
+    let r = app.post("/keys", json!({"expiresIn": 3600})).await;
+    assert_eq!(r.json["expiresAt"], "2026-03-15T11:00:00Z");
+}
+
+#[tokio::test]
+async fn listing_is_masked_paginated_and_bounded() {
+    let app = App::new(PayGateConfig::default());
+    let mut keys = Vec::new();
+    for i in 0..25 {
+        keys.push(app.create(json!({"name": format!("k{i}")})).await);
+    }
+    let mut seen = 0;
+    let mut cursor: Option<String> = None;
+    loop {
+        let uri = match &cursor {
+            Some(c) => format!("/keys?limit=10&cursor={c}"),
+            None => "/keys?limit=10".to_string(),
+        };
+        let r = app.get(&uri).await;
+        assert_eq!(r.json["total"], 25);
+        seen += r.json["keys"].as_array().unwrap().len();
+        for k in &keys {
+            assert!(!r.text.contains(k.as_str()), "a listing leaked a full key");
+        }
+        match r.json["nextCursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, 25);
+    assert_eq!(
+        app.get("/keys?limit=0").await.status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        app.get("/keys?limit=1001").await.status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        app.get("/keys?cursor=zz").await.status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        app.get("/keys").await.json["keys"][0]["key"]
+            .as_str()
+            .unwrap()
+            .len(),
+        14
+    );
+}
+
+#[tokio::test]
+async fn topup_revoke_and_use() {
+    let app = App::new(PayGateConfig::default());
+    let key = app.create(json!({"name": "a", "credits": 1})).await;
+    let r = app
+        .post("/topup", json!({"key": key, "credits": 9.9}))
+        .await;
+    assert_eq!(
+        (r.status, r.json["credits"].clone()),
+        (StatusCode::OK, json!(10))
+    );
+    for body in [
+        json!({"key": key, "credits": 0}),
+        json!({"key": key, "credits": -3}),
+        json!({"key": key}),
+        json!({"credits": 5}),
+    ] {
+        assert_eq!(
+            app.post("/topup", body.clone()).await.status,
+            StatusCode::BAD_REQUEST,
+            "{body}"
+        );
+    }
+    assert_eq!(
+        app.post("/topup", json!({"key": "pg_nobody", "credits": 5}))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        app.post(
+            "/topup",
+            json!({"key": key, "credits": 9_007_199_254_740_990u64})
+        )
+        .await
+        .status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(reason(&app.call(&key, "t").await), "allowed");
+    assert_eq!(
+        app.post("/keys/revoke", json!({"key": key})).await.json["revoked"],
+        true
+    );
+    assert_eq!(reason(&app.call(&key, "t").await), "invalid_api_key");
+    let r = app
+        .send(Method::GET, "/balance", &[("x-api-key", &key)], "")
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        app.post("/keys/revoke", json!({"key": "pg_nobody"}))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    let types = app.event_types();
+    assert!(types.contains(&"key.topup".to_string()) && types.contains(&"key.revoked".to_string()));
+}
+
+#[tokio::test]
+async fn rotation_carries_all_state_and_kills_the_old_key() {
+    let app = App::new(PayGateConfig::default());
+    let old = app
+        .create(json!({
+            "name": "rot", "credits": 20, "tags": {"team": "a"}, "allowedTools": ["t", "u"],
+            "quota": {"dailyCallLimit": 5}, "spendingLimit": 50, "expiresIn": 86400,
+        }))
+        .await;
+    app.call(&old, "t").await;
+    let r = app.post("/keys/rotate", json!({"key": old})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let new = r.json["newKey"].as_str().unwrap().to_string();
+    assert_ne!(new, old);
+    assert_eq!(r.json["credits"], 19);
+    assert_eq!(r.json["totalSpent"], 1);
+    assert_eq!(r.json["tags"]["team"], "a");
+    assert_eq!(r.json["allowedTools"], json!(["t", "u"]));
+    assert_eq!(r.json["quota"]["dailyCallLimit"], 5);
+    assert_eq!(r.json["spendingLimit"], 50);
+    assert!(r.json["expiresAt"].is_string());
+    assert_eq!(reason(&app.call(&old, "t").await), "invalid_api_key");
+    assert_eq!(reason(&app.call(&new, "t").await), "allowed");
+    let bal = app
+        .send(Method::GET, "/balance", &[("x-api-key", &new)], "")
+        .await;
+    assert_eq!(
+        bal.json["quotaUsage"]["dailyCalls"], 2,
+        "quota counters carried over"
+    );
+    assert_eq!(
+        app.post("/keys/rotate", json!({"key": old})).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert!(app.event_types().contains(&"key.rotated".to_string()));
+}
+
+#[tokio::test]
+async fn acl_expiry_quota_tags_ip_and_limits() {
+    let app = App::new(PayGateConfig::default().with_global_quota(Quota {
+        daily_call_limit: 100,
+        ..Default::default()
+    }));
+    let key = app.create(json!({"name": "a", "deniedTools": ["x"]})).await;
+
+    let r = app
+        .post("/keys/acl", json!({"key": key, "allowedTools": ["t", "x"]}))
+        .await;
+    assert_eq!(
+        r.json["deniedTools"],
+        json!(["x"]),
+        "an omitted list is kept"
+    );
+    assert_eq!(reason(&app.call(&key, "u").await), "tool_not_allowed");
+    assert_eq!(reason(&app.call(&key, "x").await), "tool_denied");
+    assert_eq!(
+        app.post("/keys/acl", json!({"key": key})).await.status,
+        StatusCode::BAD_REQUEST
+    );
+
+    let r = app
+        .post("/keys/expiry", json!({"key": key, "expiresIn": 60}))
+        .await;
+    assert_eq!(r.json["expiresAt"], "2026-03-15T10:01:00Z");
+    app.clock.advance_secs(61);
+    assert_eq!(reason(&app.call(&key, "t").await), "api_key_expired");
+    app.post(
+        "/keys/expiry",
+        json!({"key": key, "expiresAt": "2026-12-31T00:00:00Z"}),
+    )
+    .await;
+    assert_eq!(
+        reason(&app.call(&key, "t").await),
+        "allowed",
+        "extension revives the key"
+    );
+    let r = app
+        .post("/keys/expiry", json!({"key": key, "expiresAt": null}))
+        .await;
+    assert!(r.json["expiresAt"].is_null());
+    assert_eq!(
+        app.post("/keys/expiry", json!({"key": key})).await.status,
+        StatusCode::BAD_REQUEST
+    );
+
+    let r = app
+        .post("/keys/quota", json!({"key": key, "dailyCallLimit": 2}))
+        .await;
+    assert_eq!(r.json["quota"]["dailyCallLimit"], 2);
+    assert_eq!(reason(&app.call(&key, "t").await), "allowed");
+    assert_eq!(
+        reason(&app.call(&key, "t").await),
+        "daily_call_quota_exceeded"
+    );
+    let r = app
+        .post("/keys/quota", json!({"key": key, "remove": true}))
+        .await;
+    assert!(r.json["quota"].is_null());
+    assert_eq!(
+        reason(&app.call(&key, "t").await),
+        "allowed",
+        "falls back to the global quota"
+    );
+
+    let r = app
+        .post(
+            "/keys/tags",
+            json!({"key": key, "tags": {"team": "blue", "tier": "gold"}}),
+        )
+        .await;
+    assert_eq!(r.json["tags"], json!({"team": "blue", "tier": "gold"}));
+    let r = app
+        .post("/keys/tags", json!({"key": key, "tags": {"tier": null}}))
+        .await;
+    assert_eq!(r.json["tags"], json!({"team": "blue"}));
+    app.create(json!({"name": "b", "tags": {"team": "blue"}}))
+        .await;
+    app.create(json!({"name": "c", "tags": {"team": "red"}}))
+        .await;
+    let r = app
+        .post("/keys/search", json!({"tags": {"team": "blue"}}))
+        .await;
+    assert_eq!(r.json["count"], 2);
+    assert!(!r.text.contains(&key));
+    assert_eq!(
+        app.post("/keys/search", json!({"tags": {}})).await.status,
+        StatusCode::BAD_REQUEST
+    );
+
+    let r = app
+        .post(
+            "/keys/ip",
+            json!({"key": key, "ipAllowlist": ["10.0.0.1", "2001:db8::/32"]}),
+        )
+        .await;
+    assert_eq!(
+        r.json["ipAllowlist"],
+        json!(["10.0.0.1/32", "2001:db8::/32"])
+    );
+    assert_eq!(reason(&app.call(&key, "t").await), "ip_not_allowed");
+    assert_eq!(
+        app.post("/keys/ip", json!({"key": key, "ipAllowlist": ["nope"]}))
+            .await
+            .status,
+        StatusCode::BAD_REQUEST
+    );
+    app.post("/keys/ip", json!({"key": key, "ipAllowlist": []}))
+        .await;
+
+    let spent = app
+        .send(Method::GET, "/balance", &[("x-api-key", &key)], "")
+        .await
+        .json["totalSpent"]
+        .as_u64()
+        .unwrap();
+    let r = app
+        .post("/limits", json!({"key": key, "spendingLimit": spent}))
+        .await;
+    assert_eq!(r.json["spendingLimit"], spent);
+    assert_eq!(
+        reason(&app.call(&key, "t").await),
+        "spending_limit_exceeded"
+    );
+    assert_eq!(
+        app.post("/limits", json!({"key": key, "spendingLimit": -1}))
+            .await
+            .status,
+        StatusCode::BAD_REQUEST
+    );
+
+    let types = app.event_types();
+    for t in [
+        "key.acl_updated",
+        "key.expiry_updated",
+        "key.quota_updated",
+        "key.tags_updated",
+        "key.ip_updated",
+        "key.limit_updated",
+    ] {
+        assert!(types.contains(&t.to_string()), "{t}");
+    }
+}
+
+#[tokio::test]
+async fn balance_is_self_service() {
+    let app = App::new(PayGateConfig::default());
+    let key = app.create(json!({"name": "me", "credits": 10})).await;
+    app.call(&key, "t").await;
+    let r = app
+        .send(Method::GET, "/balance", &[("x-api-key", &key)], "")
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    for field in [
+        "name",
+        "credits",
+        "totalSpent",
+        "totalCalls",
+        "spendingLimit",
+        "remainingBudget",
+        "lastUsedAt",
+        "allowedTools",
+        "deniedTools",
+        "expiresAt",
+        "tags",
+        "ipAllowlist",
+        "quota",
+        "quotaUsage",
+    ] {
+        assert!(r.json.get(field).is_some(), "{field}");
+    }
+    assert_eq!(
+        (r.json["credits"].clone(), r.json["totalCalls"].clone()),
+        (json!(9), json!(1))
+    );
+    assert!(r.json["remainingBudget"].is_null());
+    assert_eq!(
+        app.send(Method::GET, "/balance", &[], "").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn usage_json_and_csv_escape_hostile_names() {
+    let app = App::new(PayGateConfig::default());
+    let hostile = "=HYPERLINK(\"http://evil\"),\"x\"\nnext";
+    let key = app.create(json!({"name": hostile})).await;
+    app.call(&key, "t").await;
+    app.call(&key, "@SUM(A1)").await;
+    let r = app.get("/usage").await;
+    assert_eq!(r.json["count"], 2);
+    let r = app.get("/usage?format=csv").await;
+    assert!(r.headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/csv"));
+    let mut reader = csv::Reader::from_reader(r.text.as_bytes());
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(
+        &rows[0][2],
+        format!("'{hostile}"),
+        "formula neutralized, quotes/commas/newlines kept intact"
+    );
+    assert_eq!(&rows[1][3], "'@SUM(A1)");
+    assert!(!r.text.contains(&key));
+    assert_eq!(
+        app.get("/usage?format=xml").await.status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        app.get("/usage?since=yesterday").await.status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        app.get("/usage?since=2030-01-01T00:00:00Z").await.json["count"],
+        0
+    );
+}
+
+#[tokio::test]
+async fn status_analytics_alerts_metrics_pricing_discovery() {
+    let app = App::new(PayGateConfig::default().with_tool_price("search", 5));
+    let key = app.create(json!({"name": "a", "credits": 12})).await;
+    app.call(&key, "search").await;
+    app.call(&key, "search").await;
+    app.call(&key, "search").await; // denied: 2 credits left
+
+    let r = app.get("/status").await;
+    assert_eq!(r.json["keys"], json!({"total": 1, "active": 1}));
+    assert_eq!(r.json["totalCreditsAvailable"], 2);
+
+    let r = app.get("/analytics?granularity=hourly&topN=5").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["summary"]["totalCalls"], 3);
+    assert_eq!(r.json["summary"]["totalDenied"], 1);
+    assert_eq!(r.json["tools"][0]["tool"], "search");
+    assert_eq!(
+        app.get("/analytics?granularity=weekly").await.status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        app.get("/analytics?from=2026-03-16T00:00:00Z&to=2026-03-15T00:00:00Z")
+            .await
+            .status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        app.get("/analytics?topN=many").await.status,
+        StatusCode::BAD_REQUEST
+    );
+
+    let r = app
+        .post(
+            "/alerts",
+            json!({"rules": [{"type": "credits_low", "threshold": 50}]}),
+        )
+        .await;
+    assert_eq!(r.json["count"], 1);
+    assert!(app
+        .event_types()
+        .contains(&"admin.alerts_configured".to_string()));
+    assert_eq!(
+        app.post(
+            "/alerts",
+            json!({"rules": [{"type": "quota_warning", "threshold": 101}]})
+        )
+        .await
+        .status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        app.post(
+            "/alerts",
+            json!({"rules": [{"type": "nope", "threshold": 1}]})
+        )
+        .await
+        .status,
+        StatusCode::BAD_REQUEST
+    );
+    app.call(&key, "t").await; // 1 credit left: credits_low fires
+    let r = app.get("/alerts").await;
+    assert_eq!(r.json["count"], 1);
+    assert_eq!(r.json["alerts"][0]["type"], "credits_low");
+    assert_eq!(r.json["rules"][0]["threshold"], 50);
+    assert_eq!(app.get("/alerts").await.json["count"], 0, "consumed");
+
+    let r = app.send(Method::GET, "/metrics", &[], "").await;
+    assert!(
+        r.text
+            .contains(r#"paygate_tool_calls_total{tool="search",status="allowed"} 2"#),
+        "{}",
+        r.text
+    );
+    assert!(r.text.contains("paygate_active_keys 1"));
+    let r = app.send(Method::GET, "/pricing", &[], "").await;
+    assert_eq!(r.json["tools"]["search"]["creditsPerCall"], 5);
+    let r = app
+        .send(Method::GET, "/.well-known/mcp-payment", &[], "")
+        .await;
+    assert_eq!(r.json["billingModel"], "credits");
+    assert!(r.json["errorCodes"]["-32402"].is_string());
+}
+
+#[tokio::test]
+async fn wrong_methods_unknown_paths_and_no_leaks() {
+    let app = App::new(PayGateConfig::default());
+    let key = app.create(json!({"name": "a"})).await;
+    let r = app
+        .send(Method::DELETE, "/keys", &[("x-admin-key", ADMIN)], "")
+        .await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(r.headers["allow"], "GET, POST");
+    assert_eq!(
+        app.send(Method::GET, "/topup", &[("x-admin-key", ADMIN)], "")
+            .await
+            .status,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+    assert_eq!(app.get("/nope").await.status, StatusCode::NOT_FOUND);
+    let big = "x".repeat(2 * 1024 * 1024);
+    assert_eq!(
+        app.send(Method::POST, "/keys", &[("x-admin-key", ADMIN)], &big)
+            .await
+            .status,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+    for path in [
+        "/keys",
+        "/status",
+        "/usage",
+        "/analytics",
+        "/alerts",
+        "/metrics",
+        "/pricing",
+        "/",
+    ] {
+        app.get(path).await;
+    }
+    let seen = app.seen.lock();
+    let creations = seen.iter().filter(|t| t.contains(&key)).count();
+    assert_eq!(
+        creations, 1,
+        "the full key appears only in its creation response"
+    );
+    assert!(
+        seen.iter().all(|t| !t.contains(ADMIN)),
+        "the admin key never appears"
+    );
+    assert!(
+        seen.iter()
+            .all(|t| !t.contains("panicked") && !t.contains("src/")),
+        "no internals"
+    );
+}
