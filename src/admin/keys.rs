@@ -8,7 +8,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::json;
 
 use super::{
-    bad_request, error, json_reply, not_found, store_error, AdminRequest, AdminState, Reply,
+    bad_request, error, json_reply, not_found, AdminRequest, AdminState, ApiError, Handled,
 };
 use crate::config::whole;
 use crate::key::{generate_key, mask_key, parse_ip_entry, KeyDigest, KeyRecord, MAX_NAME_LEN};
@@ -77,7 +77,7 @@ struct KeyOnly {
     key: String,
 }
 
-fn digest_of(key: &str) -> Result<KeyDigest, Reply> {
+fn digest_of(key: &str) -> Result<KeyDigest, ApiError> {
     if key.is_empty() || key.len() > 256 {
         return Err(bad_request("'key' must be the full API key"));
     }
@@ -89,7 +89,7 @@ fn parse_expiry(
     now_ms: i64,
     expires_in: Option<u64>,
     expires_at: Option<Option<String>>,
-) -> Result<Option<Option<DateTime<Utc>>>, Reply> {
+) -> Result<Option<Option<DateTime<Utc>>>, ApiError> {
     if let Some(secs) = expires_in {
         if secs == 0 || secs > MAX_EXPIRES_IN_SECS {
             return Err(bad_request(format!(
@@ -115,7 +115,7 @@ fn parse_expiry(
     }
 }
 
-fn ip_list(entries: &[String]) -> Result<Vec<ipnet::IpNet>, Reply> {
+fn ip_list(entries: &[String]) -> Result<Vec<ipnet::IpNet>, ApiError> {
     entries
         .iter()
         .map(|e| parse_ip_entry(e).map_err(|msg| bad_request(format!("'ipAllowlist': {msg}"))))
@@ -126,11 +126,11 @@ async fn apply<St: KeyStore>(
     state: &AdminState<St>,
     key: &KeyDigest,
     change: &KeyUpdate,
-) -> Result<KeyRecord, Reply> {
+) -> Result<KeyRecord, ApiError> {
     match state.gate.store().update(key, change).await {
         Ok(Some(rec)) => Ok(rec),
         Ok(None) => Err(not_found()),
-        Err(e) => Err(store_error(e)),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -153,59 +153,48 @@ struct CreateKey {
     spending_limit: Option<u64>,
 }
 
-pub(crate) async fn create<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Reply {
-    let body: CreateKey = match req.json() {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+fn new_key() -> Result<String, ApiError> {
+    generate_key().map_err(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "cannot generate a key"))
+}
+
+pub(crate) async fn create<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Handled {
+    let body: CreateKey = req.json()?;
     let now_ms = state.gate.clock().now_ms();
     let name = body.name.unwrap_or_else(|| "unnamed".to_string());
     if name.trim().is_empty() || name.chars().count() > MAX_NAME_LEN {
-        return bad_request(format!("'name' must be 1 to {MAX_NAME_LEN} characters"));
+        return Err(bad_request(format!(
+            "'name' must be 1 to {MAX_NAME_LEN} characters"
+        )));
     }
-    let expires_at = match parse_expiry(now_ms, body.expires_in, body.expires_at) {
-        Ok(e) => e.flatten(),
-        Err(r) => return r,
-    };
-    let ips = match ip_list(body.ip_allowlist.as_deref().unwrap_or_default()) {
-        Ok(ips) => ips,
-        Err(r) => return r,
-    };
-    let key = match generate_key() {
-        Ok(k) => k,
-        Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "cannot generate a key"),
-    };
+    let expires_at = parse_expiry(now_ms, body.expires_in, body.expires_at)?.flatten();
+    let ips = ip_list(body.ip_allowlist.as_deref().unwrap_or_default())?;
+    let key = new_key()?;
     let mut rec = KeyRecord::new(&key, &name, body.credits.unwrap_or(100), now_ms);
     rec.expires_at = expires_at;
     rec.quota = body.quota;
+    let tags = body
+        .tags
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, Some(v)));
     let changes = [
         KeyUpdate::SetAcl {
             allowed_tools: body.allowed_tools.unwrap_or_default(),
             denied_tools: body.denied_tools.unwrap_or_default(),
         },
-        KeyUpdate::MergeTags(
-            body.tags
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k, Some(v)))
-                .collect(),
-        ),
+        KeyUpdate::MergeTags(tags.collect()),
         KeyUpdate::SetIpAllowlist(ips),
         KeyUpdate::SetSpendingLimit(body.spending_limit.unwrap_or(0)),
     ];
     for change in &changes {
-        if let Err(e) = change.apply(&mut rec) {
-            return store_error(e);
-        }
+        change.apply(&mut rec)?;
     }
-    if let Err(e) = state.gate.store().insert(rec.clone()).await {
-        return store_error(e);
-    }
+    state.gate.store().insert(rec.clone()).await?;
     state.gate.emit(
         "key.created",
         json!({"actor": "admin", "keyMasked": rec.key_masked, "name": rec.name, "credits": rec.credits}),
     );
-    json_reply(
+    Ok(json_reply(
         StatusCode::CREATED,
         &json!({
             "key": key,
@@ -220,38 +209,34 @@ pub(crate) async fn create<St: KeyStore>(state: &AdminState<St>, req: &AdminRequ
             "quota": rec.quota,
             "message": "Save this key now: it is shown only once.",
         }),
-    )
+    ))
 }
 
-pub(crate) async fn list<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Reply {
+pub(crate) async fn list<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Handled {
     let limit = match req.query.get("limit").map(|l| l.parse::<usize>()) {
         None => 100,
         Some(Ok(n)) if (1..=MAX_PAGE).contains(&n) => n,
-        Some(_) => return bad_request(format!("'limit' must be 1 to {MAX_PAGE}")),
+        Some(_) => return Err(bad_request(format!("'limit' must be 1 to {MAX_PAGE}"))),
     };
     let after = match req.query.get("cursor") {
         None => None,
-        Some(c) => match KeyDigest::from_hex(c) {
-            Some(d) => Some(d),
-            None => return bad_request("'cursor' is not a cursor this API returned"),
-        },
+        Some(c) => Some(
+            KeyDigest::from_hex(c)
+                .ok_or_else(|| bad_request("'cursor' is not a cursor this API returned"))?,
+        ),
     };
-    match state.gate.store().list(after, limit).await {
-        Ok(page) => {
-            let keys: Vec<KeyView<'_>> = page.keys.iter().map(KeyView::from).collect();
-            json_reply(
-                StatusCode::OK,
-                &json!({
-                    "keys": keys,
-                    "count": keys.len(),
-                    "total": page.total,
-                    "limit": limit,
-                    "nextCursor": page.next_cursor.map(|c| c.to_hex()),
-                }),
-            )
-        }
-        Err(e) => store_error(e),
-    }
+    let page = state.gate.store().list(after, limit).await?;
+    let keys: Vec<KeyView<'_>> = page.keys.iter().map(KeyView::from).collect();
+    Ok(json_reply(
+        StatusCode::OK,
+        &json!({
+            "keys": keys,
+            "count": keys.len(),
+            "total": page.total,
+            "limit": limit,
+            "nextCursor": page.next_cursor.map(|c| c.to_hex()),
+        }),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -261,132 +246,86 @@ struct TopUp {
     credits: u64,
 }
 
-pub(crate) async fn topup<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Reply {
-    let body: TopUp = match req.json() {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+pub(crate) async fn topup<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Handled {
+    let body: TopUp = req.json()?;
     if body.credits == 0 {
-        return bad_request("'credits' must be at least 1");
+        return Err(bad_request("'credits' must be at least 1"));
     }
-    let d = match digest_of(&body.key) {
-        Ok(d) => d,
-        Err(r) => return r,
-    };
-    match apply(state, &d, &KeyUpdate::TopUp(body.credits)).await {
-        Ok(rec) => {
-            state.gate.emit(
-                "key.topup",
-                json!({"actor": "admin", "keyMasked": rec.key_masked, "creditsAdded": body.credits, "newBalance": rec.credits}),
-            );
-            json_reply(
-                StatusCode::OK,
-                &json!({"credits": rec.credits, "added": body.credits, "key": rec.key_masked, "name": rec.name}),
-            )
-        }
-        Err(r) => r,
-    }
+    let rec = apply(
+        state,
+        &digest_of(&body.key)?,
+        &KeyUpdate::TopUp(body.credits),
+    )
+    .await?;
+    state.gate.emit(
+        "key.topup",
+        json!({"actor": "admin", "keyMasked": rec.key_masked, "creditsAdded": body.credits, "newBalance": rec.credits}),
+    );
+    Ok(json_reply(
+        StatusCode::OK,
+        &json!({"credits": rec.credits, "added": body.credits, "key": rec.key_masked, "name": rec.name}),
+    ))
 }
 
-pub(crate) async fn revoke<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Reply {
-    let body: KeyOnly = match req.json() {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let d = match digest_of(&body.key) {
-        Ok(d) => d,
-        Err(r) => return r,
-    };
-    match apply(state, &d, &KeyUpdate::Revoke).await {
-        Ok(rec) => {
-            state.gate.emit(
-                "key.revoked",
-                json!({"actor": "admin", "keyMasked": rec.key_masked}),
-            );
-            json_reply(
-                StatusCode::OK,
-                &json!({"revoked": true, "key": rec.key_masked, "name": rec.name}),
-            )
-        }
-        Err(r) => r,
-    }
+pub(crate) async fn revoke<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Handled {
+    let body: KeyOnly = req.json()?;
+    let rec = apply(state, &digest_of(&body.key)?, &KeyUpdate::Revoke).await?;
+    state.gate.emit(
+        "key.revoked",
+        json!({"actor": "admin", "keyMasked": rec.key_masked}),
+    );
+    Ok(json_reply(
+        StatusCode::OK,
+        &json!({"revoked": true, "key": rec.key_masked, "name": rec.name}),
+    ))
 }
 
-pub(crate) async fn rotate<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Reply {
-    let body: KeyOnly = match req.json() {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let d = match digest_of(&body.key) {
-        Ok(d) => d,
-        Err(r) => return r,
-    };
-    let new_key = match generate_key() {
-        Ok(k) => k,
-        Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "cannot generate a key"),
-    };
+pub(crate) async fn rotate<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Handled {
+    let body: KeyOnly = req.json()?;
+    let old = digest_of(&body.key)?;
+    let new_key = new_key()?;
     let old_masked = mask_key(&body.key);
-    match state
+    let rec = state
         .gate
         .store()
-        .rotate(&d, KeyDigest::of(&new_key), mask_key(&new_key))
-        .await
-    {
-        Ok(Some(rec)) => {
-            state.gate.emit(
-                "key.rotated",
-                json!({"actor": "admin", "oldKeyMasked": old_masked, "newKeyMasked": rec.key_masked}),
-            );
-            let mut view = serde_json::to_value(KeyView::from(&rec)).unwrap_or_default();
-            if let Some(obj) = view.as_object_mut() {
-                obj.remove("key");
-                obj.insert("newKey".into(), json!(new_key));
-                obj.insert("oldKeyMasked".into(), json!(old_masked));
-                obj.insert(
-                    "message".into(),
-                    json!(
-                        "The old key stopped working. Save the new key now: it is shown only once."
-                    ),
-                );
-            }
-            json_reply(StatusCode::OK, &view)
-        }
-        Ok(None) => error(StatusCode::NOT_FOUND, "key not found or revoked"),
-        Err(e) => store_error(e),
+        .rotate(&old, KeyDigest::of(&new_key), mask_key(&new_key))
+        .await?
+        .ok_or_else(|| error(StatusCode::NOT_FOUND, "key not found or revoked"))?;
+    state.gate.emit(
+        "key.rotated",
+        json!({"actor": "admin", "oldKeyMasked": old_masked, "newKeyMasked": rec.key_masked}),
+    );
+    let mut view = serde_json::to_value(KeyView::from(&rec)).unwrap_or_default();
+    if let Some(obj) = view.as_object_mut() {
+        obj.remove("key");
+        obj.insert("newKey".into(), json!(new_key));
+        obj.insert("oldKeyMasked".into(), json!(old_masked));
+        obj.insert(
+            "message".into(),
+            json!("The old key stopped working. Save the new key now: it is shown only once."),
+        );
     }
+    Ok(json_reply(StatusCode::OK, &view))
 }
 
-/// Runs one or more updates on the key named in the body and answers with the key's view.
+/// Applies `changes` in order to the key named `key` and answers with its view.
 async fn update_and_reply<St: KeyStore>(
     state: &AdminState<St>,
     key: &str,
     changes: &[KeyUpdate],
     event: &str,
-) -> Reply {
-    let d = match digest_of(key) {
-        Ok(d) => d,
-        Err(r) => return r,
-    };
-    let mut last = None;
+) -> Handled {
+    let d = digest_of(key)?;
+    let mut rec = None;
     for change in changes {
-        match apply(state, &d, change).await {
-            Ok(rec) => last = Some(rec),
-            Err(r) => return r,
-        }
+        rec = Some(apply(state, &d, change).await?);
     }
-    let rec = match last {
-        Some(rec) => rec,
-        None => match state.gate.store().get(&d).await {
-            Ok(Some(rec)) => rec,
-            Ok(None) => return not_found(),
-            Err(e) => return store_error(e),
-        },
-    };
+    let rec = rec.ok_or_else(|| bad_request("nothing to change"))?;
     state.gate.emit(
         event,
         json!({"actor": "admin", "keyMasked": rec.key_masked}),
     );
-    json_reply(StatusCode::OK, &KeyView::from(&rec))
+    Ok(json_reply(StatusCode::OK, &KeyView::from(&rec)))
 }
 
 #[derive(Deserialize)]
@@ -397,20 +336,17 @@ struct Acl {
     denied_tools: Option<Vec<String>>,
 }
 
-pub(crate) async fn acl<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Reply {
-    let body: Acl = match req.json() {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let mut changes = Vec::new();
-    if let Some(a) = body.allowed_tools {
-        changes.push(KeyUpdate::SetAllowedTools(a));
-    }
-    if let Some(d) = body.denied_tools {
-        changes.push(KeyUpdate::SetDeniedTools(d));
-    }
+pub(crate) async fn acl<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Handled {
+    let body: Acl = req.json()?;
+    let changes: Vec<KeyUpdate> = [
+        body.allowed_tools.map(KeyUpdate::SetAllowedTools),
+        body.denied_tools.map(KeyUpdate::SetDeniedTools),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     if changes.is_empty() {
-        return bad_request("send 'allowedTools' and/or 'deniedTools'");
+        return Err(bad_request("send 'allowedTools' and/or 'deniedTools'"));
     }
     update_and_reply(state, &body.key, &changes, "key.acl_updated").await
 }
@@ -425,24 +361,16 @@ struct Expiry {
     expires_at: Option<Option<String>>,
 }
 
-pub(crate) async fn expiry<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Reply {
-    let body: Expiry = match req.json() {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let at = match parse_expiry(
+pub(crate) async fn expiry<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Handled {
+    let body: Expiry = req.json()?;
+    let at = parse_expiry(
         state.gate.clock().now_ms(),
         body.expires_in,
         body.expires_at,
-    ) {
-        Ok(Some(at)) => at,
-        Ok(None) => {
-            return bad_request(
-                "send 'expiresIn' (seconds) or 'expiresAt' (RFC 3339, or null to remove)",
-            )
-        }
-        Err(r) => return r,
-    };
+    )?
+    .ok_or_else(|| {
+        bad_request("send 'expiresIn' (seconds) or 'expiresAt' (RFC 3339, or null to remove)")
+    })?;
     update_and_reply(
         state,
         &body.key,
@@ -458,13 +386,6 @@ struct QuotaBody {
     key: String,
     #[serde(default)]
     remove: bool,
-    #[serde(flatten)]
-    quota: QuotaFields,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct QuotaFields {
     #[serde(default, deserialize_with = "whole::de")]
     daily_call_limit: u64,
     #[serde(default, deserialize_with = "whole::de")]
@@ -475,16 +396,13 @@ struct QuotaFields {
     monthly_credit_limit: u64,
 }
 
-pub(crate) async fn quota<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Reply {
-    let body: QuotaBody = match req.json() {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+pub(crate) async fn quota<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Handled {
+    let body: QuotaBody = req.json()?;
     let q = (!body.remove).then_some(Quota {
-        daily_call_limit: body.quota.daily_call_limit,
-        monthly_call_limit: body.quota.monthly_call_limit,
-        daily_credit_limit: body.quota.daily_credit_limit,
-        monthly_credit_limit: body.quota.monthly_credit_limit,
+        daily_call_limit: body.daily_call_limit,
+        monthly_call_limit: body.monthly_call_limit,
+        daily_credit_limit: body.daily_credit_limit,
+        monthly_credit_limit: body.monthly_credit_limit,
     });
     update_and_reply(
         state,
@@ -501,11 +419,8 @@ struct Tags {
     tags: BTreeMap<String, Option<String>>,
 }
 
-pub(crate) async fn tags<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Reply {
-    let body: Tags = match req.json() {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+pub(crate) async fn tags<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Handled {
+    let body: Tags = req.json()?;
     update_and_reply(
         state,
         &body.key,
@@ -522,15 +437,9 @@ struct Ip {
     ip_allowlist: Vec<String>,
 }
 
-pub(crate) async fn ip<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Reply {
-    let body: Ip = match req.json() {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let nets = match ip_list(&body.ip_allowlist) {
-        Ok(n) => n,
-        Err(r) => return r,
-    };
+pub(crate) async fn ip<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Handled {
+    let body: Ip = req.json()?;
+    let nets = ip_list(&body.ip_allowlist)?;
     update_and_reply(
         state,
         &body.key,
@@ -548,18 +457,10 @@ struct Limits {
     spending_limit: u64,
 }
 
-pub(crate) async fn limits<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Reply {
-    let body: Limits = match req.json() {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    update_and_reply(
-        state,
-        &body.key,
-        &[KeyUpdate::SetSpendingLimit(body.spending_limit)],
-        "key.limit_updated",
-    )
-    .await
+pub(crate) async fn limits<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Handled {
+    let body: Limits = req.json()?;
+    let change = KeyUpdate::SetSpendingLimit(body.spending_limit);
+    update_and_reply(state, &body.key, &[change], "key.limit_updated").await
 }
 
 #[derive(Deserialize)]
@@ -567,41 +468,39 @@ struct Search {
     tags: BTreeMap<String, String>,
 }
 
-pub(crate) async fn search<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Reply {
-    let body: Search = match req.json() {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+pub(crate) async fn search<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Handled {
+    let body: Search = req.json()?;
     if body.tags.is_empty() || body.tags.len() > crate::key::MAX_TAGS {
-        return bad_request("'tags' must hold 1 to 50 tags to match");
+        return Err(bad_request("'tags' must hold 1 to 50 tags to match"));
     }
-    match state
+    let found = state
         .gate
         .store()
         .search_by_tags(&body.tags, MAX_PAGE)
-        .await
-    {
-        Ok(found) => {
-            let keys: Vec<KeyView<'_>> = found.iter().map(KeyView::from).collect();
-            json_reply(StatusCode::OK, &json!({"keys": keys, "count": keys.len()}))
-        }
-        Err(e) => store_error(e),
-    }
+        .await?;
+    let keys: Vec<KeyView<'_>> = found.iter().map(KeyView::from).collect();
+    Ok(json_reply(
+        StatusCode::OK,
+        &json!({"keys": keys, "count": keys.len()}),
+    ))
 }
 
 /// `GET /balance`: a key holder's own view, authenticated by `X-API-Key`.
-pub(crate) async fn balance<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Reply {
-    let Some(key) = req.headers.get("x-api-key").and_then(|v| v.to_str().ok()) else {
-        return error(StatusCode::UNAUTHORIZED, "send your API key in X-API-Key");
-    };
-    let rec = match state.gate.store().get(&KeyDigest::of(key.trim())).await {
-        Ok(Some(rec)) if rec.active => rec,
-        Ok(_) => return error(StatusCode::UNAUTHORIZED, "invalid API key"),
-        Err(e) => return store_error(e),
-    };
-    let now_ms = state.gate.clock().now_ms();
-    let usage = rec.quota_usage.rolled(now_ms);
-    json_reply(
+pub(crate) async fn balance<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Handled {
+    let key = req
+        .headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| error(StatusCode::UNAUTHORIZED, "send your API key in X-API-Key"))?;
+    let rec = state
+        .gate
+        .store()
+        .get(&KeyDigest::of(key.trim()))
+        .await?
+        .filter(|r| r.active)
+        .ok_or_else(|| error(StatusCode::UNAUTHORIZED, "invalid API key"))?;
+    let usage = rec.quota_usage.rolled(state.gate.clock().now_ms());
+    Ok(json_reply(
         StatusCode::OK,
         &json!({
             "key": rec.key_masked,
@@ -625,5 +524,5 @@ pub(crate) async fn balance<St: KeyStore>(state: &AdminState<St>, req: &AdminReq
                 "monthlyCredits": usage.monthly_credits,
             },
         }),
-    )
+    ))
 }

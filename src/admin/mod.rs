@@ -98,11 +98,11 @@ impl<St: KeyStore> AdminService<St> {
 
 /// The response future of [`AdminService`].
 pub struct AdminFuture {
-    inner: Pin<Box<dyn Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send>>,
+    inner: Pin<Box<dyn Future<Output = Result<Reply, Infallible>> + Send>>,
 }
 
 impl Future for AdminFuture {
-    type Output = Result<Response<Full<Bytes>>, Infallible>;
+    type Output = Result<Reply, Infallible>;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         self.inner.as_mut().poll(cx)
     }
@@ -138,8 +138,8 @@ where
     }
 }
 
-/// An admin response: status and JSON body, or a finished response (CSV, metrics).
-pub(crate) type Reply = Response<Full<Bytes>>;
+/// An admin response.
+pub type Reply = Response<Full<Bytes>>;
 
 pub(crate) fn json_reply(status: StatusCode, body: &impl Serialize) -> Reply {
     let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
@@ -157,29 +157,50 @@ pub(crate) fn text_reply(content_type: &'static str, body: String) -> Reply {
     resp
 }
 
-pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Reply {
-    json_reply(status, &json!({"error": message.into()}))
+/// A refused admin request: its status and a message safe to show.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    message: String,
 }
 
-pub(crate) fn bad_request(message: impl Into<String>) -> Reply {
+impl ApiError {
+    fn into_reply(self) -> Reply {
+        json_reply(self.status, &json!({"error": self.message}))
+    }
+}
+
+/// What a handler answers.
+pub(crate) type Handled = Result<Reply, ApiError>;
+
+pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> ApiError {
+    ApiError {
+        status,
+        message: message.into(),
+    }
+}
+
+pub(crate) fn bad_request(message: impl Into<String>) -> ApiError {
     error(StatusCode::BAD_REQUEST, message)
 }
 
-pub(crate) fn not_found() -> Reply {
+pub(crate) fn not_found() -> ApiError {
     error(StatusCode::NOT_FOUND, "key not found")
 }
 
-/// Maps a store failure to a response that says what is wrong without internals.
-pub(crate) fn store_error(e: StoreError) -> Reply {
-    match e {
-        StoreError::Invalid(msg) => bad_request(msg),
-        StoreError::Duplicate => {
-            error(StatusCode::CONFLICT, "a key with this value already exists")
+/// A store failure, said without internals.
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Invalid(msg) => bad_request(msg),
+            StoreError::Duplicate => {
+                error(StatusCode::CONFLICT, "a key with this value already exists")
+            }
+            StoreError::Unavailable(_) | StoreError::Corrupt(_) => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the key store is unavailable; nothing was changed",
+            ),
         }
-        StoreError::Unavailable(_) | StoreError::Corrupt(_) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the key store is unavailable; nothing was changed",
-        ),
     }
 }
 
@@ -194,7 +215,7 @@ pub(crate) struct AdminRequest {
 
 impl AdminRequest {
     /// The body as `T`, or a 400 naming the offending field.
-    pub(crate) fn json<T: DeserializeOwned>(&self) -> Result<T, Reply> {
+    pub(crate) fn json<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
         if self.body.is_empty() {
             return Err(bad_request("request body must be a JSON object"));
         }
@@ -248,10 +269,10 @@ where
     let path = parts.uri.path().trim_end_matches('/');
     let path = if path.is_empty() { "/" } else { path }.to_string();
     let Some((_, methods, public)) = ROUTES.iter().find(|(p, _, _)| *p == path) else {
-        return error(StatusCode::NOT_FOUND, "not found");
+        return error(StatusCode::NOT_FOUND, "not found").into_reply();
     };
     if !methods.contains(&parts.method) {
-        let mut resp = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+        let mut resp = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed").into_reply();
         let allow: Vec<&str> = methods.iter().map(Method::as_str).collect();
         if let Ok(v) = HeaderValue::from_str(&allow.join(", ")) {
             resp.headers_mut().insert(ALLOW, v);
@@ -263,7 +284,7 @@ where
             "admin.auth_failed",
             json!({"actor": "unknown", "path": path, "method": parts.method.as_str()}),
         );
-        return error(StatusCode::UNAUTHORIZED, "missing or invalid X-Admin-Key");
+        return error(StatusCode::UNAUTHORIZED, "missing or invalid X-Admin-Key").into_reply();
     }
     let body = match Limited::new(body, MAX_ADMIN_BODY).collect().await {
         Ok(b) => b.to_bytes(),
@@ -272,6 +293,7 @@ where
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "request body too large or unreadable",
             )
+            .into_reply()
         }
     };
     let query = parts
@@ -286,7 +308,7 @@ where
         headers: parts.headers,
         body,
     };
-    match (req.method.clone(), req.path.as_str()) {
+    let handled = match (req.method.clone(), req.path.as_str()) {
         (_, "/" | "/health") => reports::health(state),
         (_, "/metrics") => reports::metrics(state).await,
         (_, "/pricing") => reports::pricing(state),
@@ -309,8 +331,9 @@ where
         (_, "/analytics") => reports::analytics(state, &req),
         (Method::POST, "/alerts") => reports::configure_alerts(state, &req),
         (_, "/alerts") => reports::alerts(state),
-        _ => error(StatusCode::NOT_FOUND, "not found"),
-    }
+        _ => Err(error(StatusCode::NOT_FOUND, "not found")),
+    };
+    handled.unwrap_or_else(ApiError::into_reply)
 }
 
 impl<St> AdminState<St> {

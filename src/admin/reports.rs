@@ -6,19 +6,22 @@ use http::StatusCode;
 use serde_json::json;
 
 use super::{
-    bad_request, csv_safe, error, json_reply, store_error, text_reply, AdminRequest, AdminState,
-    Reply,
+    bad_request, csv_safe, error, json_reply, text_reply, AdminRequest, AdminState, ApiError,
+    Handled,
 };
 use crate::alerts::{AlertRule, AlertType};
 use crate::analytics::{Granularity, ReportQuery};
 use crate::store::KeyStore;
 
+/// Most alert rules accepted at once.
+const MAX_RULES: usize = 100;
+
 fn uptime_secs<St: KeyStore>(state: &AdminState<St>) -> i64 {
     (state.gate.clock().now_ms() - state.started_ms).max(0) / 1000
 }
 
-pub(crate) fn health<St: KeyStore>(state: &AdminState<St>) -> Reply {
-    json_reply(
+pub(crate) fn health<St: KeyStore>(state: &AdminState<St>) -> Handled {
+    Ok(json_reply(
         StatusCode::OK,
         &json!({
             "status": "ok",
@@ -26,20 +29,19 @@ pub(crate) fn health<St: KeyStore>(state: &AdminState<St>) -> Reply {
             "version": env!("CARGO_PKG_VERSION"),
             "uptimeSeconds": uptime_secs(state),
         }),
-    )
+    ))
 }
 
-pub(crate) async fn metrics<St: KeyStore>(state: &AdminState<St>) -> Reply {
-    let Some(m) = &state.metrics else {
-        return error(StatusCode::NOT_FOUND, "metrics are not enabled");
-    };
-    match state.gate.store().stats().await {
-        Ok(stats) => text_reply(
-            "text/plain; version=0.0.4; charset=utf-8",
-            m.render(stats, state.gate.alerts().pending_count()),
-        ),
-        Err(e) => store_error(e),
-    }
+pub(crate) async fn metrics<St: KeyStore>(state: &AdminState<St>) -> Handled {
+    let m = state
+        .metrics
+        .as_ref()
+        .ok_or_else(|| error(StatusCode::NOT_FOUND, "metrics are not enabled"))?;
+    let stats = state.gate.store().stats().await?;
+    Ok(text_reply(
+        "text/plain; version=0.0.4; charset=utf-8",
+        m.render(stats, state.gate.alerts().pending_count()),
+    ))
 }
 
 fn tool_prices<St: KeyStore>(state: &AdminState<St>) -> serde_json::Map<String, serde_json::Value> {
@@ -51,9 +53,9 @@ fn tool_prices<St: KeyStore>(state: &AdminState<St>) -> serde_json::Map<String, 
         .collect()
 }
 
-pub(crate) fn pricing<St: KeyStore>(state: &AdminState<St>) -> Reply {
+pub(crate) fn pricing<St: KeyStore>(state: &AdminState<St>) -> Handled {
     let cfg = state.gate.config();
-    json_reply(
+    Ok(json_reply(
         StatusCode::OK,
         &json!({
             "name": cfg.name,
@@ -65,12 +67,12 @@ pub(crate) fn pricing<St: KeyStore>(state: &AdminState<St>) -> Reply {
             "freeMethods": cfg.free_methods,
             "refundOnFailure": cfg.refund_on_failure,
         }),
-    )
+    ))
 }
 
-pub(crate) fn discovery<St: KeyStore>(state: &AdminState<St>) -> Reply {
+pub(crate) fn discovery<St: KeyStore>(state: &AdminState<St>) -> Handled {
     let cfg = state.gate.config();
-    json_reply(
+    Ok(json_reply(
         StatusCode::OK,
         &json!({
             "version": "1.0",
@@ -88,16 +90,13 @@ pub(crate) fn discovery<St: KeyStore>(state: &AdminState<St>) -> Reply {
                 "-32003": "Forbidden: tool not allowed for this key",
             },
         }),
-    )
+    ))
 }
 
-pub(crate) async fn status<St: KeyStore>(state: &AdminState<St>) -> Reply {
-    let stats = match state.gate.store().stats().await {
-        Ok(s) => s,
-        Err(e) => return store_error(e),
-    };
+pub(crate) async fn status<St: KeyStore>(state: &AdminState<St>) -> Handled {
+    let stats = state.gate.store().stats().await?;
     let cfg = state.gate.config();
-    json_reply(
+    Ok(json_reply(
         StatusCode::OK,
         &json!({
             "name": cfg.name,
@@ -117,36 +116,54 @@ pub(crate) async fn status<St: KeyStore>(state: &AdminState<St>) -> Reply {
                 "globalQuota": cfg.global_quota,
             },
         }),
-    )
+    ))
 }
 
-fn parse_time(req: &AdminRequest, name: &str) -> Result<Option<DateTime<Utc>>, Reply> {
-    match req.query.get(name) {
-        None => Ok(None),
-        Some(text) => DateTime::parse_from_rfc3339(text)
-            .map(|t| Some(t.with_timezone(&Utc)))
-            .map_err(|_| {
-                bad_request(format!(
-                    "'{name}' must be an RFC 3339 time, e.g. 2026-02-25T00:00:00Z"
-                ))
-            }),
+/// An optional RFC 3339 query parameter.
+pub(crate) fn query_time(
+    req: &AdminRequest,
+    name: &str,
+) -> Result<Option<DateTime<Utc>>, ApiError> {
+    req.query
+        .get(name)
+        .map(|text| {
+            DateTime::parse_from_rfc3339(text)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|_| {
+                    bad_request(format!(
+                        "'{name}' must be an RFC 3339 time, e.g. 2026-02-25T00:00:00Z"
+                    ))
+                })
+        })
+        .transpose()
+}
+
+/// Writes rows as CSV, neutralizing cells a spreadsheet would run as formulas.
+pub(crate) fn csv_reply(header: &[&str], rows: impl Iterator<Item = Vec<String>>) -> Handled {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let failed = || error(StatusCode::INTERNAL_SERVER_ERROR, "cannot write CSV");
+    w.write_record(header).map_err(|_| failed())?;
+    for row in rows {
+        w.write_record(row.iter().map(|c| csv_safe(c).into_owned()))
+            .map_err(|_| failed())?;
     }
+    let bytes = w.into_inner().map_err(|_| failed())?;
+    Ok(text_reply(
+        "text/csv; charset=utf-8",
+        String::from_utf8_lossy(&bytes).into_owned(),
+    ))
 }
 
-pub(crate) fn usage<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Reply {
-    let since = match parse_time(req, "since") {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
+pub(crate) fn usage<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Handled {
+    let since = query_time(req, "since")?;
     let events = state.gate.meter().since(since);
     match req.query.get("format").map(String::as_str) {
-        None | Some("json") => json_reply(
+        None | Some("json") => Ok(json_reply(
             StatusCode::OK,
             &json!({"events": events, "count": events.len()}),
-        ),
-        Some("csv") => {
-            let mut w = csv::Writer::from_writer(Vec::new());
-            let header = [
+        )),
+        Some("csv") => csv_reply(
+            &[
                 "timestamp",
                 "apiKey",
                 "keyName",
@@ -155,70 +172,57 @@ pub(crate) fn usage<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) ->
                 "allowed",
                 "denyReason",
                 "durationMs",
-            ];
-            let mut ok = w.write_record(header).is_ok();
-            for e in &events {
-                let row = [
+            ],
+            events.iter().map(|e| {
+                vec![
                     e.timestamp.to_rfc3339(),
-                    csv_safe(&e.api_key).into_owned(),
-                    csv_safe(&e.key_name).into_owned(),
-                    csv_safe(&e.tool).into_owned(),
+                    e.api_key.clone(),
+                    e.key_name.clone(),
+                    e.tool.clone(),
                     e.credits_charged.to_string(),
                     e.allowed.to_string(),
                     e.deny_reason.clone().unwrap_or_default(),
                     e.duration_ms.map(|d| d.to_string()).unwrap_or_default(),
-                ];
-                ok &= w.write_record(&row).is_ok();
-            }
-            match (ok, w.into_inner()) {
-                (true, Ok(bytes)) => text_reply(
-                    "text/csv; charset=utf-8",
-                    String::from_utf8_lossy(&bytes).into_owned(),
-                ),
-                _ => error(StatusCode::INTERNAL_SERVER_ERROR, "cannot write CSV"),
-            }
-        }
-        Some(_) => bad_request("'format' must be json or csv"),
+                ]
+            }),
+        ),
+        Some(_) => Err(bad_request("'format' must be json or csv")),
     }
 }
 
-pub(crate) fn analytics<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Reply {
-    let (from, to) = match (parse_time(req, "from"), parse_time(req, "to")) {
-        (Ok(f), Ok(t)) => (f, t),
-        (Err(r), _) | (_, Err(r)) => return r,
-    };
-    let granularity = match req
-        .query
-        .get("granularity")
-        .map(|g| g.parse::<Granularity>())
-    {
+pub(crate) fn analytics<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Handled {
+    let granularity = match req.query.get("granularity") {
         None => Granularity::default(),
-        Some(Ok(g)) => g,
-        Some(Err(e)) => return bad_request(e.to_string()),
+        Some(g) => g
+            .parse::<Granularity>()
+            .map_err(|e| bad_request(e.to_string()))?,
     };
-    let top_n = match req.query.get("topN").map(|n| n.parse::<usize>()) {
+    let top_n = match req.query.get("topN") {
         None => 10,
-        Some(Ok(n)) => n,
-        Some(Err(_)) => return bad_request("'topN' must be a whole number"),
+        Some(n) => n
+            .parse::<usize>()
+            .map_err(|_| bad_request("'topN' must be a whole number"))?,
     };
     let query = ReportQuery {
-        from,
-        to,
+        from: query_time(req, "from")?,
+        to: query_time(req, "to")?,
         granularity,
         top_n,
     };
-    match state.gate.analytics().report(&query) {
-        Ok(report) => json_reply(StatusCode::OK, &report),
-        Err(e) => bad_request(e.to_string()),
-    }
+    let report = state
+        .gate
+        .analytics()
+        .report(&query)
+        .map_err(|e| bad_request(e.to_string()))?;
+    Ok(json_reply(StatusCode::OK, &report))
 }
 
-pub(crate) fn alerts<St: KeyStore>(state: &AdminState<St>) -> Reply {
+pub(crate) fn alerts<St: KeyStore>(state: &AdminState<St>) -> Handled {
     let alerts = state.gate.alerts().consume();
-    json_reply(
+    Ok(json_reply(
         StatusCode::OK,
         &json!({"alerts": alerts, "count": alerts.len(), "rules": state.gate.alerts().rules()}),
-    )
+    ))
 }
 
 #[derive(serde::Deserialize)]
@@ -226,16 +230,13 @@ struct Rules {
     rules: Vec<AlertRule>,
 }
 
-/// Most alert rules accepted at once.
-const MAX_RULES: usize = 100;
-
-pub(crate) fn configure_alerts<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Reply {
-    let body: Rules = match req.json() {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+pub(crate) fn configure_alerts<St: KeyStore>(
+    state: &AdminState<St>,
+    req: &AdminRequest,
+) -> Handled {
+    let body: Rules = req.json()?;
     if body.rules.len() > MAX_RULES {
-        return bad_request(format!("at most {MAX_RULES} rules"));
+        return Err(bad_request(format!("at most {MAX_RULES} rules")));
     }
     for (i, rule) in body.rules.iter().enumerate() {
         let percent = matches!(
@@ -243,7 +244,9 @@ pub(crate) fn configure_alerts<St: KeyStore>(state: &AdminState<St>, req: &Admin
             AlertType::SpendingThreshold | AlertType::QuotaWarning
         );
         if percent && rule.threshold > 100 {
-            return bad_request(format!("'rules[{i}].threshold' is a percentage: 0 to 100"));
+            return Err(bad_request(format!(
+                "'rules[{i}].threshold' is a percentage: 0 to 100"
+            )));
         }
     }
     state.gate.alerts().set_rules(body.rules.clone());
@@ -251,8 +254,8 @@ pub(crate) fn configure_alerts<St: KeyStore>(state: &AdminState<St>, req: &Admin
         "admin.alerts_configured",
         json!({"actor": "admin", "rules": body.rules.len()}),
     );
-    json_reply(
+    Ok(json_reply(
         StatusCode::OK,
         &json!({"rules": body.rules, "count": body.rules.len()}),
-    )
+    ))
 }
