@@ -1,24 +1,32 @@
-//! The complete gateway: the demo MCP server (or your own) behind PayGate on one port.
+//! The complete gateway: the demo MCP server behind PayGate, with the admin API, on one port.
 //!
 //! ```text
 //! cargo run --example gateway -- [--port 3402] [--admin-key KEY] [--config FILE]
 //!     [--price N] [--rate-limit N] [--tool-price "search:5,echo:1"] [--shadow]
-//!     [--refund-on-failure] [--import-key "pg_...:100"]
+//!     [--refund-on-failure] [--import-key "pg_...:100"] [--state-file FILE]
 //! ```
 
 #[path = "common/demo_server.rs"]
 mod demo_server;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request};
 use axum::middleware::{self, Next};
 use paygate_mcp::{
-    block_on, generate_key, AdminService, ClientAddr, EventSink, FanOut, Gate, Metrics,
-    PayGateConfig, PayGateLayer, SystemClock,
+    block_on, generate_key, AdminService, ClientAddr, EventSink, FanOut, Gate, MemoryKeyStore,
+    Metrics, PayGateConfig, PayGateLayer, SystemClock,
 };
 use tower::ServiceBuilder;
+
+const USAGE: &str = "usage: cargo run --example gateway -- [--port N] [--admin-key KEY] [--config FILE] [--price N] [--rate-limit N] [--tool-price \"a:1,b:5\"] [--shadow] [--refund-on-failure] [--import-key \"pg_...:100\"] [--state-file FILE]";
+
+/// How often the state file is rewritten when keys changed.
+const SNAPSHOT_EVERY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Default)]
 struct Args {
@@ -31,56 +39,51 @@ struct Args {
     shadow: bool,
     refund_on_failure: bool,
     import_keys: Vec<(String, u64)>,
+    state_file: Option<PathBuf>,
+}
+
+fn whole(flag: &str, v: &str) -> Result<u64, String> {
+    v.trim()
+        .parse::<u64>()
+        .map_err(|_| format!("{flag}: '{v}' is not a whole number"))
 }
 
 fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut args = Args::default();
     while let Some(flag) = it.next() {
-        let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
-        let number = |name: &str, v: String| {
-            v.parse::<u64>()
-                .map_err(|_| format!("{name}: '{v}' is not a whole number"))
-        };
+        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
         match flag.as_str() {
             "--port" => {
-                let v = value("--port")?;
+                let v = value()?;
                 args.port = Some(
                     v.parse()
                         .map_err(|_| format!("--port: '{v}' is not a port"))?,
                 );
             }
-            "--admin-key" => args.admin_key = Some(value("--admin-key")?),
-            "--config" => args.config = Some(value("--config")?),
-            "--price" => args.price = Some(number("--price", value("--price")?)?),
-            "--rate-limit" => {
-                args.rate_limit = Some(number("--rate-limit", value("--rate-limit")?)?)
-            }
+            "--admin-key" => args.admin_key = Some(value()?),
+            "--config" => args.config = Some(value()?),
+            "--price" => args.price = Some(whole("--price", &value()?)?),
+            "--rate-limit" => args.rate_limit = Some(whole("--rate-limit", &value()?)?),
             "--tool-price" => {
-                for pair in value("--tool-price")?
-                    .split(',')
-                    .filter(|p| !p.trim().is_empty())
-                {
+                for pair in value()?.split(',').filter(|p| !p.trim().is_empty()) {
                     let (tool, price) = pair
                         .rsplit_once(':')
                         .ok_or_else(|| format!("--tool-price: '{pair}' is not tool:price"))?;
-                    args.tool_prices.push((
-                        tool.trim().to_string(),
-                        number("--tool-price", price.trim().to_string())?,
-                    ));
+                    args.tool_prices
+                        .push((tool.trim().to_string(), whole("--tool-price", price)?));
                 }
             }
             "--shadow" => args.shadow = true,
             "--refund-on-failure" => args.refund_on_failure = true,
             "--import-key" => {
-                let v = value("--import-key")?;
+                let v = value()?;
                 let (key, credits) = v
                     .rsplit_once(':')
                     .ok_or_else(|| "--import-key: expected KEY:CREDITS".to_string())?;
-                args.import_keys.push((
-                    key.to_string(),
-                    number("--import-key", credits.to_string())?,
-                ));
+                args.import_keys
+                    .push((key.to_string(), whole("--import-key", credits)?));
             }
+            "--state-file" => args.state_file = Some(PathBuf::from(value()?)),
             "--help" | "-h" => return Err(String::new()),
             other => return Err(format!("unknown flag {other}")),
         }
@@ -112,6 +115,46 @@ fn config_from(args: &Args) -> Result<PayGateConfig, String> {
     Ok(cfg)
 }
 
+/// Loads the state file, if any, saying what was skipped.
+fn load_store(path: Option<&PathBuf>) -> Result<MemoryKeyStore, String> {
+    let Some(path) = path else {
+        return Ok(MemoryKeyStore::new());
+    };
+    let (store, report) = MemoryKeyStore::load_from(path).map_err(|e| e.to_string())?;
+    if report.found {
+        eprintln!(
+            "state file {}: loaded {} keys, skipped {}",
+            path.display(),
+            report.loaded,
+            report.skipped
+        );
+        for reason in &report.reasons {
+            eprintln!("  skipped {reason}");
+        }
+    }
+    Ok(store)
+}
+
+/// Rewrites the state file whenever keys changed, every few seconds.
+fn spawn_snapshots(gate: Arc<Gate<MemoryKeyStore>>, path: PathBuf) {
+    tokio::spawn(async move {
+        let mut saved = gate.store().version();
+        loop {
+            tokio::time::sleep(SNAPSHOT_EVERY).await;
+            let now = gate.store().version();
+            if now == saved {
+                continue;
+            }
+            let (g, p) = (gate.clone(), path.clone());
+            match tokio::task::spawn_blocking(move || g.store().save_to(&p)).await {
+                Ok(Ok(_)) => saved = now,
+                Ok(Err(e)) => eprintln!("error: snapshot failed: {e}"),
+                Err(e) => eprintln!("error: snapshot task failed: {e}"),
+            }
+        }
+    });
+}
+
 /// Hands the socket's peer address to the layers.
 async fn client_addr(
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
@@ -122,7 +165,101 @@ async fn client_addr(
     next.run(req).await
 }
 
-const USAGE: &str = "usage: cargo run --example gateway -- [--port N] [--admin-key KEY] [--config FILE] [--price N] [--rate-limit N] [--tool-price \"a:1,b:5\"] [--shadow] [--refund-on-failure] [--import-key \"pg_...:100\"]";
+/// Ctrl-C, or SIGTERM from a service manager.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let cfg = config_from(&args)?;
+    let store = load_store(args.state_file.as_ref())?;
+    let metrics = Arc::new(Metrics::new(Arc::new(SystemClock)));
+    let sinks: Arc<dyn EventSink> = Arc::new(FanOut(vec![metrics.clone() as Arc<dyn EventSink>]));
+    let gate = Gate::with_store(cfg, store, Arc::new(SystemClock)).map_err(|e| e.to_string())?;
+    let gate = Arc::new(gate.with_event_sink(sinks));
+
+    let admin_key = match args.admin_key.clone() {
+        Some(k) => k,
+        None => generate_key()
+            .map(|k| format!("admin_{}", &k[3..]))
+            .map_err(|e| e.to_string())?,
+    };
+    let mut shown_key = None;
+    for (key, credits) in &args.import_keys {
+        if *key == admin_key {
+            return Err("--import-key: an API key cannot be the admin key".into());
+        }
+        match block_on(gate.import_key(key, "imported", *credits)) {
+            Ok(()) => {}
+            // Already in the state file: keep its balance.
+            Err(paygate_mcp::GateError::Store(paygate_mcp::StoreError::Duplicate)) => {}
+            Err(e) => return Err(format!("--import-key: {e}")),
+        }
+        shown_key.get_or_insert((key.clone(), *credits));
+    }
+    let empty = gate.store().export().is_empty();
+    if shown_key.is_none() && empty {
+        let key = block_on(gate.create_key("demo", 100)).map_err(|e| e.to_string())?;
+        shown_key = Some((key, 100));
+    }
+    if let Some(path) = &args.state_file {
+        spawn_snapshots(gate.clone(), path.clone());
+    }
+
+    let mcp = ServiceBuilder::new()
+        .layer(PayGateLayer::from_gate(gate.clone()))
+        .service(demo_server::service(demo_server::Mode::Json));
+    let admin = AdminService::new(gate.clone(), &admin_key).with_metrics(metrics);
+    let app = axum::Router::new()
+        .nest_service("/mcp", mcp)
+        .fallback_service(admin)
+        .layer(middleware::from_fn(client_addr));
+
+    let port = args.port.unwrap_or(3402);
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .map_err(|e| format!("cannot listen on 127.0.0.1:{port}: {e}"))?;
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    println!(
+        "PayGate MCP gateway on {url} ({}), admin API on http://127.0.0.1:{port}/",
+        gate.config().name
+    );
+    println!("Paste these into your shell:");
+    if let Some((key, credits)) = &shown_key {
+        println!("export PAYGATE_KEY={key}   # an API key with {credits} credits");
+    }
+    println!("export PAYGATE_ADMIN_KEY={admin_key}");
+    println!();
+    println!("Then call a tool:");
+    println!(
+        "curl -s {url} -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' -H \"X-API-Key: $PAYGATE_KEY\" -d '{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{{\"name\":\"echo\",\"arguments\":{{\"hello\":\"world\"}}}}}}'"
+    );
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await
+    .map_err(|e| format!("server stopped: {e}"))?;
+    if let Some(path) = &args.state_file {
+        let saved = gate.store().save_to(path).map_err(|e| e.to_string())?;
+        eprintln!("state file {}: saved {saved} keys", path.display());
+    }
+    Ok(())
+}
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -136,94 +273,11 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let cfg = match config_from(&args) {
-        Ok(c) => c,
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let metrics = std::sync::Arc::new(Metrics::new(std::sync::Arc::new(SystemClock)));
-    let sinks = FanOut(vec![metrics.clone() as std::sync::Arc<dyn EventSink>]);
-    let gate = match Gate::new(cfg) {
-        Ok(g) => std::sync::Arc::new(g.with_event_sink(std::sync::Arc::new(sinks))),
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let admin_key = match args
-        .admin_key
-        .clone()
-        .map(Ok)
-        .unwrap_or_else(|| generate_key().map(|k| format!("admin_{}", &k[3..])))
-    {
-        Ok(k) => k,
-        Err(e) => {
-            eprintln!("error: cannot generate an admin key: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let mut keys = Vec::new();
-    for (key, credits) in &args.import_keys {
-        if *key == admin_key {
-            eprintln!("error: --import-key: an API key cannot be the admin key");
-            return ExitCode::from(2);
-        }
-        if let Err(e) = block_on(gate.import_key(key, "imported", *credits)) {
-            eprintln!("error: --import-key: {e}");
-            return ExitCode::from(2);
-        }
-        keys.push(key.clone());
-    }
-    if keys.is_empty() {
-        match block_on(gate.create_key("demo", 100)) {
-            Ok(k) => keys.push(k),
-            Err(e) => {
-                eprintln!("error: cannot create the demo key: {e}");
-                return ExitCode::FAILURE;
-            }
+            ExitCode::from(2)
         }
     }
-
-    let mcp = ServiceBuilder::new()
-        .layer(PayGateLayer::from_gate(gate.clone()))
-        .service(demo_server::service(demo_server::Mode::Json));
-    let admin = AdminService::new(gate.clone(), &admin_key).with_metrics(metrics);
-    let app = axum::Router::new()
-        .nest_service("/mcp", mcp)
-        .fallback_service(admin)
-        .layer(middleware::from_fn(client_addr));
-
-    let port = args.port.unwrap_or(3402);
-    let listener = match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: cannot listen on 127.0.0.1:{port}: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let url = format!("http://127.0.0.1:{port}/mcp");
-    let credits = args.import_keys.first().map_or(100, |(_, c)| *c);
-    println!("PayGate MCP gateway on {url} ({})", gate.config().name);
-    println!("An API key with {credits} credits and the admin key; paste these into your shell:");
-    println!("export PAYGATE_KEY={}", keys[0]);
-    println!("export PAYGATE_ADMIN_KEY={admin_key}");
-    println!();
-    println!("Then call a tool:");
-    println!(
-        "curl -s {url} -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' -H \"X-API-Key: $PAYGATE_KEY\" -d '{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{{\"name\":\"echo\",\"arguments\":{{\"hello\":\"world\"}}}}}}'"
-    );
-    let serve = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async {
-        let _ = tokio::signal::ctrl_c().await;
-    });
-    if let Err(e) = serve.await {
-        eprintln!("error: server stopped: {e}");
-        return ExitCode::FAILURE;
-    }
-    ExitCode::SUCCESS
 }

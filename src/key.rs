@@ -220,6 +220,44 @@ impl KeyRecord {
         self.ip_allowlist.iter().any(|net| net.contains(&ip))
     }
 
+    /// Checks the bounds every stored record keeps (for records read from outside: state
+    /// files, imports). Says which field is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        use crate::config::MAX_AMOUNT;
+        for (field, v) in [
+            ("credits", self.credits),
+            ("totalSpent", self.total_spent),
+            ("spendingLimit", self.spending_limit),
+        ] {
+            if v > MAX_AMOUNT {
+                return Err(format!("{field} {v} is larger than {MAX_AMOUNT}"));
+            }
+        }
+        if self.name.chars().count() > MAX_NAME_LEN {
+            return Err(format!("name is longer than {MAX_NAME_LEN} characters"));
+        }
+        if self.key_masked.chars().count() > 32 {
+            return Err("keyMasked is not a masked key".into());
+        }
+        if self.allowed_tools.len() > MAX_LIST_LEN
+            || self.denied_tools.len() > MAX_LIST_LEN
+            || self.ip_allowlist.len() > MAX_LIST_LEN
+        {
+            return Err(format!("a list holds more than {MAX_LIST_LEN} entries"));
+        }
+        if self.tags.len() > MAX_TAGS
+            || self
+                .tags
+                .iter()
+                .any(|(k, v)| k.chars().count() > MAX_TAG_LEN || v.chars().count() > MAX_TAG_LEN)
+        {
+            return Err(format!(
+                "more than {MAX_TAGS} tags or a tag over {MAX_TAG_LEN} characters"
+            ));
+        }
+        Ok(())
+    }
+
     /// Credits left before the spending limit is reached; `None` when unlimited.
     pub fn remaining_budget(&self) -> Option<u64> {
         (self.spending_limit > 0).then(|| self.spending_limit.saturating_sub(self.total_spent))

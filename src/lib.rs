@@ -67,7 +67,7 @@ pub use quota::{Quota, QuotaLevel, QuotaUsage};
 pub use ratelimit::{RateState, RateWindow};
 pub use store::{
     ChargeOutcome, ChargeReceipt, ChargeRequest, KeyPage, KeySnapshot, KeyStore, KeyUpdate,
-    MemoryKeyStore, StoreError, StoreStats,
+    LoadReport, MemoryKeyStore, StateFileError, StoreError, StoreStats,
 };
 
 /// The README's examples, compiled and run as doc tests.

@@ -46,6 +46,8 @@ struct Shard {
     /// Rate windows of keys with calls in the last minute only.
     windows: WindowMap,
     last_sweep_ms: i64,
+    /// Bumped by every change to a record, so snapshots can skip an unchanged store.
+    version: u64,
 }
 
 impl Shard {
@@ -139,6 +141,7 @@ impl MemoryKeyStore {
         let mut rec = shard.keys.remove(key)?;
         let before = contribution(&rec);
         let out = f(&mut rec, shard);
+        shard.version += 1;
         self.adjust(before, contribution(&rec));
         shard.keys.insert(*key, rec);
         Some(out)
@@ -170,6 +173,11 @@ impl MemoryKeyStore {
         }
     }
 
+    /// A number that changes whenever any record changes (for snapshotting only on change).
+    pub fn version(&self) -> u64 {
+        self.shards.iter().map(|s| s.lock().version).sum()
+    }
+
     /// Number of keys currently holding rate-window memory.
     pub fn keys_with_windows(&self) -> usize {
         self.shards.iter().map(|s| s.lock().windows.len()).sum()
@@ -197,6 +205,7 @@ impl MemoryKeyStore {
         if rec.is_expired_at(req.now_ms) {
             let newly_expired = !rec.expiry_notified;
             rec.expiry_notified = true;
+            shard.version += u64::from(newly_expired);
             return ChargeOutcome {
                 newly_expired,
                 ..denied(DenyReason::ApiKeyExpired, snap(rec))
@@ -253,6 +262,7 @@ impl MemoryKeyStore {
                     w.tool_mut(req.tool).record(req.now_ms);
                 }
             }
+            shard.version += 1;
             let before = contribution(rec);
             rec.credits -= req.price;
             rec.total_spent = rec.total_spent.saturating_add(req.price);
@@ -324,6 +334,7 @@ impl KeyStore for MemoryKeyStore {
         }
         self.adjust((0, 0), contribution(&record));
         self.total_keys.fetch_add(1, Ordering::Relaxed);
+        shard.version += 1;
         shard.keys.insert(record.key_hash, record);
         ready(Ok(()))
     }
@@ -381,6 +392,7 @@ impl KeyStore for MemoryKeyStore {
         let windows = first.windows.remove(old);
         rec.key_hash = new_key;
         rec.key_masked = new_masked;
+        first.version += 1;
         let out = rec.clone();
         let target = match second {
             Some(mut s) => {

@@ -18,8 +18,10 @@ use crate::quota::{Quota, QuotaUsage};
 use crate::ratelimit::RateState;
 
 pub mod memory;
+pub mod state_file;
 
 pub use memory::MemoryKeyStore;
+pub use state_file::{LoadReport, StateFileError};
 
 /// Why a store operation failed (as opposed to a key being denied).
 #[derive(Debug, thiserror::Error)]
