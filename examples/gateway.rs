@@ -249,9 +249,7 @@ async fn run(args: Args) -> Result<(), String> {
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
+    .with_graceful_shutdown(shutdown_signal())
     .await
     .map_err(|e| format!("server stopped: {e}"))?;
     if let Some(path) = &args.state_file {
