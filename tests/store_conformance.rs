@@ -1,6 +1,8 @@
 //! One suite every `KeyStore` must pass. Each check is an async function generic over the
 //! store; `conformance_suite!` instantiates them for a backend.
 
+mod common;
+
 use std::collections::BTreeMap;
 
 use paygate_mcp::{
@@ -282,41 +284,70 @@ async fn search_and_stats<S: KeyStore>(s: &S) {
 macro_rules! conformance_suite {
     ($backend:ident, $make:expr, $run:path) => {
         mod $backend {
+            #[allow(unused_imports)]
+            use super::*;
             #[test]
             fn insert_get_duplicate() {
-                $run(super::insert_get_duplicate(&$make));
+                $run(async {
+                    let store = $make;
+                    super::insert_get_duplicate(&store).await
+                });
             }
             #[test]
             fn charge_deducts_and_counts() {
-                $run(super::charge_deducts_and_counts(&$make));
+                $run(async {
+                    let store = $make;
+                    super::charge_deducts_and_counts(&store).await
+                });
             }
             #[test]
             fn check_order_and_shadow() {
-                $run(super::check_order_and_shadow(&$make));
+                $run(async {
+                    let store = $make;
+                    super::check_order_and_shadow(&store).await
+                });
             }
             #[test]
             fn rate_windows_and_quotas() {
-                $run(super::rate_windows_and_quotas(&$make));
+                $run(async {
+                    let store = $make;
+                    super::rate_windows_and_quotas(&store).await
+                });
             }
             #[test]
             fn refund_restores_exactly() {
-                $run(super::refund_restores_exactly(&$make));
+                $run(async {
+                    let store = $make;
+                    super::refund_restores_exactly(&store).await
+                });
             }
             #[test]
             fn updates_apply_and_validate() {
-                $run(super::updates_apply_and_validate(&$make));
+                $run(async {
+                    let store = $make;
+                    super::updates_apply_and_validate(&store).await
+                });
             }
             #[test]
             fn rotate_carries_state_and_kills_old() {
-                $run(super::rotate_carries_state_and_kills_old(&$make));
+                $run(async {
+                    let store = $make;
+                    super::rotate_carries_state_and_kills_old(&store).await
+                });
             }
             #[test]
             fn list_pages_cover_every_key_once() {
-                $run(super::list_pages_cover_every_key_once(&$make));
+                $run(async {
+                    let store = $make;
+                    super::list_pages_cover_every_key_once(&store).await
+                });
             }
             #[test]
             fn search_and_stats() {
-                $run(super::search_and_stats(&$make));
+                $run(async {
+                    let store = $make;
+                    super::search_and_stats(&store).await
+                });
             }
         }
     };
@@ -327,3 +358,39 @@ conformance_suite!(
     paygate_mcp::MemoryKeyStore::new(),
     paygate_mcp::block_on
 );
+
+#[cfg(feature = "redis")]
+mod redis_backend {
+    use std::sync::OnceLock;
+
+    use paygate_mcp::store::redis::{RedisConfig, RedisKeyStore, RedisTime};
+
+    use super::common::redis_server::RedisServer;
+
+    /// One server for the whole suite; every test gets its own key prefix.
+    fn server() -> &'static RedisServer {
+        static SERVER: OnceLock<RedisServer> = OnceLock::new();
+        SERVER.get_or_init(RedisServer::start)
+    }
+
+    pub async fn store() -> RedisKeyStore {
+        let prefix = format!("t{}:", paygate_mcp::generate_key().unwrap_or_default());
+        let config = RedisConfig::new(server().url())
+            .with_prefix(prefix)
+            .with_time(RedisTime::Request);
+        RedisKeyStore::connect(config)
+            .await
+            .expect("connect to the test redis-server")
+    }
+
+    pub fn run<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(f)
+    }
+}
+
+#[cfg(feature = "redis")]
+conformance_suite!(redis, redis_backend::store().await, redis_backend::run);

@@ -276,6 +276,7 @@ impl MemoryKeyStore {
                 credits: req.price,
                 day: rec.quota_usage.day,
                 month: rec.quota_usage.month,
+                nonce: None,
             });
         }
 

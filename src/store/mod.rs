@@ -18,6 +18,8 @@ use crate::quota::{Quota, QuotaUsage};
 use crate::ratelimit::RateState;
 
 pub mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
 pub mod state_file;
 
 pub use memory::MemoryKeyStore;
@@ -120,6 +122,8 @@ pub struct ChargeReceipt {
     pub day: i64,
     /// UTC month the quota counters counted the call in.
     pub month: i64,
+    /// The store's own identifier of the charge, if it keeps one.
+    pub nonce: Option<String>,
 }
 
 /// The outcome of [`KeyStore::charge`].

@@ -50,3 +50,5 @@ pub fn now(clock: &ManualClock) -> chrono::DateTime<chrono::Utc> {
 }
 
 pub mod mcp;
+
+pub mod redis_server;

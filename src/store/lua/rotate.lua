@@ -1,0 +1,20 @@
+-- KEYS: 1 old record, 2 new record, 3 key index, 4 old global window, 5 new global window,
+--       6 old recent, 7 new recent, 8 old tool-window set, 9 new tool-window set
+-- ARGV: 1 old hex, 2 new hex, 3 new masked key, 4 old tool-window prefix, 5 new tool-window prefix
+if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HGET', KEYS[1], 'active') ~= '1' then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
+redis.call('RENAME', KEYS[1], KEYS[2])
+redis.call('HSET', KEYS[2], 'm', ARGV[3])
+for i = 4, 6, 2 do
+  if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('RENAME', KEYS[i], KEYS[i + 1]) end
+end
+if redis.call('EXISTS', KEYS[8]) == 1 then
+  for _, t in ipairs(redis.call('SMEMBERS', KEYS[8])) do
+    local from = ARGV[4] .. t
+    if redis.call('EXISTS', from) == 1 then redis.call('RENAME', from, ARGV[5] .. t) end
+  end
+  redis.call('RENAME', KEYS[8], KEYS[9])
+end
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZADD', KEYS[3], 0, ARGV[2])
+return 1

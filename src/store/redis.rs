@@ -1,0 +1,835 @@
+//! A Redis-backed store (cargo feature `redis`): any number of gateway processes share keys,
+//! balances, quota counters and rate windows.
+//!
+//! Each gated call is one round trip: a Lua script (sent with `EVALSHA`, reloaded after
+//! `NOSCRIPT`) checks the key and applies the charge atomically, so gateways racing on one key
+//! can never overspend it, exceed a limit or double-count. Time comes from Redis (`TIME`) so
+//! gateways with skewed clocks agree.
+//!
+//! Layout, under a configurable prefix (default `paygate:`), with the digest in a hash tag so
+//! one key's data lives in one cluster slot:
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `paygate:{<digest>}` | hash | the key's record |
+//! | `paygate:{<digest>}:w` / `:w:<tool>` | sorted set | rate windows (expire when idle) |
+//! | `paygate:{<digest>}:c` | sorted set | the last 64 charges for 10 minutes, to undo one whose reply was lost |
+//! | `paygate:keys` | sorted set | every digest, for paging |
+//! | `paygate:stats` | hash | key count, active keys, credits held |
+//!
+//! Key rotation and the store-wide statistics touch more than one slot: on Redis Cluster run
+//! all keys of a deployment in one slot (a prefix like `paygate:{all}:`) or use a single node.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use ipnet::IpNet;
+use parking_lot::Mutex;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{RedisError, Script, Value};
+
+use super::{
+    ChargeOutcome, ChargeReceipt, ChargeRequest, KeyPage, KeySnapshot, KeyStore, KeyUpdate,
+    StoreError, StoreStats,
+};
+use crate::clock::ms_to_datetime;
+use crate::config::MAX_AMOUNT;
+use crate::gate::DenyReason;
+use crate::key::{canonical_ip, KeyDigest, KeyRecord};
+use crate::quota::{Quota, QuotaUsage};
+use crate::ratelimit::RateState;
+
+const COMMON: &str = include_str!("lua/common.lua");
+
+fn script(body: &str) -> Script {
+    Script::new(&format!("{COMMON}\n{body}"))
+}
+
+/// Where the store's time comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RedisTime {
+    /// Redis's own clock (`TIME`), so every gateway agrees. The default.
+    #[default]
+    Server,
+    /// The time in each request (the gate's `Clock`), for tests with a manual clock.
+    Request,
+}
+
+/// How to reach Redis and lay out keys.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// `redis://host:port/db` (or `rediss://` with TLS support compiled into `redis`).
+    pub url: String,
+    /// Prefix of every key name.
+    pub prefix: String,
+    /// Longest wait for one reply; past it the call fails closed.
+    pub response_timeout: Duration,
+    /// Longest wait to (re)connect.
+    pub connection_timeout: Duration,
+    /// Where time comes from.
+    pub time: RedisTime,
+}
+
+impl RedisConfig {
+    /// Defaults for `url`: prefix `paygate:`, 2 s timeouts, Redis time.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            prefix: "paygate:".into(),
+            response_timeout: Duration::from_secs(2),
+            connection_timeout: Duration::from_secs(2),
+            time: RedisTime::Server,
+        }
+    }
+
+    /// Sets the key prefix.
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Sets where time comes from.
+    pub fn with_time(mut self, time: RedisTime) -> Self {
+        self.time = time;
+        self
+    }
+
+    /// Sets the reply timeout.
+    pub fn with_response_timeout(mut self, timeout: Duration) -> Self {
+        self.response_timeout = timeout;
+        self
+    }
+}
+
+struct Scripts {
+    charge: Script,
+    refund: Script,
+    insert: Script,
+    topup: Script,
+    revoke: Script,
+    policy: Script,
+    rotate: Script,
+}
+
+/// A charge whose reply never came: undone if it turns out to have happened.
+struct Lost {
+    key: KeyDigest,
+    nonce: String,
+}
+
+/// Keys, balances, quota counters and rate windows in Redis.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), paygate_mcp::StoreError> {
+/// use paygate_mcp::store::redis::{RedisConfig, RedisKeyStore};
+/// let store = RedisKeyStore::connect(RedisConfig::new("redis://127.0.0.1:6379")).await?;
+/// # let _ = store; Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisKeyStore {
+    conn: ConnectionManager,
+    prefix: Arc<str>,
+    time: RedisTime,
+    scripts: Arc<Scripts>,
+    lost: Arc<Mutex<Vec<Lost>>>,
+}
+
+impl std::fmt::Debug for RedisKeyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisKeyStore")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unavailable(e: RedisError) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn corrupt(field: &str) -> StoreError {
+    StoreError::Corrupt(format!("field '{field}' is not what this store writes"))
+}
+
+/// The 32 hex digits of an address as IPv6 (IPv4 mapped), as the scripts compare them.
+fn ip_hex(ip: IpAddr) -> String {
+    let v6 = match canonical_ip(ip) {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        IpAddr::V6(v6) => v6,
+    };
+    hex::encode(v6.octets())
+}
+
+/// An allowlist entry as `[hex, prefix]` in the IPv6 space.
+fn net_entry(net: &IpNet) -> serde_json::Value {
+    let prefix = match net {
+        IpNet::V4(n) => u32::from(n.prefix_len()) + 96,
+        IpNet::V6(n) => u32::from(n.prefix_len()),
+    };
+    serde_json::json!([ip_hex(net.network()), prefix])
+}
+
+fn json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+/// The hash fields a record is stored as. `with_counters` adds balances and counters, which
+/// only inserts write: afterwards the scripts own them.
+fn record_fields(rec: &KeyRecord, with_counters: bool) -> Vec<(&'static str, String)> {
+    let mut f = vec![
+        ("m", rec.key_masked.clone()),
+        ("n", rec.name.clone()),
+        ("ca", rec.created_at.timestamp_millis().to_string()),
+        ("limit", rec.spending_limit.to_string()),
+        (
+            "exp",
+            rec.expires_at
+                .map(|t| t.timestamp_millis().to_string())
+                .unwrap_or_default(),
+        ),
+        ("xn", if rec.expiry_notified { "1" } else { "0" }.into()),
+        ("allow", json(&rec.allowed_tools)),
+        ("deny", json(&rec.denied_tools)),
+        (
+            "ips",
+            json(&rec.ip_allowlist.iter().map(net_entry).collect::<Vec<_>>()),
+        ),
+        ("ipsrc", json(&rec.ip_allowlist)),
+        ("quota", rec.quota.map(|q| json(&q)).unwrap_or_default()),
+        ("tags", json(&rec.tags)),
+    ];
+    if with_counters {
+        let u = &rec.quota_usage;
+        f.extend([
+            ("active", if rec.active { "1" } else { "0" }.into()),
+            ("credits", rec.credits.to_string()),
+            ("spent", rec.total_spent.to_string()),
+            ("calls", rec.total_calls.to_string()),
+            ("qd", u.day.to_string()),
+            ("qdc", u.daily_calls.to_string()),
+            ("qdcr", u.daily_credits.to_string()),
+            ("qm", u.month.to_string()),
+            ("qmc", u.monthly_calls.to_string()),
+            ("qmcr", u.monthly_credits.to_string()),
+            (
+                "lu",
+                rec.last_used_at
+                    .map(|t| t.timestamp_millis().to_string())
+                    .unwrap_or_default(),
+            ),
+            ("pver", "0".into()),
+        ]);
+    }
+    f
+}
+
+/// Rebuilds a record from its hash, refusing data this store did not write.
+fn record_from(key: KeyDigest, h: &HashMap<String, String>) -> Result<KeyRecord, StoreError> {
+    let text = |f: &str| h.get(f).map(String::as_str).unwrap_or("");
+    let int = |f: &str| -> Result<u64, StoreError> {
+        match text(f) {
+            "" => Ok(0),
+            t => t
+                .parse::<u64>()
+                .ok()
+                .filter(|v| *v <= MAX_AMOUNT)
+                .ok_or_else(|| corrupt(f)),
+        }
+    };
+    let signed = |f: &str| -> Result<i64, StoreError> {
+        match text(f) {
+            "" => Ok(0),
+            t => t.parse::<i64>().map_err(|_| corrupt(f)),
+        }
+    };
+    let time = |f: &str| -> Result<Option<DateTime<Utc>>, StoreError> {
+        match text(f) {
+            "" => Ok(None),
+            t => t
+                .parse::<i64>()
+                .map(|ms| Some(ms_to_datetime(ms)))
+                .map_err(|_| corrupt(f)),
+        }
+    };
+    fn parse<T: serde::de::DeserializeOwned + Default>(
+        h: &HashMap<String, String>,
+        f: &str,
+    ) -> Result<T, StoreError> {
+        match h.get(f).map(String::as_str) {
+            None | Some("") => Ok(T::default()),
+            Some(t) => serde_json::from_str(t).map_err(|_| corrupt(f)),
+        }
+    }
+    let rec = KeyRecord {
+        key_hash: key,
+        key_masked: text("m").to_string(),
+        name: text("n").to_string(),
+        credits: int("credits")?,
+        total_spent: int("spent")?,
+        total_calls: int("calls")?,
+        created_at: time("ca")?.unwrap_or_else(|| ms_to_datetime(0)),
+        last_used_at: time("lu")?,
+        active: text("active") == "1",
+        spending_limit: int("limit")?,
+        allowed_tools: parse(h, "allow")?,
+        denied_tools: parse(h, "deny")?,
+        expires_at: time("exp")?,
+        quota: parse::<Option<Quota>>(h, "quota")?,
+        tags: parse::<BTreeMap<String, String>>(h, "tags")?,
+        ip_allowlist: parse::<Vec<IpNet>>(h, "ipsrc")?,
+        quota_usage: QuotaUsage {
+            day: signed("qd")?,
+            daily_calls: int("qdc")?,
+            daily_credits: int("qdcr")?,
+            month: signed("qm")?,
+            monthly_calls: int("qmc")?,
+            monthly_credits: int("qmcr")?,
+        },
+        expiry_notified: text("xn") == "1",
+    };
+    rec.validate().map_err(StoreError::Corrupt)?;
+    Ok(rec)
+}
+
+fn reason_of(text: &str) -> Option<DenyReason> {
+    use DenyReason::*;
+    Some(match text {
+        "invalid_api_key" => InvalidApiKey,
+        "api_key_expired" => ApiKeyExpired,
+        "ip_not_allowed" => IpNotAllowed,
+        "tool_not_allowed" => ToolNotAllowed,
+        "tool_denied" => ToolDenied,
+        "rate_limited" => RateLimited,
+        "tool_rate_limited" => ToolRateLimited,
+        "insufficient_credits" => InsufficientCredits,
+        "spending_limit_exceeded" => SpendingLimitExceeded,
+        "daily_call_quota_exceeded" => DailyCallQuotaExceeded,
+        "monthly_call_quota_exceeded" => MonthlyCallQuotaExceeded,
+        "daily_credit_quota_exceeded" => DailyCreditQuotaExceeded,
+        "monthly_credit_quota_exceeded" => MonthlyCreditQuotaExceeded,
+        _ => return None,
+    })
+}
+
+/// Reads the charge script's reply array.
+struct Reply(Vec<Value>);
+
+impl Reply {
+    fn int(&self, i: usize) -> Result<i64, StoreError> {
+        match self.0.get(i) {
+            Some(Value::Int(n)) => Ok(*n),
+            Some(Value::BulkString(b)) => std::str::from_utf8(b)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| corrupt("reply")),
+            _ => Err(corrupt("reply")),
+        }
+    }
+    fn uint(&self, i: usize) -> Result<u64, StoreError> {
+        u64::try_from(self.int(i)?.max(0)).map_err(|_| corrupt("reply"))
+    }
+    fn text(&self, i: usize) -> Result<String, StoreError> {
+        match self.0.get(i) {
+            Some(Value::BulkString(b)) => Ok(String::from_utf8_lossy(b).into_owned()),
+            Some(Value::SimpleString(s)) => Ok(s.clone()),
+            Some(Value::Int(n)) => Ok(n.to_string()),
+            Some(Value::Nil) | None => Ok(String::new()),
+            _ => Err(corrupt("reply")),
+        }
+    }
+}
+
+impl RedisKeyStore {
+    /// Connects (and keeps reconnecting in the background whenever the connection drops).
+    pub async fn connect(config: RedisConfig) -> Result<Self, StoreError> {
+        let client = redis::Client::open(config.url.as_str())
+            .map_err(|e| StoreError::Unavailable(format!("bad Redis URL: {e}")))?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(config.response_timeout))
+            .set_connection_timeout(Some(config.connection_timeout))
+            .set_number_of_retries(1);
+        let conn = ConnectionManager::new_with_config(client, manager_config)
+            .await
+            .map_err(unavailable)?;
+        let store = Self {
+            conn,
+            prefix: config.prefix.into(),
+            time: config.time,
+            scripts: Arc::new(Scripts {
+                charge: script(include_str!("lua/charge.lua")),
+                refund: script(include_str!("lua/refund.lua")),
+                insert: script(include_str!("lua/insert.lua")),
+                topup: script(include_str!("lua/topup.lua")),
+                revoke: script(include_str!("lua/revoke.lua")),
+                policy: script(include_str!("lua/policy.lua")),
+                rotate: script(include_str!("lua/rotate.lua")),
+            }),
+            lost: Arc::new(Mutex::new(Vec::new())),
+        };
+        store.spawn_compensator();
+        Ok(store)
+    }
+
+    fn rec_key(&self, key: &KeyDigest) -> String {
+        format!("{}{{{}}}", self.prefix, key.to_hex())
+    }
+    fn index_key(&self) -> String {
+        format!("{}keys", self.prefix)
+    }
+    fn stats_key(&self) -> String {
+        format!("{}stats", self.prefix)
+    }
+
+    /// Retries undoing charges whose replies were lost, until Redis answers.
+    fn spawn_compensator(&self) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let weak = Arc::downgrade(&self.lost);
+        let store = self.clone_without_compensator();
+        handle.spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let Some(lost) = weak.upgrade() else { return };
+                let pending: Vec<Lost> = std::mem::take(&mut *lost.lock());
+                drop(lost);
+                let mut retry = Vec::new();
+                for l in pending {
+                    if store.compensate(&l).await.is_err() {
+                        retry.push(l);
+                    }
+                }
+                if let Some(lost) = weak.upgrade() {
+                    lost.lock().extend(retry);
+                }
+            }
+        });
+    }
+
+    /// A handle sharing the connection but not keeping the lost-charge queue alive.
+    fn clone_without_compensator(&self) -> Self {
+        Self {
+            conn: self.conn.clone(),
+            prefix: self.prefix.clone(),
+            time: self.time,
+            scripts: self.scripts.clone(),
+            lost: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    async fn compensate(&self, lost: &Lost) -> Result<(), StoreError> {
+        let rec = self.rec_key(&lost.key);
+        let mut conn = self.conn.clone();
+        self.scripts
+            .refund
+            .key(&rec)
+            .key(format!("{rec}:c"))
+            .key(self.stats_key())
+            .arg(0)
+            .arg(0)
+            .arg(0)
+            .arg(&lost.nonce)
+            .arg("1")
+            .invoke_async::<i64>(&mut conn)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    /// Charges whose replies were lost and are not yet settled.
+    pub fn unsettled_charges(&self) -> usize {
+        self.lost.lock().len()
+    }
+
+    async fn charge_inner(&self, req: &ChargeRequest<'_>) -> Result<ChargeOutcome, StoreError> {
+        let rec = self.rec_key(&req.key);
+        let nonce = crate::key::generate_key()
+            .map(|k| k[3..19].to_string())
+            .map_err(|e| StoreError::Unavailable(format!("no randomness: {e}")))?;
+        let q = req.global_quota.unwrap_or_default();
+        let mut conn = self.conn.clone();
+        let mut inv = self.scripts.charge.prepare_invoke();
+        inv.key(&rec)
+            .key(format!("{rec}:w"))
+            .key(format!("{rec}:w:{}", req.tool))
+            .key(format!("{rec}:c"))
+            .key(self.stats_key())
+            .key(format!("{rec}:wt"))
+            .arg(req.price)
+            .arg(req.tool)
+            .arg(req.client_ip.map(ip_hex).unwrap_or_default())
+            .arg(req.global_rate_limit)
+            .arg(req.tool_rate_limit)
+            .arg(q.daily_call_limit)
+            .arg(q.monthly_call_limit)
+            .arg(q.daily_credit_limit)
+            .arg(q.monthly_credit_limit)
+            .arg(if req.global_quota.is_some() { "1" } else { "0" })
+            .arg(if req.shadow { "1" } else { "0" })
+            .arg(match self.time {
+                RedisTime::Server => String::new(),
+                RedisTime::Request => req.now_ms.to_string(),
+            })
+            .arg(&nonce);
+        let reply = match inv.invoke_async::<Vec<Value>>(&mut conn).await {
+            Ok(v) => Reply(v),
+            Err(e) => {
+                // The script may have run with its reply lost: settle it once Redis answers.
+                if !req.shadow && !e.is_connection_refusal() {
+                    self.lost.lock().push(Lost {
+                        key: req.key,
+                        nonce,
+                    });
+                }
+                return Err(unavailable(e));
+            }
+        };
+        let code = reply.int(0)?;
+        if code == 2 {
+            return Ok(ChargeOutcome {
+                denial: Some(DenyReason::InvalidApiKey),
+                retry_after_secs: None,
+                snapshot: None,
+                rate: None,
+                receipt: None,
+                newly_expired: false,
+            });
+        }
+        let denial = match code {
+            0 => None,
+            _ => Some(reason_of(&reply.text(1)?).ok_or_else(|| corrupt("reason"))?),
+        };
+        let retry = reply.uint(2)?;
+        let quota_text = reply.text(10)?;
+        let quota = match quota_text.as_str() {
+            "" => req.global_quota,
+            t => Some(serde_json::from_str::<Quota>(t).map_err(|_| corrupt("quota"))?),
+        };
+        let exp = reply.text(7)?;
+        let usage = QuotaUsage {
+            day: reply.int(11)?,
+            daily_calls: reply.uint(12)?,
+            daily_credits: reply.uint(13)?,
+            month: reply.int(14)?,
+            monthly_calls: reply.uint(15)?,
+            monthly_credits: reply.uint(16)?,
+        };
+        let snapshot = KeySnapshot {
+            key: req.key,
+            name: reply.text(8)?,
+            key_masked: reply.text(9)?,
+            credits: reply.uint(3)?,
+            total_spent: reply.uint(4)?,
+            total_calls: reply.uint(5)?,
+            spending_limit: reply.uint(6)?,
+            expires_at_ms: if exp.is_empty() {
+                None
+            } else {
+                Some(exp.parse().map_err(|_| corrupt("exp"))?)
+            },
+            quota,
+            quota_usage: usage,
+        };
+        let rate_limit = reply.int(17)?;
+        let rate = (rate_limit >= 0).then(|| RateState {
+            limit: u64::try_from(rate_limit).unwrap_or(0),
+            remaining: reply.uint(18).unwrap_or(0),
+            reset_secs: reply.uint(19).unwrap_or(0),
+        });
+        let receipt = (reply.int(21)? == 1).then(|| ChargeReceipt {
+            key: req.key,
+            credits: req.price,
+            day: usage.day,
+            month: usage.month,
+            nonce: Some(nonce),
+        });
+        Ok(ChargeOutcome {
+            denial,
+            retry_after_secs: (retry > 0).then_some(retry),
+            snapshot: Some(snapshot),
+            rate,
+            receipt,
+            newly_expired: reply.int(20)? == 1,
+        })
+    }
+
+    async fn fetch(&self, key: &KeyDigest) -> Result<Option<KeyRecord>, StoreError> {
+        let mut conn = self.conn.clone();
+        let h: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(self.rec_key(key))
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        if h.is_empty() {
+            return Ok(None);
+        }
+        record_from(*key, &h).map(Some)
+    }
+
+    async fn update_inner(
+        &self,
+        key: &KeyDigest,
+        change: &KeyUpdate,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        let rec_key = self.rec_key(key);
+        let mut conn = self.conn.clone();
+        match change {
+            KeyUpdate::TopUp(n) => {
+                let r: i64 = self
+                    .scripts
+                    .topup
+                    .key(&rec_key)
+                    .key(self.stats_key())
+                    .arg(*n)
+                    .arg(MAX_AMOUNT)
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(unavailable)?;
+                match r {
+                    -1 => return Ok(None),
+                    -2 => {
+                        return Err(StoreError::Invalid(format!(
+                            "balance would exceed {MAX_AMOUNT} credits"
+                        )))
+                    }
+                    _ => {}
+                }
+            }
+            KeyUpdate::Revoke => {
+                let r: i64 = self
+                    .scripts
+                    .revoke
+                    .key(&rec_key)
+                    .key(self.stats_key())
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(unavailable)?;
+                if r == -1 {
+                    return Ok(None);
+                }
+            }
+            _ => {
+                // Policy changes: read, apply the shared rules, write back if nobody else did.
+                for _ in 0..16 {
+                    let mut conn = self.conn.clone();
+                    let h: HashMap<String, String> = redis::cmd("HGETALL")
+                        .arg(&rec_key)
+                        .query_async(&mut conn)
+                        .await
+                        .map_err(unavailable)?;
+                    if h.is_empty() {
+                        return Ok(None);
+                    }
+                    let pver: i64 = h.get("pver").and_then(|v| v.parse().ok()).unwrap_or(0);
+                    let mut rec = record_from(*key, &h)?;
+                    change.apply(&mut rec)?;
+                    let mut inv = self.scripts.policy.key(&rec_key);
+                    inv.arg(pver);
+                    for (f, v) in record_fields(&rec, false) {
+                        inv.arg(f).arg(v);
+                    }
+                    let r: i64 = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+                    match r {
+                        -1 => return Ok(None),
+                        1 => return self.fetch(key).await,
+                        _ => continue,
+                    }
+                }
+                return Err(StoreError::Unavailable(
+                    "the key kept changing; try again".into(),
+                ));
+            }
+        }
+        self.fetch(key).await
+    }
+}
+
+impl KeyStore for RedisKeyStore {
+    async fn charge(&self, req: &ChargeRequest<'_>) -> Result<ChargeOutcome, StoreError> {
+        self.charge_inner(req).await
+    }
+
+    async fn refund(
+        &self,
+        receipt: ChargeReceipt,
+        now_ms: i64,
+    ) -> Result<Option<KeySnapshot>, StoreError> {
+        let rec = self.rec_key(&receipt.key);
+        let mut conn = self.conn.clone();
+        let r: i64 = self
+            .scripts
+            .refund
+            .key(&rec)
+            .key(format!("{rec}:c"))
+            .key(self.stats_key())
+            .arg(receipt.credits)
+            .arg(receipt.day)
+            .arg(receipt.month)
+            .arg(receipt.nonce.as_deref().unwrap_or("-"))
+            .arg("0")
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        if r == -1 {
+            return Ok(None);
+        }
+        Ok(self
+            .fetch(&receipt.key)
+            .await?
+            .map(|rec| KeySnapshot::of(&rec, now_ms, None)))
+    }
+
+    async fn insert(&self, record: KeyRecord) -> Result<(), StoreError> {
+        record.validate().map_err(StoreError::Invalid)?;
+        let mut conn = self.conn.clone();
+        let mut inv = self.scripts.insert.key(self.rec_key(&record.key_hash));
+        inv.key(self.index_key())
+            .key(self.stats_key())
+            .arg(record.key_hash.to_hex());
+        for (f, v) in record_fields(&record, true) {
+            inv.arg(f).arg(v);
+        }
+        let r: i64 = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+        if r == 0 {
+            return Err(StoreError::Duplicate);
+        }
+        Ok(())
+    }
+
+    async fn get(&self, key: &KeyDigest) -> Result<Option<KeyRecord>, StoreError> {
+        self.fetch(key).await
+    }
+
+    async fn update(
+        &self,
+        key: &KeyDigest,
+        change: &KeyUpdate,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        self.update_inner(key, change).await
+    }
+
+    async fn rotate(
+        &self,
+        old: &KeyDigest,
+        new_key: KeyDigest,
+        new_masked: String,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        let (o, n) = (self.rec_key(old), self.rec_key(&new_key));
+        let mut conn = self.conn.clone();
+        let r: i64 = self
+            .scripts
+            .rotate
+            .key(&o)
+            .key(&n)
+            .key(self.index_key())
+            .key(format!("{o}:w"))
+            .key(format!("{n}:w"))
+            .key(format!("{o}:c"))
+            .key(format!("{n}:c"))
+            .key(format!("{o}:wt"))
+            .key(format!("{n}:wt"))
+            .arg(old.to_hex())
+            .arg(new_key.to_hex())
+            .arg(new_masked)
+            .arg(format!("{o}:w:"))
+            .arg(format!("{n}:w:"))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        match r {
+            -1 => Err(StoreError::Duplicate),
+            0 => Ok(None),
+            _ => self.fetch(&new_key).await,
+        }
+    }
+
+    async fn list(&self, after: Option<KeyDigest>, limit: usize) -> Result<KeyPage, StoreError> {
+        let limit = limit.max(1);
+        let mut conn = self.conn.clone();
+        let min = after.map_or_else(|| "-".to_string(), |a| format!("({}", a.to_hex()));
+        let (digests, total): (Vec<String>, u64) = redis::pipe()
+            .cmd("ZRANGEBYLEX")
+            .arg(self.index_key())
+            .arg(&min)
+            .arg("+")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit + 1)
+            .cmd("ZCARD")
+            .arg(self.index_key())
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let more = digests.len() > limit;
+        let mut keys = Vec::with_capacity(limit.min(digests.len()));
+        let mut pipe = redis::pipe();
+        let parsed: Vec<KeyDigest> = digests
+            .iter()
+            .take(limit)
+            .map(|d| KeyDigest::from_hex(d).ok_or_else(|| corrupt("keys")))
+            .collect::<Result<_, _>>()?;
+        for d in &parsed {
+            pipe.cmd("HGETALL").arg(self.rec_key(d));
+        }
+        let hashes: Vec<HashMap<String, String>> = if parsed.is_empty() {
+            Vec::new()
+        } else {
+            pipe.query_async(&mut conn).await.map_err(unavailable)?
+        };
+        for (d, h) in parsed.iter().zip(hashes) {
+            if !h.is_empty() {
+                keys.push(record_from(*d, &h)?);
+            }
+        }
+        Ok(KeyPage {
+            next_cursor: if more { parsed.last().copied() } else { None },
+            keys,
+            total,
+        })
+    }
+
+    async fn search_by_tags(
+        &self,
+        tags: &BTreeMap<String, String>,
+        limit: usize,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        let mut out = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self.list(after, 1000).await?;
+            out.extend(
+                page.keys
+                    .into_iter()
+                    .filter(|r| tags.iter().all(|(k, v)| r.tags.get(k) == Some(v))),
+            );
+            if out.len() >= limit {
+                out.truncate(limit);
+                return Ok(out);
+            }
+            match page.next_cursor {
+                Some(c) => after = Some(c),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    async fn stats(&self) -> Result<StoreStats, StoreError> {
+        let mut conn = self.conn.clone();
+        let (total, active, credits): (Option<i64>, Option<i64>, Option<i64>) = redis::cmd("HMGET")
+            .arg(self.stats_key())
+            .arg("total")
+            .arg("active")
+            .arg("credits")
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let clamp = |v: Option<i64>| u64::try_from(v.unwrap_or(0)).unwrap_or(0);
+        Ok(StoreStats {
+            total_keys: clamp(total),
+            active_keys: clamp(active),
+            total_credits: clamp(credits),
+        })
+    }
+}
