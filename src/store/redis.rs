@@ -13,7 +13,7 @@
 //! |---|---|---|
 //! | `paygate:{<digest>}` | hash | the key's record |
 //! | `paygate:{<digest>}:w` / `:w:<tool>` | sorted set | rate windows (expire when idle) |
-//! | `paygate:{<digest>}:c` | sorted set | the last 64 charges for 10 minutes, to undo one whose reply was lost |
+//! | `paygate:{<digest>}:c` | sorted set | the last 1,024 charges for 10 minutes, to undo one whose reply was lost |
 //! | `paygate:keys` | sorted set | every digest, for paging |
 //! | `paygate:stats` | hash | key count, active keys, credits held |
 //!
@@ -388,35 +388,30 @@ impl RedisKeyStore {
             return;
         };
         let weak = Arc::downgrade(&self.lost);
-        let store = self.clone_without_compensator();
+        let (conn, prefix, time, scripts) = (
+            self.conn.clone(),
+            self.prefix.clone(),
+            self.time,
+            self.scripts.clone(),
+        );
         handle.spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(500)).await;
+                // Stops once every handle to the store is gone.
                 let Some(lost) = weak.upgrade() else { return };
-                let pending: Vec<Lost> = std::mem::take(&mut *lost.lock());
-                drop(lost);
-                let mut retry = Vec::new();
-                for l in pending {
-                    if store.compensate(&l).await.is_err() {
-                        retry.push(l);
-                    }
+                if lost.lock().is_empty() {
+                    continue;
                 }
-                if let Some(lost) = weak.upgrade() {
-                    lost.lock().extend(retry);
-                }
+                let store = RedisKeyStore {
+                    conn: conn.clone(),
+                    prefix: prefix.clone(),
+                    time,
+                    scripts: scripts.clone(),
+                    lost,
+                };
+                store.settle_lost().await;
             }
         });
-    }
-
-    /// A handle sharing the connection but not keeping the lost-charge queue alive.
-    fn clone_without_compensator(&self) -> Self {
-        Self {
-            conn: self.conn.clone(),
-            prefix: self.prefix.clone(),
-            time: self.time,
-            scripts: self.scripts.clone(),
-            lost: Arc::new(Mutex::new(Vec::new())),
-        }
     }
 
     async fn compensate(&self, lost: &Lost) -> Result<(), StoreError> {
@@ -443,7 +438,24 @@ impl RedisKeyStore {
         self.lost.lock().len()
     }
 
+    /// Settles every lost charge now; those Redis does not answer for stay queued.
+    async fn settle_lost(&self) {
+        let pending: Vec<Lost> = std::mem::take(&mut *self.lost.lock());
+        let mut retry = Vec::new();
+        for l in pending {
+            if self.compensate(&l).await.is_err() {
+                retry.push(l);
+            }
+        }
+        self.lost.lock().extend(retry);
+    }
+
     async fn charge_inner(&self, req: &ChargeRequest<'_>) -> Result<ChargeOutcome, StoreError> {
+        // After an outage, undo lost charges before new ones can push them out of the
+        // recent-charges record.
+        if !self.lost.lock().is_empty() {
+            self.settle_lost().await;
+        }
         let rec = self.rec_key(&req.key);
         let nonce = crate::key::generate_key()
             .map(|k| k[3..19].to_string())
@@ -538,7 +550,7 @@ impl RedisKeyStore {
             remaining: reply.uint(18).unwrap_or(0),
             reset_secs: reply.uint(19).unwrap_or(0),
         });
-        let receipt = (reply.int(21)? == 1).then(|| ChargeReceipt {
+        let receipt = (reply.int(21)? == 1).then_some(ChargeReceipt {
             key: req.key,
             credits: req.price,
             day: usage.day,

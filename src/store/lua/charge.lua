@@ -133,7 +133,7 @@ if reason == '' and not shadow then
   redis.call('HINCRBY', KEYS[5], 'credits', -price)
   -- Remember the charge briefly, so one whose reply was lost can be undone exactly.
   redis.call('ZADD', KEYS[4], now, ARGV[13] .. ':' .. price .. ':' .. qd .. ':' .. qm)
-  redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -65)
+  redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -1025)
   redis.call('PEXPIRE', KEYS[4], 600000)
 end
 
