@@ -32,6 +32,7 @@
 pub mod admin;
 pub mod alerts;
 pub mod analytics;
+pub mod audit;
 pub mod clock;
 pub mod config;
 pub mod gate;
@@ -44,6 +45,7 @@ pub mod pricing;
 pub mod quota;
 pub mod ratelimit;
 pub mod store;
+pub mod webhook;
 
 pub use admin::AdminService;
 pub use alerts::{Alert, AlertContext, AlertEngine, AlertRule, AlertType};
@@ -52,6 +54,7 @@ pub use analytics::{
     PeriodTotals, ReportQuery, ReportSummary, TimeBucket, ToolBreakdown, TopConsumer, TrendChange,
     TrendComparison,
 };
+pub use audit::{AuditEvent, AuditLog, AuditPage, AuditQuery, AuditStats};
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use config::{ConfigError, PayGateConfig, ToolPricing};
 pub use gate::{block_on, CallRequest, Decision, DenyCategory, DenyReason, Gate, GateError};
@@ -69,6 +72,9 @@ pub use store::{
     ChargeOutcome, ChargeReceipt, ChargeRequest, KeyPage, KeySnapshot, KeyStore, KeyUpdate,
     LoadReport, MemoryKeyStore, StateFileError, StoreError, StoreStats,
 };
+pub use webhook::verify_signature;
+#[cfg(feature = "webhook")]
+pub use webhook::{WebhookConfig, WebhookError, WebhookHandle, WebhookSink, WebhookStats};
 
 /// The README's examples, compiled and run as doc tests.
 #[doc = include_str!("../README.md")]

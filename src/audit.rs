@@ -1,0 +1,1012 @@
+//! The audit log: a bounded, age-limited ring of who did what, for `GET /audit`,
+//! `GET /audit/export` and `GET /audit/stats`.
+//!
+//! [`AuditLog`] keeps at most `capacity` events (default 10,000) and none older than
+//! `max_age_days` (default 30). Time comes from the crate's [`Clock`](crate::Clock), so tests
+//! move a [`ManualClock`](crate::ManualClock) instead of sleeping. It is also an
+//! [`EventSink`]: hand it to [`Gate::with_event_sink`](crate::Gate::with_event_sink) and every
+//! gate decision (`gate.allow`, `gate.deny`) and admin event is recorded.
+//!
+//! Event types recorded by the product: `key.created`, `key.revoked`, `key.rotated`,
+//! `key.topup`, `key.acl_updated`, `key.expiry_updated`, `key.quota_updated`,
+//! `key.limit_updated`, `key.tags_updated`, `key.ip_updated`, `gate.allow`, `gate.deny`,
+//! `admin.auth_failed`, `admin.alerts_configured`, `billing.refund`, `key.expired`,
+//! `alert.fired`.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use std::sync::Arc;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::clock::{SharedClock, SystemClock};
+use crate::key::mask_key;
+use crate::meter::{AdminEvent, EventSink, UsageEvent};
+
+/// Default number of events the log holds.
+pub const DEFAULT_AUDIT_CAPACITY: usize = 10_000;
+/// Default age, in days, after which an event is dropped.
+pub const DEFAULT_AUDIT_MAX_AGE_DAYS: u32 = 30;
+/// Default page size of [`AuditLog::query`].
+pub const DEFAULT_AUDIT_QUERY_LIMIT: usize = 100;
+/// Largest page size of [`AuditLog::query`].
+pub const MAX_AUDIT_QUERY_LIMIT: usize = 1_000;
+
+/// Longest event type or actor stored, in characters; longer text is cut.
+pub const MAX_AUDIT_LABEL_CHARS: usize = 256;
+/// Longest message, or string inside metadata, stored, in characters; longer text is cut.
+pub const MAX_AUDIT_TEXT_CHARS: usize = 1_024;
+
+const DAY_MS: i64 = 86_400_000;
+
+/// One audit event.
+///
+/// Serialized in camelCase, with the event type under `"type"`:
+///
+/// ```
+/// use paygate_mcp::AuditEvent;
+/// let e = AuditEvent {
+///     id: 1,
+///     timestamp: "2026-01-01T00:00:00Z".parse().unwrap(),
+///     event_type: "key.created".into(),
+///     actor: "admin".into(),
+///     message: "API key created".into(),
+///     metadata: serde_json::json!({"name": "alice"}),
+/// };
+/// let v = serde_json::to_value(&e).unwrap();
+/// assert_eq!(v["type"], "key.created");
+/// assert_eq!(v["metadata"]["name"], "alice");
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEvent {
+    /// Position in the log: strictly increasing, never reused.
+    pub id: u64,
+    /// When the event was recorded. Never earlier than the previous event's timestamp.
+    pub timestamp: DateTime<Utc>,
+    /// The event type, e.g. `key.created` or `gate.deny`.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// Who caused it: `"system"`, `"admin"`, or a masked API key.
+    pub actor: String,
+    /// A human-readable summary.
+    pub message: String,
+    /// Type-specific details (never a full API key).
+    pub metadata: Value,
+}
+
+/// A filter for [`AuditLog::query`]. Every field is optional; the default matches every
+/// event and returns the newest 100.
+///
+/// ```
+/// use paygate_mcp::AuditQuery;
+/// let q: AuditQuery = serde_json::from_str(r#"{"types": ["gate.deny"], "limit": 5}"#).unwrap();
+/// assert_eq!(q.types, ["gate.deny"]);
+/// assert_eq!(q.actor, None);
+/// assert_eq!(AuditQuery::default().limit, 100);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct AuditQuery {
+    /// Event types to keep; empty keeps every type.
+    pub types: Vec<String>,
+    /// Keep only events by this actor (exact match).
+    pub actor: Option<String>,
+    /// Keep only events at or after this instant.
+    pub since: Option<DateTime<Utc>>,
+    /// Keep only events at or before this instant.
+    pub until: Option<DateTime<Utc>>,
+    /// Most events returned (default 100, at most 1,000; 0 returns only the count).
+    pub limit: usize,
+}
+
+impl Default for AuditQuery {
+    fn default() -> Self {
+        Self {
+            types: Vec::new(),
+            actor: None,
+            since: None,
+            until: None,
+            limit: DEFAULT_AUDIT_QUERY_LIMIT,
+        }
+    }
+}
+
+impl AuditQuery {
+    /// Whether `event` passes every filter (the limit aside).
+    pub fn matches(&self, event: &AuditEvent) -> bool {
+        (self.types.is_empty() || self.types.contains(&event.event_type))
+            && self.actor.as_ref().is_none_or(|a| *a == event.actor)
+            && self.since.is_none_or(|s| event.timestamp >= s)
+            && self.until.is_none_or(|u| event.timestamp <= u)
+    }
+}
+
+/// One page of [`AuditLog::query`] results.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditPage {
+    /// Matching events, newest first, at most the query's limit.
+    pub events: Vec<AuditEvent>,
+    /// How many events matched before the limit was applied.
+    pub total: usize,
+}
+
+/// A summary of the log, for `GET /audit/stats`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditStats {
+    /// Events held now.
+    pub total_events: usize,
+    /// Events held now, by type.
+    pub events_by_type: BTreeMap<String, usize>,
+    /// Timestamp of the oldest event held.
+    pub oldest_event: Option<DateTime<Utc>>,
+    /// Timestamp of the newest event held.
+    pub newest_event: Option<DateTime<Utc>>,
+    /// Most events the log holds.
+    pub capacity: usize,
+    /// Age in days after which events are dropped (0 = no age limit).
+    pub max_age_days: u32,
+}
+
+#[derive(Debug, Default)]
+struct Ring {
+    events: VecDeque<AuditEvent>,
+    by_type: BTreeMap<String, usize>,
+    next_id: u64,
+    newest_ms: Option<i64>,
+}
+
+impl Ring {
+    fn pop_oldest(&mut self) {
+        if let Some(old) = self.events.pop_front() {
+            if let Some(n) = self.by_type.get_mut(&old.event_type) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.by_type.remove(&old.event_type);
+                }
+            }
+        }
+    }
+
+    /// Drops events older than `cutoff_ms`. Events are held in timestamp order, so this only
+    /// looks at the front: each event is examined once when it expires, never rescanned.
+    fn prune_older_than(&mut self, cutoff_ms: i64) {
+        while self
+            .events
+            .front()
+            .is_some_and(|e| e.timestamp.timestamp_millis() < cutoff_ms)
+        {
+            self.pop_oldest();
+        }
+    }
+}
+
+/// A bounded, thread-safe ring of audit events with age-based retention.
+///
+/// ```
+/// use std::sync::Arc;
+/// use paygate_mcp::{AuditLog, AuditQuery, ManualClock};
+///
+/// let clock = Arc::new(ManualClock::at_ms(1_700_000_000_000));
+/// let log = AuditLog::new(clock.clone()).with_capacity(1_000).with_max_age_days(7);
+/// log.record("key.created", "admin", "API key created", serde_json::json!({"name": "alice"}));
+/// clock.advance_secs(60);
+/// log.record("key.topup", "admin", "Credits added", serde_json::json!({"creditsAdded": 50}));
+///
+/// let page = log.query(&AuditQuery { types: vec!["key.topup".into()], ..Default::default() });
+/// assert_eq!(page.total, 1);
+/// assert_eq!(page.events[0].metadata["creditsAdded"], 50);
+///
+/// clock.advance_secs(8 * 86_400); // both events are now older than 7 days
+/// assert_eq!(log.stats().total_events, 0);
+/// ```
+pub struct AuditLog {
+    ring: Mutex<Ring>,
+    clock: SharedClock,
+    capacity: usize,
+    max_age_days: u32,
+}
+
+impl fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("len", &self.ring.lock().events.len())
+            .field("capacity", &self.capacity)
+            .field("max_age_days", &self.max_age_days)
+            .finish()
+    }
+}
+
+impl Default for AuditLog {
+    /// A log with the default limits, on the system clock.
+    fn default() -> Self {
+        Self::new(Arc::new(SystemClock))
+    }
+}
+
+impl AuditLog {
+    /// A log holding at most 10,000 events for at most 30 days, reading time from `clock`.
+    pub fn new(clock: SharedClock) -> Self {
+        Self {
+            ring: Mutex::new(Ring::default()),
+            clock,
+            capacity: DEFAULT_AUDIT_CAPACITY,
+            max_age_days: DEFAULT_AUDIT_MAX_AGE_DAYS,
+        }
+    }
+
+    /// Sets the most events held (at least 1). Events beyond it drop the oldest first.
+    pub fn with_capacity(mut self, capacity: usize) -> Self {
+        self.capacity = capacity.max(1);
+        let mut ring = self.ring.lock();
+        while ring.events.len() > self.capacity {
+            ring.pop_oldest();
+        }
+        drop(ring);
+        self
+    }
+
+    /// Sets the age in days after which events are dropped; 0 keeps events regardless of age.
+    pub fn with_max_age_days(mut self, days: u32) -> Self {
+        self.max_age_days = days;
+        self
+    }
+
+    /// Most events held.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Age in days after which events are dropped (0 = no age limit).
+    pub fn max_age_days(&self) -> u32 {
+        self.max_age_days
+    }
+
+    /// Events held now (expired ones are dropped first).
+    pub fn len(&self) -> usize {
+        self.pruned().events.len()
+    }
+
+    /// Whether no event is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Records an event stamped with the clock's time and returns its id.
+    ///
+    /// Anything that looks like a full API key in `actor`, `message` or `metadata` is masked
+    /// before it is stored, so an export never reveals one. Text is cut to bound memory:
+    /// type and actor at [`MAX_AUDIT_LABEL_CHARS`], the message and each string in
+    /// `metadata` at [`MAX_AUDIT_TEXT_CHARS`] (a cut ends with `…`).
+    pub fn record(
+        &self,
+        event_type: impl Into<String>,
+        actor: impl Into<String>,
+        message: impl Into<String>,
+        metadata: Value,
+    ) -> u64 {
+        let event_type = truncate(event_type.into(), MAX_AUDIT_LABEL_CHARS);
+        let actor = truncate(
+            redact_full_keys(&actor.into()).into_owned(),
+            MAX_AUDIT_LABEL_CHARS,
+        );
+        let message = truncate(
+            redact_full_keys(&message.into()).into_owned(),
+            MAX_AUDIT_TEXT_CHARS,
+        );
+        let metadata = sanitize_value(metadata);
+        let now_ms = self.clock.now_ms();
+
+        let mut ring = self.ring.lock();
+        // Keep the ring in timestamp order even if the clock steps back.
+        let ms = ring.newest_ms.map_or(now_ms, |newest| newest.max(now_ms));
+        if let Some(cutoff) = self.cutoff_ms(ms) {
+            ring.prune_older_than(cutoff);
+        }
+        while ring.events.len() >= self.capacity {
+            ring.pop_oldest();
+        }
+        ring.next_id = ring.next_id.saturating_add(1);
+        let id = ring.next_id;
+        ring.newest_ms = Some(ms);
+        *ring.by_type.entry(event_type.clone()).or_insert(0) += 1;
+        ring.events.push_back(AuditEvent {
+            id,
+            timestamp: crate::clock::ms_to_datetime(ms),
+            event_type,
+            actor,
+            message,
+            metadata,
+        });
+        id
+    }
+
+    /// Events matching `query`, newest first, with the number that matched before the limit.
+    pub fn query(&self, query: &AuditQuery) -> AuditPage {
+        let limit = query.limit.min(MAX_AUDIT_QUERY_LIMIT);
+        let ring = self.pruned();
+        let mut events = Vec::with_capacity(limit.min(ring.events.len()));
+        let mut total = 0;
+        for event in ring.events.iter().rev().filter(|e| query.matches(e)) {
+            total += 1;
+            if events.len() < limit {
+                events.push(event.clone());
+            }
+        }
+        AuditPage { events, total }
+    }
+
+    /// Every event held, oldest first.
+    pub fn export(&self) -> Vec<AuditEvent> {
+        self.pruned().events.iter().cloned().collect()
+    }
+
+    /// Every event held, oldest first, as CSV with the header
+    /// `id,timestamp,type,actor,message,metadata`.
+    ///
+    /// Fields are quoted whenever they hold a quote, comma or line break, and any cell that
+    /// starts with `=`, `+`, `-`, `@`, a tab or a carriage return is prefixed with `'` so a
+    /// spreadsheet shows it as text instead of running it as a formula.
+    ///
+    /// ```
+    /// use paygate_mcp::AuditLog;
+    /// let log = AuditLog::default();
+    /// log.record("admin.auth_failed", "=cmd|' /C calc'!A0", "bad, \"key\"", serde_json::json!({}));
+    /// let csv = log.export_csv();
+    /// let row = csv.lines().nth(1).unwrap();
+    /// assert!(row.ends_with(r#",admin.auth_failed,'=cmd|' /C calc'!A0,"bad, ""key""",{}"#));
+    /// ```
+    pub fn export_csv(&self) -> String {
+        let events = self.export();
+        let mut writer = csv::WriterBuilder::new()
+            .terminator(csv::Terminator::CRLF)
+            .from_writer(Vec::new());
+        let mut rows: Vec<[String; 6]> = Vec::with_capacity(events.len() + 1);
+        rows.push(["id", "timestamp", "type", "actor", "message", "metadata"].map(str::to_string));
+        rows.extend(events.into_iter().map(|e| {
+            [
+                e.id.to_string(),
+                e.timestamp.to_rfc3339_opts(SecondsFormat::Millis, true),
+                e.event_type,
+                e.actor,
+                e.message,
+                e.metadata.to_string(),
+            ]
+        }));
+        for row in rows {
+            let cells: Vec<Cow<'_, str>> = row.iter().map(|c| neutralize_formula(c)).collect();
+            // Writing to a Vec cannot fail; should it ever, the export ends at that row.
+            if writer
+                .write_record(cells.iter().map(|c| c.as_bytes()))
+                .is_err()
+            {
+                break;
+            }
+        }
+        match writer.into_inner() {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Err(e) => String::from_utf8_lossy(e.into_inner().get_ref()).into_owned(),
+        }
+    }
+
+    /// A summary: counts by type, oldest and newest timestamps, limits. Costs the number of
+    /// distinct types, not the number of events.
+    pub fn stats(&self) -> AuditStats {
+        let ring = self.pruned();
+        AuditStats {
+            total_events: ring.events.len(),
+            events_by_type: ring.by_type.clone(),
+            oldest_event: ring.events.front().map(|e| e.timestamp),
+            newest_event: ring.events.back().map(|e| e.timestamp),
+            capacity: self.capacity,
+            max_age_days: self.max_age_days,
+        }
+    }
+
+    /// Drops every event (ids keep increasing).
+    pub fn clear(&self) {
+        let mut ring = self.ring.lock();
+        ring.events.clear();
+        ring.by_type.clear();
+    }
+
+    fn cutoff_ms(&self, now_ms: i64) -> Option<i64> {
+        (self.max_age_days > 0)
+            .then(|| now_ms.saturating_sub(i64::from(self.max_age_days).saturating_mul(DAY_MS)))
+    }
+
+    /// Locks the ring after dropping expired events.
+    fn pruned(&self) -> parking_lot::MutexGuard<'_, Ring> {
+        let now_ms = self.clock.now_ms();
+        let mut ring = self.ring.lock();
+        if let Some(cutoff) = self.cutoff_ms(now_ms) {
+            ring.prune_older_than(cutoff);
+        }
+        ring
+    }
+}
+
+impl EventSink for AuditLog {
+    /// Records `gate.allow` or `gate.deny`, with the masked key as actor and
+    /// `{tool, creditsCharged, denyReason}` as metadata.
+    fn usage(&self, event: &UsageEvent) {
+        let (event_type, message) = if event.allowed {
+            let mut m = format!(
+                "Allowed call to {} ({} credits)",
+                event.tool, event.credits_charged
+            );
+            if let Some(reason) = &event.deny_reason {
+                m.push_str(&format!(", would deny: {reason}"));
+            }
+            ("gate.allow", m)
+        } else {
+            let reason = event.deny_reason.as_deref().unwrap_or("denied");
+            (
+                "gate.deny",
+                format!("Denied call to {}: {reason}", event.tool),
+            )
+        };
+        self.record(
+            event_type,
+            event.api_key.as_str(),
+            message,
+            json!({
+                "tool": event.tool,
+                "creditsCharged": event.credits_charged,
+                "denyReason": event.deny_reason,
+            }),
+        );
+    }
+
+    /// Records the admin event under its own type, with `data.actor` (when a string) or
+    /// `"system"` as actor and `data` as metadata.
+    fn admin(&self, event: &AdminEvent) {
+        let actor = event
+            .data
+            .get("actor")
+            .and_then(Value::as_str)
+            .unwrap_or("system")
+            .to_string();
+        let message = describe(&event.event_type, &event.data);
+        self.record(
+            event.event_type.as_str(),
+            actor,
+            message,
+            event.data.clone(),
+        );
+    }
+}
+
+/// A human-readable summary of an admin event, naming the key when the data carries one.
+fn describe(event_type: &str, data: &Value) -> String {
+    let base = match event_type {
+        "key.created" => "API key created",
+        "key.revoked" => "API key revoked",
+        "key.rotated" => "API key rotated",
+        "key.topup" => "Credits added to API key",
+        "key.acl_updated" => "API key tool access updated",
+        "key.expiry_updated" => "API key expiry updated",
+        "key.quota_updated" => "API key quota updated",
+        "key.limit_updated" => "API key spending limit updated",
+        "key.tags_updated" => "API key tags updated",
+        "key.ip_updated" => "API key IP allowlist updated",
+        "key.expired" => "API key expired",
+        "gate.allow" => "Tool call allowed",
+        "gate.deny" => "Tool call denied",
+        "admin.auth_failed" => "Admin authentication failed",
+        "admin.alerts_configured" => "Alert rules configured",
+        "billing.refund" => "Charge refunded",
+        "alert.fired" => "Alert fired",
+        other => return format!("Event {other}{}", key_suffix(data)),
+    };
+    format!("{base}{}", key_suffix(data))
+}
+
+fn key_suffix(data: &Value) -> String {
+    ["keyMasked", "oldKeyMasked", "keyPrefix"]
+        .iter()
+        .find_map(|field| data.get(field).and_then(Value::as_str))
+        .map(|k| format!(": {k}"))
+        .unwrap_or_default()
+}
+
+/// Prefixes `'` to a cell a spreadsheet would otherwise read as a formula.
+fn neutralize_formula(cell: &str) -> Cow<'_, str> {
+    match cell.chars().next() {
+        Some('=' | '+' | '-' | '@' | '\t' | '\r') => Cow::Owned(format!("'{cell}")),
+        _ => Cow::Borrowed(cell),
+    }
+}
+
+const KEY_HEX_LEN: usize = 48;
+
+/// Masks every run of `pg_` followed by 48 hex digits (a full API key) in `text`.
+pub(crate) fn redact_full_keys(text: &str) -> Cow<'_, str> {
+    let prefix = crate::key::KEY_PREFIX;
+    if !text.contains(prefix) {
+        return Cow::Borrowed(text);
+    }
+    let bytes = text.as_bytes();
+    let mut out = String::new();
+    let mut copied = 0;
+    let mut search = 0;
+    while let Some(pos) = text.get(search..).and_then(|rest| rest.find(prefix)) {
+        let start = search + pos;
+        let hex_start = start + prefix.len();
+        let hex_end = hex_start + KEY_HEX_LEN;
+        let is_key = bytes
+            .get(hex_start..hex_end)
+            .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit));
+        if is_key {
+            // `start` and `hex_end` sit on ASCII bytes, so both are char boundaries.
+            out.push_str(text.get(copied..start).unwrap_or_default());
+            out.push_str(&mask_key(text.get(start..hex_end).unwrap_or_default()));
+            copied = hex_end;
+            search = hex_end;
+        } else {
+            search = hex_start;
+        }
+    }
+    if copied == 0 {
+        return Cow::Borrowed(text);
+    }
+    out.push_str(text.get(copied..).unwrap_or_default());
+    Cow::Owned(out)
+}
+
+/// Cuts `text` to at most `max` characters (at least 1), the last one `…` when something
+/// was cut.
+fn truncate(mut text: String, max: usize) -> String {
+    let max = max.max(1);
+    if text.char_indices().nth(max).is_none() {
+        return text;
+    }
+    let cut = text
+        .char_indices()
+        .nth(max - 1)
+        .map_or(text.len(), |(i, _)| i);
+    text.truncate(cut);
+    text.push('…');
+    text
+}
+
+fn sanitize_text(text: String, max: usize) -> String {
+    let text = match redact_full_keys(&text) {
+        Cow::Borrowed(_) => text,
+        Cow::Owned(redacted) => redacted,
+    };
+    truncate(text, max)
+}
+
+/// Masks full API keys in, and cuts, every string (and object key) of `value`.
+fn sanitize_value(value: Value) -> Value {
+    match value {
+        Value::String(s) => Value::String(sanitize_text(s, MAX_AUDIT_TEXT_CHARS)),
+        Value::Array(items) => Value::Array(items.into_iter().map(sanitize_value).collect()),
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (sanitize_text(k, MAX_AUDIT_LABEL_CHARS), sanitize_value(v)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+
+    const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+
+    fn log_at(ms: i64) -> (Arc<ManualClock>, AuditLog) {
+        let clock = Arc::new(ManualClock::at_ms(ms));
+        (clock.clone(), AuditLog::new(clock))
+    }
+
+    fn usage(allowed: bool, reason: Option<&str>) -> UsageEvent {
+        UsageEvent {
+            timestamp: crate::clock::ms_to_datetime(T0),
+            api_key: "pg_1234...abcd".into(),
+            key_name: "alice".into(),
+            tool: "search".into(),
+            credits_charged: if allowed { 3 } else { 0 },
+            allowed,
+            deny_reason: reason.map(str::to_string),
+            duration_ms: None,
+        }
+    }
+
+    #[test]
+    fn defaults_are_ten_thousand_events_and_thirty_days() {
+        let (_, log) = log_at(T0);
+        let s = log.stats();
+        assert_eq!((s.capacity, s.max_age_days), (10_000, 30));
+        assert_eq!(s.total_events, 0);
+        assert_eq!((s.oldest_event, s.newest_event), (None, None));
+        assert!(log.is_empty());
+    }
+
+    #[test]
+    fn ids_increase_and_survive_eviction() {
+        let (_, log) = log_at(T0);
+        let log = log.with_capacity(3);
+        let ids: Vec<u64> = (0..5)
+            .map(|i| log.record("key.topup", "admin", format!("#{i}"), json!({})))
+            .collect();
+        assert_eq!(ids, [1, 2, 3, 4, 5]);
+        let kept: Vec<u64> = log.export().iter().map(|e| e.id).collect();
+        assert_eq!(kept, [3, 4, 5]);
+        log.clear();
+        assert_eq!(log.record("key.topup", "admin", "", json!({})), 6);
+    }
+
+    #[test]
+    fn capacity_is_at_least_one() {
+        let (_, log) = log_at(T0);
+        let log = log.with_capacity(0);
+        log.record("a", "x", "", json!(null));
+        log.record("b", "x", "", json!(null));
+        assert_eq!(log.len(), 1);
+        assert_eq!(log.export()[0].event_type, "b");
+    }
+
+    #[test]
+    fn events_older_than_max_age_are_dropped() {
+        let (clock, log) = log_at(T0);
+        let log = log.with_max_age_days(2);
+        log.record("old", "x", "", json!({}));
+        clock.advance_secs(86_400);
+        log.record("mid", "x", "", json!({}));
+        clock.advance_secs(86_400); // "old" is exactly 2 days old: kept
+        assert_eq!(log.len(), 2);
+        clock.advance_ms(1);
+        assert_eq!(log.len(), 1);
+        let s = log.stats();
+        assert_eq!(s.events_by_type.get("old"), None);
+        assert_eq!(s.events_by_type.get("mid"), Some(&1));
+        assert_eq!(
+            s.oldest_event,
+            Some(crate::clock::ms_to_datetime(T0 + DAY_MS))
+        );
+        clock.advance_secs(86_400);
+        assert!(log.export().is_empty());
+        assert!(log.stats().events_by_type.is_empty());
+    }
+
+    #[test]
+    fn zero_max_age_keeps_events_forever() {
+        let (clock, log) = log_at(T0);
+        let log = log.with_max_age_days(0);
+        log.record("a", "x", "", json!({}));
+        clock.advance_secs(10 * 365 * 86_400);
+        assert_eq!(log.len(), 1);
+    }
+
+    #[test]
+    fn a_clock_stepping_back_does_not_reorder_the_log() {
+        let (clock, log) = log_at(T0);
+        log.record("a", "x", "", json!({}));
+        clock.advance_secs(-3_600);
+        log.record("b", "x", "", json!({}));
+        let events = log.export();
+        assert_eq!(events[0].timestamp, events[1].timestamp);
+        assert!(events[0].id < events[1].id);
+    }
+
+    #[test]
+    fn query_filters_newest_first_and_counts_before_the_limit() {
+        let (clock, log) = log_at(T0);
+        for i in 0..10 {
+            let t = if i % 2 == 0 {
+                "gate.allow"
+            } else {
+                "gate.deny"
+            };
+            let actor = if i < 5 {
+                "pg_aaaa...1111"
+            } else {
+                "pg_bbbb...2222"
+            };
+            log.record(t, actor, format!("#{i}"), json!({"i": i}));
+            clock.advance_secs(60);
+        }
+        let all = log.query(&AuditQuery::default());
+        assert_eq!(all.total, 10);
+        assert_eq!(all.events.first().map(|e| e.id), Some(10));
+        assert_eq!(all.events.last().map(|e| e.id), Some(1));
+
+        let denies = log.query(&AuditQuery {
+            types: vec!["gate.deny".into()],
+            limit: 2,
+            ..Default::default()
+        });
+        assert_eq!(denies.total, 5);
+        let ids: Vec<u64> = denies.events.iter().map(|e| e.id).collect();
+        assert_eq!(ids, [10, 8]);
+
+        let by_actor = log.query(&AuditQuery {
+            actor: Some("pg_aaaa...1111".into()),
+            ..Default::default()
+        });
+        assert_eq!(by_actor.total, 5);
+
+        let since = crate::clock::ms_to_datetime(T0 + 3 * 60_000);
+        let until = crate::clock::ms_to_datetime(T0 + 5 * 60_000);
+        let window = log.query(&AuditQuery {
+            since: Some(since),
+            until: Some(until),
+            ..Default::default()
+        });
+        let ids: Vec<u64> = window.events.iter().map(|e| e.id).collect();
+        assert_eq!(ids, [6, 5, 4], "since and until are inclusive");
+
+        let several = log.query(&AuditQuery {
+            types: vec!["gate.allow".into(), "gate.deny".into()],
+            ..Default::default()
+        });
+        assert_eq!(several.total, 10);
+    }
+
+    #[test]
+    fn query_limit_is_capped_and_zero_counts_only() {
+        let (_, log) = log_at(T0);
+        for _ in 0..1_500 {
+            log.record("gate.allow", "x", "", json!({}));
+        }
+        let big = log.query(&AuditQuery {
+            limit: usize::MAX,
+            ..Default::default()
+        });
+        assert_eq!((big.events.len(), big.total), (1_000, 1_500));
+        let none = log.query(&AuditQuery {
+            limit: 0,
+            ..Default::default()
+        });
+        assert_eq!((none.events.len(), none.total), (0, 1_500));
+    }
+
+    #[test]
+    fn events_serialize_in_camel_case_with_type() {
+        let (_, log) = log_at(T0);
+        log.record("key.created", "admin", "m", json!({"a": 1}));
+        let v = serde_json::to_value(log.export()).unwrap();
+        assert_eq!(
+            v,
+            json!([{"id": 1, "timestamp": "2026-01-01T00:00:00Z", "type": "key.created",
+                    "actor": "admin", "message": "m", "metadata": {"a": 1}}])
+        );
+        let s = serde_json::to_value(log.stats()).unwrap();
+        assert_eq!(s["totalEvents"], 1);
+        assert_eq!(s["eventsByType"]["key.created"], 1);
+        assert_eq!(s["maxAgeDays"], 30);
+        assert_eq!(s["oldestEvent"], "2026-01-01T00:00:00Z");
+        let p = serde_json::to_value(log.query(&AuditQuery::default())).unwrap();
+        assert_eq!(p["total"], 1);
+        let back: Vec<AuditEvent> = serde_json::from_value(v).unwrap();
+        assert_eq!(back, log.export());
+    }
+
+    #[test]
+    fn stats_count_by_type_and_follow_eviction() {
+        let (clock, log) = log_at(T0);
+        let log = log.with_capacity(4);
+        for t in ["a", "b", "a", "c", "a"] {
+            log.record(t, "x", "", json!({}));
+            clock.advance_secs(1);
+        }
+        let s = log.stats();
+        assert_eq!(s.total_events, 4);
+        let expected: BTreeMap<String, usize> = [
+            ("a".to_string(), 2),
+            ("b".to_string(), 1),
+            ("c".to_string(), 1),
+        ]
+        .into();
+        assert_eq!(s.events_by_type, expected);
+        assert_eq!(
+            s.oldest_event,
+            Some(crate::clock::ms_to_datetime(T0 + 1_000))
+        );
+        assert_eq!(
+            s.newest_event,
+            Some(crate::clock::ms_to_datetime(T0 + 4_000))
+        );
+    }
+
+    fn parse_csv(text: &str) -> Vec<Vec<String>> {
+        csv::Reader::from_reader(text.as_bytes())
+            .records()
+            .map(|r| r.unwrap().iter().map(str::to_string).collect())
+            .collect()
+    }
+
+    #[test]
+    fn csv_escapes_hostile_text_and_neutralizes_formulas() {
+        let (_, log) = log_at(T0);
+        let hostile = [
+            "=cmd|' /C calc'!A0",
+            "+1+1",
+            "-2+3",
+            "@SUM(A1)",
+            "\tTAB",
+            "\rCR",
+            "plain, with \"quotes\"\nand a newline",
+        ];
+        for h in hostile {
+            log.record(h, h, h, json!({ "v": h }));
+        }
+        log.record("x", "-", "", json!(-5));
+        let csv_text = log.export_csv();
+        assert!(csv_text.starts_with("id,timestamp,type,actor,message,metadata\r\n"));
+        let rows = parse_csv(&csv_text);
+        assert_eq!(rows.len(), hostile.len() + 1, "each event is one record");
+        for (row, h) in rows.iter().zip(hostile) {
+            assert_eq!(row.len(), 6);
+            let expected = if h.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+                format!("'{h}")
+            } else {
+                h.to_string()
+            };
+            assert_eq!(row[2], expected);
+            assert_eq!(row[3], expected);
+            assert_eq!(row[4], expected);
+            let meta: Value = serde_json::from_str(&row[5]).unwrap();
+            assert_eq!(meta["v"], h);
+        }
+        let last = rows.last().unwrap();
+        assert_eq!(last[3], "'-");
+        assert_eq!(last[5], "'-5");
+        assert_eq!(rows[0][0], "1");
+        assert_eq!(rows[0][1], "2026-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn empty_log_exports_only_the_header() {
+        let (_, log) = log_at(T0);
+        assert_eq!(
+            log.export_csv(),
+            "id,timestamp,type,actor,message,metadata\r\n"
+        );
+    }
+
+    #[test]
+    fn full_keys_are_masked_before_storage() {
+        let (_, log) = log_at(T0);
+        let key = format!("pg_{}", "ab12".repeat(12));
+        log.record(
+            "key.created",
+            key.as_str(),
+            format!("created {key}!"),
+            json!({"key": key, "nested": [{ key.clone(): "v" }]}),
+        );
+        let e = &log.export()[0];
+        let masked = mask_key(&key);
+        assert_eq!(e.actor, masked);
+        assert_eq!(e.message, format!("created {masked}!"));
+        assert_eq!(e.metadata["key"], masked.as_str());
+        assert_eq!(e.metadata["nested"][0][masked.as_str()], "v");
+        assert!(!log.export_csv().contains(&key));
+    }
+
+    #[test]
+    fn long_text_is_cut_on_character_boundaries() {
+        let (_, log) = log_at(T0);
+        let huge = "é".repeat(100_000);
+        log.record(
+            huge.as_str(),
+            huge.as_str(),
+            huge.as_str(),
+            json!({ "tool": huge, "ok": "short" }),
+        );
+        let e = &log.export()[0];
+        assert_eq!(e.event_type.chars().count(), MAX_AUDIT_LABEL_CHARS);
+        assert_eq!(e.actor.chars().count(), MAX_AUDIT_LABEL_CHARS);
+        assert_eq!(e.message.chars().count(), MAX_AUDIT_TEXT_CHARS);
+        assert!(e.message.ends_with("é…"));
+        let tool = e.metadata["tool"].as_str().unwrap();
+        assert_eq!(tool.chars().count(), MAX_AUDIT_TEXT_CHARS);
+        assert_eq!(e.metadata["ok"], "short");
+        assert_eq!(truncate("abc".into(), 3), "abc");
+        assert_eq!(truncate("abcd".into(), 3), "ab…");
+        assert_eq!(truncate("abcd".into(), 0), "…");
+        assert_eq!(truncate(String::new(), 0), "");
+    }
+
+    #[test]
+    fn redaction_leaves_other_text_alone() {
+        assert!(matches!(redact_full_keys("no keys here"), Cow::Borrowed(_)));
+        assert!(matches!(
+            redact_full_keys("pg_1234...abcd"),
+            Cow::Borrowed(_)
+        ));
+        let short = format!("pg_{}", "a".repeat(47));
+        assert_eq!(redact_full_keys(&short), short);
+        let two = format!("pg_pg_{0} é pg_{0}", "f".repeat(48));
+        let m = mask_key(&format!("pg_{}", "f".repeat(48)));
+        assert_eq!(redact_full_keys(&two), format!("pg_{m} é {m}"));
+        assert_eq!(redact_full_keys("ép"), "ép");
+        assert_eq!(redact_full_keys("pg_"), "pg_");
+    }
+
+    #[test]
+    fn usage_events_become_gate_allow_and_gate_deny() {
+        let (_, log) = log_at(T0);
+        log.usage(&usage(true, None));
+        log.usage(&usage(false, Some("insufficient_credits")));
+        log.usage(&usage(true, Some("shadow:rate_limited")));
+        let events = log.export();
+        assert_eq!(events[0].event_type, "gate.allow");
+        assert_eq!(events[0].actor, "pg_1234...abcd");
+        assert_eq!(
+            events[0].metadata,
+            json!({"tool": "search", "creditsCharged": 3, "denyReason": null})
+        );
+        assert_eq!(events[1].event_type, "gate.deny");
+        assert_eq!(
+            events[1].metadata,
+            json!({"tool": "search", "creditsCharged": 0, "denyReason": "insufficient_credits"})
+        );
+        assert!(events[1].message.contains("insufficient_credits"));
+        assert_eq!(events[2].event_type, "gate.allow");
+        assert_eq!(events[2].metadata["denyReason"], "shadow:rate_limited");
+    }
+
+    #[test]
+    fn admin_events_keep_their_type_and_data() {
+        let (_, log) = log_at(T0);
+        let event = |t: &str, data: Value| AdminEvent {
+            event_type: t.into(),
+            timestamp: crate::clock::ms_to_datetime(T0),
+            data,
+        };
+        log.admin(&event(
+            "key.revoked",
+            json!({"keyMasked": "pg_1234...abcd"}),
+        ));
+        log.admin(&event(
+            "key.topup",
+            json!({"actor": "admin", "creditsAdded": 5}),
+        ));
+        log.admin(&event("custom.thing", json!({"actor": 7})));
+        log.admin(&event("billing.refund", json!(null)));
+        let e = log.export();
+        assert_eq!(e[0].event_type, "key.revoked");
+        assert_eq!(e[0].actor, "system");
+        assert_eq!(e[0].message, "API key revoked: pg_1234...abcd");
+        assert_eq!(e[0].metadata, json!({"keyMasked": "pg_1234...abcd"}));
+        assert_eq!(e[1].actor, "admin");
+        assert_eq!(e[1].message, "Credits added to API key");
+        assert_eq!(e[2].actor, "system", "a non-string actor is ignored");
+        assert_eq!(e[2].message, "Event custom.thing");
+        assert_eq!(e[3].message, "Charge refunded");
+        assert_eq!(e[3].metadata, Value::Null);
+    }
+
+    #[test]
+    fn concurrent_records_get_unique_ids() {
+        let (_, log) = log_at(T0);
+        let log = Arc::new(log.with_capacity(100_000));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..1_000 {
+                        log.record("gate.allow", "x", "", json!({}));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let ids: Vec<u64> = log.export().iter().map(|e| e.id).collect();
+        assert_eq!(ids, (1..=4_000).collect::<Vec<u64>>());
+    }
+}
