@@ -4,6 +4,7 @@
 //! cargo run --example gateway -- [--port 3402] [--admin-key KEY] [--config FILE]
 //!     [--price N] [--rate-limit N] [--tool-price "search:5,echo:1"] [--shadow]
 //!     [--refund-on-failure] [--import-key "pg_...:100"] [--state-file FILE]
+//!     [--webhook-url URL] [--webhook-secret SECRET]
 //! ```
 
 #[path = "common/demo_server.rs"]
@@ -18,12 +19,12 @@ use std::time::Duration;
 use axum::extract::{ConnectInfo, Request};
 use axum::middleware::{self, Next};
 use paygate_mcp::{
-    block_on, generate_key, AdminService, ClientAddr, EventSink, FanOut, Gate, MemoryKeyStore,
-    Metrics, PayGateConfig, PayGateLayer, SystemClock,
+    block_on, generate_key, AdminService, AuditLog, ClientAddr, EventSink, FanOut, Gate,
+    MemoryKeyStore, Metrics, PayGateConfig, PayGateLayer, SystemClock, WebhookConfig, WebhookSink,
 };
 use tower::ServiceBuilder;
 
-const USAGE: &str = "usage: cargo run --example gateway -- [--port N] [--admin-key KEY] [--config FILE] [--price N] [--rate-limit N] [--tool-price \"a:1,b:5\"] [--shadow] [--refund-on-failure] [--import-key \"pg_...:100\"] [--state-file FILE]";
+const USAGE: &str = "usage: cargo run --example gateway -- [--port N] [--admin-key KEY] [--config FILE] [--price N] [--rate-limit N] [--tool-price \"a:1,b:5\"] [--shadow] [--refund-on-failure] [--import-key \"pg_...:100\"] [--state-file FILE] [--webhook-url URL] [--webhook-secret SECRET]";
 
 /// How often the state file is rewritten when keys changed.
 const SNAPSHOT_EVERY: Duration = Duration::from_secs(5);
@@ -40,6 +41,8 @@ struct Args {
     refund_on_failure: bool,
     import_keys: Vec<(String, u64)>,
     state_file: Option<PathBuf>,
+    webhook_url: Option<String>,
+    webhook_secret: Option<String>,
 }
 
 fn whole(flag: &str, v: &str) -> Result<u64, String> {
@@ -84,6 +87,8 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
                     .push((key.to_string(), whole("--import-key", credits)?));
             }
             "--state-file" => args.state_file = Some(PathBuf::from(value()?)),
+            "--webhook-url" => args.webhook_url = Some(value()?),
+            "--webhook-secret" => args.webhook_secret = Some(value()?),
             "--help" | "-h" => return Err(String::new()),
             other => return Err(format!("unknown flag {other}")),
         }
@@ -110,6 +115,12 @@ fn config_from(args: &Args) -> Result<PayGateConfig, String> {
     }
     if args.refund_on_failure {
         cfg = cfg.with_refund_on_failure(true);
+    }
+    if let Some(url) = &args.webhook_url {
+        cfg.webhook_url = Some(url.clone());
+    }
+    if let Some(secret) = &args.webhook_secret {
+        cfg.webhook_secret = Some(secret.clone());
     }
     cfg.validate().map_err(|e| e.to_string())?;
     Ok(cfg)
@@ -185,7 +196,17 @@ async fn run(args: Args) -> Result<(), String> {
     let cfg = config_from(&args)?;
     let store = load_store(args.state_file.as_ref())?;
     let metrics = Arc::new(Metrics::new(Arc::new(SystemClock)));
-    let sinks: Arc<dyn EventSink> = Arc::new(FanOut(vec![metrics.clone() as Arc<dyn EventSink>]));
+    let audit = Arc::new(AuditLog::new(Arc::new(SystemClock)));
+    let mut sinks: Vec<Arc<dyn EventSink>> = vec![metrics.clone(), audit.clone()];
+    let webhook = match WebhookConfig::from_paygate(&cfg) {
+        Some(wcfg) => {
+            let (sink, handle) = WebhookSink::start(wcfg).map_err(|e| e.to_string())?;
+            sinks.push(sink);
+            Some(handle)
+        }
+        None => None,
+    };
+    let sinks: Arc<dyn EventSink> = Arc::new(FanOut(sinks));
     let gate = Gate::with_store(cfg, store, Arc::new(SystemClock)).map_err(|e| e.to_string())?;
     let gate = Arc::new(gate.with_event_sink(sinks));
 
@@ -220,7 +241,9 @@ async fn run(args: Args) -> Result<(), String> {
     let mcp = ServiceBuilder::new()
         .layer(PayGateLayer::from_gate(gate.clone()))
         .service(demo_server::service(demo_server::Mode::Json));
-    let admin = AdminService::new(gate.clone(), &admin_key).with_metrics(metrics);
+    let admin = AdminService::new(gate.clone(), &admin_key)
+        .with_metrics(metrics)
+        .with_audit(audit);
     let app = axum::Router::new()
         .nest_service("/mcp", mcp)
         .fallback_service(admin)
@@ -255,6 +278,10 @@ async fn run(args: Args) -> Result<(), String> {
     if let Some(path) = &args.state_file {
         let saved = gate.store().save_to(path).map_err(|e| e.to_string())?;
         eprintln!("state file {}: saved {saved} keys", path.display());
+    }
+    if let Some(handle) = webhook {
+        // Deliver what is queued, but never hang the shutdown on a dead endpoint.
+        handle.shutdown_within(Duration::from_secs(10)).await;
     }
     Ok(())
 }

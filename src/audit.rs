@@ -517,7 +517,7 @@ fn key_suffix(data: &Value) -> String {
 }
 
 /// Prefixes `'` to a cell a spreadsheet would otherwise read as a formula.
-fn neutralize_formula(cell: &str) -> Cow<'_, str> {
+pub(crate) fn neutralize_formula(cell: &str) -> Cow<'_, str> {
     match cell.chars().next() {
         Some('=' | '+' | '-' | '@' | '\t' | '\r') => Cow::Owned(format!("'{cell}")),
         _ => Cow::Borrowed(cell),

@@ -11,8 +11,8 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use parking_lot::Mutex;
 use paygate_mcp::{
-    AdminEvent, AdminService, EventSink, FanOut, Gate, ManualClock, MemoryKeyStore, Metrics,
-    PayGateConfig, PayGateLayer, Quota, UsageEvent,
+    AdminEvent, AdminService, AuditLog, EventSink, FanOut, Gate, ManualClock, MemoryKeyStore,
+    Metrics, PayGateConfig, PayGateLayer, Quota, UsageEvent,
 };
 use serde_json::{json, Value};
 use tower::{service_fn, ServiceBuilder, ServiceExt};
@@ -50,12 +50,19 @@ impl App {
         let clock = common::clock_at(common::T0);
         let events = Arc::new(Captured::default());
         let metrics = Arc::new(Metrics::new(clock.clone()));
-        let sinks = FanOut(vec![events.clone() as Arc<dyn EventSink>, metrics.clone()]);
+        let audit = Arc::new(AuditLog::new(clock.clone()));
+        let sinks = FanOut(vec![
+            events.clone() as Arc<dyn EventSink>,
+            metrics.clone(),
+            audit.clone(),
+        ]);
         let gate = Gate::with_store(cfg, MemoryKeyStore::new(), clock.clone())
             .unwrap()
             .with_event_sink(Arc::new(sinks));
         let gate = Arc::new(gate);
-        let admin = AdminService::new(gate.clone(), ADMIN).with_metrics(metrics);
+        let admin = AdminService::new(gate.clone(), ADMIN)
+            .with_metrics(metrics)
+            .with_audit(audit);
         Self {
             gate,
             clock,
@@ -740,4 +747,54 @@ async fn wrong_methods_unknown_paths_and_no_leaks() {
             .all(|t| !t.contains("panicked") && !t.contains("src/")),
         "no internals"
     );
+}
+
+#[tokio::test]
+async fn audit_log_query_export_and_stats() {
+    let app = App::new(PayGateConfig::default());
+    let key = app.create(json!({"name": "=evil,\"name\""})).await;
+    app.post("/topup", json!({"key": key, "credits": 5})).await;
+    app.send(Method::GET, "/keys", &[("x-admin-key", "wrong")], "")
+        .await;
+    app.call(&key, "t").await;
+    app.call("pg_nobody_0000000000000", "t").await;
+
+    let r = app.get("/audit?types=key.created,key.topup").await;
+    assert_eq!(r.json["total"], 2, "{}", r.text);
+    assert_eq!(r.json["events"][0]["type"], "key.topup", "newest first");
+    let r = app.get("/audit?types=admin.auth_failed").await;
+    assert_eq!(r.json["total"], 1);
+    let r = app.get("/audit?types=gate.allow,gate.deny").await;
+    assert_eq!(r.json["total"], 2);
+    let r = app.get("/audit?limit=1").await;
+    assert_eq!(r.json["count"], 1);
+    assert!(r.json["total"].as_u64().unwrap() >= 5);
+    assert_eq!(
+        app.get("/audit?limit=5000").await.status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        app.get("/audit?since=never").await.status,
+        StatusCode::BAD_REQUEST
+    );
+    let r = app.get("/audit?until=2000-01-01T00:00:00Z").await;
+    assert_eq!(r.json["total"], 0);
+
+    let r = app.get("/audit/export?format=csv").await;
+    assert!(r.headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/csv"));
+    let mut rows = csv::Reader::from_reader(r.text.as_bytes());
+    assert!(rows.records().all(|row| row.is_ok()), "valid CSV");
+    assert!(!r.text.contains(&key), "no full key in the audit export");
+    let r = app.get("/audit/export").await;
+    assert!(r.json["count"].as_u64().unwrap() >= 5);
+    assert_eq!(
+        app.get("/audit/export?format=pdf").await.status,
+        StatusCode::BAD_REQUEST
+    );
+    let r = app.get("/audit/stats").await;
+    assert_eq!(r.json["eventsByType"]["key.created"], 1);
+    assert_eq!(r.json["capacity"], 10_000);
 }

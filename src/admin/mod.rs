@@ -27,6 +27,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tower::Service;
 
+use crate::audit::AuditLog;
 use crate::gate::Gate;
 use crate::metrics::Metrics;
 use crate::store::{KeyStore, MemoryKeyStore, StoreError};
@@ -70,6 +71,7 @@ pub(crate) struct AdminState<St> {
     pub(crate) gate: Arc<Gate<St>>,
     admin_key_digest: [u8; 32],
     pub(crate) metrics: Option<Arc<Metrics>>,
+    pub(crate) audit: Option<Arc<AuditLog>>,
     pub(crate) started_ms: i64,
 }
 
@@ -82,9 +84,19 @@ impl<St: KeyStore> AdminService<St> {
                 gate,
                 admin_key_digest: Sha256::digest(admin_key.as_bytes()).into(),
                 metrics: None,
+                audit: None,
                 started_ms,
             }),
         }
+    }
+
+    /// Serves `/audit`, `/audit/export` and `/audit/stats` from `audit` (which should also be
+    /// one of the gate's event sinks).
+    pub fn with_audit(mut self, audit: Arc<AuditLog>) -> Self {
+        if let Some(state) = Arc::get_mut(&mut self.state) {
+            state.audit = Some(audit);
+        }
+        self
     }
 
     /// Serves `/metrics` from `metrics` (which should also be one of the gate's event sinks).
@@ -257,6 +269,9 @@ const ROUTES: &[(&str, &[Method], bool)] = &[
     ("/status", &[Method::GET], false),
     ("/analytics", &[Method::GET], false),
     ("/alerts", &[Method::GET, Method::POST], false),
+    ("/audit", &[Method::GET], false),
+    ("/audit/export", &[Method::GET], false),
+    ("/audit/stats", &[Method::GET], false),
 ];
 
 async fn route<St, B>(state: &AdminState<St>, req: Request<B>) -> Reply
@@ -331,6 +346,9 @@ where
         (_, "/analytics") => reports::analytics(state, &req),
         (Method::POST, "/alerts") => reports::configure_alerts(state, &req),
         (_, "/alerts") => reports::alerts(state),
+        (_, "/audit") => reports::audit(state, &req),
+        (_, "/audit/export") => reports::audit_export(state, &req),
+        (_, "/audit/stats") => reports::audit_stats(state),
         _ => Err(error(StatusCode::NOT_FOUND, "not found")),
     };
     handled.unwrap_or_else(ApiError::into_reply)
@@ -344,13 +362,5 @@ impl<St> AdminState<St> {
         };
         let digest: [u8; 32] = Sha256::digest(sent.as_bytes()).into();
         bool::from(digest.ct_eq(&self.admin_key_digest))
-    }
-}
-
-/// Neutralizes a CSV cell that a spreadsheet would run as a formula.
-pub(crate) fn csv_safe(cell: &str) -> std::borrow::Cow<'_, str> {
-    match cell.chars().next() {
-        Some('=' | '+' | '-' | '@' | '\t' | '\r') => format!("'{cell}").into(),
-        _ => cell.into(),
     }
 }

@@ -6,11 +6,11 @@ use http::StatusCode;
 use serde_json::json;
 
 use super::{
-    bad_request, csv_safe, error, json_reply, text_reply, AdminRequest, AdminState, ApiError,
-    Handled,
+    bad_request, error, json_reply, text_reply, AdminRequest, AdminState, ApiError, Handled,
 };
 use crate::alerts::{AlertRule, AlertType};
 use crate::analytics::{Granularity, ReportQuery};
+use crate::audit::{neutralize_formula, AuditLog, AuditQuery};
 use crate::store::KeyStore;
 
 /// Most alert rules accepted at once.
@@ -144,7 +144,7 @@ pub(crate) fn csv_reply(header: &[&str], rows: impl Iterator<Item = Vec<String>>
     let failed = || error(StatusCode::INTERNAL_SERVER_ERROR, "cannot write CSV");
     w.write_record(header).map_err(|_| failed())?;
     for row in rows {
-        w.write_record(row.iter().map(|c| csv_safe(c).into_owned()))
+        w.write_record(row.iter().map(|c| neutralize_formula(c).into_owned()))
             .map_err(|_| failed())?;
     }
     let bytes = w.into_inner().map_err(|_| failed())?;
@@ -258,4 +258,71 @@ pub(crate) fn configure_alerts<St: KeyStore>(
         StatusCode::OK,
         &json!({"rules": body.rules, "count": body.rules.len()}),
     ))
+}
+
+fn audit_log<St: KeyStore>(state: &AdminState<St>) -> Result<&AuditLog, ApiError> {
+    state
+        .audit
+        .as_deref()
+        .ok_or_else(|| error(StatusCode::NOT_FOUND, "the audit log is not enabled"))
+}
+
+/// `GET /audit?types=a,b&actor=...&since=...&until=...&limit=...`
+pub(crate) fn audit<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Handled {
+    let log = audit_log(state)?;
+    let limit = match req.query.get("limit") {
+        None => crate::audit::DEFAULT_AUDIT_QUERY_LIMIT,
+        Some(n) => n
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n <= crate::audit::MAX_AUDIT_QUERY_LIMIT)
+            .ok_or_else(|| {
+                bad_request(format!(
+                    "'limit' must be 0 to {}",
+                    crate::audit::MAX_AUDIT_QUERY_LIMIT
+                ))
+            })?,
+    };
+    let query = AuditQuery {
+        types: req
+            .query
+            .get("types")
+            .map(|t| {
+                t.split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default(),
+        actor: req.query.get("actor").cloned(),
+        since: query_time(req, "since")?,
+        until: query_time(req, "until")?,
+        limit,
+    };
+    let page = log.query(&query);
+    Ok(json_reply(
+        StatusCode::OK,
+        &json!({"events": page.events, "count": page.events.len(), "total": page.total}),
+    ))
+}
+
+/// `GET /audit/export?format=json|csv`
+pub(crate) fn audit_export<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Handled {
+    let log = audit_log(state)?;
+    match req.query.get("format").map(String::as_str) {
+        None | Some("json") => {
+            let events = log.export();
+            Ok(json_reply(
+                StatusCode::OK,
+                &json!({"events": events, "count": events.len()}),
+            ))
+        }
+        Some("csv") => Ok(text_reply("text/csv; charset=utf-8", log.export_csv())),
+        Some(_) => Err(bad_request("'format' must be json or csv")),
+    }
+}
+
+/// `GET /audit/stats`
+pub(crate) fn audit_stats<St: KeyStore>(state: &AdminState<St>) -> Handled {
+    Ok(json_reply(StatusCode::OK, &audit_log(state)?.stats()))
 }
