@@ -4,7 +4,10 @@
 //! cargo run --example gateway -- [--port 3402] [--admin-key KEY] [--config FILE]
 //!     [--price N] [--rate-limit N] [--tool-price "search:5,echo:1"] [--shadow]
 //!     [--refund-on-failure] [--import-key "pg_...:100"] [--state-file FILE]
-//!     [--webhook-url URL] [--webhook-secret SECRET]
+//!     [--webhook-url URL] [--webhook-secret SECRET] [--redis-url redis://127.0.0.1:6379]
+//!
+//! `--redis-url` needs `--features redis`; without it keys live in memory (and in the
+//! `--state-file`, when given).
 //! ```
 
 #[path = "common/demo_server.rs"]
@@ -19,12 +22,12 @@ use std::time::Duration;
 use axum::extract::{ConnectInfo, Request};
 use axum::middleware::{self, Next};
 use paygate_mcp::{
-    block_on, generate_key, AdminService, AuditLog, ClientAddr, EventSink, FanOut, Gate,
+    generate_key, AdminService, AuditLog, ClientAddr, EventSink, FanOut, Gate, KeyStore,
     MemoryKeyStore, Metrics, PayGateConfig, PayGateLayer, SystemClock, WebhookConfig, WebhookSink,
 };
 use tower::ServiceBuilder;
 
-const USAGE: &str = "usage: cargo run --example gateway -- [--port N] [--admin-key KEY] [--config FILE] [--price N] [--rate-limit N] [--tool-price \"a:1,b:5\"] [--shadow] [--refund-on-failure] [--import-key \"pg_...:100\"] [--state-file FILE] [--webhook-url URL] [--webhook-secret SECRET]";
+const USAGE: &str = "usage: cargo run --example gateway -- [--port N] [--admin-key KEY] [--config FILE] [--price N] [--rate-limit N] [--tool-price \"a:1,b:5\"] [--shadow] [--refund-on-failure] [--import-key \"pg_...:100\"] [--state-file FILE] [--webhook-url URL] [--webhook-secret SECRET] [--redis-url URL]";
 
 /// How often the state file is rewritten when keys changed.
 const SNAPSHOT_EVERY: Duration = Duration::from_secs(5);
@@ -43,6 +46,7 @@ struct Args {
     state_file: Option<PathBuf>,
     webhook_url: Option<String>,
     webhook_secret: Option<String>,
+    redis_url: Option<String>,
 }
 
 fn whole(flag: &str, v: &str) -> Result<u64, String> {
@@ -89,6 +93,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
             "--state-file" => args.state_file = Some(PathBuf::from(value()?)),
             "--webhook-url" => args.webhook_url = Some(value()?),
             "--webhook-secret" => args.webhook_secret = Some(value()?),
+            "--redis-url" => args.redis_url = Some(value()?),
             "--help" | "-h" => return Err(String::new()),
             other => return Err(format!("unknown flag {other}")),
         }
@@ -194,7 +199,6 @@ async fn shutdown_signal() {
 
 async fn run(args: Args) -> Result<(), String> {
     let cfg = config_from(&args)?;
-    let store = load_store(args.state_file.as_ref())?;
     let metrics = Arc::new(Metrics::new(Arc::new(SystemClock)));
     let audit = Arc::new(AuditLog::new(Arc::new(SystemClock)));
     let mut sinks: Vec<Arc<dyn EventSink>> = vec![metrics.clone(), audit.clone()];
@@ -207,9 +211,64 @@ async fn run(args: Args) -> Result<(), String> {
         None => None,
     };
     let sinks: Arc<dyn EventSink> = Arc::new(FanOut(sinks));
-    let gate = Gate::with_store(cfg, store, Arc::new(SystemClock)).map_err(|e| e.to_string())?;
-    let gate = Arc::new(gate.with_event_sink(sinks));
+    let observers = Observers { metrics, audit };
 
+    if let Some(url) = &args.redis_url {
+        if args.state_file.is_some() {
+            return Err(
+                "--state-file and --redis-url exclude each other: Redis keeps the state".into(),
+            );
+        }
+        let store = redis_store(url).await?;
+        let gate =
+            Gate::with_store(cfg, store, Arc::new(SystemClock)).map_err(|e| e.to_string())?;
+        serve(Arc::new(gate.with_event_sink(sinks)), &args, observers).await?;
+    } else {
+        let store = load_store(args.state_file.as_ref())?;
+        let gate =
+            Gate::with_store(cfg, store, Arc::new(SystemClock)).map_err(|e| e.to_string())?;
+        let gate = Arc::new(gate.with_event_sink(sinks));
+        if let Some(path) = &args.state_file {
+            spawn_snapshots(gate.clone(), path.clone());
+        }
+        serve(gate.clone(), &args, observers).await?;
+        if let Some(path) = &args.state_file {
+            let saved = gate.store().save_to(path).map_err(|e| e.to_string())?;
+            eprintln!("state file {}: saved {saved} keys", path.display());
+        }
+    }
+    if let Some(handle) = webhook {
+        // Deliver what is queued, but never hang the shutdown on a dead endpoint.
+        handle.shutdown_within(Duration::from_secs(10)).await;
+    }
+    Ok(())
+}
+
+#[cfg(feature = "redis")]
+async fn redis_store(url: &str) -> Result<paygate_mcp::store::redis::RedisKeyStore, String> {
+    use paygate_mcp::store::redis::{RedisConfig, RedisKeyStore};
+    RedisKeyStore::connect(RedisConfig::new(url))
+        .await
+        .map_err(|e| format!("--redis-url: {e}"))
+}
+
+#[cfg(not(feature = "redis"))]
+async fn redis_store(_url: &str) -> Result<MemoryKeyStore, String> {
+    Err("--redis-url needs the redis feature: cargo run --features redis --example gateway -- --redis-url URL".into())
+}
+
+/// The event sinks the admin API reads back.
+struct Observers {
+    metrics: Arc<Metrics>,
+    audit: Arc<AuditLog>,
+}
+
+/// Serves `/mcp` and the admin API over `gate` until Ctrl-C or SIGTERM.
+async fn serve<St: KeyStore>(
+    gate: Arc<Gate<St>>,
+    args: &Args,
+    observers: Observers,
+) -> Result<(), String> {
     let admin_key = match args.admin_key.clone() {
         Some(k) => k,
         None => generate_key()
@@ -221,29 +280,35 @@ async fn run(args: Args) -> Result<(), String> {
         if *key == admin_key {
             return Err("--import-key: an API key cannot be the admin key".into());
         }
-        match block_on(gate.import_key(key, "imported", *credits)) {
+        match gate.import_key(key, "imported", *credits).await {
             Ok(()) => {}
-            // Already in the state file: keep its balance.
+            // Already stored: keep its balance.
             Err(paygate_mcp::GateError::Store(paygate_mcp::StoreError::Duplicate)) => {}
             Err(e) => return Err(format!("--import-key: {e}")),
         }
         shown_key.get_or_insert((key.clone(), *credits));
     }
-    let empty = gate.store().export().is_empty();
+    let empty = gate
+        .store()
+        .stats()
+        .await
+        .map_err(|e| e.to_string())?
+        .total_keys
+        == 0;
     if shown_key.is_none() && empty {
-        let key = block_on(gate.create_key("demo", 100)).map_err(|e| e.to_string())?;
+        let key = gate
+            .create_key("demo", 100)
+            .await
+            .map_err(|e| e.to_string())?;
         shown_key = Some((key, 100));
-    }
-    if let Some(path) = &args.state_file {
-        spawn_snapshots(gate.clone(), path.clone());
     }
 
     let mcp = ServiceBuilder::new()
         .layer(PayGateLayer::from_gate(gate.clone()))
         .service(demo_server::service(demo_server::Mode::Json));
     let admin = AdminService::new(gate.clone(), &admin_key)
-        .with_metrics(metrics)
-        .with_audit(audit);
+        .with_metrics(observers.metrics)
+        .with_audit(observers.audit);
     let app = axum::Router::new()
         .nest_service("/mcp", mcp)
         .fallback_service(admin)
@@ -274,16 +339,7 @@ async fn run(args: Args) -> Result<(), String> {
     )
     .with_graceful_shutdown(shutdown_signal())
     .await
-    .map_err(|e| format!("server stopped: {e}"))?;
-    if let Some(path) = &args.state_file {
-        let saved = gate.store().save_to(path).map_err(|e| e.to_string())?;
-        eprintln!("state file {}: saved {saved} keys", path.display());
-    }
-    if let Some(handle) = webhook {
-        // Deliver what is queued, but never hang the shutdown on a dead endpoint.
-        handle.shutdown_within(Duration::from_secs(10)).await;
-    }
-    Ok(())
+    .map_err(|e| format!("server stopped: {e}"))
 }
 
 #[tokio::main]
