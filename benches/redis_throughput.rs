@@ -26,13 +26,25 @@ fn main() {
         .map(|a| a.port())
         .expect("a free port");
     let mut server = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
         .stdout(Stdio::null())
         .spawn()
         .expect("redis-server must be installed (apt-get install -y redis-server)");
     let started = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(10), "redis-server did not start");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "redis-server did not start"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -40,7 +52,11 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let (rounds, tasks, calls) = if quick { (1, 4, 10) } else { (ROUNDS, CONCURRENCY, CALLS_PER_TASK) };
+    let (rounds, tasks, calls) = if quick {
+        (1, 4, 10)
+    } else {
+        (ROUNDS, CONCURRENCY, CALLS_PER_TASK)
+    };
     let rates = runtime.block_on(async move {
         let store = RedisKeyStore::connect(RedisConfig::new(format!("redis://127.0.0.1:{port}")))
             .await
@@ -49,7 +65,11 @@ fn main() {
         let gate = Arc::new(Gate::with_store(cfg, store, Arc::new(SystemClock)).expect("config"));
         let mut keys = Vec::new();
         for i in 0..tasks {
-            keys.push(gate.create_key(&format!("k{i}"), 1_000_000_000).await.expect("key"));
+            keys.push(
+                gate.create_key(&format!("k{i}"), 1_000_000_000)
+                    .await
+                    .expect("key"),
+            );
         }
         let mut rates = Vec::new();
         for _ in 0..rounds {

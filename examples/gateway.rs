@@ -10,6 +10,8 @@
 //! `--state-file`, when given).
 //! ```
 
+#[path = "common/client_addr.rs"]
+mod client_addr;
 #[path = "common/demo_server.rs"]
 mod demo_server;
 
@@ -19,11 +21,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Request};
-use axum::middleware::{self, Next};
+use axum::middleware;
+use client_addr::client_addr;
 use paygate_mcp::{
-    generate_key, AdminService, AuditLog, ClientAddr, EventSink, FanOut, Gate, KeyStore,
-    MemoryKeyStore, Metrics, PayGateConfig, PayGateLayer, SystemClock, WebhookConfig, WebhookSink,
+    generate_key, AdminService, AuditLog, EventSink, FanOut, Gate, KeyStore, MemoryKeyStore,
+    Metrics, PayGateConfig, PayGateLayer, SystemClock, WebhookConfig, WebhookSink,
 };
 use tower::ServiceBuilder;
 
@@ -169,16 +171,6 @@ fn spawn_snapshots(gate: Arc<Gate<MemoryKeyStore>>, path: PathBuf) {
             }
         }
     });
-}
-
-/// Hands the socket's peer address to the layers.
-async fn client_addr(
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    mut req: Request,
-    next: Next,
-) -> axum::response::Response {
-    req.extensions_mut().insert(ClientAddr(addr));
-    next.run(req).await
 }
 
 /// Ctrl-C, or SIGTERM from a service manager.

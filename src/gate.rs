@@ -224,6 +224,26 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// A denial made before (or without) the store's charge: no key state, nothing charged.
+    fn denied(reason: DenyReason, detail: String, tool: &str, price: u64) -> Self {
+        Self {
+            allowed: false,
+            shadow: false,
+            reason: Some(reason),
+            detail,
+            tool: tool.to_string(),
+            credits_required: price,
+            credits_charged: 0,
+            remaining_credits: None,
+            retry_after_secs: None,
+            rate: None,
+            receipt: None,
+            key: None,
+            alerts: Vec::new(),
+            key_expired: false,
+        }
+    }
+
     /// `<Category>: <reason>: <detail>`, e.g. `Payment required: insufficient_credits: need 5, have 2`.
     pub fn message(&self) -> String {
         match self.reason {
@@ -454,25 +474,12 @@ impl<S: KeyStore> Gate<S> {
         };
         let shadow = self.config.shadow_mode;
         let mut decision = match outcome {
-            Err(reason) => Decision {
-                allowed: false,
-                shadow: false,
-                reason: Some(reason),
-                detail: match reason {
-                    DenyReason::MissingApiKey => "no API key was sent".into(),
-                    _ => "the key store did not answer; nothing was charged".into(),
-                },
-                tool: call.tool.to_string(),
-                credits_required: price,
-                credits_charged: 0,
-                remaining_credits: None,
-                retry_after_secs: None,
-                rate: None,
-                receipt: None,
-                key: None,
-                alerts: Vec::new(),
-                key_expired: false,
-            },
+            Err(reason) => Decision::denied(
+                reason,
+                self.detail(reason, call, price, None, None),
+                call.tool,
+                price,
+            ),
             Ok(out) => {
                 let detail = out
                     .denial
@@ -543,23 +550,7 @@ impl<S: KeyStore> Gate<S> {
     /// A denial [`Decision`] for `reason` outside the store's charge (e.g. from
     /// [`Gate::authorize`]), recorded as a usage event like any other.
     pub fn deny(&self, reason: DenyReason, tool: &str, call: &CallRequest<'_>) -> Decision {
-        let detail = self.detail(reason, call, 0, None, None);
-        let decision = Decision {
-            allowed: false,
-            shadow: false,
-            reason: Some(reason),
-            detail,
-            tool: tool.to_string(),
-            credits_required: 0,
-            credits_charged: 0,
-            remaining_credits: None,
-            retry_after_secs: None,
-            rate: None,
-            receipt: None,
-            key: None,
-            alerts: Vec::new(),
-            key_expired: false,
-        };
+        let decision = Decision::denied(reason, self.detail(reason, call, 0, None, None), tool, 0);
         self.record_usage(&decision, self.clock.now_ms());
         decision
     }
@@ -635,6 +626,10 @@ impl<S: KeyStore> Gate<S> {
                 None => "expired".into(),
             },
             (DenyReason::InvalidApiKey, _) => "unknown or revoked API key".into(),
+            (DenyReason::MissingApiKey, _) => "no API key was sent".into(),
+            (DenyReason::StoreUnavailable, _) => {
+                "the key store did not answer; nothing was charged".into()
+            }
             (quota, Some(s)) if quota.category() == DenyCategory::PaymentRequired => {
                 match s.quota.and_then(|q| q.highest_usage(&s.quota_usage)) {
                     Some(level) => format!(

@@ -4,9 +4,8 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, Request};
-use axum::middleware::{self, Next};
-use paygate_mcp::{block_on, ClientAddr, Gate, MemoryKeyStore, PayGateConfig, PayGateLayer};
+use axum::middleware;
+use paygate_mcp::{block_on, Gate, MemoryKeyStore, PayGateConfig, PayGateLayer};
 use rmcp::service::RunningService;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::transport::StreamableHttpClientTransport;
@@ -15,6 +14,11 @@ use tower::ServiceBuilder;
 
 #[path = "../../examples/common/demo_server.rs"]
 pub mod demo_server;
+
+#[path = "../../examples/common/client_addr.rs"]
+mod client_addr;
+
+use client_addr::client_addr;
 
 pub use demo_server::Mode;
 
@@ -31,15 +35,6 @@ impl Drop for Running {
             let _ = stop.send(());
         }
     }
-}
-
-async fn client_addr(
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    mut req: Request,
-    next: Next,
-) -> axum::response::Response {
-    req.extensions_mut().insert(ClientAddr(addr));
-    next.run(req).await
 }
 
 /// Starts the demo server in `mode` behind a `PayGateLayer` built from `cfg`.
