@@ -156,3 +156,105 @@ both_modes!(
     failures_are_refunded,
     tool_errors_stay_charged_without_refund_on_tool_error,
 );
+
+/// Raw Streamable HTTP against the real rmcp server: `_pricing` in `tools/list` and the
+/// credits and rate-limit headers, in both response modes.
+async fn raw_listing_is_priced_and_headers_are_present(mode: Mode) {
+    let cfg = PayGateConfig::default()
+        .with_tool_price("search", 5)
+        .with_rate_limit(30);
+    let gw = spawn_gateway(cfg, mode).await;
+    let k = key(&gw, 10);
+    let http = reqwest::Client::new();
+    let post = |body: serde_json::Value, session: Option<String>| {
+        let mut req = http
+            .post(&gw.url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("x-api-key", &k)
+            .body(body.to_string());
+        if let Some(s) = session {
+            req = req
+                .header("mcp-session-id", s)
+                .header("mcp-protocol-version", "2025-11-25");
+        }
+        req.send()
+    };
+    // Session mode needs the handshake first; stateless JSON mode does not.
+    let mut session = None;
+    if mode == Mode::Sse {
+        let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}});
+        let resp = post(init, None).await.expect("initialize");
+        session = resp
+            .headers()
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        resp.bytes().await.expect("initialize body");
+        let note = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+        post(note, session.clone()).await.expect("initialized");
+    }
+    let message = |text: String| -> serde_json::Value {
+        // The answer is the body (JSON) or the last non-empty `data:` event (SSE).
+        serde_json::from_str(&text).unwrap_or_else(|_| {
+            text.lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .map(str::trim)
+                .filter(|d| !d.is_empty())
+                .filter_map(|d| serde_json::from_str(d).ok())
+                .last()
+                .unwrap_or_default()
+        })
+    };
+    let resp = post(
+        json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}),
+        session.clone(),
+    )
+    .await
+    .expect("tools/list");
+    let expected_type = if mode == Mode::Sse {
+        "text/event-stream"
+    } else {
+        "application/json"
+    };
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with(expected_type));
+    let list = message(resp.text().await.expect("body"));
+    let tools = list["result"]["tools"].as_array().expect("tools");
+    let search = tools
+        .iter()
+        .find(|t| t["name"] == "search")
+        .expect("search listed");
+    assert_eq!(search["_pricing"]["creditsPerCall"], 5);
+    assert_eq!(search["_pricing"]["pricingModel"], "flat");
+    assert!(tools.iter().all(|t| t["_pricing"].is_object()));
+
+    let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "search", "arguments": {"query": "credits"}}});
+    let resp = post(call, session).await.expect("tools/call");
+    let h = resp.headers().clone();
+    assert_eq!(h["x-credits-remaining"], "5");
+    assert_eq!(h["x-ratelimit-limit"], "30");
+    assert_eq!(h["x-ratelimit-remaining"], "29");
+    assert!(h["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .contains("x-credits-remaining"));
+    let answer = message(resp.text().await.expect("body"));
+    assert_eq!(answer["id"], 2);
+    assert_eq!(answer["result"]["isError"], false);
+    assert_eq!(record(&gw.gate, &k).credits, 5, "charged once");
+}
+
+mod raw {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sse() {
+        super::raw_listing_is_priced_and_headers_are_present(super::Mode::Sse).await;
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn json() {
+        super::raw_listing_is_priced_and_headers_are_present(super::Mode::Json).await;
+    }
+}
