@@ -203,7 +203,7 @@ async fn raw_listing_is_priced_and_headers_are_present(mode: Mode) {
                 .map(str::trim)
                 .filter(|d| !d.is_empty())
                 .filter_map(|d| serde_json::from_str(d).ok())
-                .last()
+                .next_back()
                 .unwrap_or_default()
         })
     };
