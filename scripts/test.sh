@@ -9,6 +9,17 @@ if ! command -v redis-server >/dev/null 2>&1; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
 fi
+# A real third-party MCP server for the stdio upstream tests, from the npm registry.
+EVERYTHING=@modelcontextprotocol/server-everything@2026.8.31
+if [ ! -f .test-deps/node_modules/@modelcontextprotocol/server-everything/dist/index.js ]; then
+  if ! command -v npm >/dev/null 2>&1; then
+    echo "installing nodejs and npm (the stdio upstream tests run a Node MCP server)"
+    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nodejs npm >/dev/null
+  fi
+  npm install --silent --no-audit --no-fund --prefix .test-deps "$EVERYTHING"
+fi
 cargo test --all-features --all-targets "$@"
 cargo test --all-features --doc "$@"
 scripts/smoke_gateway.sh
