@@ -140,6 +140,49 @@ pub struct PayGateConfig {
     /// A call that runs out of time is answered with a JSON-RPC error and refunded.
     #[serde(deserialize_with = "whole::de")]
     pub call_timeout_ms: u64,
+    /// Gateway: an MCP server command to run and wrap over stdio.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_command: Option<String>,
+    /// Gateway: arguments of `serverCommand`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub server_args: Vec<String>,
+    /// Gateway: a remote Streamable-HTTP MCP server to wrap.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote_url: Option<String>,
+    /// Gateway: several MCP servers behind one endpoint, tools named `prefix:tool`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub servers: Vec<ServerSpec>,
+}
+
+/// One MCP server behind a multi-server gateway: a command over stdio or a remote URL.
+///
+/// ```
+/// use paygate_mcp::PayGateConfig;
+/// let cfg = PayGateConfig::from_json_str(r#"{"servers": [
+///     {"prefix": "fs", "serverCommand": "npx", "serverArgs": ["-y", "@modelcontextprotocol/server-filesystem", "/tmp"]},
+///     {"prefix": "web", "remoteUrl": "https://mcp.example.com/mcp"}
+/// ]}"#).unwrap();
+/// assert_eq!(cfg.servers.len(), 2);
+/// assert!(PayGateConfig::from_json_str(r#"{"servers": [{"prefix": "a:b", "remoteUrl": "http://x.example"}]}"#).is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServerSpec {
+    /// Tool name prefix (`prefix:tool`): letters, digits, `-`, `_`.
+    pub prefix: String,
+    /// Command to run over stdio.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_command: Option<String>,
+    /// Arguments of `serverCommand`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub server_args: Vec<String>,
+    /// Remote Streamable-HTTP endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_url: Option<String>,
+}
+
+fn is_http_url(url: &str) -> bool {
+    (url.starts_with("http://") || url.starts_with("https://")) && url.len() >= 10
 }
 
 impl Default for PayGateConfig {
@@ -160,6 +203,10 @@ impl Default for PayGateConfig {
             max_body_bytes: 1024 * 1024,
             trusted_proxy_hops: 0,
             call_timeout_ms: 0,
+            server_command: None,
+            server_args: Vec::new(),
+            remote_url: None,
+            servers: Vec::new(),
         }
     }
 }
@@ -228,7 +275,7 @@ impl PayGateConfig {
             }
         }
         if let Some(url) = &self.webhook_url {
-            if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
+            if !is_http_url(url) {
                 return Err(ConfigError::invalid(
                     "webhookUrl",
                     "must be an http:// or https:// URL",

@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+use bytes::BytesMut;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -199,6 +200,53 @@ pub fn classify_response(message: &Value, id: &Value) -> Option<CallOutcome> {
     } else {
         Some(CallOutcome::Success)
     }
+}
+
+/// Takes one complete SSE event (through its blank line) off the front of `buf`.
+pub(crate) fn split_event(buf: &mut BytesMut) -> Option<BytesMut> {
+    let pos = buf.windows(2).position(|w| w == b"\n\n");
+    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n");
+    let (end, sep) = match (pos, crlf) {
+        (Some(a), Some(b)) if b < a => (b, 4),
+        (Some(a), _) => (a, 2),
+        (None, Some(b)) => (b, 4),
+        (None, None) => return None,
+    };
+    let event = buf.split_to(end + sep);
+    Some(event)
+}
+
+/// The joined `data:` lines of one SSE event.
+pub(crate) fn sse_data(event: &[u8]) -> Vec<u8> {
+    let mut data = Vec::new();
+    for line in event.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if let Some(rest) = line.strip_prefix(b"data:") {
+            if !data.is_empty() {
+                data.push(b'\n');
+            }
+            data.extend_from_slice(rest.strip_prefix(b" ").unwrap_or(rest));
+        }
+    }
+    data
+}
+
+/// The JSON-RPC message answering `id` in a whole response body, JSON or SSE.
+pub(crate) fn find_response(body: &[u8], id: &Value) -> Option<Value> {
+    if let Ok(v) = serde_json::from_slice::<Value>(body) {
+        return (v.get("id") == Some(id)).then_some(v);
+    }
+    let mut buf = BytesMut::from(body);
+    buf.extend_from_slice(b"\n\n");
+    while let Some(event) = split_event(&mut buf) {
+        let data = sse_data(&event);
+        if let Ok(v) = serde_json::from_slice::<Value>(&data) {
+            if v.get("id") == Some(id) {
+                return Some(v);
+            }
+        }
+    }
+    None
 }
 
 const DUPLICATE: &str = "duplicate key";

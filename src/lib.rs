@@ -45,6 +45,7 @@ pub mod pricing;
 pub mod quota;
 pub mod ratelimit;
 pub mod store;
+pub mod upstream;
 pub mod webhook;
 
 pub use admin::AdminService;
@@ -56,7 +57,7 @@ pub use analytics::{
 };
 pub use audit::{AuditEvent, AuditLog, AuditPage, AuditQuery, AuditStats};
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
-pub use config::{ConfigError, PayGateConfig, ToolPricing};
+pub use config::{ConfigError, PayGateConfig, ServerSpec, ToolPricing};
 pub use gate::{block_on, CallRequest, Decision, DenyCategory, DenyReason, Gate, GateError};
 pub use key::{generate_key, mask_key, parse_ip_entry, KeyDigest, KeyRecord};
 pub use layer::{
@@ -72,6 +73,9 @@ pub use store::{
     ChargeOutcome, ChargeReceipt, ChargeRequest, KeyPage, KeySnapshot, KeyStore, KeyUpdate,
     LoadReport, MemoryKeyStore, StateFileError, StoreError, StoreStats,
 };
+pub use upstream::McpRouter;
+#[cfg(feature = "http-upstream")]
+pub use upstream::{HttpUpstream, HttpUpstreamConfig};
 pub use webhook::verify_signature;
 #[cfg(feature = "webhook")]
 pub use webhook::{WebhookConfig, WebhookError, WebhookHandle, WebhookSink, WebhookStats};

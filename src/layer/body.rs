@@ -11,7 +11,7 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use serde_json::Value;
 
-use crate::jsonrpc::{classify_response, CallOutcome};
+use crate::jsonrpc::{classify_response, split_event, sse_data, CallOutcome};
 
 /// Bytes of a JSON response or of one SSE event kept for inspection; beyond it the layer
 /// stops looking (and does not refund).
@@ -208,35 +208,6 @@ impl Rewrite {
             Framing::Sse => rest.freeze(),
         }
     }
-}
-
-/// Takes one complete SSE event (through its blank line) off the front of `buf`.
-fn split_event(buf: &mut BytesMut) -> Option<BytesMut> {
-    let pos = buf.windows(2).position(|w| w == b"\n\n");
-    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n");
-    let (end, sep) = match (pos, crlf) {
-        (Some(a), Some(b)) if b < a => (b, 4),
-        (Some(a), _) => (a, 2),
-        (None, Some(b)) => (b, 4),
-        (None, None) => return None,
-    };
-    let event = buf.split_to(end + sep);
-    Some(event)
-}
-
-/// The joined `data:` lines of one SSE event.
-fn sse_data(event: &[u8]) -> Vec<u8> {
-    let mut data = Vec::new();
-    for line in event.split(|&b| b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if let Some(rest) = line.strip_prefix(b"data:") {
-            if !data.is_empty() {
-                data.push(b'\n');
-            }
-            data.extend_from_slice(rest.strip_prefix(b" ").unwrap_or(rest));
-        }
-    }
-    data
 }
 
 fn sse_event_outcome(event: &[u8], id: &Value) -> Option<CallOutcome> {

@@ -85,3 +85,30 @@ pub async fn client(url: &str, key: &str) -> RunningService<RoleClient, ()> {
 pub fn key(running: &Running, credits: u64) -> String {
     block_on(running.gate.create_key("test", credits)).expect("key created")
 }
+
+/// Serves `app` on a loopback port until the returned guard is dropped.
+pub async fn serve(app: axum::Router) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let addr = listener.local_addr().expect("local addr");
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _ = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async {
+            let _ = rx.await;
+        })
+        .await;
+    });
+    (format!("http://{addr}"), tx)
+}
+
+/// The plain demo MCP server (no gate) at `<url>/mcp`.
+pub async fn spawn_demo(mode: Mode) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let app = axum::Router::new().nest_service("/mcp", demo_server::service(mode));
+    let (base, stop) = serve(app).await;
+    (format!("{base}/mcp"), stop)
+}
