@@ -5,6 +5,7 @@
 //!     [--price N] [--rate-limit N] [--tool-price "search:5,echo:1"] [--shadow]
 //!     [--refund-on-failure] [--import-key "pg_...:100"] [--state-file FILE]
 //!     [--webhook-url URL] [--webhook-secret SECRET] [--redis-url redis://127.0.0.1:6379]
+//!     [--server "npx -y @modelcontextprotocol/server-everything"] [--remote-url URL]
 //!
 //! `--redis-url` needs `--features redis`; without it keys live in memory (and in the
 //! `--state-file`, when given).
@@ -23,13 +24,15 @@ use std::time::Duration;
 
 use axum::middleware;
 use client_addr::client_addr;
+use paygate_mcp::upstream::{boxed, UpstreamService};
 use paygate_mcp::{
-    generate_key, AdminService, AuditLog, EventSink, FanOut, Gate, KeyStore, MemoryKeyStore,
-    Metrics, PayGateConfig, PayGateLayer, SystemClock, WebhookConfig, WebhookSink,
+    generate_key, AdminService, AuditLog, EventSink, FanOut, Gate, HttpUpstream,
+    HttpUpstreamConfig, KeyStore, McpRouter, MemoryKeyStore, Metrics, PayGateConfig, PayGateLayer,
+    SystemClock, WebhookConfig, WebhookSink,
 };
 use tower::ServiceBuilder;
 
-const USAGE: &str = "usage: cargo run --example gateway -- [--port N] [--admin-key KEY] [--config FILE] [--price N] [--rate-limit N] [--tool-price \"a:1,b:5\"] [--shadow] [--refund-on-failure] [--import-key \"pg_...:100\"] [--state-file FILE] [--webhook-url URL] [--webhook-secret SECRET] [--redis-url URL]";
+const USAGE: &str = "usage: cargo run --example gateway -- [--port N] [--admin-key KEY] [--config FILE] [--price N] [--rate-limit N] [--tool-price \"a:1,b:5\"] [--shadow] [--refund-on-failure] [--import-key \"pg_...:100\"] [--state-file FILE] [--webhook-url URL] [--webhook-secret SECRET] [--redis-url URL] [--server \"CMD ARGS\"] [--remote-url URL]";
 
 /// How often the state file is rewritten when keys changed.
 const SNAPSHOT_EVERY: Duration = Duration::from_secs(5);
@@ -49,6 +52,8 @@ struct Args {
     webhook_url: Option<String>,
     webhook_secret: Option<String>,
     redis_url: Option<String>,
+    server: Option<String>,
+    remote_url: Option<String>,
 }
 
 fn whole(flag: &str, v: &str) -> Result<u64, String> {
@@ -96,6 +101,8 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
             "--webhook-url" => args.webhook_url = Some(value()?),
             "--webhook-secret" => args.webhook_secret = Some(value()?),
             "--redis-url" => args.redis_url = Some(value()?),
+            "--server" => args.server = Some(value()?),
+            "--remote-url" => args.remote_url = Some(value()?),
             "--help" | "-h" => return Err(String::new()),
             other => return Err(format!("unknown flag {other}")),
         }
@@ -128,6 +135,16 @@ fn config_from(args: &Args) -> Result<PayGateConfig, String> {
     }
     if let Some(secret) = &args.webhook_secret {
         cfg.webhook_secret = Some(secret.clone());
+    }
+    if let Some(server) = &args.server {
+        let mut words = server.split_whitespace().map(str::to_string);
+        cfg.server_command = words.next();
+        cfg.server_args = words.collect();
+        cfg.servers.clear();
+    }
+    if let Some(url) = &args.remote_url {
+        cfg.remote_url = Some(url.clone());
+        cfg.servers.clear();
     }
     cfg.validate().map_err(|e| e.to_string())?;
     Ok(cfg)
@@ -204,6 +221,7 @@ async fn run(args: Args) -> Result<(), String> {
     };
     let sinks: Arc<dyn EventSink> = Arc::new(FanOut(sinks));
     let observers = Observers { metrics, audit };
+    let downstream = downstream(&cfg).await?;
 
     if let Some(url) = &args.redis_url {
         if args.state_file.is_some() {
@@ -214,7 +232,13 @@ async fn run(args: Args) -> Result<(), String> {
         let store = redis_store(url).await?;
         let gate =
             Gate::with_store(cfg, store, Arc::new(SystemClock)).map_err(|e| e.to_string())?;
-        serve(Arc::new(gate.with_event_sink(sinks)), &args, observers).await?;
+        serve(
+            Arc::new(gate.with_event_sink(sinks)),
+            &args,
+            observers,
+            downstream,
+        )
+        .await?;
     } else {
         let store = load_store(args.state_file.as_ref())?;
         let gate =
@@ -223,7 +247,7 @@ async fn run(args: Args) -> Result<(), String> {
         if let Some(path) = &args.state_file {
             spawn_snapshots(gate.clone(), path.clone());
         }
-        serve(gate.clone(), &args, observers).await?;
+        serve(gate.clone(), &args, observers, downstream).await?;
         if let Some(path) = &args.state_file {
             let saved = gate.store().save_to(path).map_err(|e| e.to_string())?;
             eprintln!("state file {}: saved {saved} keys", path.display());
@@ -249,6 +273,48 @@ async fn redis_store(_url: &str) -> Result<MemoryKeyStore, String> {
     Err("--redis-url needs the redis feature: cargo run --features redis --example gateway -- --redis-url URL".into())
 }
 
+/// The MCP server behind the gate: the config's `servers` behind a router, its
+/// `remoteUrl`, or else the built-in demo server.
+async fn downstream(cfg: &PayGateConfig) -> Result<UpstreamService, String> {
+    if !cfg.servers.is_empty() {
+        let mut router = McpRouter::new(&cfg.name);
+        for spec in &cfg.servers {
+            let upstream = match (&spec.remote_url, &spec.server_command) {
+                (Some(url), _) => boxed(
+                    HttpUpstream::managed(HttpUpstreamConfig::new(url))
+                        .map_err(|e| e.to_string())?,
+                ),
+                (None, Some(command)) => stdio(command, &spec.server_args).await?,
+                (None, None) => {
+                    return Err(format!(
+                        "server '{}' has no serverCommand or remoteUrl",
+                        spec.prefix
+                    ))
+                }
+            };
+            router = router
+                .route(&spec.prefix, upstream)
+                .map_err(|e| e.to_string())?;
+        }
+        return Ok(boxed(router));
+    }
+    if let Some(url) = &cfg.remote_url {
+        return Ok(boxed(
+            HttpUpstream::new(HttpUpstreamConfig::new(url)).map_err(|e| e.to_string())?,
+        ));
+    }
+    if let Some(command) = &cfg.server_command {
+        return stdio(command, &cfg.server_args).await;
+    }
+    Ok(boxed(demo_server::service(demo_server::Mode::Json)))
+}
+
+/// Starts an MCP server command and speaks to it over stdio.
+async fn stdio(command: &str, args: &[String]) -> Result<UpstreamService, String> {
+    let _ = (command, args);
+    Err("stdio servers are not available in this build".into())
+}
+
 /// The event sinks the admin API reads back.
 struct Observers {
     metrics: Arc<Metrics>,
@@ -260,6 +326,7 @@ async fn serve<St: KeyStore>(
     gate: Arc<Gate<St>>,
     args: &Args,
     observers: Observers,
+    downstream: UpstreamService,
 ) -> Result<(), String> {
     let admin_key = match args.admin_key.clone() {
         Some(k) => k,
@@ -297,7 +364,7 @@ async fn serve<St: KeyStore>(
 
     let mcp = ServiceBuilder::new()
         .layer(PayGateLayer::from_gate(gate.clone()))
-        .service(demo_server::service(demo_server::Mode::Json));
+        .service(downstream);
     let admin = AdminService::new(gate.clone(), &admin_key)
         .with_metrics(observers.metrics)
         .with_audit(observers.audit);
