@@ -4,7 +4,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::{ready, Ready};
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
@@ -48,6 +47,21 @@ struct Shard {
     last_sweep_ms: i64,
     /// Bumped by every change to a record, so snapshots can skip an unchanged store.
     version: u64,
+    /// This shard's share of the store-wide aggregates, kept under the shard's own lock so
+    /// threads on different keys never touch a shared counter.
+    stats: StoreStats,
+}
+
+/// Moves one record's contribution in `stats` from `before` to `after`.
+fn adjust(stats: &mut StoreStats, before: (u64, u64), after: (u64, u64)) {
+    stats.active_keys = stats
+        .active_keys
+        .wrapping_sub(before.0)
+        .wrapping_add(after.0);
+    stats.total_credits = stats
+        .total_credits
+        .wrapping_sub(before.1)
+        .wrapping_add(after.1);
 }
 
 impl Shard {
@@ -75,9 +89,6 @@ impl Shard {
 /// ```
 pub struct MemoryKeyStore {
     shards: Box<[Mutex<Shard>]>,
-    total_keys: AtomicU64,
-    active_keys: AtomicU64,
-    total_credits: AtomicU64,
 }
 
 impl Default for MemoryKeyStore {
@@ -108,26 +119,11 @@ impl MemoryKeyStore {
     pub fn new() -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
-            total_keys: AtomicU64::new(0),
-            active_keys: AtomicU64::new(0),
-            total_credits: AtomicU64::new(0),
         }
     }
 
     fn shard(&self, key: &KeyDigest) -> &Mutex<Shard> {
         &self.shards[usize::from(key.0[0]) * SHARDS / 256]
-    }
-
-    fn adjust(&self, before: (u64, u64), after: (u64, u64)) {
-        let apply = |counter: &AtomicU64, old: u64, new: u64| {
-            if new >= old {
-                counter.fetch_add(new - old, Ordering::Relaxed);
-            } else {
-                counter.fetch_sub(old - new, Ordering::Relaxed);
-            }
-        };
-        apply(&self.active_keys, before.0, after.0);
-        apply(&self.total_credits, before.1, after.1);
     }
 
     /// Runs `f` on one record under its shard lock, keeping the aggregates in step.
@@ -142,17 +138,23 @@ impl MemoryKeyStore {
         let before = contribution(&rec);
         let out = f(&mut rec, shard);
         shard.version += 1;
-        self.adjust(before, contribution(&rec));
+        adjust(&mut shard.stats, before, contribution(&rec));
         shard.keys.insert(*key, rec);
         Some(out)
     }
 
+    /// The aggregates: a fixed 64 shard reads, whatever the number of keys.
     fn stats_now(&self) -> StoreStats {
-        StoreStats {
-            total_keys: self.total_keys.load(Ordering::Relaxed),
-            active_keys: self.active_keys.load(Ordering::Relaxed),
-            total_credits: self.total_credits.load(Ordering::Relaxed),
-        }
+        self.shards
+            .iter()
+            .fold(StoreStats::default(), |acc, shard| {
+                let s = shard.lock().stats;
+                StoreStats {
+                    total_keys: acc.total_keys.wrapping_add(s.total_keys),
+                    active_keys: acc.active_keys.wrapping_add(s.active_keys),
+                    total_credits: acc.total_credits.wrapping_add(s.total_credits),
+                }
+            })
     }
 
     /// Every record, shard by shard (for snapshots). Each shard is locked only while copied.
@@ -270,7 +272,7 @@ impl MemoryKeyStore {
             rec.quota_usage = usage;
             rec.quota_usage.add(req.price, req.now_ms);
             rec.last_used_at = Some(ms_to_datetime(req.now_ms));
-            self.adjust(before, contribution(rec));
+            adjust(&mut shard.stats, before, contribution(rec));
             receipt = Some(ChargeReceipt {
                 key: req.key,
                 credits: req.price,
@@ -333,8 +335,8 @@ impl KeyStore for MemoryKeyStore {
         if shard.keys.contains_key(&record.key_hash) {
             return ready(Err(StoreError::Duplicate));
         }
-        self.adjust((0, 0), contribution(&record));
-        self.total_keys.fetch_add(1, Ordering::Relaxed);
+        adjust(&mut shard.stats, (0, 0), contribution(&record));
+        shard.stats.total_keys += 1;
         shard.version += 1;
         shard.keys.insert(record.key_hash, record);
         ready(Ok(()))
@@ -394,17 +396,18 @@ impl KeyStore for MemoryKeyStore {
         rec.key_hash = new_key;
         rec.key_masked = new_masked;
         first.version += 1;
+        // The record's share of the aggregates moves with it.
+        let share = contribution(&rec);
+        adjust(&mut first.stats, share, (0, 0));
+        first.stats.total_keys -= 1;
         let out = rec.clone();
-        let target = match second {
-            Some(mut s) => {
-                s.keys.insert(new_key, rec);
-                if let Some(w) = windows {
-                    s.windows.insert(new_key, w);
-                }
-                return ready(Ok(Some(out)));
-            }
+        let mut second = second;
+        let target: &mut Shard = match second.as_deref_mut() {
+            Some(s) => s,
             None => &mut first,
         };
+        adjust(&mut target.stats, (0, 0), share);
+        target.stats.total_keys += 1;
         target.keys.insert(new_key, rec);
         if let Some(w) = windows {
             target.windows.insert(new_key, w);
@@ -440,7 +443,7 @@ impl KeyStore for MemoryKeyStore {
         ready(Ok(KeyPage {
             keys,
             next_cursor,
-            total: self.total_keys.load(Ordering::Relaxed),
+            total: self.stats_now().total_keys,
         }))
     }
 
