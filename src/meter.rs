@@ -31,7 +31,23 @@ pub struct UsageEvent {
     pub duration_ms: Option<u64>,
 }
 
-/// A bounded, thread-safe ring of the most recent usage events.
+/// Rings a meter spreads its writers over, so threads rarely share a lock.
+const STRIPES: usize = 4;
+
+/// Which ring the current thread writes to.
+fn stripe() -> usize {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static STRIPE: usize = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
+    }
+    STRIPE.with(|s| *s)
+}
+
+/// A bounded, thread-safe record of the most recent usage events.
+///
+/// Each writing thread appends to one of a few rings, so concurrent gated calls do not
+/// contend on one lock; readers merge the rings by time and see the newest `capacity` events.
 ///
 /// ```
 /// use paygate_mcp::{UsageMeter, UsageEvent};
@@ -47,7 +63,7 @@ pub struct UsageEvent {
 /// ```
 #[derive(Debug)]
 pub struct UsageMeter {
-    events: Mutex<VecDeque<UsageEvent>>,
+    rings: Box<[Mutex<VecDeque<UsageEvent>>]>,
     capacity: usize,
 }
 
@@ -58,37 +74,46 @@ impl Default for UsageMeter {
 }
 
 impl UsageMeter {
-    /// A ring holding at most `capacity` events (at least 1).
+    /// A meter keeping the newest `capacity` events (at least 1).
     pub fn with_capacity(capacity: usize) -> Self {
         let capacity = capacity.max(1);
         Self {
-            events: Mutex::new(VecDeque::with_capacity(capacity.min(1024))),
+            rings: (0..STRIPES).map(|_| Mutex::new(VecDeque::new())).collect(),
             capacity,
         }
     }
 
-    /// Appends an event, dropping the oldest when full.
+    /// Appends an event, dropping the oldest of its ring when full.
     pub fn record(&self, event: UsageEvent) {
-        let mut events = self.events.lock();
-        if events.len() == self.capacity {
-            events.pop_front();
+        let mut ring = self.rings[stripe()].lock();
+        if ring.len() >= self.capacity {
+            ring.pop_front();
         }
-        events.push_back(event);
+        ring.push_back(event);
     }
 
-    /// Events at or after `since` (all when `None`), oldest first.
+    /// The newest `capacity` events at or after `since` (all when `None`), oldest first.
     pub fn since(&self, since: Option<DateTime<Utc>>) -> Vec<UsageEvent> {
-        let events = self.events.lock();
-        events
-            .iter()
-            .filter(|e| since.is_none_or(|s| e.timestamp >= s))
-            .cloned()
-            .collect()
+        let mut all: Vec<UsageEvent> = Vec::new();
+        for ring in self.rings.iter() {
+            let ring = ring.lock();
+            all.extend(
+                ring.iter()
+                    .filter(|e| since.is_none_or(|s| e.timestamp >= s))
+                    .cloned(),
+            );
+        }
+        // Stable: events of one ring keep their order on equal timestamps.
+        all.sort_by_key(|e| e.timestamp);
+        let excess = all.len().saturating_sub(self.capacity);
+        all.drain(..excess);
+        all
     }
 
-    /// Events held now.
+    /// Events held now (at most `capacity`).
     pub fn len(&self) -> usize {
-        self.events.lock().len()
+        let held: usize = self.rings.iter().map(|r| r.lock().len()).sum();
+        held.min(self.capacity)
     }
 
     /// Whether no event is held.
