@@ -451,7 +451,13 @@ pub struct AnalyticsEngine {
     config: AnalyticsConfig,
     names: RwLock<Names>,
     state: Mutex<State>,
+    /// Events not yet folded in, one buffer per writer stripe: a gated call only touches
+    /// its own stripe's lock, and the shared aggregates are locked once per batch.
+    pending: Box<[Mutex<Vec<UsageEvent>>]>,
 }
+
+/// Events buffered per stripe before they are folded into the aggregates.
+const BATCH: usize = 64;
 
 impl fmt::Debug for AnalyticsEngine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -479,6 +485,9 @@ impl AnalyticsEngine {
             clock,
             names: RwLock::new(Names::new(config.max_keys, config.max_tools)),
             state: Mutex::new(State::new(i64::from(config.retention_days))),
+            pending: (0..crate::meter::STRIPES)
+                .map(|_| Mutex::new(Vec::with_capacity(BATCH)))
+                .collect(),
             config,
         }
     }
@@ -488,19 +497,52 @@ impl AnalyticsEngine {
         self.config
     }
 
-    /// Folds one usage event into the aggregates, bucketed by `event.timestamp`.
+    /// Counts one usage event, bucketed by `event.timestamp`.
     ///
-    /// O(1) work under one short lock; never panics. An event older than the retention
+    /// The event waits in the calling thread's stripe buffer and is folded into the
+    /// aggregates with the rest of its batch (reports and stats fold every buffer first, so
+    /// they always see it). O(1) amortized; never panics. An event older than the retention
     /// (relative to the newest event) is counted in [`AnalyticsStats::expired_events`] only.
     pub fn record(&self, event: &UsageEvent) {
-        let (tool, key) = self.intern(event);
-        let minute = event.timestamp.timestamp_millis().div_euclid(MINUTE_MS);
-        let cell = Counters::one(event.allowed, event.credits_charged);
-        self.state.lock().add(minute, tool, key, cell);
+        let full = {
+            let mut pending = self.pending[crate::meter::stripe()].lock();
+            pending.push(event.clone());
+            (pending.len() >= BATCH)
+                .then(|| std::mem::replace(&mut *pending, Vec::with_capacity(BATCH)))
+        };
+        if let Some(batch) = full {
+            self.fold(batch);
+        }
+    }
+
+    /// Folds a batch into the aggregates under one lock of each.
+    fn fold(&self, batch: Vec<UsageEvent>) {
+        let ids: Vec<(u32, u32)> = batch.iter().map(|e| self.intern(e)).collect();
+        let mut state = self.state.lock();
+        for (event, (tool, key)) in batch.iter().zip(ids) {
+            let minute = event.timestamp.timestamp_millis().div_euclid(MINUTE_MS);
+            state.add(
+                minute,
+                tool,
+                key,
+                Counters::one(event.allowed, event.credits_charged),
+            );
+        }
+    }
+
+    /// Folds every buffered event in.
+    fn flush(&self) {
+        for stripe in self.pending.iter() {
+            let batch = std::mem::take(&mut *stripe.lock());
+            if !batch.is_empty() {
+                self.fold(batch);
+            }
+        }
     }
 
     /// Counters about the engine.
     pub fn stats(&self) -> AnalyticsStats {
+        self.flush();
         let (distinct_keys, distinct_tools) = {
             let names = self.names.read();
             (names.keys.len(), names.tools.len())
@@ -524,6 +566,7 @@ impl AnalyticsEngine {
     /// The cost grows with the number of buckets merged and the distinct tools and keys in
     /// them, never with the number of events. The aggregates are locked while they are merged.
     pub fn report(&self, query: &ReportQuery) -> Result<AnalyticsReport, AnalyticsError> {
+        self.flush();
         let to = query.to.unwrap_or_else(|| self.clock.now());
         let from = query.from.unwrap_or_else(|| {
             to.checked_sub_signed(chrono::TimeDelta::hours(24))

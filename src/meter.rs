@@ -32,10 +32,10 @@ pub struct UsageEvent {
 }
 
 /// Rings a meter spreads its writers over, so threads rarely share a lock.
-const STRIPES: usize = 4;
+pub(crate) const STRIPES: usize = 4;
 
 /// Which ring the current thread writes to.
-fn stripe() -> usize {
+pub(crate) fn stripe() -> usize {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {
