@@ -5,8 +5,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -148,7 +149,8 @@ pub struct AlertContext {
 /// assert_eq!(engine.pending_count(), 0);
 /// ```
 pub struct AlertEngine {
-    rules: RwLock<Arc<[AlertRule]>>,
+    /// Read on every gated call, replaced rarely: lock-free reads.
+    rules: ArcSwap<Vec<AlertRule>>,
     has_rules: AtomicBool,
     clock: SharedClock,
     dry_run: bool,
@@ -173,7 +175,7 @@ impl AlertEngine {
     pub fn new(rules: Vec<AlertRule>, clock: SharedClock) -> Self {
         Self {
             has_rules: AtomicBool::new(!rules.is_empty()),
-            rules: RwLock::new(rules.into()),
+            rules: ArcSwap::from_pointee(rules),
             clock,
             dry_run: false,
             max_pending: DEFAULT_MAX_PENDING,
@@ -199,12 +201,12 @@ impl AlertEngine {
     /// Replaces the rules.
     pub fn set_rules(&self, rules: Vec<AlertRule>) {
         self.has_rules.store(!rules.is_empty(), Ordering::Release);
-        *self.rules.write() = rules.into();
+        self.rules.store(Arc::new(rules));
     }
 
     /// The rules in force.
     pub fn rules(&self) -> Vec<AlertRule> {
-        self.rules.read().to_vec()
+        self.rules.load().to_vec()
     }
 
     /// Takes every pending alert, oldest first.
@@ -227,7 +229,7 @@ impl AlertEngine {
         if !self.has_rules.load(Ordering::Acquire) {
             return Vec::new();
         }
-        let rules = self.rules.read().clone();
+        let rules = self.rules.load();
         let now_ms = self.clock.now_ms();
         let spike_rule = rules
             .iter()
@@ -284,7 +286,7 @@ impl AlertEngine {
         if cooldowns.len() >= PRUNE_AT {
             let longest = self
                 .rules
-                .read()
+                .load()
                 .iter()
                 .map(|r| r.cooldown_secs().saturating_mul(1000))
                 .max()
