@@ -7,11 +7,11 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use parking_lot::Mutex;
 
+use super::compact::StoredKey;
 use super::{
     ChargeOutcome, ChargeReceipt, ChargeRequest, KeyPage, KeySnapshot, KeyStore, KeyUpdate,
     StoreError, StoreStats,
 };
-use crate::clock::ms_to_datetime;
 use crate::gate::DenyReason;
 use crate::key::{KeyDigest, KeyRecord};
 use crate::ratelimit::{KeyWindows, WINDOW_MS};
@@ -41,7 +41,7 @@ type WindowMap = HashMap<KeyDigest, Box<KeyWindows>, BuildHasherDefault<DigestHa
 
 #[derive(Default)]
 struct Shard {
-    keys: BTreeMap<KeyDigest, KeyRecord>,
+    keys: BTreeMap<KeyDigest, StoredKey>,
     /// Rate windows of keys with calls in the last minute only.
     windows: WindowMap,
     last_sweep_ms: i64,
@@ -106,7 +106,7 @@ impl std::fmt::Debug for MemoryKeyStore {
 }
 
 /// What one record adds to the store-wide aggregates.
-fn contribution(rec: &KeyRecord) -> (u64, u64) {
+fn contribution(rec: &StoredKey) -> (u64, u64) {
     if rec.active {
         (1, rec.credits)
     } else {
@@ -134,12 +134,14 @@ impl MemoryKeyStore {
     ) -> Option<T> {
         let mut guard = self.shard(key).lock();
         let shard = &mut *guard;
-        let mut rec = shard.keys.remove(key)?;
-        let before = contribution(&rec);
+        let stored = shard.keys.remove(key)?;
+        let before = contribution(&stored);
+        let mut rec = stored.to_record(*key);
         let out = f(&mut rec, shard);
+        let stored = StoredKey::from_record(&rec);
         shard.version += 1;
-        adjust(&mut shard.stats, before, contribution(&rec));
-        shard.keys.insert(*key, rec);
+        adjust(&mut shard.stats, before, contribution(&stored));
+        shard.keys.insert(*key, stored);
         Some(out)
     }
 
@@ -161,7 +163,13 @@ impl MemoryKeyStore {
     pub fn export(&self) -> Vec<KeyRecord> {
         self.shards
             .iter()
-            .flat_map(|s| s.lock().keys.values().cloned().collect::<Vec<_>>())
+            .flat_map(|s| {
+                let s = s.lock();
+                s.keys
+                    .iter()
+                    .map(|(k, v)| v.to_record(*k))
+                    .collect::<Vec<_>>()
+            })
             .collect()
     }
 
@@ -200,7 +208,7 @@ impl MemoryKeyStore {
         let Some(rec) = shard.keys.get_mut(&req.key) else {
             return denied(DenyReason::InvalidApiKey, None);
         };
-        let snap = |rec: &KeyRecord| Some(KeySnapshot::of(rec, req.now_ms, req.global_quota));
+        let snap = |rec: &StoredKey| Some(rec.snapshot(req.key, req.now_ms, req.global_quota));
         if !rec.active {
             return denied(DenyReason::InvalidApiKey, snap(rec));
         }
@@ -246,7 +254,7 @@ impl MemoryKeyStore {
             first.get_or_insert((DenyReason::SpendingLimitExceeded, None));
         }
         if let Some(reason) = rec
-            .quota
+            .quota()
             .or(req.global_quota)
             .and_then(|q| q.check(&usage, req.price))
         {
@@ -271,7 +279,7 @@ impl MemoryKeyStore {
             rec.total_calls = rec.total_calls.saturating_add(1);
             rec.quota_usage = usage;
             rec.quota_usage.add(req.price, req.now_ms);
-            rec.last_used_at = Some(ms_to_datetime(req.now_ms));
+            rec.set_last_used(req.now_ms);
             adjust(&mut shard.stats, before, contribution(rec));
             receipt = Some(ChargeReceipt {
                 key: req.key,
@@ -335,15 +343,21 @@ impl KeyStore for MemoryKeyStore {
         if shard.keys.contains_key(&record.key_hash) {
             return ready(Err(StoreError::Duplicate));
         }
-        adjust(&mut shard.stats, (0, 0), contribution(&record));
+        let stored = StoredKey::from_record(&record);
+        adjust(&mut shard.stats, (0, 0), contribution(&stored));
         shard.stats.total_keys += 1;
         shard.version += 1;
-        shard.keys.insert(record.key_hash, record);
+        shard.keys.insert(record.key_hash, stored);
         ready(Ok(()))
     }
 
     fn get(&self, key: &KeyDigest) -> Ready<Result<Option<KeyRecord>, StoreError>> {
-        ready(Ok(self.shard(key).lock().keys.get(key).cloned()))
+        ready(Ok(self
+            .shard(key)
+            .lock()
+            .keys
+            .get(key)
+            .map(|s| s.to_record(*key))))
     }
 
     fn update(
@@ -393,14 +407,13 @@ impl KeyStore for MemoryKeyStore {
             return ready(Ok(None));
         };
         let windows = first.windows.remove(old);
-        rec.key_hash = new_key;
-        rec.key_masked = new_masked;
+        rec.set_masked(&new_masked);
         first.version += 1;
         // The record's share of the aggregates moves with it.
         let share = contribution(&rec);
         adjust(&mut first.stats, share, (0, 0));
         first.stats.total_keys -= 1;
-        let out = rec.clone();
+        let out = rec.to_record(new_key);
         let mut second = second;
         let target: &mut Shard = match second.as_deref_mut() {
             Some(s) => s,
@@ -424,12 +437,12 @@ impl KeyStore for MemoryKeyStore {
         for shard in &self.shards[start..] {
             let shard = shard.lock();
             let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
-            for rec in shard.keys.range((lower, Bound::Unbounded)).map(|(_, r)| r) {
+            for (key, rec) in shard.keys.range((lower, Bound::Unbounded)) {
                 if keys.len() == limit {
                     more = true;
                     break;
                 }
-                keys.push(rec.clone());
+                keys.push(rec.to_record(*key));
             }
             if more {
                 break;
@@ -455,12 +468,12 @@ impl KeyStore for MemoryKeyStore {
         let mut out = Vec::new();
         for shard in self.shards.iter() {
             let shard = shard.lock();
-            for rec in shard.keys.values() {
+            for (key, rec) in shard.keys.iter() {
                 if out.len() >= limit {
                     return ready(Ok(out));
                 }
-                if tags.iter().all(|(k, v)| rec.tags.get(k) == Some(v)) {
-                    out.push(rec.clone());
+                if rec.has_tags(tags) {
+                    out.push(rec.to_record(*key));
                 }
             }
         }

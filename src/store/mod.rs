@@ -17,6 +17,7 @@ use crate::key::{KeyDigest, KeyRecord};
 use crate::quota::{Quota, QuotaUsage};
 use crate::ratelimit::RateState;
 
+mod compact;
 pub mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;
