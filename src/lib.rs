@@ -76,6 +76,7 @@ pub use store::{
 pub use upstream::McpRouter;
 #[cfg(feature = "http-upstream")]
 pub use upstream::{HttpUpstream, HttpUpstreamConfig};
+pub use upstream::{StdioConfig, StdioUpstream};
 pub use webhook::verify_signature;
 #[cfg(feature = "webhook")]
 pub use webhook::{WebhookConfig, WebhookError, WebhookHandle, WebhookSink, WebhookStats};

@@ -1,7 +1,7 @@
 //! Upstreams: tower services that speak to the MCP server the gate protects when it is not
 //! a Rust service in the same process — a remote Streamable-HTTP server ([`HttpUpstream`]),
-//! a local server over stdio, or several of them behind one gateway ([`McpRouter`], tools
-//! prefixed `prefix:tool`).
+//! a local server over stdio ([`StdioUpstream`]), or several of them behind one gateway
+//! ([`McpRouter`], tools prefixed `prefix:tool`).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -26,6 +26,10 @@ mod http;
 
 #[cfg(feature = "http-upstream")]
 pub use self::http::{HttpUpstream, HttpUpstreamConfig, UpstreamBody};
+
+pub mod stdio;
+
+pub use stdio::{StdioConfig, StdioError, StdioUpstream};
 
 /// Boxed error of upstream bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
