@@ -1612,6 +1612,14 @@ mod tests {
     }
 
     #[test]
+    fn the_service_can_be_boxed_and_shared() {
+        fn shareable<T: Clone + Send + Sync + 'static>() {}
+        fn sendable<T: Send + 'static>() {}
+        shareable::<StdioUpstream>();
+        sendable::<ResponseFuture>();
+    }
+
+    #[test]
     fn config_is_normalized() {
         let cfg = StdioConfig::new("x", Vec::<String>::new())
             .with_request_timeout(Duration::ZERO)
