@@ -28,7 +28,7 @@ use paygate_mcp::upstream::{boxed, UpstreamService};
 use paygate_mcp::{
     generate_key, AdminService, AuditLog, EventSink, FanOut, Gate, HttpUpstream,
     HttpUpstreamConfig, KeyStore, McpRouter, MemoryKeyStore, Metrics, PayGateConfig, PayGateLayer,
-    SystemClock, WebhookConfig, WebhookSink,
+    StdioConfig, StdioUpstream, SystemClock, WebhookConfig, WebhookSink,
 };
 use tower::ServiceBuilder;
 
@@ -311,8 +311,10 @@ async fn downstream(cfg: &PayGateConfig) -> Result<UpstreamService, String> {
 
 /// Starts an MCP server command and speaks to it over stdio.
 async fn stdio(command: &str, args: &[String]) -> Result<UpstreamService, String> {
-    let _ = (command, args);
-    Err("stdio servers are not available in this build".into())
+    let upstream = StdioUpstream::spawn(StdioConfig::new(command, args.iter().cloned()))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(boxed(upstream))
 }
 
 /// The event sinks the admin API reads back.
