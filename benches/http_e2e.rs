@@ -22,7 +22,9 @@ use tower::{service_fn, ServiceBuilder};
 const BODY: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"q":"hello"}}}"#;
 
 async fn serve(app: axum::Router) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
@@ -66,34 +68,51 @@ fn main() {
     let (urls, key) = rt.block_on(async {
         let cfg = PayGateConfig::default().with_rate_limit(0);
         let gate = Arc::new(Gate::new(cfg).expect("config"));
-        let key = gate.create_key("bench", paygate_mcp::config::MAX_AMOUNT).await.expect("key");
+        let key = gate
+            .create_key("bench", paygate_mcp::config::MAX_AMOUNT)
+            .await
+            .expect("key");
         let noop = service_fn(|_r: Request<axum::body::Body>| async {
             let mut resp = Response::new(Full::new(Bytes::from_static(
                 br#"{"jsonrpc":"2.0","id":1,"result":{"content":[],"isError":false}}"#,
             )));
-            resp.headers_mut().insert("content-type", http::HeaderValue::from_static("application/json"));
+            resp.headers_mut().insert(
+                "content-type",
+                http::HeaderValue::from_static("application/json"),
+            );
             Ok::<_, Infallible>(resp)
         });
         let noop_gated = service_fn(|_r: Request<Full<Bytes>>| async {
             let mut resp = Response::new(Full::new(Bytes::from_static(
                 br#"{"jsonrpc":"2.0","id":1,"result":{"content":[],"isError":false}}"#,
             )));
-            resp.headers_mut().insert("content-type", http::HeaderValue::from_static("application/json"));
+            resp.headers_mut().insert(
+                "content-type",
+                http::HeaderValue::from_static("application/json"),
+            );
             Ok::<_, Infallible>(resp)
         });
         let mode = demo_server::Mode::Json;
         let urls = [
             serve(axum::Router::new().route_service("/mcp", noop)).await,
-            serve(axum::Router::new().route_service(
-                "/mcp",
-                ServiceBuilder::new().layer(PayGateLayer::from_gate(gate.clone())).service(noop_gated),
-            ))
+            serve(
+                axum::Router::new().route_service(
+                    "/mcp",
+                    ServiceBuilder::new()
+                        .layer(PayGateLayer::from_gate(gate.clone()))
+                        .service(noop_gated),
+                ),
+            )
             .await,
             serve(axum::Router::new().nest_service("/mcp", demo_server::service(mode))).await,
-            serve(axum::Router::new().nest_service(
-                "/mcp",
-                ServiceBuilder::new().layer(PayGateLayer::from_gate(gate.clone())).service(demo_server::service(mode)),
-            ))
+            serve(
+                axum::Router::new().nest_service(
+                    "/mcp",
+                    ServiceBuilder::new()
+                        .layer(PayGateLayer::from_gate(gate.clone()))
+                        .service(demo_server::service(mode)),
+                ),
+            )
             .await,
         ]
         .map(|a| format!("http://{a}/mcp"));
@@ -103,7 +122,10 @@ fn main() {
     let seconds = 5;
     let rounds = 3;
     let mut table = Vec::new();
-    for (name, plain, gated) in [("no-op JSON-RPC responder", &urls[0], &urls[1]), ("rmcp demo server (JSON)", &urls[2], &urls[3])] {
+    for (name, plain, gated) in [
+        ("no-op JSON-RPC responder", &urls[0], &urls[1]),
+        ("rmcp demo server (JSON)", &urls[2], &urls[3]),
+    ] {
         let mut ratios = Vec::new();
         let mut plain_rates = Vec::new();
         let mut gated_rates = Vec::new();
@@ -118,7 +140,12 @@ fn main() {
             v.sort_by(f64::total_cmp);
             v[v.len() / 2]
         };
-        table.push((name, median(plain_rates), median(gated_rates), median(ratios)));
+        table.push((
+            name,
+            median(plain_rates),
+            median(gated_rates),
+            median(ratios),
+        ));
     }
     println!("| downstream | without layers (req/s) | with PayGateLayer (req/s) | ratio |");
     println!("|---|---|---|---|");
