@@ -294,6 +294,71 @@ impl PayGateConfig {
                 "must be at most 16",
             ));
         }
+        self.validate_servers()
+    }
+
+    fn validate_servers(&self) -> Result<(), ConfigError> {
+        if self.server_command.is_some() && self.remote_url.is_some() {
+            return Err(ConfigError::invalid(
+                "remoteUrl",
+                "give serverCommand or remoteUrl, not both",
+            ));
+        }
+        if !self.servers.is_empty() && (self.server_command.is_some() || self.remote_url.is_some())
+        {
+            return Err(ConfigError::invalid(
+                "servers",
+                "give servers, or serverCommand/remoteUrl, not both",
+            ));
+        }
+        if self.remote_url.as_deref().is_some_and(|u| !is_http_url(u)) {
+            return Err(ConfigError::invalid(
+                "remoteUrl",
+                "must be an http:// or https:// URL",
+            ));
+        }
+        if self
+            .server_command
+            .as_deref()
+            .is_some_and(|c| c.trim().is_empty())
+        {
+            return Err(ConfigError::invalid("serverCommand", "must not be empty"));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, spec) in self.servers.iter().enumerate() {
+            let field = |f: &str| format!("servers[{i}].{f}");
+            let prefix_ok = !spec.prefix.is_empty()
+                && spec.prefix.len() <= 64
+                && spec
+                    .prefix
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !prefix_ok {
+                return Err(ConfigError::invalid(
+                    field("prefix"),
+                    "must be 1 to 64 letters, digits, '-' or '_'",
+                ));
+            }
+            if !seen.insert(spec.prefix.as_str()) {
+                return Err(ConfigError::invalid(field("prefix"), "is used twice"));
+            }
+            match (&spec.server_command, &spec.remote_url) {
+                (Some(c), None) if !c.trim().is_empty() => {}
+                (None, Some(url)) if is_http_url(url) => {}
+                (None, Some(_)) => {
+                    return Err(ConfigError::invalid(
+                        field("remoteUrl"),
+                        "must be an http:// or https:// URL",
+                    ))
+                }
+                _ => {
+                    return Err(ConfigError::invalid(
+                        field("serverCommand"),
+                        "give exactly one of serverCommand and remoteUrl",
+                    ))
+                }
+            }
+        }
         Ok(())
     }
 
@@ -472,6 +537,46 @@ mod tests {
         assert_eq!(field_of(r#"{"webhookUrl": "ftp://x"}"#), "webhookUrl");
         assert_eq!(field_of(r#"{"maxBodyBytes": 0}"#), "maxBodyBytes");
         assert_eq!(field_of("nope"), "(root)");
+    }
+
+    #[test]
+    fn server_specs_are_checked() {
+        let ok = r#"{"servers": [{"prefix": "fs", "serverCommand": "node", "serverArgs": ["s.js"]}, {"prefix": "web", "remoteUrl": "https://mcp.example.com/mcp"}]}"#;
+        assert_eq!(PayGateConfig::from_json_str(ok).unwrap().servers.len(), 2);
+        for (json, field) in [
+            (
+                r#"{"servers": [{"prefix": "", "remoteUrl": "http://a.example"}]}"#,
+                "servers[0].prefix",
+            ),
+            (
+                r#"{"servers": [{"prefix": "a", "remoteUrl": "http://a.example"}, {"prefix": "a", "serverCommand": "x"}]}"#,
+                "servers[1].prefix",
+            ),
+            (
+                r#"{"servers": [{"prefix": "a"}]}"#,
+                "servers[0].serverCommand",
+            ),
+            (
+                r#"{"servers": [{"prefix": "a", "serverCommand": "x", "remoteUrl": "http://a.example"}]}"#,
+                "servers[0].serverCommand",
+            ),
+            (
+                r#"{"servers": [{"prefix": "a", "remoteUrl": "file:///etc"}]}"#,
+                "servers[0].remoteUrl",
+            ),
+            (
+                r#"{"serverCommand": "x", "remoteUrl": "http://a.example"}"#,
+                "remoteUrl",
+            ),
+            (r#"{"remoteUrl": "gopher://x"}"#, "remoteUrl"),
+            (r#"{"serverCommand": " "}"#, "serverCommand"),
+            (
+                r#"{"serverCommand": "x", "servers": [{"prefix": "a", "serverCommand": "y"}]}"#,
+                "servers",
+            ),
+        ] {
+            assert_eq!(field_of(json), field, "{json}");
+        }
     }
 
     #[test]
