@@ -49,7 +49,7 @@ fn one_key_many_threads_exact_accounting_and_limits() {
                         // Odd threads refund one call in 50, racing other threads' charges.
                         if t % 2 == 1 && i % 50 == 0 {
                             let receipt = d.receipt.expect("allowed calls carry a receipt");
-                            refunded.fetch_add(receipt.credits, Ordering::Relaxed);
+                            refunded.fetch_add(receipt.credits(), Ordering::Relaxed);
                             refunds.fetch_add(1, Ordering::Relaxed);
                             gate.refund_blocking(receipt).expect("key exists");
                         }

@@ -122,7 +122,7 @@ proptest! {
                 Op::Refund(pick) => {
                     if receipts.is_empty() { continue; }
                     let (receipt, day) = receipts.swap_remove(pick % receipts.len());
-                    let credits = receipt.credits;
+                    let credits = receipt.credits();
                     gate.refund_blocking(receipt).expect("key exists");
                     model.roll(now);
                     model.credits += credits;

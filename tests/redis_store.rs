@@ -67,7 +67,9 @@ async fn two_gateways_one_truth() {
                         .fetch_add(d.credits_charged, Ordering::Relaxed);
                     if n % 10 == 0 {
                         let receipt = d.receipt.expect("receipt");
-                        tally.refunded.fetch_add(receipt.credits, Ordering::Relaxed);
+                        tally
+                            .refunded
+                            .fetch_add(receipt.credits(), Ordering::Relaxed);
                         g.refund(receipt).await.expect("refund");
                     }
                 } else {

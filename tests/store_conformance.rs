@@ -57,7 +57,7 @@ async fn charge_deducts_and_counts<S: KeyStore>(s: &S) {
     let out = s.charge(&req(&key(1), "t", 4)).await.unwrap();
     assert_eq!(out.denial, None);
     let receipt = out.receipt.unwrap();
-    assert_eq!(receipt.credits, 4);
+    assert_eq!(receipt.credits(), 4);
     let snap = out.snapshot.unwrap();
     assert_eq!(
         (snap.credits, snap.total_spent, snap.total_calls),

@@ -110,21 +110,48 @@ impl KeySnapshot {
     }
 }
 
-/// Proof that a call was charged, needed to refund it. It can be used once: refunding
-/// consumes it, so a refund can never return credits that were not charged.
+/// Proof that a call was charged, needed to refund it. Only a store makes one, and
+/// refunding consumes it, so a refund can never return credits that were not charged.
 #[derive(Debug, PartialEq, Eq)]
 #[must_use = "a receipt is the only way to refund the charge"]
 pub struct ChargeReceipt {
-    /// The key charged.
-    pub key: KeyDigest,
-    /// Credits charged.
-    pub credits: u64,
-    /// UTC day the quota counters counted the call on.
-    pub day: i64,
-    /// UTC month the quota counters counted the call in.
-    pub month: i64,
+    pub(crate) key: KeyDigest,
+    pub(crate) credits: u64,
+    pub(crate) day: i64,
+    pub(crate) month: i64,
     /// The store's own identifier of the charge, if it keeps one.
-    pub nonce: Option<String>,
+    pub(crate) nonce: Option<String>,
+}
+
+impl ChargeReceipt {
+    /// For [`KeyStore`] implementations only: the receipt of a charge the store has just
+    /// applied (`day`/`month` as in [`QuotaUsage`]). Application code gets receipts from
+    /// decisions and never makes them, so it cannot refund what was not charged.
+    pub fn issued_by_store(
+        key: KeyDigest,
+        credits: u64,
+        day: i64,
+        month: i64,
+        nonce: Option<String>,
+    ) -> Self {
+        Self {
+            key,
+            credits,
+            day,
+            month,
+            nonce,
+        }
+    }
+
+    /// The key charged.
+    pub fn key(&self) -> KeyDigest {
+        self.key
+    }
+
+    /// Credits charged.
+    pub fn credits(&self) -> u64 {
+        self.credits
+    }
 }
 
 /// The outcome of [`KeyStore::charge`].
