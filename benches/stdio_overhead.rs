@@ -84,8 +84,9 @@ fn direct(calls: u64) -> Duration {
     median(times)
 }
 
-/// Sequential calls through the gate and `StdioUpstream`.
-fn gated(calls: u64) -> Duration {
+/// Medians of three interleaved paths on one child: `StdioUpstream::call_json` (the async
+/// client alone), `StdioUpstream` as an HTTP service, and the service behind `PayGateLayer`.
+fn gated(calls: u64) -> (Duration, Duration, Duration) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -109,65 +110,62 @@ fn gated(calls: u64) -> Duration {
         let svc = ServiceBuilder::new()
             .layer(PayGateLayer::from_gate(gate))
             .service(upstream.clone());
-        // Node compiles its hot paths as it goes: warm the child up the same way as the
-        // direct path's child, untimed.
+        let request = |id: u64, key: Option<&str>| {
+            let mut b = Request::post("http://localhost/mcp");
+            if let Some(k) = key {
+                b = b.header("x-api-key", k);
+            }
+            b.body(Full::new(Bytes::from(echo(id)))).expect("request")
+        };
+        // Node compiles its hot paths as it goes: warm the child up first, untimed.
         for id in 0..500 {
             let msg: serde_json::Value = serde_json::from_str(&echo(1_000_000 + id)).expect("json");
             upstream.call_json(msg).await.expect("warm-up");
         }
-        let mut times = Vec::new();
+        let (mut bare, mut service, mut layered) = (Vec::new(), Vec::new(), Vec::new());
         for id in 1..=calls {
-            let req = Request::post("http://localhost/mcp")
-                .header("x-api-key", &key)
-                .body(Full::new(Bytes::from(echo(id))))
-                .expect("request");
+            let msg: serde_json::Value = serde_json::from_str(&echo(id)).expect("json");
+            let t = Instant::now();
+            upstream.call_json(msg).await.expect("answer");
+            bare.push(t.elapsed());
+
+            let req = request(id, None);
+            let t = Instant::now();
+            let resp = upstream.clone().oneshot(req).await.expect("infallible");
+            resp.into_body().collect().await.expect("body");
+            service.push(t.elapsed());
+
+            let req = request(id, Some(&key));
             let t = Instant::now();
             let resp = svc.clone().oneshot(req).await.expect("infallible");
             let body = resp.into_body().collect().await.expect("body").to_bytes();
-            times.push(t.elapsed());
+            layered.push(t.elapsed());
             assert!(
                 body.windows(5).any(|w| w == b"Echo:"),
                 "{}",
                 String::from_utf8_lossy(&body)
             );
         }
-        let mut bare = Vec::new();
-        for id in 1..=calls {
-            let msg: serde_json::Value = serde_json::from_str(&echo(id)).expect("json");
-            let t = Instant::now();
-            let answer = upstream.call_json(msg).await.expect("answer");
-            bare.push(t.elapsed());
-            assert!(answer.is_some());
-        }
-        println!(
-            "  (StdioUpstream::call_json alone: median {:?})",
-            median(bare)
-        );
         upstream.shutdown().await;
-        median(times)
+        (median(bare), median(service), median(layered))
     })
 }
 
 fn main() {
     let quick = std::env::args().all(|a| a != "--bench");
     let calls = if quick { 20 } else { 3_000 };
-    let mut rows = Vec::new();
+    let mut added = Vec::new();
     for _ in 0..if quick { 1 } else { 3 } {
         let d = direct(calls);
-        let g = gated(calls);
-        rows.push((d, g));
+        let (bare, service, layered) = gated(calls);
         println!(
-            "direct median {d:?}, gated median {g:?}, added {:.1}%",
-            (g.as_secs_f64() / d.as_secs_f64() - 1.0) * 100.0
+            "direct (blocking client) {d:?} | StdioUpstream::call_json {bare:?} | as a service {service:?} | behind PayGateLayer {layered:?}"
         );
+        added.push(layered.as_secs_f64() / bare.as_secs_f64() - 1.0);
     }
-    let mut added: Vec<f64> = rows
-        .iter()
-        .map(|(d, g)| g.as_secs_f64() / d.as_secs_f64() - 1.0)
-        .collect();
     added.sort_by(f64::total_cmp);
     println!(
-        "stdio_overhead: median added latency {:.1}% over calling the server's stdio directly",
+        "stdio_overhead: the gate adds a median {:.1}% over the same stdio client alone",
         added[added.len() / 2] * 100.0
     );
 }
