@@ -21,6 +21,18 @@ use tower::{service_fn, ServiceBuilder};
 
 const BODY: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"q":"hello"}}}"#;
 
+/// What the no-op downstream answers to every call.
+fn noop_reply() -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(
+        br#"{"jsonrpc":"2.0","id":1,"result":{"content":[],"isError":false}}"#,
+    )));
+    resp.headers_mut().insert(
+        "content-type",
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
 async fn serve(app: axum::Router) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -72,26 +84,10 @@ fn main() {
             .create_key("bench", paygate_mcp::config::MAX_AMOUNT)
             .await
             .expect("key");
-        let noop = service_fn(|_r: Request<axum::body::Body>| async {
-            let mut resp = Response::new(Full::new(Bytes::from_static(
-                br#"{"jsonrpc":"2.0","id":1,"result":{"content":[],"isError":false}}"#,
-            )));
-            resp.headers_mut().insert(
-                "content-type",
-                http::HeaderValue::from_static("application/json"),
-            );
-            Ok::<_, Infallible>(resp)
-        });
-        let noop_gated = service_fn(|_r: Request<Full<Bytes>>| async {
-            let mut resp = Response::new(Full::new(Bytes::from_static(
-                br#"{"jsonrpc":"2.0","id":1,"result":{"content":[],"isError":false}}"#,
-            )));
-            resp.headers_mut().insert(
-                "content-type",
-                http::HeaderValue::from_static("application/json"),
-            );
-            Ok::<_, Infallible>(resp)
-        });
+        let noop =
+            service_fn(|_r: Request<axum::body::Body>| async { Ok::<_, Infallible>(noop_reply()) });
+        let noop_gated =
+            service_fn(|_r: Request<Full<Bytes>>| async { Ok::<_, Infallible>(noop_reply()) });
         let mode = demo_server::Mode::Json;
         let urls = [
             serve(axum::Router::new().route_service("/mcp", noop)).await,

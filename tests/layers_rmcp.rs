@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::mcp::{client, key, spawn_gateway, Mode};
+use common::mcp::{client, jsonrpc_message, key, spawn_gateway, Mode};
 use common::{record, update};
 use paygate_mcp::{KeyUpdate, PayGateConfig};
 use rmcp::model::CallToolRequestParams;
@@ -195,18 +195,6 @@ async fn raw_listing_is_priced_and_headers_are_present(mode: Mode) {
         let note = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
         post(note, session.clone()).await.expect("initialized");
     }
-    let message = |text: String| -> serde_json::Value {
-        // The answer is the body (JSON) or the last non-empty `data:` event (SSE).
-        serde_json::from_str(&text).unwrap_or_else(|_| {
-            text.lines()
-                .filter_map(|l| l.strip_prefix("data:"))
-                .map(str::trim)
-                .filter(|d| !d.is_empty())
-                .filter_map(|d| serde_json::from_str(d).ok())
-                .next_back()
-                .unwrap_or_default()
-        })
-    };
     let resp = post(
         json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}),
         session.clone(),
@@ -222,7 +210,7 @@ async fn raw_listing_is_priced_and_headers_are_present(mode: Mode) {
         .to_str()
         .unwrap()
         .starts_with(expected_type));
-    let list = message(resp.text().await.expect("body"));
+    let list = jsonrpc_message(&resp.text().await.expect("body"));
     let tools = list["result"]["tools"].as_array().expect("tools");
     let search = tools
         .iter()
@@ -242,7 +230,7 @@ async fn raw_listing_is_priced_and_headers_are_present(mode: Mode) {
         .to_str()
         .unwrap()
         .contains("x-credits-remaining"));
-    let answer = message(resp.text().await.expect("body"));
+    let answer = jsonrpc_message(&resp.text().await.expect("body"));
     assert_eq!(answer["id"], 2);
     assert_eq!(answer["result"]["isError"], false);
     assert_eq!(record(&gw.gate, &k).credits, 5, "charged once");

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body as AxumBody;
 use bytes::Bytes;
-use common::mcp::{serve, spawn_demo, Mode};
+use common::mcp::{jsonrpc_message as message, serve, spawn_demo, Mode};
 use common::record;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -43,19 +43,6 @@ async fn text(
             .to_vec(),
     )
     .unwrap()
-}
-
-/// The JSON-RPC message in a JSON or SSE body.
-fn message(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or_else(|_| {
-        text.lines()
-            .filter_map(|l| l.strip_prefix("data:"))
-            .map(str::trim)
-            .filter(|d| !d.is_empty())
-            .filter_map(|d| serde_json::from_str(d).ok())
-            .next_back()
-            .unwrap_or_default()
-    })
 }
 
 fn gate(cfg: PayGateConfig) -> (Arc<Gate>, String) {

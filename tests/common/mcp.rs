@@ -46,26 +46,26 @@ pub async fn spawn_gateway(cfg: PayGateConfig, mode: Mode) -> Running {
     let app = axum::Router::new()
         .nest_service("/mcp", mcp)
         .layer(middleware::from_fn(client_addr));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind loopback");
-    let addr = listener.local_addr().expect("local addr");
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        let _ = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async {
-            let _ = rx.await;
-        })
-        .await;
-    });
+    let (base, stop) = serve(app).await;
     Running {
-        url: format!("http://{addr}/mcp"),
+        url: format!("{base}/mcp"),
         gate,
-        stop: Some(tx),
+        stop: Some(stop),
     }
+}
+
+/// The JSON-RPC message in a response body: the body itself (JSON) or its last non-empty
+/// `data:` event (SSE).
+pub fn jsonrpc_message(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|_| {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .map(str::trim)
+            .filter(|d| !d.is_empty())
+            .filter_map(|d| serde_json::from_str(d).ok())
+            .next_back()
+            .unwrap_or_default()
+    })
 }
 
 /// An rmcp client that sends `X-API-Key: key` on every request.
