@@ -229,6 +229,20 @@ async fn sessions_are_kept_for_the_rmcp_client() {
         .expect("echo through a kept session");
     assert_eq!(r.is_error, Some(false));
     assert_eq!(record(&gate, &key).credits, 96);
+    // The rmcp server itself never sees the caller's key, but does see its session.
+    let r = client
+        .call_tool(rmcp::model::CallToolRequestParams::new("headers"))
+        .await
+        .expect("headers tool");
+    let names = r.content[0]
+        .as_text()
+        .map(|t| t.text.clone())
+        .unwrap_or_default();
+    assert!(names.contains("mcp-session-id"), "{names}");
+    assert!(
+        !names.contains("x-api-key") && !names.contains("authorization"),
+        "{names}"
+    );
     client.cancel().await.ok();
 }
 

@@ -1,6 +1,7 @@
 //! A small MCP server written with rmcp, for the gateway example and the tests:
 //! `echo` returns its arguments, `search` pretends to search, `fail` answers with a JSON-RPC
-//! error and `tool_error` returns a result with `isError: true`.
+//! error, `tool_error` returns a result with `isError: true` and `headers` lists the HTTP
+//! header names the server received.
 
 #![allow(dead_code)]
 
@@ -9,9 +10,10 @@ use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
     CallToolResult, ContentBlock, ErrorCode, JsonObject, ServerCapabilities, ServerConfig,
 };
+use rmcp::service::RequestContext;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
-use rmcp::{tool, tool_handler, tool_router, ErrorData as McpError, ServerHandler};
+use rmcp::{tool, tool_handler, tool_router, ErrorData as McpError, RoleServer, ServerHandler};
 use serde_json::json;
 
 /// The demo MCP server.
@@ -76,13 +78,25 @@ impl DemoServer {
             "the tool reported an error",
         )]))
     }
+
+    #[tool(description = "Lists the names of the HTTP headers this server received")]
+    async fn headers(&self, ctx: RequestContext<RoleServer>) -> Result<CallToolResult, McpError> {
+        let names: Vec<String> = ctx
+            .extensions
+            .get::<http::request::Parts>()
+            .map(|p| p.headers.keys().map(|k| k.as_str().to_string()).collect())
+            .unwrap_or_default();
+        Ok(CallToolResult::success(vec![ContentBlock::text(
+            json!(names).to_string(),
+        )]))
+    }
 }
 
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for DemoServer {
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-            .with_instructions("paygate-mcp demo server: echo, search, fail, tool_error")
+            .with_instructions("paygate-mcp demo server: echo, search, fail, tool_error, headers")
     }
 }
 
