@@ -1,12 +1,14 @@
 //! JSON-RPC 2.0 as the gate needs it: strict parsing of one request (duplicate keys are
 //! refused, since two parsers could read them differently) and error responses.
 
+use std::borrow::Cow;
+use std::collections::HashSet;
 use std::fmt;
 
 use bytes::BytesMut;
-use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
 
 use crate::gate::Decision;
 
@@ -39,36 +41,54 @@ impl RpcError {
 }
 
 /// One parsed JSON-RPC request or notification.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// The params are kept as the caller's raw JSON text: the gate reads only `params.name` and
+/// the size of `params.arguments`, which the parse measures on the way through instead of
+/// building a tree.
+#[derive(Debug, Clone)]
 pub struct RpcRequest {
     /// The id; `None` for a notification.
     pub id: Option<Value>,
     /// The method, exactly as sent.
     pub method: String,
-    /// The params, if any.
-    pub params: Option<Value>,
+    /// The params as sent (an object or an array), if any.
+    pub params: Option<Box<RawValue>>,
+    /// `params.name` when params is an object and the name is a string.
+    tool: Option<String>,
+    /// Compact JSON length of `params.arguments` (0 when absent).
+    arguments_len: usize,
 }
 
 impl RpcRequest {
     /// For `tools/call`: the tool name, or an error when `params.name` is not a string.
     pub fn tool_name(&self) -> Result<&str, RpcError> {
-        self.params
-            .as_ref()
-            .and_then(|p| p.get("name"))
-            .and_then(Value::as_str)
+        self.tool
+            .as_deref()
             .ok_or_else(|| RpcError::new(INVALID_PARAMS, "tools/call needs a string params.name"))
     }
 
-    /// For `tools/call`: the arguments' size as compact JSON (0 when absent).
+    /// For `tools/call`: the arguments' size as compact JSON (0 when absent), the same count
+    /// as [`compact_json_len`](crate::pricing::compact_json_len) of the parsed arguments.
     pub fn arguments_len(&self) -> usize {
+        self.arguments_len
+    }
+
+    /// The params as a [`Value`] (parsed on demand; `None` when absent).
+    ///
+    /// ```
+    /// let req = paygate_mcp::jsonrpc::parse_request(br#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18"}}"#).unwrap();
+    /// assert_eq!(req.params_value().unwrap()["protocolVersion"], "2025-06-18");
+    /// ```
+    pub fn params_value(&self) -> Option<Value> {
+        // The text was validated by `parse_request`, so this cannot fail.
         self.params
             .as_ref()
-            .and_then(|p| p.get("arguments"))
-            .map_or(0, crate::pricing::compact_json_len)
+            .and_then(|p| serde_json::from_str(p.get()).ok())
     }
 }
 
-/// Parses a request body: one JSON-RPC 2.0 request object, strictly.
+/// Parses a request body: one JSON-RPC 2.0 request object, strictly. Duplicate keys at any
+/// depth are refused; nothing but the envelope is built.
 ///
 /// ```
 /// use paygate_mcp::jsonrpc::{parse_request, INVALID_REQUEST, PARSE_ERROR};
@@ -79,39 +99,34 @@ impl RpcRequest {
 /// assert_eq!(parse_request(dup).unwrap_err().code, INVALID_REQUEST);
 /// ```
 pub fn parse_request(body: &[u8]) -> Result<RpcRequest, RpcError> {
-    let value = match serde_json::from_slice::<StrictValue>(body) {
-        Ok(v) => v.0,
-        Err(e) if e.to_string().starts_with(DUPLICATE) => {
+    let mut keys = Vec::new();
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let envelope = EnvelopeSeed { keys: &mut keys }
+        .deserialize(&mut de)
+        .and_then(|envelope| de.end().map(|()| envelope))
+        .map_err(syntax_or_duplicate)?;
+    let members = match envelope {
+        Envelope::Object(members) => members,
+        Envelope::Array => {
             return Err(RpcError::new(
                 INVALID_REQUEST,
-                "ambiguous request: duplicate key in a JSON object",
+                "batch requests are not accepted; send one request per POST",
             ))
         }
-        Err(_) => {
+        Envelope::Other => {
             return Err(RpcError::new(
-                PARSE_ERROR,
-                "Parse error: body is not valid JSON",
+                INVALID_REQUEST,
+                "a JSON-RPC request must be an object",
             ))
         }
     };
-    let Value::Object(mut obj) = value else {
-        return Err(RpcError::new(
-            INVALID_REQUEST,
-            if value.is_array() {
-                "batch requests are not accepted; send one request per POST"
-            } else {
-                "a JSON-RPC request must be an object"
-            },
-        ));
-    };
-    if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+    if members.jsonrpc.as_deref() != Some("2.0") {
         return Err(RpcError::new(INVALID_REQUEST, "jsonrpc must be \"2.0\""));
     }
-    let method = match obj.remove("method") {
-        Some(Value::String(m)) => m,
-        _ => return Err(RpcError::new(INVALID_REQUEST, "method must be a string")),
+    let Some(method) = members.method else {
+        return Err(RpcError::new(INVALID_REQUEST, "method must be a string"));
     };
-    let id = match obj.remove("id") {
+    let id = match members.id {
         None => None,
         Some(id @ (Value::String(_) | Value::Number(_) | Value::Null)) => Some(id),
         Some(_) => {
@@ -121,17 +136,43 @@ pub fn parse_request(body: &[u8]) -> Result<RpcRequest, RpcError> {
             ))
         }
     };
-    let params = match obj.remove("params") {
-        None => None,
-        Some(p @ (Value::Object(_) | Value::Array(_))) => Some(p),
-        Some(_) => {
-            return Err(RpcError::new(
-                INVALID_REQUEST,
-                "params must be an object or array",
-            ))
+    let (mut tool, mut arguments_len) = (None, 0);
+    if let Some(raw) = members.params {
+        let mut de = serde_json::Deserializer::from_str(raw.get());
+        let params = ParamsSeed { keys: &mut keys }.deserialize(&mut de);
+        match params {
+            Ok(Params::Object { name, arguments }) => {
+                tool = name.map(Cow::into_owned);
+                arguments_len = arguments;
+            }
+            Ok(Params::Array) => {}
+            Ok(Params::Other) => {
+                return Err(RpcError::new(
+                    INVALID_REQUEST,
+                    "params must be an object or array",
+                ))
+            }
+            Err(e) => return Err(syntax_or_duplicate(e)),
         }
-    };
-    Ok(RpcRequest { id, method, params })
+    }
+    Ok(RpcRequest {
+        id,
+        method: method.into_owned(),
+        params: members.params.map(RawValue::to_owned),
+        tool,
+        arguments_len,
+    })
+}
+
+fn syntax_or_duplicate(e: serde_json::Error) -> RpcError {
+    if e.is_data() && e.to_string().starts_with(DUPLICATE) {
+        RpcError::new(
+            INVALID_REQUEST,
+            "ambiguous request: duplicate key in a JSON object",
+        )
+    } else {
+        RpcError::new(PARSE_ERROR, "Parse error: body is not valid JSON")
+    }
 }
 
 /// A JSON-RPC error response body.
@@ -251,63 +292,350 @@ pub(crate) fn find_response(body: &[u8], id: &Value) -> Option<Value> {
 
 const DUPLICATE: &str = "duplicate key";
 
-/// A `serde_json::Value` that refuses duplicate object keys at any depth.
-struct StrictValue(Value);
+/// Objects with more keys than this check duplicates with a hash set instead of a scan.
+const LINEAR_KEYS: usize = 16;
 
-impl<'de> Deserialize<'de> for StrictValue {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(StrictVisitor).map(StrictValue)
+/// The keys of one JSON object seen so far. Keys live on a stack shared by the whole parse
+/// (an object's keys sit above those of the objects around it) until an object grows past
+/// [`LINEAR_KEYS`], when its keys move to a hash set so hostile bodies stay linear.
+struct Seen<'s, 'de> {
+    stack: &'s mut Vec<Cow<'de, str>>,
+    base: usize,
+    spill: Option<HashSet<Cow<'de, str>>>,
+}
+
+impl<'s, 'de> Seen<'s, 'de> {
+    fn new(stack: &'s mut Vec<Cow<'de, str>>) -> Self {
+        let base = stack.len();
+        Self {
+            stack,
+            base,
+            spill: None,
+        }
+    }
+
+    /// Records `key`; an error when the object already had it.
+    fn insert<E: de::Error>(&mut self, key: Cow<'de, str>) -> Result<(), E> {
+        let fresh = match &mut self.spill {
+            Some(set) => set.insert(key),
+            None if self.stack[self.base..].contains(&key) => false,
+            None if self.stack.len() - self.base < LINEAR_KEYS => {
+                self.stack.push(key);
+                true
+            }
+            None => {
+                let mut set: HashSet<_> = self.stack.drain(self.base..).collect();
+                set.insert(key);
+                self.spill = Some(set);
+                true
+            }
+        };
+        if fresh {
+            Ok(())
+        } else {
+            Err(E::custom(DUPLICATE))
+        }
+    }
+
+    /// The shared stack, for the value of the key just inserted.
+    fn stack(&mut self) -> &mut Vec<Cow<'de, str>> {
+        self.stack
     }
 }
 
-struct StrictVisitor;
+impl Drop for Seen<'_, '_> {
+    fn drop(&mut self) {
+        self.stack.truncate(self.base);
+    }
+}
 
-impl<'de> Visitor<'de> for StrictVisitor {
-    type Value = Value;
+/// An object key, borrowed from the body unless it had escapes.
+struct KeySeed;
+
+impl<'de> DeserializeSeed<'de> for KeySeed {
+    type Value = Cow<'de, str>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed {
+    type Value = Cow<'de, str>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object key")
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v))
+    }
+}
+
+/// What [`Scan`] learned about one value.
+struct Scanned<'de> {
+    /// Its length as compact JSON.
+    len: usize,
+    /// The string, when the value is one.
+    text: Option<Cow<'de, str>>,
+}
+
+/// Walks one value without building it: refuses duplicate keys at any depth and measures
+/// the value's compact JSON length (what `serde_json::to_vec` of the parsed value gives).
+struct Scan<'s, 'de> {
+    keys: &'s mut Vec<Cow<'de, str>>,
+}
+
+/// Compact JSON length of a scalar, written to a counter (no allocation).
+fn compact_len<T: serde::Serialize + ?Sized>(v: &T) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    // Scalars always serialize, and the counter never fails.
+    let _ = serde_json::to_writer(&mut counter, v);
+    counter.0
+}
+
+/// Comma-separated members between two brackets.
+fn bracketed(members: usize, inner: usize) -> usize {
+    2 + inner + members.saturating_sub(1)
+}
+
+impl<'de> DeserializeSeed<'de> for Scan<'_, 'de> {
+    type Value = Scanned<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Scan<'_, 'de> {
+    fn scalar(len: usize) -> Scanned<'de> {
+        Scanned { len, text: None }
+    }
+    fn text(text: Cow<'de, str>) -> Scanned<'de> {
+        Scanned {
+            len: compact_len(&*text),
+            text: Some(text),
+        }
+    }
+}
+
+impl<'de> Visitor<'de> for Scan<'_, 'de> {
+    type Value = Scanned<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("any JSON value")
     }
-    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(Self::scalar(if v { 4 } else { 5 }))
     }
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
-        Ok(Value::from(v))
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(Self::scalar(compact_len(&v)))
     }
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-        Ok(Value::from(v))
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(Self::scalar(compact_len(&v)))
     }
-    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
-        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(Self::scalar(compact_len(&v)))
     }
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::String(v.to_owned()))
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Self::text(Cow::Borrowed(v)))
     }
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
-        Ok(Value::String(v))
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Self::text(Cow::Owned(v.to_owned())))
     }
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Self::text(Cow::Owned(v)))
     }
-    fn visit_none<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Self::scalar(4))
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut out = Vec::new();
-        while let Some(StrictValue(v)) = seq.next_element()? {
-            out.push(v);
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(Self::scalar(4))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let (mut n, mut inner) = (0, 0);
+        while let Some(item) = seq.next_element_seed(Scan {
+            keys: &mut *self.keys,
+        })? {
+            n += 1;
+            inner += item.len;
         }
-        Ok(Value::Array(out))
+        Ok(Self::scalar(bracketed(n, inner)))
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut out = Map::new();
-        while let Some(key) = map.next_key::<String>()? {
-            let StrictValue(v) = map.next_value()?;
-            if out.insert(key, v).is_some() {
-                return Err(de::Error::custom(DUPLICATE));
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut seen = Seen::new(self.keys);
+        let (mut n, mut inner) = (0, 0);
+        while let Some(key) = map.next_key_seed(KeySeed)? {
+            inner += compact_len(&*key) + 1;
+            seen.insert(key)?;
+            inner += map.next_value_seed(Scan { keys: seen.stack() })?.len;
+            n += 1;
+        }
+        Ok(Self::scalar(bracketed(n, inner)))
+    }
+}
+
+/// The top level of a request body.
+enum Envelope<'de> {
+    Object(Members<'de>),
+    Array,
+    Other,
+}
+
+/// The request object's members the gate reads.
+#[derive(Default)]
+struct Members<'de> {
+    jsonrpc: Option<Cow<'de, str>>,
+    method: Option<Cow<'de, str>>,
+    id: Option<Value>,
+    params: Option<&'de RawValue>,
+}
+
+struct EnvelopeSeed<'s, 'de> {
+    keys: &'s mut Vec<Cow<'de, str>>,
+}
+
+impl<'de> DeserializeSeed<'de> for EnvelopeSeed<'_, 'de> {
+    type Value = Envelope<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for EnvelopeSeed<'_, 'de> {
+    type Value = Envelope<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON-RPC request object")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Envelope::Other)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(Envelope::Other)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(Envelope::Other)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(Envelope::Other)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(Envelope::Other)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Envelope::Other)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        Scan { keys: self.keys }.visit_seq(seq)?;
+        Ok(Envelope::Array)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut seen = Seen::new(self.keys);
+        let mut members = Members::default();
+        while let Some(key) = map.next_key_seed(KeySeed)? {
+            let field = match &*key {
+                "jsonrpc" => 0,
+                "method" => 1,
+                "id" => 2,
+                "params" => 3,
+                _ => 4,
+            };
+            seen.insert(key)?;
+            let scan = Scan { keys: seen.stack() };
+            match field {
+                0 => members.jsonrpc = map.next_value_seed(scan)?.text,
+                1 => members.method = map.next_value_seed(scan)?.text,
+                2 => members.id = Some(map.next_value()?),
+                3 => members.params = Some(map.next_value()?),
+                _ => {
+                    map.next_value_seed(scan)?;
+                }
             }
         }
-        Ok(Value::Object(out))
+        Ok(Envelope::Object(members))
+    }
+}
+
+/// What the gate reads from `params`.
+enum Params<'de> {
+    Object {
+        name: Option<Cow<'de, str>>,
+        arguments: usize,
+    },
+    Array,
+    Other,
+}
+
+struct ParamsSeed<'s, 'de> {
+    keys: &'s mut Vec<Cow<'de, str>>,
+}
+
+impl<'de> DeserializeSeed<'de> for ParamsSeed<'_, 'de> {
+    type Value = Params<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ParamsSeed<'_, 'de> {
+    type Value = Params<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("params")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Params::Other)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(Params::Other)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(Params::Other)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(Params::Other)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(Params::Other)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Params::Other)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        Scan { keys: self.keys }.visit_seq(seq)?;
+        Ok(Params::Array)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut seen = Seen::new(self.keys);
+        let (mut name, mut arguments) = (None, 0);
+        while let Some(key) = map.next_key_seed(KeySeed)? {
+            let field = match &*key {
+                "name" => 0,
+                "arguments" => 1,
+                _ => 2,
+            };
+            seen.insert(key)?;
+            let value = map.next_value_seed(Scan { keys: seen.stack() })?;
+            match field {
+                0 => name = value.text,
+                1 => arguments = value.len,
+                _ => {}
+            }
+        }
+        Ok(Params::Object { name, arguments })
     }
 }
 
@@ -356,6 +684,105 @@ mod tests {
         let n =
             parse_request(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#).unwrap();
         assert!(n.id.is_none());
+    }
+
+    fn call_with(params: &str) -> Result<RpcRequest, RpcError> {
+        let body = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{params}}}"#);
+        parse_request(body.as_bytes())
+    }
+
+    #[test]
+    fn duplicates_are_found_at_any_depth_and_only_within_one_object() {
+        let refused = [
+            r#"{"name":"t","arguments":{"a":{"b":[{"c":1,"c":2}]}}}"#,
+            r#"{"name":"t","arguments":{"a":1,"\u0061":2}}"#,
+            r#"{"name":"t","arguments":1,"extra":{"x":{},"x":{}}}"#,
+            r#"[{"k":1,"k":1}]"#,
+        ];
+        for params in refused {
+            assert_eq!(
+                call_with(params).unwrap_err().code,
+                INVALID_REQUEST,
+                "{params}"
+            );
+        }
+        let accepted = [
+            r#"{"name":"t","arguments":[{"a":1},{"a":2}]}"#,
+            r#"{"name":"t","arguments":{"a":{"a":{"a":1}},"b":{"a":2}}}"#,
+        ];
+        for params in accepted {
+            assert!(call_with(params).is_ok(), "{params}");
+        }
+        // Past the linear scan, a hash set takes over; a late duplicate is still found.
+        let keys: Vec<String> = (0..200).map(|i| format!(r#""k{i}":{i}"#)).collect();
+        let wide = format!(r#"{{"name":"t","arguments":{{{}}}}}"#, keys.join(","));
+        assert!(call_with(&wide).is_ok());
+        let late = format!(
+            r#"{{"name":"t","arguments":{{{},"k3":0}}}}"#,
+            keys.join(",")
+        );
+        assert_eq!(call_with(&late).unwrap_err().code, INVALID_REQUEST);
+        // Top-level members are checked too, wherever they sit.
+        let body = br#"{"jsonrpc":"2.0","id":1,"method":"x","params":{},"id":2}"#;
+        assert_eq!(parse_request(body).unwrap_err().code, INVALID_REQUEST);
+    }
+
+    #[test]
+    fn params_are_kept_as_sent_and_read_on_demand() {
+        let req =
+            call_with("{ \"name\" : \"t\",\n \"arguments\" : { \"q\" : [1, 2.5, \"\\u00e9\"] } }")
+                .unwrap();
+        assert_eq!(req.tool_name().unwrap(), "t");
+        let params = req.params_value().unwrap();
+        assert_eq!(params["arguments"]["q"][2], "\u{e9}");
+        assert_eq!(req.arguments_len(), r#"{"q":[1,2.5,"é"]}"#.len());
+        assert!(req.params.as_ref().unwrap().get().contains('\n'));
+        let bare = parse_request(br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#).unwrap();
+        assert!(bare.params.is_none() && bare.params_value().is_none());
+        assert_eq!(bare.arguments_len(), 0);
+    }
+
+    fn arb_json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Value::from),
+            ".*".prop_map(Value::from),
+            "[\"\\\\/\u{0}-\u{1f}\u{7f}-\u{10ffff}]{0,8}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::btree_map(".{0,6}", inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// The measured size is what the pricing rules were written against: the compact
+        /// JSON of the parsed arguments, however the caller laid them out.
+        #[test]
+        fn arguments_len_is_the_compact_length_of_the_parsed_arguments(
+            args in arb_json(),
+            pretty in proptest::prelude::any::<bool>(),
+        ) {
+            let text = if pretty {
+                serde_json::to_string_pretty(&args).unwrap()
+            } else {
+                serde_json::to_string(&args).unwrap()
+            };
+            let req = call_with(&format!(r#"{{"arguments":{text},"name":"tool"}}"#)).unwrap();
+            let reparsed: Value = serde_json::from_str(&text).unwrap();
+            proptest::prop_assert_eq!(req.arguments_len(), crate::pricing::compact_json_len(&reparsed));
+            proptest::prop_assert_eq!(req.tool_name().unwrap(), "tool");
+            proptest::prop_assert_eq!(req.params_value().unwrap()["arguments"].clone(), reparsed);
+        }
     }
 
     #[test]

@@ -223,8 +223,8 @@ impl McpRouter {
         };
         match rpc.method.as_str() {
             "initialize" => {
-                let version = rpc
-                    .params
+                let params = rpc.params_value();
+                let version = params
                     .as_ref()
                     .and_then(|p| p.get("protocolVersion"))
                     .and_then(Value::as_str)
@@ -320,7 +320,7 @@ impl McpRouter {
         let Some((_, upstream)) = self.routes.iter().find(|(p, _)| p == prefix) else {
             return unknown(format!("Unknown tool: {full_name}"));
         };
-        let mut params = rpc.params.clone().unwrap_or_else(|| json!({}));
+        let mut params = rpc.params_value().unwrap_or_else(|| json!({}));
         params["name"] = json!(name);
         let msg = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params});
         let Ok(resp) = upstream

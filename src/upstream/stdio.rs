@@ -54,7 +54,8 @@ use http::header::{HeaderValue, ALLOW, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use parking_lot::Mutex;
-use serde_json::{json, Map, Value};
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -62,6 +63,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::jsonrpc;
+use crate::layer::McpContext;
 
 /// The MCP protocol version the gateway offers the child in its `initialize`.
 pub const PROTOCOL_VERSION: &str = "2025-06-18";
@@ -406,7 +408,8 @@ impl From<Failure> for StdioError {
     }
 }
 
-type Reply = Result<Value, Failure>;
+/// The child's answer as the client sees it (its id restored), one JSON object.
+type Reply = Result<Vec<u8>, Failure>;
 
 /// A request waiting for the child's answer.
 struct Pending {
@@ -489,14 +492,13 @@ impl Conn {
         &self,
         next_id: &AtomicU64,
         original: Value,
-        mut msg: Map<String, Value>,
+        call: Call<'_>,
         timeout: Duration,
         max: usize,
-    ) -> Result<Value, StdioError> {
+    ) -> Result<Vec<u8>, StdioError> {
         let internal = next_id.fetch_add(1, Ordering::Relaxed);
-        let cancel = msg.get("method").and_then(Value::as_str) != Some("initialize");
-        msg.insert("id".into(), Value::from(internal));
-        let line = encode(&Value::Object(msg), max)?;
+        let cancel = call.method != "initialize";
+        let line = call.encode(Some(internal), max)?;
         let rx = self.register(internal, original)?;
         // Removes the entry however this future ends: answered, timed out or dropped.
         let _guard = PendingGuard {
@@ -516,8 +518,13 @@ impl Conn {
     }
 
     /// Sends a notification (no answer expected).
-    async fn notify(&self, msg: &Value, timeout: Duration, max: usize) -> Result<(), StdioError> {
-        let line = encode(msg, max)?;
+    async fn notify(
+        &self,
+        call: Call<'_>,
+        timeout: Duration,
+        max: usize,
+    ) -> Result<(), StdioError> {
+        let line = call.encode(None, max)?;
         match tokio::time::timeout(timeout, self.send(line)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(failure)) => Err(failure.into()),
@@ -530,6 +537,31 @@ impl Conn {
         if line.iter().all(u8::is_ascii_whitespace) {
             return;
         }
+        // The common case, an answer to one of ours, is read without building its result.
+        if let Ok(Incoming {
+            id: Some(id),
+            method: None,
+            result,
+            error,
+        }) = serde_json::from_slice::<Incoming>(line)
+        {
+            if result.is_some() || error.is_some() {
+                let Ok(internal) = id.get().parse::<u64>() else {
+                    return;
+                };
+                if let Some(pending) = self.take(internal) {
+                    let answer = answer_line(&pending.original, result, error);
+                    let _ = pending.reply.send(Ok(answer));
+                }
+                return;
+            }
+        }
+        self.handle_other_line(line);
+    }
+
+    /// Any other line: a request or notification from the child, an answer with a `null`
+    /// result, a log line or garbage.
+    fn handle_other_line(&self, line: &[u8]) {
         let Ok(Value::Object(mut msg)) = serde_json::from_slice::<Value>(line) else {
             return; // a log line or garbage
         };
@@ -549,7 +581,9 @@ impl Conn {
             return; // nobody waits for it any more (timed out) or never did
         };
         msg.insert("id".into(), pending.original);
-        let _ = pending.reply.send(Ok(Value::Object(msg)));
+        let _ = pending
+            .reply
+            .send(Ok(Value::Object(msg).to_string().into_bytes()));
     }
 
     /// Answers a request the child sent the gateway, so it does not wait forever.
@@ -595,8 +629,85 @@ impl Drop for PendingGuard<'_> {
     }
 }
 
+/// An answer from the child, read without building its result or error.
+#[derive(serde::Deserialize)]
+struct Incoming<'a> {
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    method: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    result: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    error: Option<&'a RawValue>,
+}
+
+/// The answer with the client's id put back: `{"jsonrpc":"2.0","id":…,"result"|"error":…}`.
+fn answer_line(id: &Value, result: Option<&RawValue>, error: Option<&RawValue>) -> Vec<u8> {
+    let parts = [(&b",\"result\":"[..], result), (&b",\"error\":"[..], error)];
+    let size: usize = parts
+        .iter()
+        .flat_map(|(_, p)| p)
+        .map(|p| p.get().len() + 10)
+        .sum();
+    let mut out = Vec::with_capacity(size + 48);
+    out.extend_from_slice(br#"{"jsonrpc":"2.0","id":"#);
+    // Writing a `Value` into a `Vec` cannot fail.
+    let _ = serde_json::to_writer(&mut out, id);
+    for (name, part) in parts {
+        if let Some(part) = part {
+            out.extend_from_slice(name);
+            out.extend_from_slice(part.get().as_bytes());
+        }
+    }
+    out.push(b'}');
+    out
+}
+
+/// One request or notification for the child, its params as raw JSON text.
+#[derive(Clone, Copy)]
+struct Call<'a> {
+    method: &'a str,
+    params: Option<&'a RawValue>,
+}
+
+impl Call<'_> {
+    /// The message as one line, under the given id.
+    fn encode(self, id: Option<u64>, max: usize) -> Result<Vec<u8>, StdioError> {
+        #[derive(serde::Serialize)]
+        struct Line<'a> {
+            jsonrpc: &'static str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            id: Option<u64>,
+            method: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            params: Option<&'a RawValue>,
+        }
+        // Raw text keeps the sender's layout; a line break in it can only be whitespace
+        // between tokens (JSON strings cannot hold one), and it would split the message.
+        let compacted;
+        let params = match self.params {
+            Some(p) if p.get().bytes().any(|b| b == b'\n' || b == b'\r') => {
+                let value: Value = serde_json::from_str(p.get())
+                    .map_err(|e| StdioError::InvalidRequest(e.to_string()))?;
+                compacted = serde_json::value::to_raw_value(&value)
+                    .map_err(|e| StdioError::InvalidRequest(e.to_string()))?;
+                Some(&*compacted)
+            }
+            p => p,
+        };
+        let line = Line {
+            jsonrpc: "2.0",
+            id,
+            method: self.method,
+            params,
+        };
+        encode(&line, max)
+    }
+}
+
 /// One message as one line: compact JSON (which never contains a raw newline) plus `\n`.
-fn encode(msg: &Value, max: usize) -> Result<Vec<u8>, StdioError> {
+fn encode<T: serde::Serialize + ?Sized>(msg: &T, max: usize) -> Result<Vec<u8>, StdioError> {
     let mut line =
         serde_json::to_vec(msg).map_err(|e| StdioError::InvalidRequest(e.to_string()))?;
     if line.len() > max {
@@ -910,27 +1021,27 @@ impl Shared {
     /// `initialize`, its result, then `notifications/initialized`.
     async fn handshake(&self, conn: &Conn) -> Result<Value, String> {
         let cfg = &self.config;
-        let mut msg = Map::new();
-        msg.insert("jsonrpc".into(), json!("2.0"));
-        msg.insert("method".into(), json!("initialize"));
-        msg.insert(
-            "params".into(),
-            json!({
-                "protocolVersion": PROTOCOL_VERSION,
-                "capabilities": {},
-                "clientInfo": {"name": "paygate-mcp", "version": env!("CARGO_PKG_VERSION")},
-            }),
-        );
+        let params = serde_json::value::to_raw_value(&json!({
+            "protocolVersion": PROTOCOL_VERSION,
+            "capabilities": {},
+            "clientInfo": {"name": "paygate-mcp", "version": env!("CARGO_PKG_VERSION")},
+        }))
+        .map_err(|e| e.to_string())?;
+        let call = Call {
+            method: "initialize",
+            params: Some(&params),
+        };
         let answer = conn
             .request(
                 &self.next_id,
                 Value::Null,
-                msg,
+                call,
                 cfg.handshake_timeout,
                 cfg.max_message_bytes,
             )
             .await
             .map_err(|e| e.to_string())?;
+        let answer: Value = serde_json::from_slice(&answer).map_err(|e| e.to_string())?;
         let result = match answer.get("result") {
             Some(result @ Value::Object(_)) => result.clone(),
             _ => {
@@ -938,8 +1049,11 @@ impl Shared {
                 return Err(format!("initialize was answered with {error}"));
             }
         };
-        let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
-        conn.notify(&initialized, cfg.handshake_timeout, cfg.max_message_bytes)
+        let initialized = Call {
+            method: "notifications/initialized",
+            params: None,
+        };
+        conn.notify(initialized, cfg.handshake_timeout, cfg.max_message_bytes)
             .await
             .map_err(|e| e.to_string())?;
         Ok(result)
@@ -1129,9 +1243,8 @@ impl StdioUpstream {
         if msg.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
             return Err(StdioError::InvalidRequest("jsonrpc must be \"2.0\"".into()));
         }
-        let method = match msg.get("method") {
-            Some(Value::String(m)) => m.clone(),
-            _ => return Err(StdioError::InvalidRequest("method must be a string".into())),
+        let Some(Value::String(method)) = msg.remove("method") else {
+            return Err(StdioError::InvalidRequest("method must be a string".into()));
         };
         let id = msg.remove("id");
         if id
@@ -1142,34 +1255,55 @@ impl StdioUpstream {
                 "id must be a string, number or null".into(),
             ));
         }
+        let params = msg
+            .get("params")
+            .map(serde_json::value::to_raw_value)
+            .transpose()
+            .map_err(|e| StdioError::InvalidRequest(e.to_string()))?;
+        let call = Call {
+            method: &method,
+            params: params.as_deref(),
+        };
+        let Some(answer) = self.exchange(id, call).await? else {
+            return Ok(None);
+        };
+        // The answer was assembled from JSON the child sent and the reader checked.
+        serde_json::from_slice(&answer)
+            .map(Some)
+            .map_err(|_| StdioError::Crashed)
+    }
+
+    /// Sends one message; the answer (with the client's id) as JSON text, or `None` for a
+    /// notification.
+    async fn exchange(
+        &self,
+        id: Option<Value>,
+        call: Call<'_>,
+    ) -> Result<Option<Vec<u8>>, StdioError> {
         let shared = &self.handle.shared;
         let cfg = &shared.config;
-        match (id, method.as_str()) {
+        match (id, call.method) {
             (None, "notifications/initialized" | "initialized" | "notifications/cancelled") => {
                 Ok(None)
             }
             (None, _) => {
                 let (conn, _) = shared.ready()?;
-                conn.notify(
-                    &Value::Object(msg),
-                    cfg.request_timeout,
-                    cfg.max_message_bytes,
-                )
-                .await?;
+                conn.notify(call, cfg.request_timeout, cfg.max_message_bytes)
+                    .await?;
                 Ok(None)
             }
             (Some(id), "initialize") => {
                 let (_, init) = shared.ready()?;
-                Ok(Some(
-                    json!({"jsonrpc": "2.0", "id": id, "result": (*init).clone()}),
-                ))
+                let result = serde_json::value::to_raw_value(&*init)
+                    .map_err(|e| StdioError::InvalidRequest(e.to_string()))?;
+                Ok(Some(answer_line(&id, Some(&result), None)))
             }
             (Some(id), _) => {
                 let (conn, _) = shared.ready()?;
                 conn.request(
                     &shared.next_id,
                     id,
-                    msg,
+                    call,
                     cfg.request_timeout,
                     cfg.max_message_bytes,
                 )
@@ -1275,39 +1409,40 @@ impl StdioUpstream {
                 .insert(ALLOW, HeaderValue::from_static("POST"));
             return resp;
         }
-        let body = match req.into_body().collect().await {
+        let (parts, body) = req.into_parts();
+        let body = match body.collect().await {
             Ok(collected) => collected.to_bytes(),
             Err(never) => match never {},
         };
-        let rpc = match jsonrpc::parse_request(&body) {
-            Ok(rpc) => rpc,
-            Err(e) => {
-                let body = jsonrpc::error_body(None, e.code, &e.message, None);
-                return json_response(StatusCode::BAD_REQUEST, body);
-            }
+        // Behind the gate's layers the body was parsed already; reuse it when it matches.
+        let parsed = parts
+            .extensions
+            .get::<McpContext>()
+            .filter(|ctx| ctx.body == body)
+            .and_then(|ctx| ctx.rpc.clone());
+        let rpc = match parsed {
+            Some(rpc) => rpc,
+            None => match jsonrpc::parse_request(&body) {
+                Ok(rpc) => Arc::new(rpc),
+                Err(e) => {
+                    let body = jsonrpc::error_body(None, e.code, &e.message, None);
+                    return json_response(StatusCode::BAD_REQUEST, body);
+                }
+            },
         };
-        let id = rpc.id.clone();
-        let mut msg = Map::new();
-        msg.insert("jsonrpc".into(), json!("2.0"));
-        if let Some(id) = rpc.id {
-            msg.insert("id".into(), id);
-        }
-        msg.insert("method".into(), Value::String(rpc.method));
-        if let Some(params) = rpc.params {
-            msg.insert("params".into(), params);
-        }
-        match self.call_json(Value::Object(msg)).await {
-            Ok(Some(answer)) => json_response(
-                StatusCode::OK,
-                serde_json::to_vec(&answer).unwrap_or_default(),
-            ),
+        let call = Call {
+            method: &rpc.method,
+            params: rpc.params.as_deref(),
+        };
+        match self.exchange(rpc.id.clone(), call).await {
+            Ok(Some(answer)) => json_response(StatusCode::OK, answer),
             Ok(None) => {
                 let mut resp = Response::new(Full::new(Bytes::new()));
                 *resp.status_mut() = StatusCode::ACCEPTED;
                 resp
             }
             Err(e) => {
-                let body = serde_json::to_vec(&e.to_jsonrpc(id.as_ref())).unwrap_or_default();
+                let body = serde_json::to_vec(&e.to_jsonrpc(rpc.id.as_ref())).unwrap_or_default();
                 json_response(e.http_status(), body)
             }
         }
@@ -1439,16 +1574,92 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn pretty_params_are_sent_on_one_line() {
+        let params = RawValue::from_string(
+            "{\n  \"name\": \"echo\",\r\n  \"arguments\": {\"m\": \"a b\"}\n}".into(),
+        )
+        .unwrap();
+        let line = Call {
+            method: "tools/call",
+            params: Some(&params),
+        }
+        .encode(Some(9), 1 << 20)
+        .unwrap();
+        assert_eq!(line.iter().filter(|b| **b == b'\n').count(), 1);
+        assert!(!line.contains(&b'\r'));
+        let sent: Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(
+            sent,
+            json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+                "params": {"name": "echo", "arguments": {"m": "a b"}}})
+        );
+        let compact = echo("x");
+        let line = call(&compact).encode(None, 1 << 20).unwrap();
+        let sent: Value = serde_json::from_slice(&line).unwrap();
+        assert!(sent.get("id").is_none(), "a notification has no id");
+        assert!(matches!(
+            call(&compact).encode(Some(1), 10),
+            Err(StdioError::TooLarge { limit: 10, .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn answers_of_every_shape_reach_their_caller() {
+        let (conn, mut rx) = conn();
+        let next = AtomicU64::new(1);
+        let p = echo("x");
+        let t = Duration::from_secs(5);
+        let calls = async {
+            let mut answers = Vec::new();
+            for id in [json!("a"), json!(2), json!(null)] {
+                answers.push(parsed(conn.request(&next, id, call(&p), t, 1 << 20).await));
+            }
+            answers
+        };
+        let child = async {
+            let replies: [&[u8]; 3] = [
+                // Extra members and spacing; an error answer; a null result (read the slow way).
+                br#"{ "id" : 1 , "jsonrpc":"2.0", "result" : {"content":[{"type":"text","text":"ok"}]}, "x": 1 }"#,
+                br#"{"jsonrpc":"2.0","id":2,"error":{"code":-32000,"message":"no"}}"#,
+                br#"{"jsonrpc":"2.0","id":3,"result":null}"#,
+            ];
+            for reply in replies {
+                let _ = rx.recv().await.unwrap();
+                conn.handle_line(reply);
+            }
+        };
+        let (answers, ()) = tokio::join!(calls, child);
+        assert_eq!(answers[0]["id"], "a");
+        assert_eq!(answers[0]["result"]["content"][0]["text"], "ok");
+        assert_eq!(answers[1]["id"], 2);
+        assert_eq!(answers[1]["error"]["message"], "no");
+        assert_eq!(answers[2]["id"], Value::Null);
+        assert!(answers[2].get("result").is_some_and(Value::is_null));
+        assert_eq!(conn.pending_len(), 0);
+    }
+
     /// A connection with no process: returns it and the receiving end of its stdin queue.
     fn conn() -> (Arc<Conn>, mpsc::Receiver<Vec<u8>>) {
         let (tx, rx) = mpsc::channel(16);
         (Arc::new(Conn::new(None, tx)), rx)
     }
 
-    fn request(id: Value, text: &str) -> Map<String, Value> {
-        let v = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
-            "params": {"name": "echo", "arguments": {"message": text}}});
-        v.as_object().cloned().unwrap()
+    /// `tools/call` params for the echo tool.
+    fn echo(text: &str) -> Box<RawValue> {
+        serde_json::value::to_raw_value(&json!({"name": "echo", "arguments": {"message": text}}))
+            .unwrap()
+    }
+
+    fn call(params: &RawValue) -> Call<'_> {
+        Call {
+            method: "tools/call",
+            params: Some(params),
+        }
+    }
+
+    fn parsed(answer: Result<Vec<u8>, StdioError>) -> Value {
+        serde_json::from_slice(&answer.unwrap()).unwrap()
     }
 
     #[tokio::test]
@@ -1456,10 +1667,11 @@ mod tests {
         let (conn, mut rx) = conn();
         let next = AtomicU64::new(41);
         let t = Duration::from_secs(5);
+        let (p_a, p_b, p_c) = (echo("a"), echo("b"), echo("c"));
         // Two clients, both with id 1, plus one with a string id.
-        let a = conn.request(&next, json!(1), request(json!(1), "a"), t, 1 << 20);
-        let b = conn.request(&next, json!(1), request(json!(1), "b"), t, 1 << 20);
-        let c = conn.request(&next, json!("c"), request(json!("c"), "c"), t, 1 << 20);
+        let a = conn.request(&next, json!(1), call(&p_a), t, 1 << 20);
+        let b = conn.request(&next, json!(1), call(&p_b), t, 1 << 20);
+        let c = conn.request(&next, json!("c"), call(&p_c), t, 1 << 20);
         let child = async {
             let mut seen = Vec::new();
             for _ in 0..3 {
@@ -1482,7 +1694,7 @@ mod tests {
             }
         };
         let (a, b, c, ()) = tokio::join!(a, b, c, child);
-        let (a, b, c) = (a.unwrap(), b.unwrap(), c.unwrap());
+        let (a, b, c) = (parsed(a), parsed(b), parsed(c));
         assert_eq!(
             (a["id"].clone(), a["result"]["echo"].clone()),
             (json!(1), json!("a"))
@@ -1502,11 +1714,12 @@ mod tests {
     async fn a_timed_out_request_is_forgotten_and_cancelled() {
         let (conn, mut rx) = conn();
         let next = AtomicU64::new(7);
+        let p_x = echo("x");
         let err = conn
             .request(
                 &next,
                 json!(1),
-                request(json!(1), "x"),
+                call(&p_x),
                 Duration::from_millis(20),
                 1 << 20,
             )
@@ -1528,10 +1741,11 @@ mod tests {
     async fn a_dead_child_fails_pending_requests_at_once() {
         let (conn, _rx) = conn();
         let next = AtomicU64::new(1);
+        let (p_x, p_y) = (echo("x"), echo("y"));
         let waiting = conn.request(
             &next,
             json!(5),
-            request(json!(5), "x"),
+            call(&p_x),
             Duration::from_secs(30),
             1 << 20,
         );
@@ -1546,7 +1760,7 @@ mod tests {
             .request(
                 &next,
                 json!(6),
-                request(json!(6), "y"),
+                call(&p_y),
                 Duration::from_secs(30),
                 1 << 20,
             )
@@ -1574,13 +1788,8 @@ mod tests {
         let (mut child_out, gateway_in) = tokio::io::duplex(1024);
         let reader = tokio::spawn(read_loop(conn.clone(), gateway_in, 64));
         let next = AtomicU64::new(1);
-        let call = conn.request(
-            &next,
-            json!(1),
-            request(json!(1), "x"),
-            Duration::from_secs(5),
-            1 << 20,
-        );
+        let (p_x, p_y) = (echo("x"), echo("y"));
+        let answer = conn.request(&next, json!(1), call(&p_x), Duration::from_secs(5), 1 << 20);
         let child = async {
             let _ = rx.recv().await.unwrap();
             child_out.write_all(b"log line\n").await.unwrap();
@@ -1590,18 +1799,12 @@ mod tests {
                 .await
                 .unwrap();
         };
-        let (answer, ()) = tokio::join!(call, child);
+        let (answer, ()) = tokio::join!(answer, child);
         assert_eq!(
-            answer.unwrap(),
+            parsed(answer),
             json!({"jsonrpc": "2.0", "id": 1, "result": {"ok": true}})
         );
-        let pending = conn.request(
-            &next,
-            json!(2),
-            request(json!(2), "y"),
-            Duration::from_secs(5),
-            1 << 20,
-        );
+        let pending = conn.request(&next, json!(2), call(&p_y), Duration::from_secs(5), 1 << 20);
         let close = async {
             let _ = rx.recv().await.unwrap();
             drop(child_out);
