@@ -3,10 +3,11 @@
 //! installs into `.test-deps/`.
 //!
 //! `cargo bench --bench stdio_overhead`: sequential `echo` calls, median latency of each path.
+//! Every path runs in the same loop, one call each in turn, so load on the shared cores
+//! touches them all alike.
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,8 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use paygate_mcp::{Gate, PayGateConfig, PayGateLayer, StdioConfig, StdioUpstream};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tower::{ServiceBuilder, ServiceExt};
 
 fn server_script() -> PathBuf {
@@ -37,61 +40,112 @@ fn echo(id: u64) -> String {
     )
 }
 
-/// Sequential calls straight over the child's stdin/stdout.
-fn direct(calls: u64) -> Duration {
-    let mut child = Command::new("node")
-        .arg(server_script())
-        .arg("stdio")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("node");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    let mut send_and_wait = |msg: &str, id: Option<u64>| {
-        writeln!(stdin, "{msg}").expect("write");
-        stdin.flush().expect("flush");
+/// A minimal client speaking to its own child over stdin/stdout: what "calling the server's
+/// stdio directly" costs, with nothing of the gateway in between.
+struct Direct {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    line: String,
+}
+
+impl Direct {
+    async fn spawn() -> Self {
+        let mut child = Command::new("node")
+            .arg(server_script())
+            .arg("stdio")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("node");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut direct = Self {
+            child,
+            stdin,
+            stdout,
+            line: String::new(),
+        };
+        direct
+            .send(
+                r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"bench","version":"0"}}}"#,
+                Some(0),
+            )
+            .await;
+        direct
+            .send(
+                r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+                None,
+            )
+            .await;
+        direct
+    }
+
+    /// Writes one line and, for a request, reads lines until its answer.
+    async fn send(&mut self, msg: &str, id: Option<u64>) {
+        self.stdin.write_all(msg.as_bytes()).await.expect("write");
+        self.stdin.write_all(b"\n").await.expect("write");
+        self.stdin.flush().await.expect("flush");
         let Some(id) = id else { return };
+        let (end, more) = (format!("\"id\":{id}}}"), format!("\"id\":{id},"));
         loop {
-            line.clear();
-            stdout.read_line(&mut line).expect("read");
-            if line.contains(&format!("\"id\":{id}")) {
+            self.line.clear();
+            let n = self.stdout.read_line(&mut self.line).await.expect("read");
+            assert!(n > 0, "the server closed its stdout");
+            if self.line.contains(&end) || self.line.contains(&more) {
                 return;
             }
         }
-    };
-    send_and_wait(
-        r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"bench","version":"0"}}}"#,
-        Some(0),
-    );
-    send_and_wait(
-        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
-        None,
-    );
-    for id in 0..500 {
-        send_and_wait(&echo(1_000_000 + id), Some(1_000_000 + id));
     }
-    let mut times = Vec::new();
-    for id in 1..=calls {
-        let t = Instant::now();
-        send_and_wait(&echo(id), Some(id));
-        times.push(t.elapsed());
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    median(times)
 }
 
-/// Medians of three interleaved paths on one child: `StdioUpstream::call_json` (the async
-/// client alone), `StdioUpstream` as an HTTP service, and the service behind `PayGateLayer`.
-fn gated(calls: u64) -> (Duration, Duration, Duration) {
+/// Every order of the four paths.
+const ORDERS: [[u8; 4]; 24] = [
+    [0, 1, 2, 3],
+    [0, 1, 3, 2],
+    [0, 2, 1, 3],
+    [0, 2, 3, 1],
+    [0, 3, 1, 2],
+    [0, 3, 2, 1],
+    [1, 0, 2, 3],
+    [1, 0, 3, 2],
+    [1, 2, 0, 3],
+    [1, 2, 3, 0],
+    [1, 3, 0, 2],
+    [1, 3, 2, 0],
+    [2, 0, 1, 3],
+    [2, 0, 3, 1],
+    [2, 1, 0, 3],
+    [2, 1, 3, 0],
+    [2, 3, 0, 1],
+    [2, 3, 1, 0],
+    [3, 0, 1, 2],
+    [3, 0, 2, 1],
+    [3, 1, 0, 2],
+    [3, 1, 2, 0],
+    [3, 2, 0, 1],
+    [3, 2, 1, 0],
+];
+
+/// Medians of four interleaved paths: a direct client on its own child, and on a second
+/// child `StdioUpstream::call_json` (the async client alone), `StdioUpstream` as an HTTP
+/// service, and the service behind `PayGateLayer`.
+struct Medians {
+    direct: Duration,
+    call_json: Duration,
+    service: Duration,
+    layered: Duration,
+}
+
+fn run(calls: u64) -> Medians {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     rt.block_on(async {
+        let mut direct = Direct::spawn().await;
         let upstream = StdioUpstream::spawn(
             StdioConfig::new(
                 "node",
@@ -117,55 +171,85 @@ fn gated(calls: u64) -> (Duration, Duration, Duration) {
             }
             b.body(Full::new(Bytes::from(echo(id)))).expect("request")
         };
-        // Node compiles its hot paths as it goes: warm the child up first, untimed.
+        // Node compiles its hot paths as it goes: warm both children up first, untimed.
         for id in 0..500 {
-            let msg: serde_json::Value = serde_json::from_str(&echo(1_000_000 + id)).expect("json");
+            let msg = echo(1_000_000 + id);
+            direct.send(&msg, Some(1_000_000 + id)).await;
+            let msg: serde_json::Value = serde_json::from_str(&msg).expect("json");
             upstream.call_json(msg).await.expect("warm-up");
         }
-        let (mut bare, mut service, mut layered) = (Vec::new(), Vec::new(), Vec::new());
+        let mut times: [Vec<Duration>; 4] = Default::default();
         for id in 1..=calls {
-            let msg: serde_json::Value = serde_json::from_str(&echo(id)).expect("json");
-            let t = Instant::now();
-            upstream.call_json(msg).await.expect("answer");
-            bare.push(t.elapsed());
-
-            let req = request(id, None);
-            let t = Instant::now();
-            let resp = upstream.clone().oneshot(req).await.expect("infallible");
-            resp.into_body().collect().await.expect("body");
-            service.push(t.elapsed());
-
-            let req = request(id, Some(&key));
-            let t = Instant::now();
-            let resp = svc.clone().oneshot(req).await.expect("infallible");
-            let body = resp.into_body().collect().await.expect("body").to_bytes();
-            layered.push(t.elapsed());
-            assert!(
-                body.windows(5).any(|w| w == b"Echo:"),
-                "{}",
-                String::from_utf8_lossy(&body)
-            );
+            // A different order each round, so no path always runs first after the other
+            // child (the one that has to wake up).
+            for path in ORDERS[(id as usize * 7) % ORDERS.len()] {
+                let t = Instant::now();
+                match path {
+                    0 => direct.send(&echo(id), Some(id)).await,
+                    1 => {
+                        let msg = serde_json::from_str(&echo(id)).expect("json");
+                        let t = Instant::now();
+                        upstream.call_json(msg).await.expect("answer");
+                        times[1].push(t.elapsed());
+                        continue;
+                    }
+                    2 => {
+                        let req = request(id, None);
+                        let t = Instant::now();
+                        let resp = upstream.clone().oneshot(req).await.expect("infallible");
+                        resp.into_body().collect().await.expect("body");
+                        times[2].push(t.elapsed());
+                        continue;
+                    }
+                    _ => {
+                        let req = request(id, Some(&key));
+                        let t = Instant::now();
+                        let resp = svc.clone().oneshot(req).await.expect("infallible");
+                        let body = resp.into_body().collect().await.expect("body").to_bytes();
+                        times[3].push(t.elapsed());
+                        assert!(
+                            body.windows(5).any(|w| w == b"Echo:"),
+                            "{}",
+                            String::from_utf8_lossy(&body)
+                        );
+                        continue;
+                    }
+                }
+                times[0].push(t.elapsed());
+            }
         }
         upstream.shutdown().await;
-        (median(bare), median(service), median(layered))
+        let _ = direct.child.kill().await;
+        let [direct, call_json, service, layered] = times.map(median);
+        Medians {
+            direct,
+            call_json,
+            service,
+            layered,
+        }
     })
 }
 
 fn main() {
     let quick = std::env::args().all(|a| a != "--bench");
     let calls = if quick { 20 } else { 3_000 };
-    let mut added = Vec::new();
+    let (mut over_direct, mut over_client) = (Vec::new(), Vec::new());
     for _ in 0..if quick { 1 } else { 3 } {
-        let d = direct(calls);
-        let (bare, service, layered) = gated(calls);
+        let m = run(calls);
         println!(
-            "direct (blocking client) {d:?} | StdioUpstream::call_json {bare:?} | as a service {service:?} | behind PayGateLayer {layered:?}"
+            "direct client {:?} | StdioUpstream::call_json {:?} | as a service {:?} | behind PayGateLayer {:?}",
+            m.direct, m.call_json, m.service, m.layered
         );
-        added.push(layered.as_secs_f64() / bare.as_secs_f64() - 1.0);
+        over_direct.push(m.layered.as_secs_f64() / m.direct.as_secs_f64() - 1.0);
+        over_client.push(m.layered.as_secs_f64() / m.call_json.as_secs_f64() - 1.0);
     }
-    added.sort_by(f64::total_cmp);
+    let mid = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2] * 100.0
+    };
     println!(
-        "stdio_overhead: the gate adds a median {:.1}% over the same stdio client alone",
-        added[added.len() / 2] * 100.0
+        "stdio_overhead: the gateway adds a median {:.1}% over a direct client, {:.1}% over StdioUpstream::call_json",
+        mid(over_direct),
+        mid(over_client)
     );
 }
