@@ -450,6 +450,14 @@ impl<S: KeyStore> Gate<S> {
 
     /// Runs SPEC §3 for one `tools/call`: decide, charge atomically, record, alert.
     pub async fn evaluate(&self, call: &CallRequest<'_>) -> Decision {
+        let (decision, decided_at_ms) = self.decide(call).await;
+        self.record_usage(&decision, decided_at_ms);
+        decision
+    }
+
+    /// [`Gate::evaluate`] without recording the usage event: the caller records it with
+    /// [`Gate::record_usage`] and the returned time, e.g. once the call is on its way.
+    pub(crate) async fn decide(&self, call: &CallRequest<'_>) -> (Decision, i64) {
         let now_ms = self.clock.now_ms();
         let price = self.pricing.price(call.tool, call.input_bytes);
         let outcome = match call.api_key.filter(|k| !k.is_empty()) {
@@ -506,14 +514,13 @@ impl<S: KeyStore> Gate<S> {
                 }
             }
         };
-        self.record_usage(&decision, now_ms);
         if let Some(snap) = &decision.key {
             let ctx = AlertContext {
                 rate_limit_denied: decision.reason.is_some_and(DenyReason::is_rate_limit),
             };
             decision.alerts = self.alerts.check(snap, ctx);
         }
-        decision
+        (decision, now_ms)
     }
 
     /// Steps 1–4 of the gate without charging: the key is present, known, active, not
@@ -560,7 +567,8 @@ impl<S: KeyStore> Gate<S> {
         self.store.refund(receipt, self.clock.now_ms()).await
     }
 
-    fn record_usage(&self, d: &Decision, now_ms: i64) {
+    /// Records the usage event of a decision made at `now_ms` (analytics, meter, sink).
+    pub(crate) fn record_usage(&self, d: &Decision, now_ms: i64) {
         let deny_reason = d.reason.map(|r| {
             if d.shadow {
                 format!("shadow:{r}")

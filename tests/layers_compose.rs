@@ -169,3 +169,62 @@ async fn bearer_resolver_maps_tokens_to_keys() {
     );
     assert_eq!(common::record(&gate, &key).credits, 9);
 }
+
+/// A downstream that answers only when `release` is notified, and says when it was reached.
+fn gated_downstream(
+    reached: Arc<tokio::sync::Notify>,
+    release: Arc<tokio::sync::Notify>,
+) -> impl tower::Service<
+    Request<Full<Bytes>>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone {
+    service_fn(move |_req: Request<Full<Bytes>>| {
+        let (reached, release) = (reached.clone(), release.clone());
+        async move {
+            reached.notify_one();
+            release.notified().await;
+            let body = json!({"jsonrpc": "2.0", "id": 1, "result": {}}).to_string();
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
+        }
+    })
+}
+
+#[tokio::test]
+async fn the_usage_event_is_recorded_once_while_the_tool_works() {
+    let gate = Arc::new(Gate::new(PayGateConfig::default().with_tool_price("t", 2)).unwrap());
+    let key = gate.create_key("k", 10).await.unwrap();
+    let (reached, release) = (
+        Arc::new(tokio::sync::Notify::new()),
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    let svc = ServiceBuilder::new()
+        .layer(paygate_mcp::PayGateLayer::from_gate(gate.clone()))
+        .service(gated_downstream(reached.clone(), release.clone()));
+
+    // The event is in before the tool answers (the bookkeeping overlaps the call)…
+    let call_task = tokio::spawn(svc.clone().oneshot(call(&key)));
+    reached.notified().await;
+    tokio::task::yield_now().await;
+    let events = gate.meter().since(None);
+    assert_eq!(events.len(), 1, "recorded while the tool works");
+    assert_eq!((events[0].allowed, events[0].credits_charged), (true, 2));
+    // …and only once, whenever the answer comes.
+    release.notify_one();
+    let (_, v) = body(call_task.await.unwrap().unwrap()).await;
+    assert!(v.get("result").is_some(), "{v}");
+    assert_eq!(gate.meter().len(), 1);
+
+    // A request abandoned right after it was sent on still leaves its event.
+    let mut abandoned = Box::pin(svc.clone().oneshot(call(&key)));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(std::future::Future::poll(abandoned.as_mut(), &mut cx).is_pending());
+    drop(abandoned);
+    assert_eq!(gate.meter().len(), 2, "the abandoned call is recorded too");
+    assert_eq!(
+        common::record(&gate, &key).credits,
+        6,
+        "both calls were charged"
+    );
+}

@@ -302,16 +302,24 @@ where
             client_ip: ctx.client_ip,
         };
         let existing = parts.extensions.get::<GateDecision>().cloned();
+        // The layer that decides records the usage event.
+        let mut usage = None;
         let decided = match existing {
             Some(d) => Some(d),
             None if stages.decides() => {
-                let mut decision = gate.evaluate(&call).await;
+                let (mut decision, decided_at_ms) = gate.decide(&call).await;
                 let receipt = decision.receipt.take();
                 let d = GateDecision {
                     decision: Arc::new(decision),
                     receipt: Arc::new(Mutex::new(receipt)),
                 };
                 parts.extensions.insert(d.clone());
+                usage = Some(PendingUsage {
+                    gate: gate.clone(),
+                    decision: d.decision.clone(),
+                    decided_at_ms,
+                    recorded: false,
+                });
                 Some(d)
             }
             None => None,
@@ -333,6 +341,7 @@ where
             gate.dispatch_events(&d.decision);
         }
         if !d.decision.allowed {
+            drop(usage);
             return Ok(denial_response(id.as_ref(), &d.decision, stages));
         }
         let refund = if stages.billing && gate.config().refund_on_failure {
@@ -340,8 +349,12 @@ where
         } else {
             None
         };
-        let mut resp =
-            forward_call(inner, parts, &ctx, &gate, refund, id.unwrap_or(Value::Null)).await?;
+        let forwarded = Forwarded {
+            receipt: refund,
+            usage,
+            id: id.unwrap_or(Value::Null),
+        };
+        let mut resp = forward_call(inner, parts, &ctx, &gate, forwarded).await?;
         decorate(resp.headers_mut(), &d.decision, stages);
         return Ok(resp);
     }
@@ -618,15 +631,72 @@ where
     Ok(Response::from_parts(head, GateBody::inner(body, watch)))
 }
 
-/// Forwards an allowed `tools/call` under the call timeout; when `receipt` is given, refunds
+/// The usage event of a call this layer decided. It is recorded once the call is on its way
+/// to the tool, so the bookkeeping overlaps the tool's work instead of delaying the call;
+/// dropping it (a denial, an abandoned request) records it at once. Recorded exactly once.
+struct PendingUsage<St: KeyStore> {
+    gate: Arc<Gate<St>>,
+    decision: Arc<Decision>,
+    decided_at_ms: i64,
+    recorded: bool,
+}
+
+impl<St: KeyStore> PendingUsage<St> {
+    fn record(&mut self) {
+        if !std::mem::replace(&mut self.recorded, true) {
+            self.gate.record_usage(&self.decision, self.decided_at_ms);
+        }
+    }
+}
+
+impl<St: KeyStore> Drop for PendingUsage<St> {
+    fn drop(&mut self) {
+        self.record();
+    }
+}
+
+/// Polls the downstream call once so the request starts on its way, lets the tasks that
+/// carry it run (a connection's writer, a child's stdin), then records `usage` while the
+/// tool works.
+async fn after_dispatch<F: Future, St: KeyStore>(
+    call: F,
+    usage: Option<PendingUsage<St>>,
+) -> F::Output {
+    let Some(mut usage) = usage else {
+        return call.await;
+    };
+    let mut call = std::pin::pin!(call);
+    match std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await {
+        Poll::Ready(out) => {
+            usage.record();
+            out
+        }
+        Poll::Pending => {
+            tokio::task::yield_now().await;
+            usage.record();
+            call.await
+        }
+    }
+}
+
+/// What [`forward_call`] carries for an allowed call besides the request.
+struct Forwarded<St: KeyStore> {
+    /// Refunded if the call fails, times out or never answers.
+    receipt: Option<ChargeReceipt>,
+    /// Recorded once the call is dispatched.
+    usage: Option<PendingUsage<St>>,
+    /// The request's id, for error replies and for finding the answer.
+    id: Value,
+}
+
+/// Forwards an allowed `tools/call` under the call timeout; when a receipt is given, refunds
 /// it if the call fails, times out or never answers.
 async fn forward_call<S, St, R>(
     mut inner: S,
     parts: http::request::Parts,
     ctx: &McpContext,
     gate: &Arc<Gate<St>>,
-    receipt: Option<ChargeReceipt>,
-    id: Value,
+    forwarded: Forwarded<St>,
 ) -> Answer<R, S::Error>
 where
     S: Service<Request<Full<Bytes>>, Response = Response<R>>,
@@ -634,7 +704,11 @@ where
     R: Body<Data = Bytes>,
 {
     let timeout_ms = gate.config().call_timeout_ms;
-    let mut receipt = receipt;
+    let Forwarded {
+        mut receipt,
+        usage,
+        id,
+    } = forwarded;
     let mut refund = |reason: &'static str| -> Option<body::FollowUp> {
         let receipt = receipt.take()?;
         let gate = gate.clone();
@@ -652,7 +726,7 @@ where
     };
     let deadline =
         (timeout_ms > 0).then(|| tokio::time::Instant::now() + Duration::from_millis(timeout_ms));
-    let call = inner.call(rebuild(parts, ctx));
+    let call = after_dispatch(inner.call(rebuild(parts, ctx)), usage);
     let result = match deadline {
         Some(at) => match tokio::time::timeout_at(at, call).await {
             Ok(result) => result,
