@@ -4,6 +4,7 @@
 use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
+use std::ops::Range;
 
 use bytes::BytesMut;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -42,21 +43,21 @@ impl RpcError {
 
 /// One parsed JSON-RPC request or notification.
 ///
-/// The params are kept as the caller's raw JSON text: the gate reads only `params.name` and
-/// the size of `params.arguments`, which the parse measures on the way through instead of
-/// building a tree.
-#[derive(Debug, Clone)]
+/// Only what the gate reads is kept: the envelope, `params.name`, and the size of
+/// `params.arguments`, which the parse measures on the way through instead of building a
+/// tree. The params themselves stay in the body, which is forwarded unchanged.
+#[derive(Debug, Clone, PartialEq)]
 pub struct RpcRequest {
     /// The id; `None` for a notification.
     pub id: Option<Value>,
     /// The method, exactly as sent.
     pub method: String,
-    /// The params as sent (an object or an array), if any.
-    pub params: Option<Box<RawValue>>,
     /// `params.name` when params is an object and the name is a string.
     tool: Option<String>,
     /// Compact JSON length of `params.arguments` (0 when absent).
     arguments_len: usize,
+    /// Where the id's value sits in the parsed body.
+    id_span: Option<Range<usize>>,
 }
 
 impl RpcRequest {
@@ -73,17 +74,10 @@ impl RpcRequest {
         self.arguments_len
     }
 
-    /// The params as a [`Value`] (parsed on demand; `None` when absent).
-    ///
-    /// ```
-    /// let req = paygate_mcp::jsonrpc::parse_request(br#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18"}}"#).unwrap();
-    /// assert_eq!(req.params_value().unwrap()["protocolVersion"], "2025-06-18");
-    /// ```
-    pub fn params_value(&self) -> Option<Value> {
-        // The text was validated by `parse_request`, so this cannot fail.
-        self.params
-            .as_ref()
-            .and_then(|p| serde_json::from_str(p.get()).ok())
+    /// The byte range of the id's value in the body this request was parsed from, so the id
+    /// can be replaced without re-encoding the rest.
+    pub(crate) fn id_span(&self) -> Option<Range<usize>> {
+        self.id_span.clone()
     }
 }
 
@@ -126,42 +120,48 @@ pub fn parse_request(body: &[u8]) -> Result<RpcRequest, RpcError> {
     let Some(method) = members.method else {
         return Err(RpcError::new(INVALID_REQUEST, "method must be a string"));
     };
-    let id = match members.id {
-        None => None,
-        Some(id @ (Value::String(_) | Value::Number(_) | Value::Null)) => Some(id),
-        Some(_) => {
+    let (id, id_span) = match members.id {
+        None => (None, None),
+        Some(raw) => {
+            let text = raw.get();
+            // Only a string, number or null is read; anything else is refused unread.
+            let scalar = matches!(text.as_bytes().first(), Some(b'"' | b'-' | b'0'..=b'9' | b'n'));
+            let Some(id) = scalar
+                .then(|| serde_json::from_str::<Value>(text).ok())
+                .flatten()
+            else {
+                return Err(RpcError::new(
+                    INVALID_REQUEST,
+                    "id must be a string, number or null",
+                ));
+            };
+            (Some(id), span_in(body, text))
+        }
+    };
+    let (tool, arguments_len) = match members.params {
+        None | Some(Params::Array) => (None, 0),
+        Some(Params::Object { name, arguments }) => (name.map(Cow::into_owned), arguments),
+        Some(Params::Other) => {
             return Err(RpcError::new(
                 INVALID_REQUEST,
-                "id must be a string, number or null",
+                "params must be an object or array",
             ))
         }
     };
-    let (mut tool, mut arguments_len) = (None, 0);
-    if let Some(raw) = members.params {
-        let mut de = serde_json::Deserializer::from_str(raw.get());
-        let params = ParamsSeed { keys: &mut keys }.deserialize(&mut de);
-        match params {
-            Ok(Params::Object { name, arguments }) => {
-                tool = name.map(Cow::into_owned);
-                arguments_len = arguments;
-            }
-            Ok(Params::Array) => {}
-            Ok(Params::Other) => {
-                return Err(RpcError::new(
-                    INVALID_REQUEST,
-                    "params must be an object or array",
-                ))
-            }
-            Err(e) => return Err(syntax_or_duplicate(e)),
-        }
-    }
     Ok(RpcRequest {
         id,
         method: method.into_owned(),
-        params: members.params.map(RawValue::to_owned),
         tool,
         arguments_len,
+        id_span,
     })
+}
+
+/// Where `part`, a slice borrowed from `body`, sits in it.
+fn span_in(body: &[u8], part: &str) -> Option<Range<usize>> {
+    let start = (part.as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
+    let span = start..start.checked_add(part.len())?;
+    (body.get(span.clone()) == Some(part.as_bytes())).then_some(span)
 }
 
 fn syntax_or_duplicate(e: serde_json::Error) -> RpcError {
@@ -499,8 +499,8 @@ enum Envelope<'de> {
 struct Members<'de> {
     jsonrpc: Option<Cow<'de, str>>,
     method: Option<Cow<'de, str>>,
-    id: Option<Value>,
-    params: Option<&'de RawValue>,
+    id: Option<&'de RawValue>,
+    params: Option<Params<'de>>,
 }
 
 struct EnvelopeSeed<'s, 'de> {
@@ -554,14 +554,14 @@ impl<'de> Visitor<'de> for EnvelopeSeed<'_, 'de> {
                 _ => 4,
             };
             seen.insert(key)?;
-            let scan = Scan { keys: seen.stack() };
+            let keys = seen.stack();
             match field {
-                0 => members.jsonrpc = map.next_value_seed(scan)?.text,
-                1 => members.method = map.next_value_seed(scan)?.text,
+                0 => members.jsonrpc = map.next_value_seed(Scan { keys })?.text,
+                1 => members.method = map.next_value_seed(Scan { keys })?.text,
                 2 => members.id = Some(map.next_value()?),
-                3 => members.params = Some(map.next_value()?),
+                3 => members.params = Some(map.next_value_seed(ParamsSeed { keys })?),
                 _ => {
-                    map.next_value_seed(scan)?;
+                    map.next_value_seed(Scan { keys })?;
                 }
             }
         }
@@ -728,18 +728,23 @@ mod tests {
     }
 
     #[test]
-    fn params_are_kept_as_sent_and_read_on_demand() {
-        let req =
-            call_with("{ \"name\" : \"t\",\n \"arguments\" : { \"q\" : [1, 2.5, \"\\u00e9\"] } }")
-                .unwrap();
+    fn the_parse_reads_name_size_and_where_the_id_is() {
+        let body = "{\"id\" : \"a-1\", \"jsonrpc\":\"2.0\",\"method\":\"tools/call\",\"params\":{ \"name\" : \"t\",\n \"arguments\" : { \"q\" : [1, 2.5, \"\\u00e9\"] } }}";
+        let req = parse_request(body.as_bytes()).unwrap();
         assert_eq!(req.tool_name().unwrap(), "t");
-        let params = req.params_value().unwrap();
-        assert_eq!(params["arguments"]["q"][2], "\u{e9}");
         assert_eq!(req.arguments_len(), r#"{"q":[1,2.5,"é"]}"#.len());
-        assert!(req.params.as_ref().unwrap().get().contains('\n'));
-        let bare = parse_request(br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#).unwrap();
-        assert!(bare.params.is_none() && bare.params_value().is_none());
-        assert_eq!(bare.arguments_len(), 0);
+        assert_eq!(req.id, Some(json!("a-1")));
+        let span = req.id_span().unwrap();
+        assert_eq!(&body[span], r#""a-1""#);
+        let bare = parse_request(br#"{"jsonrpc":"2.0","method":"notifications/x"}"#).unwrap();
+        assert_eq!((bare.id_span(), bare.arguments_len()), (None, 0));
+        // Ids that are not a string, number or null are refused however deep they go.
+        let deep = format!(
+            r#"{{"jsonrpc":"2.0","id":{}{},"method":"x"}}"#,
+            "[".repeat(10_000),
+            "]".repeat(10_000)
+        );
+        assert_eq!(parse_request(deep.as_bytes()).unwrap_err().code, INVALID_REQUEST);
     }
 
     fn arb_json() -> impl proptest::strategy::Strategy<Value = Value> {
@@ -781,7 +786,6 @@ mod tests {
             let reparsed: Value = serde_json::from_str(&text).unwrap();
             proptest::prop_assert_eq!(req.arguments_len(), crate::pricing::compact_json_len(&reparsed));
             proptest::prop_assert_eq!(req.tool_name().unwrap(), "tool");
-            proptest::prop_assert_eq!(req.params_value().unwrap()["arguments"].clone(), reparsed);
         }
     }
 

@@ -223,7 +223,7 @@ impl McpRouter {
         };
         match rpc.method.as_str() {
             "initialize" => {
-                let params = rpc.params_value();
+                let params = params_of(&bytes);
                 let version = params
                     .as_ref()
                     .and_then(|p| p.get("protocolVersion"))
@@ -245,7 +245,7 @@ impl McpRouter {
             "resources/list" => ok(json!({"resources": []})),
             "resources/templates/list" => ok(json!({"resourceTemplates": []})),
             "prompts/list" => ok(json!({"prompts": []})),
-            "tools/call" => self.call_tool(parts, &rpc, id).await,
+            "tools/call" => self.call_tool(parts, &rpc, &bytes, id).await,
             other => {
                 let body = jsonrpc::error_body(
                     Some(&id),
@@ -301,6 +301,7 @@ impl McpRouter {
         &self,
         parts: ::http::request::Parts,
         rpc: &jsonrpc::RpcRequest,
+        body: &[u8],
         id: Value,
     ) -> Response<RoutedBody> {
         let unknown = |msg: String| {
@@ -320,7 +321,7 @@ impl McpRouter {
         let Some((_, upstream)) = self.routes.iter().find(|(p, _)| p == prefix) else {
             return unknown(format!("Unknown tool: {full_name}"));
         };
-        let mut params = rpc.params_value().unwrap_or_else(|| json!({}));
+        let mut params = params_of(body).unwrap_or_else(|| json!({}));
         params["name"] = json!(name);
         let msg = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params});
         let Ok(resp) = upstream
@@ -329,6 +330,15 @@ impl McpRouter {
             .await;
         resp
     }
+}
+
+/// The request's params (the body was parsed strictly already; this reads the rare methods
+/// whose params the router needs).
+fn params_of(body: &[u8]) -> Option<Value> {
+    serde_json::from_slice::<Value>(body)
+        .ok()?
+        .get_mut("params")
+        .map(Value::take)
 }
 
 /// The whole body, or `None` when it fails or passes `limit` bytes.

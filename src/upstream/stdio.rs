@@ -497,7 +497,7 @@ impl Conn {
         max: usize,
     ) -> Result<Vec<u8>, StdioError> {
         let internal = next_id.fetch_add(1, Ordering::Relaxed);
-        let cancel = call.method != "initialize";
+        let cancel = call.method() != "initialize";
         let line = call.encode(Some(internal), max)?;
         let rx = self.register(internal, original)?;
         // Removes the entry however this future ends: answered, timed out or dropped.
@@ -664,46 +664,107 @@ fn answer_line(id: &Value, result: Option<&RawValue>, error: Option<&RawValue>) 
     out
 }
 
-/// One request or notification for the child, its params as raw JSON text.
+/// One request or notification for the child.
 #[derive(Clone, Copy)]
-struct Call<'a> {
-    method: &'a str,
-    params: Option<&'a RawValue>,
+enum Call<'a> {
+    /// A client's request body, parsed strictly already: forwarded byte for byte with only
+    /// the id's value replaced.
+    Body {
+        body: &'a [u8],
+        rpc: &'a jsonrpc::RpcRequest,
+    },
+    /// A message made here; `params` is compact JSON.
+    Parts {
+        method: &'a str,
+        params: Option<&'a RawValue>,
+    },
 }
 
 impl Call<'_> {
-    /// The message as one line, under the given id.
-    fn encode(self, id: Option<u64>, max: usize) -> Result<Vec<u8>, StdioError> {
-        #[derive(serde::Serialize)]
-        struct Line<'a> {
-            jsonrpc: &'static str,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            id: Option<u64>,
-            method: &'a str,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            params: Option<&'a RawValue>,
+    fn method(&self) -> &str {
+        match self {
+            Call::Body { rpc, .. } => &rpc.method,
+            Call::Parts { method, .. } => method,
         }
-        // Raw text keeps the sender's layout; a line break in it can only be whitespace
-        // between tokens (JSON strings cannot hold one), and it would split the message.
-        let compacted;
-        let params = match self.params {
-            Some(p) if p.get().bytes().any(|b| b == b'\n' || b == b'\r') => {
-                let value: Value = serde_json::from_str(p.get())
-                    .map_err(|e| StdioError::InvalidRequest(e.to_string()))?;
-                compacted = serde_json::value::to_raw_value(&value)
-                    .map_err(|e| StdioError::InvalidRequest(e.to_string()))?;
-                Some(&*compacted)
-            }
-            p => p,
-        };
-        let line = Line {
-            jsonrpc: "2.0",
-            id,
-            method: self.method,
-            params,
-        };
-        encode(&line, max)
     }
+
+    /// The message as one line, under the given id (`None`: a notification).
+    fn encode(self, id: Option<u64>, max: usize) -> Result<Vec<u8>, StdioError> {
+        match self {
+            Call::Parts { method, params } => {
+                #[derive(serde::Serialize)]
+                struct Line<'a> {
+                    jsonrpc: &'static str,
+                    #[serde(skip_serializing_if = "Option::is_none")]
+                    id: Option<u64>,
+                    method: &'a str,
+                    #[serde(skip_serializing_if = "Option::is_none")]
+                    params: Option<&'a RawValue>,
+                }
+                let line = Line {
+                    jsonrpc: "2.0",
+                    id,
+                    method,
+                    params,
+                };
+                encode(&line, max)
+            }
+            // A line break in a valid body can only be whitespace between tokens (JSON
+            // strings cannot hold one), but it would split the message: re-encode those.
+            Call::Body { body, .. } if body.iter().any(|b| *b == b'\n' || *b == b'\r') => {
+                reencoded(body, id, max)
+            }
+            Call::Body { body, rpc } => match (id, rpc.id_span()) {
+                (Some(id), Some(span)) => {
+                    let (head, tail) = (body.get(..span.start), body.get(span.end..));
+                    let (Some(head), Some(tail)) = (head, tail) else {
+                        return reencoded(body, Some(id), max);
+                    };
+                    let mut digits = itoa::Buffer::new();
+                    let digits = digits.format(id).as_bytes();
+                    let len = head.len() + digits.len() + tail.len();
+                    if len > max {
+                        return Err(StdioError::TooLarge { len, limit: max });
+                    }
+                    let mut line = Vec::with_capacity(len + 1);
+                    line.extend_from_slice(head);
+                    line.extend_from_slice(digits);
+                    line.extend_from_slice(tail);
+                    line.push(b'\n');
+                    Ok(line)
+                }
+                (None, None) if rpc.id.is_none() => {
+                    if body.len() > max {
+                        return Err(StdioError::TooLarge {
+                            len: body.len(),
+                            limit: max,
+                        });
+                    }
+                    let mut line = Vec::with_capacity(body.len() + 1);
+                    line.extend_from_slice(body);
+                    line.push(b'\n');
+                    Ok(line)
+                }
+                _ => reencoded(body, id, max),
+            },
+        }
+    }
+}
+
+/// A request body re-encoded as one compact line, its id set to `id` (or removed).
+fn reencoded(body: &[u8], id: Option<u64>, max: usize) -> Result<Vec<u8>, StdioError> {
+    let mut msg: Value =
+        serde_json::from_slice(body).map_err(|e| StdioError::InvalidRequest(e.to_string()))?;
+    let Some(obj) = msg.as_object_mut() else {
+        return Err(StdioError::InvalidRequest(
+            "a JSON-RPC message must be an object".into(),
+        ));
+    };
+    match id {
+        Some(id) => obj.insert("id".into(), Value::from(id)),
+        None => obj.remove("id"),
+    };
+    encode(&msg, max)
 }
 
 /// One message as one line: compact JSON (which never contains a raw newline) plus `\n`.
@@ -1027,7 +1088,7 @@ impl Shared {
             "clientInfo": {"name": "paygate-mcp", "version": env!("CARGO_PKG_VERSION")},
         }))
         .map_err(|e| e.to_string())?;
-        let call = Call {
+        let call = Call::Parts {
             method: "initialize",
             params: Some(&params),
         };
@@ -1049,7 +1110,7 @@ impl Shared {
                 return Err(format!("initialize was answered with {error}"));
             }
         };
-        let initialized = Call {
+        let initialized = Call::Parts {
             method: "notifications/initialized",
             params: None,
         };
@@ -1260,7 +1321,7 @@ impl StdioUpstream {
             .map(serde_json::value::to_raw_value)
             .transpose()
             .map_err(|e| StdioError::InvalidRequest(e.to_string()))?;
-        let call = Call {
+        let call = Call::Parts {
             method: &method,
             params: params.as_deref(),
         };
@@ -1282,7 +1343,7 @@ impl StdioUpstream {
     ) -> Result<Option<Vec<u8>>, StdioError> {
         let shared = &self.handle.shared;
         let cfg = &shared.config;
-        match (id, call.method) {
+        match (id, call.method()) {
             (None, "notifications/initialized" | "initialized" | "notifications/cancelled") => {
                 Ok(None)
             }
@@ -1430,9 +1491,9 @@ impl StdioUpstream {
                 }
             },
         };
-        let call = Call {
-            method: &rpc.method,
-            params: rpc.params.as_deref(),
+        let call = Call::Body {
+            body: &body,
+            rpc: &rpc,
         };
         match self.exchange(rpc.id.clone(), call).await {
             Ok(Some(answer)) => json_response(StatusCode::OK, answer),
@@ -1574,18 +1635,36 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn pretty_params_are_sent_on_one_line() {
-        let params = RawValue::from_string(
-            "{\n  \"name\": \"echo\",\r\n  \"arguments\": {\"m\": \"a b\"}\n}".into(),
-        )
-        .unwrap();
-        let line = Call {
-            method: "tools/call",
-            params: Some(&params),
+    fn body_line(body: &str, id: Option<u64>, max: usize) -> Result<Vec<u8>, StdioError> {
+        let rpc = jsonrpc::parse_request(body.as_bytes()).unwrap();
+        Call::Body {
+            body: body.as_bytes(),
+            rpc: &rpc,
         }
-        .encode(Some(9), 1 << 20)
-        .unwrap();
+        .encode(id, max)
+    }
+
+    #[test]
+    fn a_clients_body_is_forwarded_as_sent_but_for_the_id() {
+        let body = r#"{"jsonrpc":"2.0", "id" : "client-7","method":"tools/call","params":{"name":"echo","arguments":{"m":"a\u00e9 \"id\":1"}},"x":[1]}"#;
+        let line = body_line(body, Some(42), 1 << 20).unwrap();
+        assert_eq!(
+            String::from_utf8(line).unwrap(),
+            body.replace(r#""client-7""#, "42") + "\n"
+        );
+        // A notification goes as it is.
+        let note = r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{}}"#;
+        assert_eq!(body_line(note, None, 1 << 20).unwrap(), format!("{note}\n").as_bytes());
+        assert!(matches!(
+            body_line(body, Some(42), 20),
+            Err(StdioError::TooLarge { limit: 20, .. })
+        ));
+    }
+
+    #[test]
+    fn a_pretty_printed_body_is_sent_on_one_line() {
+        let body = "{\n  \"jsonrpc\": \"2.0\",\r\n  \"id\": 3,\n  \"method\": \"tools/call\",\n  \"params\": {\"name\": \"echo\", \"arguments\": {\"m\": \"a b\"}}\n}";
+        let line = body_line(body, Some(9), 1 << 20).unwrap();
         assert_eq!(line.iter().filter(|b| **b == b'\n').count(), 1);
         assert!(!line.contains(&b'\r'));
         let sent: Value = serde_json::from_slice(&line).unwrap();
@@ -1652,7 +1731,7 @@ mod tests {
     }
 
     fn call(params: &RawValue) -> Call<'_> {
-        Call {
+        Call::Parts {
             method: "tools/call",
             params: Some(params),
         }
