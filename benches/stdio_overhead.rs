@@ -29,6 +29,33 @@ fn server_script() -> PathBuf {
     path
 }
 
+/// The benchmark runs on CPU 0 and the servers on CPU 1, so every child gets the same
+/// placement (left to the scheduler, one child may keep landing on the benchmark's core).
+const PINNED: bool = true;
+
+fn pin_self() {
+    let pid = std::process::id().to_string();
+    let status = std::process::Command::new("taskset")
+        .args(["-p", "-c", "0", &pid])
+        .stdout(Stdio::null())
+        .status()
+        .expect("taskset (util-linux) pins the benchmark to one core");
+    assert!(status.success(), "taskset failed");
+}
+
+/// `node <server-everything> stdio`, on CPU 1.
+fn node_command() -> (String, Vec<String>) {
+    let script = server_script().display().to_string();
+    let node = vec!["node".to_string(), script, "stdio".into()];
+    if PINNED {
+        let mut args = vec!["-c".to_string(), "1".into()];
+        args.extend(node);
+        ("taskset".into(), args)
+    } else {
+        (node[0].clone(), node[1..].to_vec())
+    }
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -51,9 +78,9 @@ struct Direct {
 
 impl Direct {
     async fn spawn() -> Self {
-        let mut child = Command::new("node")
-            .arg(server_script())
-            .arg("stdio")
+        let (program, args) = node_command();
+        let mut child = Command::new(program)
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -101,6 +128,9 @@ impl Direct {
     }
 }
 
+/// Calls each path makes in a row.
+const RUN: u64 = 20;
+
 /// Every order of the four paths.
 const ORDERS: [[u8; 4]; 24] = [
     [0, 1, 2, 3],
@@ -146,15 +176,11 @@ fn run(calls: u64) -> Medians {
         .expect("runtime");
     rt.block_on(async {
         let mut direct = Direct::spawn().await;
-        let upstream = StdioUpstream::spawn(
-            StdioConfig::new(
-                "node",
-                [server_script().display().to_string(), "stdio".into()],
-            )
-            .with_forward_stderr(false),
-        )
-        .await
-        .expect("spawn");
+        let (program, args) = node_command();
+        let upstream =
+            StdioUpstream::spawn(StdioConfig::new(program, args).with_forward_stderr(false))
+                .await
+                .expect("spawn");
         let gate =
             Arc::new(Gate::new(PayGateConfig::default().with_rate_limit(0)).expect("config"));
         let key = gate
@@ -179,43 +205,45 @@ fn run(calls: u64) -> Medians {
             upstream.call_json(msg).await.expect("warm-up");
         }
         let mut times: [Vec<Duration>; 4] = Default::default();
-        for id in 1..=calls {
-            // A different order each round, so no path always runs first after the other
-            // child (the one that has to wake up).
-            for path in ORDERS[(id as usize * 7) % ORDERS.len()] {
-                let t = Instant::now();
-                match path {
-                    0 => direct.send(&echo(id), Some(id)).await,
-                    1 => {
-                        let msg = serde_json::from_str(&echo(id)).expect("json");
-                        let t = Instant::now();
-                        upstream.call_json(msg).await.expect("answer");
-                        times[1].push(t.elapsed());
-                        continue;
+        for round in 0..calls.div_ceil(RUN) {
+            // Each path serves a run of calls back to back, as a gateway does; the order of
+            // the runs changes every round, so slow drift touches every path alike.
+            for path in ORDERS[(round as usize * 7) % ORDERS.len()] {
+                for id in round * RUN + 1..=(round + 1) * RUN {
+                    let t = Instant::now();
+                    match path {
+                        0 => direct.send(&echo(id), Some(id)).await,
+                        1 => {
+                            let msg = serde_json::from_str(&echo(id)).expect("json");
+                            let t = Instant::now();
+                            upstream.call_json(msg).await.expect("answer");
+                            times[1].push(t.elapsed());
+                            continue;
+                        }
+                        2 => {
+                            let req = request(id, None);
+                            let t = Instant::now();
+                            let resp = upstream.clone().oneshot(req).await.expect("infallible");
+                            resp.into_body().collect().await.expect("body");
+                            times[2].push(t.elapsed());
+                            continue;
+                        }
+                        _ => {
+                            let req = request(id, Some(&key));
+                            let t = Instant::now();
+                            let resp = svc.clone().oneshot(req).await.expect("infallible");
+                            let body = resp.into_body().collect().await.expect("body").to_bytes();
+                            times[3].push(t.elapsed());
+                            assert!(
+                                body.windows(5).any(|w| w == b"Echo:"),
+                                "{}",
+                                String::from_utf8_lossy(&body)
+                            );
+                            continue;
+                        }
                     }
-                    2 => {
-                        let req = request(id, None);
-                        let t = Instant::now();
-                        let resp = upstream.clone().oneshot(req).await.expect("infallible");
-                        resp.into_body().collect().await.expect("body");
-                        times[2].push(t.elapsed());
-                        continue;
-                    }
-                    _ => {
-                        let req = request(id, Some(&key));
-                        let t = Instant::now();
-                        let resp = svc.clone().oneshot(req).await.expect("infallible");
-                        let body = resp.into_body().collect().await.expect("body").to_bytes();
-                        times[3].push(t.elapsed());
-                        assert!(
-                            body.windows(5).any(|w| w == b"Echo:"),
-                            "{}",
-                            String::from_utf8_lossy(&body)
-                        );
-                        continue;
-                    }
+                    times[0].push(t.elapsed());
                 }
-                times[0].push(t.elapsed());
             }
         }
         upstream.shutdown().await;
@@ -231,6 +259,9 @@ fn run(calls: u64) -> Medians {
 }
 
 fn main() {
+    if PINNED {
+        pin_self();
+    }
     let quick = std::env::args().all(|a| a != "--bench");
     let calls = if quick { 20 } else { 3_000 };
     let (mut over_direct, mut over_client) = (Vec::new(), Vec::new());

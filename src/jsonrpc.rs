@@ -93,7 +93,7 @@ impl RpcRequest {
 /// assert_eq!(parse_request(dup).unwrap_err().code, INVALID_REQUEST);
 /// ```
 pub fn parse_request(body: &[u8]) -> Result<RpcRequest, RpcError> {
-    let mut keys = Vec::new();
+    let mut keys = Vec::with_capacity(LINEAR_KEYS);
     let mut de = serde_json::Deserializer::from_slice(body);
     let envelope = EnvelopeSeed { keys: &mut keys }
         .deserialize(&mut de)
@@ -125,7 +125,10 @@ pub fn parse_request(body: &[u8]) -> Result<RpcRequest, RpcError> {
         Some(raw) => {
             let text = raw.get();
             // Only a string, number or null is read; anything else is refused unread.
-            let scalar = matches!(text.as_bytes().first(), Some(b'"' | b'-' | b'0'..=b'9' | b'n'));
+            let scalar = matches!(
+                text.as_bytes().first(),
+                Some(b'"' | b'-' | b'0'..=b'9' | b'n')
+            );
             let Some(id) = scalar
                 .then(|| serde_json::from_str::<Value>(text).ok())
                 .flatten()
@@ -407,6 +410,19 @@ fn compact_len<T: serde::Serialize + ?Sized>(v: &T) -> usize {
     counter.0
 }
 
+/// Length of `s` as a JSON string the way `serde_json` writes it: quoted, with `"` and `\`
+/// escaped, control characters as `\n`-style or `\u00XX` escapes, everything else as is.
+fn quoted_len(s: &str) -> usize {
+    2 + s.len()
+        + s.bytes()
+            .map(|b| match b {
+                b'"' | b'\\' | 0x08 | 0x09 | 0x0a | 0x0c | 0x0d => 1,
+                0x00..=0x1f => 5,
+                _ => 0,
+            })
+            .sum::<usize>()
+}
+
 /// Comma-separated members between two brackets.
 fn bracketed(members: usize, inner: usize) -> usize {
     2 + inner + members.saturating_sub(1)
@@ -425,7 +441,7 @@ impl<'de> Scan<'_, 'de> {
     }
     fn text(text: Cow<'de, str>) -> Scanned<'de> {
         Scanned {
-            len: compact_len(&*text),
+            len: quoted_len(&text),
             text: Some(text),
         }
     }
@@ -441,10 +457,10 @@ impl<'de> Visitor<'de> for Scan<'_, 'de> {
         Ok(Self::scalar(if v { 4 } else { 5 }))
     }
     fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
-        Ok(Self::scalar(compact_len(&v)))
+        Ok(Self::scalar(itoa::Buffer::new().format(v).len()))
     }
     fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
-        Ok(Self::scalar(compact_len(&v)))
+        Ok(Self::scalar(itoa::Buffer::new().format(v).len()))
     }
     fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
         Ok(Self::scalar(compact_len(&v)))
@@ -478,7 +494,7 @@ impl<'de> Visitor<'de> for Scan<'_, 'de> {
         let mut seen = Seen::new(self.keys);
         let (mut n, mut inner) = (0, 0);
         while let Some(key) = map.next_key_seed(KeySeed)? {
-            inner += compact_len(&*key) + 1;
+            inner += quoted_len(&key) + 1;
             seen.insert(key)?;
             inner += map.next_value_seed(Scan { keys: seen.stack() })?.len;
             n += 1;
@@ -744,7 +760,10 @@ mod tests {
             "[".repeat(10_000),
             "]".repeat(10_000)
         );
-        assert_eq!(parse_request(deep.as_bytes()).unwrap_err().code, INVALID_REQUEST);
+        assert_eq!(
+            parse_request(deep.as_bytes()).unwrap_err().code,
+            INVALID_REQUEST
+        );
     }
 
     fn arb_json() -> impl proptest::strategy::Strategy<Value = Value> {

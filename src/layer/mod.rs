@@ -289,15 +289,15 @@ where
 
     if rpc.method == "tools/call" {
         let tool = match rpc.tool_name() {
-            Ok(t) => t.to_string(),
+            Ok(t) => t,
             Err(e) => return Ok(rpc_error(StatusCode::OK, id.as_ref(), &e)),
         };
-        if let Some(resp) = check_mcp_headers(&parts.headers, &rpc, Some(&tool), id.as_ref()) {
+        if let Some(resp) = check_mcp_headers(&parts.headers, &rpc, Some(tool), id.as_ref()) {
             return Ok(resp);
         }
         let call = CallRequest {
             api_key: ctx.api_key.as_deref(),
-            tool: &tool,
+            tool,
             input_bytes: rpc.arguments_len(),
             client_ip: ctx.client_ip,
         };
@@ -328,10 +328,10 @@ where
             // Authentication alone: the key must be valid for this tool.
             if stages.auth {
                 if let Err(reason) = gate
-                    .authorize(call.api_key, call.client_ip, Some(&tool))
+                    .authorize(call.api_key, call.client_ip, Some(tool))
                     .await
                 {
-                    let decision = gate.deny(reason, &tool, &call);
+                    let decision = gate.deny(reason, tool, &call);
                     return Ok(denial_response(id.as_ref(), &decision, stages));
                 }
             }
@@ -457,20 +457,16 @@ where
     Ok(McpContext {
         body: bytes,
         rpc,
-        api_key: api_key(parts, shared.bearer.as_ref()).map(Arc::from),
+        api_key: api_key(parts, shared.bearer.as_ref()),
         client_ip: client_ip(parts, cfg.trusted_proxy_hops),
     })
 }
 
 /// `X-API-Key`, else `Authorization: Bearer <token>` through the resolver.
-fn api_key(parts: &http::request::Parts, bearer: Option<&BearerResolver>) -> Option<String> {
-    if let Some(v) = parts.headers.get("x-api-key") {
+fn api_key(parts: &http::request::Parts, bearer: Option<&BearerResolver>) -> Option<Arc<str>> {
+    if let Some(v) = parts.headers.get(&X_API_KEY) {
         // A key that is not visible ASCII can match nothing; keep it so it is denied as invalid.
-        return Some(
-            v.to_str()
-                .map(|s| s.trim().to_string())
-                .unwrap_or_else(|_| "\u{fffd}".into()),
-        );
+        return Some(Arc::from(v.to_str().map_or("\u{fffd}", str::trim)));
     }
     let auth = parts
         .headers
@@ -483,10 +479,14 @@ fn api_key(parts: &http::request::Parts, bearer: Option<&BearerResolver>) -> Opt
     }
     let token = token.trim();
     match bearer {
-        Some(resolve) => resolve(token),
-        None => Some(token.to_string()),
+        Some(resolve) => resolve(token).map(Arc::from),
+        None => Some(Arc::from(token)),
     }
 }
+
+static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+static MCP_METHOD: HeaderName = HeaderName::from_static("mcp-method");
+static MCP_NAME: HeaderName = HeaderName::from_static("mcp-name");
 
 /// The peer address, or with `hops` trusted proxies the address they saw.
 fn client_ip(parts: &http::request::Parts, hops: u64) -> Option<IpAddr> {
@@ -535,7 +535,7 @@ fn check_mcp_headers<R: Body>(
     tool: Option<&str>,
     id: Option<&Value>,
 ) -> Option<Response<GateBody<R>>> {
-    let mismatch = |name: &str, expected: Option<&str>| {
+    let mismatch = |name: &HeaderName, expected: Option<&str>| {
         let sent = headers.get(name)?;
         match (sent.to_str().ok(), expected) {
             (Some(s), Some(e)) if s == e => None,
@@ -543,7 +543,7 @@ fn check_mcp_headers<R: Body>(
         }
     };
     let bad =
-        mismatch("mcp-method", Some(&rpc.method)).is_some() || mismatch("mcp-name", tool).is_some();
+        mismatch(&MCP_METHOD, Some(&rpc.method)).is_some() || mismatch(&MCP_NAME, tool).is_some();
     bad.then(|| {
         let e = jsonrpc::RpcError {
             code: jsonrpc::INVALID_REQUEST,
@@ -569,6 +569,8 @@ fn denial_response<R: Body>(
 
 /// Credits and rate-limit headers for a request with a known key.
 fn decorate(headers: &mut http::HeaderMap, d: &Decision, stages: Stages) {
+    // Room for all of them at once rather than a regrowth per header.
+    headers.reserve(5);
     expose_headers(headers);
     let Some(key) = &d.key else { return };
     if stages.billing || stages.auth {

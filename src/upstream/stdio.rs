@@ -1654,7 +1654,10 @@ mod tests {
         );
         // A notification goes as it is.
         let note = r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{}}"#;
-        assert_eq!(body_line(note, None, 1 << 20).unwrap(), format!("{note}\n").as_bytes());
+        assert_eq!(
+            body_line(note, None, 1 << 20).unwrap(),
+            format!("{note}\n").as_bytes()
+        );
         assert!(matches!(
             body_line(body, Some(42), 20),
             Err(StdioError::TooLarge { limit: 20, .. })
