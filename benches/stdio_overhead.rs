@@ -15,7 +15,7 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use paygate_mcp::{Gate, PayGateConfig, PayGateLayer, StdioConfig, StdioUpstream};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tower::{ServiceBuilder, ServiceExt};
 
@@ -29,9 +29,15 @@ fn server_script() -> PathBuf {
     path
 }
 
-/// The benchmark runs on CPU 0 and the servers on CPU 1, so every child gets the same
-/// placement (left to the scheduler, one child may keep landing on the benchmark's core).
-const PINNED: bool = true;
+/// With two cores or more, the benchmark runs on CPU 0 and the servers on CPU 1, so every
+/// child gets the same placement (left to the scheduler, one child may keep landing on the
+/// benchmark's core and answer 15–25 µs slower than the other). Decided once, before the
+/// benchmark pins itself (after that it sees one core).
+static PINNED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+fn pinned() -> bool {
+    *PINNED.get_or_init(|| std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2))
+}
 
 fn pin_self() {
     let pid = std::process::id().to_string();
@@ -47,7 +53,7 @@ fn pin_self() {
 fn node_command() -> (String, Vec<String>) {
     let script = server_script().display().to_string();
     let node = vec!["node".to_string(), script, "stdio".into()];
-    if PINNED {
+    if pinned() {
         let mut args = vec!["-c".to_string(), "1".into()];
         args.extend(node);
         ("taskset".into(), args)
@@ -72,8 +78,10 @@ fn echo(id: u64) -> String {
 struct Direct {
     child: Child,
     stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-    line: String,
+    stdout: ChildStdout,
+    /// Bytes read but not yet cut into lines.
+    pending: Vec<u8>,
+    chunk: Vec<u8>,
 }
 
 impl Direct {
@@ -88,12 +96,13 @@ impl Direct {
             .spawn()
             .expect("node");
         let stdin = child.stdin.take().expect("stdin");
-        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let stdout = child.stdout.take().expect("stdout");
         let mut direct = Self {
             child,
             stdin,
             stdout,
-            line: String::new(),
+            pending: Vec::new(),
+            chunk: vec![0; 64 * 1024],
         };
         direct
             .send(
@@ -112,18 +121,27 @@ impl Direct {
 
     /// Writes one line and, for a request, reads lines until its answer.
     async fn send(&mut self, msg: &str, id: Option<u64>) {
-        self.stdin.write_all(msg.as_bytes()).await.expect("write");
-        self.stdin.write_all(b"\n").await.expect("write");
-        self.stdin.flush().await.expect("flush");
+        // One write per message, as the gateway does: two would wake the server twice.
+        let mut line = Vec::with_capacity(msg.len() + 1);
+        line.extend_from_slice(msg.as_bytes());
+        line.push(b'\n');
+        self.stdin.write_all(&line).await.expect("write");
         let Some(id) = id else { return };
         let (end, more) = (format!("\"id\":{id}}}"), format!("\"id\":{id},"));
+        let answered = |line: &[u8]| {
+            let line = String::from_utf8_lossy(line);
+            line.contains(&end) || line.contains(&more)
+        };
         loop {
-            self.line.clear();
-            let n = self.stdout.read_line(&mut self.line).await.expect("read");
-            assert!(n > 0, "the server closed its stdout");
-            if self.line.contains(&end) || self.line.contains(&more) {
-                return;
+            while let Some(at) = self.pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.pending.drain(..=at).collect();
+                if answered(&line) {
+                    return;
+                }
             }
+            let n = self.stdout.read(&mut self.chunk).await.expect("read");
+            assert!(n > 0, "the server closed its stdout");
+            self.pending.extend_from_slice(&self.chunk[..n]);
         }
     }
 }
@@ -175,12 +193,12 @@ fn run(calls: u64) -> Medians {
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let mut direct = Direct::spawn().await;
         let (program, args) = node_command();
         let upstream =
             StdioUpstream::spawn(StdioConfig::new(program, args).with_forward_stderr(false))
                 .await
                 .expect("spawn");
+        let mut direct = Direct::spawn().await;
         let gate =
             Arc::new(Gate::new(PayGateConfig::default().with_rate_limit(0)).expect("config"));
         let key = gate
@@ -259,7 +277,7 @@ fn run(calls: u64) -> Medians {
 }
 
 fn main() {
-    if PINNED {
+    if pinned() {
         pin_self();
     }
     let quick = std::env::args().all(|a| a != "--bench");
