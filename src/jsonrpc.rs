@@ -93,8 +93,11 @@ impl RpcRequest {
 /// assert_eq!(parse_request(dup).unwrap_err().code, INVALID_REQUEST);
 /// ```
 pub fn parse_request(body: &[u8]) -> Result<RpcRequest, RpcError> {
+    // Checking UTF-8 once up front spares the parser checking every string on its own.
+    let text = std::str::from_utf8(body)
+        .map_err(|_| RpcError::new(PARSE_ERROR, "Parse error: body is not valid JSON"))?;
     let mut keys = Vec::with_capacity(LINEAR_KEYS);
-    let mut de = serde_json::Deserializer::from_slice(body);
+    let mut de = serde_json::Deserializer::from_str(text);
     let envelope = EnvelopeSeed { keys: &mut keys }
         .deserialize(&mut de)
         .and_then(|envelope| de.end().map(|()| envelope))

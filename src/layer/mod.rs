@@ -569,8 +569,6 @@ fn denial_response<R: Body>(
 
 /// Credits and rate-limit headers for a request with a known key.
 fn decorate(headers: &mut http::HeaderMap, d: &Decision, stages: Stages) {
-    // Room for all of them at once rather than a regrowth per header.
-    headers.reserve(5);
     expose_headers(headers);
     let Some(key) = &d.key else { return };
     if stages.billing || stages.auth {
