@@ -22,7 +22,7 @@ use crate::meter::{AdminEvent, EventSink, UsageEvent, UsageMeter};
 use crate::pricing::Pricing;
 use crate::ratelimit::RateState;
 use crate::store::{
-    ChargeReceipt, ChargeRequest, KeySnapshot, KeyStore, MemoryKeyStore, StoreError,
+    ChargeOutcome, ChargeReceipt, ChargeRequest, KeySnapshot, KeyStore, MemoryKeyStore, StoreError,
 };
 
 /// Why a call was (or, in shadow mode, would have been) denied.
@@ -450,8 +450,11 @@ impl<S: KeyStore> Gate<S> {
 
     /// Runs SPEC §3 for one `tools/call`: decide, charge atomically, record, alert.
     pub async fn evaluate(&self, call: &CallRequest<'_>) -> Decision {
-        let (decision, decided_at_ms) = self.decide(call).await;
-        self.record_usage(&decision, decided_at_ms);
+        let now_ms = self.clock.now_ms();
+        let price = self.pricing.price(call.tool, call.input_bytes);
+        let outcome = self.charge(call, price, now_ms).await;
+        let decision = self.conclude(call, price, outcome);
+        self.record_usage(&decision, now_ms);
         decision
     }
 
@@ -460,7 +463,18 @@ impl<S: KeyStore> Gate<S> {
     pub(crate) async fn decide(&self, call: &CallRequest<'_>) -> (Decision, i64) {
         let now_ms = self.clock.now_ms();
         let price = self.pricing.price(call.tool, call.input_bytes);
-        let outcome = match call.api_key.filter(|k| !k.is_empty()) {
+        let outcome = self.charge(call, price, now_ms).await;
+        (self.conclude(call, price, outcome), now_ms)
+    }
+
+    /// The store's atomic check-and-charge for `call`.
+    async fn charge(
+        &self,
+        call: &CallRequest<'_>,
+        price: u64,
+        now_ms: i64,
+    ) -> Result<ChargeOutcome, DenyReason> {
+        match call.api_key.filter(|k| !k.is_empty()) {
             None => Err(DenyReason::MissingApiKey),
             Some(key) => {
                 let req = ChargeRequest {
@@ -479,7 +493,17 @@ impl<S: KeyStore> Gate<S> {
                     .await
                     .map_err(|_| DenyReason::StoreUnavailable)
             }
-        };
+        }
+    }
+
+    /// The decision for a charge's outcome, with the alerts it fires.
+    #[inline]
+    fn conclude(
+        &self,
+        call: &CallRequest<'_>,
+        price: u64,
+        outcome: Result<ChargeOutcome, DenyReason>,
+    ) -> Decision {
         let shadow = self.config.shadow_mode;
         let mut decision = match outcome {
             Err(reason) => Decision::denied(
@@ -520,7 +544,7 @@ impl<S: KeyStore> Gate<S> {
             };
             decision.alerts = self.alerts.check(snap, ctx);
         }
-        (decision, now_ms)
+        decision
     }
 
     /// Steps 1–4 of the gate without charging: the key is present, known, active, not
@@ -568,6 +592,7 @@ impl<S: KeyStore> Gate<S> {
     }
 
     /// Records the usage event of a decision made at `now_ms` (analytics, meter, sink).
+    #[inline]
     pub(crate) fn record_usage(&self, d: &Decision, now_ms: i64) {
         let deny_reason = d.reason.map(|r| {
             if d.shadow {
