@@ -3,8 +3,9 @@
 //! installs into `.test-deps/`.
 //!
 //! `cargo bench --bench stdio_overhead`: sequential `echo` calls, median latency of each path.
-//! Every path runs in the same loop, one call each in turn, so load on the shared cores
-//! touches them all alike.
+//! The paths take turns in runs of calls within one loop, so drift in the host's load
+//! touches them all alike; the benchmark and the servers sit on separate cores (see
+//! [`pinned`]). Without `--bench` (as `cargo test` runs it) it makes a few calls only.
 
 use std::path::PathBuf;
 use std::process::Stdio;
