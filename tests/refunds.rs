@@ -27,14 +27,18 @@ use tower::{service_fn, ServiceBuilder, ServiceExt};
 struct Events {
     usage: Mutex<Vec<UsageEvent>>,
     admin: Mutex<Vec<AdminEvent>>,
+    /// Both kinds in arrival order: `usage` or the admin event's type.
+    order: Mutex<Vec<String>>,
 }
 
 impl EventSink for Events {
     fn usage(&self, e: &UsageEvent) {
         self.usage.lock().push(e.clone());
+        self.order.lock().push("usage".into());
     }
     fn admin(&self, e: &AdminEvent) {
         self.admin.lock().push(e.clone());
+        self.order.lock().push(e.event_type.clone());
     }
 }
 
@@ -282,6 +286,11 @@ async fn layers_emit_usage_alert_and_expiry_events() {
     assert!(events.usage.lock()[0].allowed);
     assert_eq!(events.admin_types(), ["alert.fired"]);
     assert_eq!(events.admin.lock()[0].data["alertType"], "credits_low");
+    assert_eq!(
+        *events.order.lock(),
+        ["usage", "alert.fired"],
+        "a call's alerts follow its usage event"
+    );
 
     common::update(
         &gate,
@@ -297,6 +306,11 @@ async fn layers_emit_usage_alert_and_expiry_events() {
         "key.expired once"
     );
     assert_eq!(events.usage.lock().len(), 3);
+    assert_eq!(
+        events.order.lock()[2..],
+        ["usage", "key.expired", "usage"],
+        "the denial's usage event, then its expiry event"
+    );
     let json = serde_json::to_string(&*events.admin.lock()).unwrap();
     assert!(!json.contains(&key), "no event carries the full key");
 }

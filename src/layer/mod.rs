@@ -318,6 +318,7 @@ where
                     gate: gate.clone(),
                     decision: d.decision.clone(),
                     decided_at_ms,
+                    dispatch_events: stages.alert,
                     recorded: false,
                 });
                 Some(d)
@@ -337,7 +338,9 @@ where
             }
             return forward(inner, parts, &ctx, None).await;
         };
-        if stages.alert {
+        // Events follow the usage event they belong to; a decision made further out has
+        // recorded its usage already.
+        if stages.alert && usage.is_none() {
             gate.dispatch_events(&d.decision);
         }
         if !d.decision.allowed {
@@ -631,13 +634,15 @@ where
     Ok(Response::from_parts(head, GateBody::inner(body, watch)))
 }
 
-/// The usage event of a call this layer decided. It is recorded once the call is on its way
-/// to the tool, so the bookkeeping overlaps the tool's work instead of delaying the call;
-/// dropping it (a denial, an abandoned request) records it at once. Recorded exactly once.
+/// The usage event of a call this layer decided, and with the alert stage the events the
+/// decision fired. They are recorded once the call is on its way to the tool, so the
+/// bookkeeping overlaps the tool's work instead of delaying the call; dropping this (a
+/// denial, an abandoned request) records them at once. Recorded exactly once.
 struct PendingUsage<St: KeyStore> {
     gate: Arc<Gate<St>>,
     decision: Arc<Decision>,
     decided_at_ms: i64,
+    dispatch_events: bool,
     recorded: bool,
 }
 
@@ -645,6 +650,9 @@ impl<St: KeyStore> PendingUsage<St> {
     fn record(&mut self) {
         if !std::mem::replace(&mut self.recorded, true) {
             self.gate.record_usage(&self.decision, self.decided_at_ms);
+            if self.dispatch_events {
+                self.gate.dispatch_events(&self.decision);
+            }
         }
     }
 }
