@@ -5,7 +5,7 @@
 //! `cargo bench --bench stdio_overhead`: sequential `echo` calls, median latency of each path.
 //! The paths take turns in runs of calls within one loop, so drift in the host's load
 //! touches them all alike; the benchmark and the servers sit on separate cores (see
-//! [`pinned`]). Without `--bench` (as `cargo test` runs it) it makes a few calls only.
+//! [`cores`]). Without `--bench` (as `cargo test` runs it) it makes a few calls only.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -30,36 +30,52 @@ fn server_script() -> PathBuf {
     path
 }
 
-/// With two cores or more, the benchmark runs on CPU 0 and the servers on CPU 1, so every
-/// child gets the same placement (left to the scheduler, one child may keep landing on the
-/// benchmark's core and answer 15–25 µs slower than the other). Decided once, before the
+/// With two cores or more, the benchmark runs on the first and the servers on the second, so
+/// every child gets the same placement (left to the scheduler, one child may keep landing on
+/// the benchmark's core and answer 15–25 µs slower than the other). Decided once, before the
 /// benchmark pins itself (after that it sees one core).
-static PINNED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+static CORES: std::sync::OnceLock<Option<(String, String)>> = std::sync::OnceLock::new();
 
-fn pinned() -> bool {
-    *PINNED.get_or_init(|| std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2))
+/// The first two CPUs this process may run on, from `Cpus_allowed_list` (`0-1`, `2,5-7`).
+fn cores() -> Option<&'static (String, String)> {
+    CORES
+        .get_or_init(|| {
+            let status = std::fs::read_to_string("/proc/self/status").ok()?;
+            let list = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?
+                .trim();
+            let mut cpus = list.split(',').flat_map(|part| {
+                let (lo, hi) = part.split_once('-').unwrap_or((part, part));
+                let range = lo.parse::<u32>().ok().zip(hi.parse::<u32>().ok());
+                range.into_iter().flat_map(|(lo, hi)| lo..=hi)
+            });
+            Some((cpus.next()?.to_string(), cpus.next()?.to_string()))
+        })
+        .as_ref()
 }
 
-fn pin_self() {
+fn pin_self(cpu: &str) {
     let pid = std::process::id().to_string();
     let status = std::process::Command::new("taskset")
-        .args(["-p", "-c", "0", &pid])
+        .args(["-p", "-c", cpu, &pid])
         .stdout(Stdio::null())
         .status()
         .expect("taskset (util-linux) pins the benchmark to one core");
     assert!(status.success(), "taskset failed");
 }
 
-/// `node <server-everything> stdio`, on CPU 1.
+/// `node <server-everything> stdio`, on the servers' core.
 fn node_command() -> (String, Vec<String>) {
     let script = server_script().display().to_string();
     let node = vec!["node".to_string(), script, "stdio".into()];
-    if pinned() {
-        let mut args = vec!["-c".to_string(), "1".into()];
-        args.extend(node);
-        ("taskset".into(), args)
-    } else {
-        (node[0].clone(), node[1..].to_vec())
+    match cores() {
+        Some((_, servers)) => {
+            let mut args = vec!["-c".to_string(), servers.clone()];
+            args.extend(node);
+            ("taskset".into(), args)
+        }
+        None => (node[0].clone(), node[1..].to_vec()),
     }
 }
 
@@ -278,8 +294,8 @@ fn run(calls: u64) -> Medians {
 }
 
 fn main() {
-    if pinned() {
-        pin_self();
+    if let Some((bench, _)) = cores() {
+        pin_self(bench);
     }
     let quick = std::env::args().all(|a| a != "--bench");
     let calls = if quick { 20 } else { 3_000 };
