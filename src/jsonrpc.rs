@@ -98,19 +98,19 @@ pub fn parse_request(body: &[u8]) -> Result<RpcRequest, RpcError> {
         .map_err(|_| RpcError::new(PARSE_ERROR, "Parse error: body is not valid JSON"))?;
     let mut keys = Vec::with_capacity(LINEAR_KEYS);
     let mut de = serde_json::Deserializer::from_str(text);
-    let envelope = EnvelopeSeed { keys: &mut keys }
+    let envelope = ObjectSeed::<Members>::new(&mut keys)
         .deserialize(&mut de)
         .and_then(|envelope| de.end().map(|()| envelope))
         .map_err(syntax_or_duplicate)?;
     let members = match envelope {
-        Envelope::Object(members) => members,
-        Envelope::Array => {
+        Shape::Object(members) => members,
+        Shape::Array => {
             return Err(RpcError::new(
                 INVALID_REQUEST,
                 "batch requests are not accepted; send one request per POST",
             ))
         }
-        Envelope::Other => {
+        Shape::Other => {
             return Err(RpcError::new(
                 INVALID_REQUEST,
                 "a JSON-RPC request must be an object",
@@ -145,9 +145,9 @@ pub fn parse_request(body: &[u8]) -> Result<RpcRequest, RpcError> {
         }
     };
     let (tool, arguments_len) = match members.params {
-        None | Some(Params::Array) => (None, 0),
-        Some(Params::Object { name, arguments }) => (name.map(Cow::into_owned), arguments),
-        Some(Params::Other) => {
+        None | Some(Shape::Array) => (None, 0),
+        Some(Shape::Object(Params { name, arguments })) => (name.map(Cow::into_owned), arguments),
+        Some(Shape::Other) => {
             return Err(RpcError::new(
                 INVALID_REQUEST,
                 "params must be an object or array",
@@ -395,24 +395,6 @@ struct Scan<'s, 'de> {
     keys: &'s mut Vec<Cow<'de, str>>,
 }
 
-/// Compact JSON length of a scalar, written to a counter (no allocation).
-fn compact_len<T: serde::Serialize + ?Sized>(v: &T) -> usize {
-    struct Counter(usize);
-    impl std::io::Write for Counter {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len();
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut counter = Counter(0);
-    // Scalars always serialize, and the counter never fails.
-    let _ = serde_json::to_writer(&mut counter, v);
-    counter.0
-}
-
 /// Length of `s` as a JSON string the way `serde_json` writes it: quoted, with `"` and `\`
 /// escaped, control characters as `\n`-style or `\u00XX` escapes, everything else as is.
 fn quoted_len(s: &str) -> usize {
@@ -466,7 +448,10 @@ impl<'de> Visitor<'de> for Scan<'_, 'de> {
         Ok(Self::scalar(itoa::Buffer::new().format(v).len()))
     }
     fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
-        Ok(Self::scalar(compact_len(&v)))
+        // Parsed numbers are finite, so this is a number, never `null`.
+        Ok(Self::scalar(crate::pricing::compact_json_len(
+            &Value::from(v),
+        )))
     }
     fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
         Ok(Self::text(Cow::Borrowed(v)))
@@ -506,11 +491,84 @@ impl<'de> Visitor<'de> for Scan<'_, 'de> {
     }
 }
 
-/// The top level of a request body.
-enum Envelope<'de> {
-    Object(Members<'de>),
+/// A JSON value as the gate needs it: an object read into `T`, or only its kind.
+enum Shape<T> {
+    Object(T),
     Array,
     Other,
+}
+
+/// The members of one object a reader keeps; every other member is scanned and dropped.
+trait Fields<'de>: Default {
+    /// Reads the value of `key` (already checked for duplicates).
+    fn read<A: MapAccess<'de>>(
+        &mut self,
+        key: &str,
+        map: &mut A,
+        keys: &mut Vec<Cow<'de, str>>,
+    ) -> Result<(), A::Error>;
+}
+
+/// Reads an object into `F` strictly; an array is scanned, a scalar only named.
+struct ObjectSeed<'s, 'de, F> {
+    keys: &'s mut Vec<Cow<'de, str>>,
+    fields: std::marker::PhantomData<F>,
+}
+
+impl<'s, 'de, F> ObjectSeed<'s, 'de, F> {
+    fn new(keys: &'s mut Vec<Cow<'de, str>>) -> Self {
+        Self {
+            keys,
+            fields: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<'de, F: Fields<'de>> DeserializeSeed<'de> for ObjectSeed<'_, 'de, F> {
+    type Value = Shape<F>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de, F: Fields<'de>> Visitor<'de> for ObjectSeed<'_, 'de, F> {
+    type Value = Shape<F>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Shape::Other)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(Shape::Other)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(Shape::Other)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(Shape::Other)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(Shape::Other)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Shape::Other)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        Scan { keys: self.keys }.visit_seq(seq)?;
+        Ok(Shape::Array)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut seen = Seen::new(self.keys);
+        let mut fields = F::default();
+        while let Some(key) = map.next_key_seed(KeySeed)? {
+            // Cloning a borrowed key copies a pointer; only escaped keys were allocated.
+            seen.insert(key.clone())?;
+            fields.read(&key, &mut map, seen.stack())?;
+        }
+        Ok(Shape::Object(fields))
+    }
 }
 
 /// The request object's members the gate reads.
@@ -519,142 +577,50 @@ struct Members<'de> {
     jsonrpc: Option<Cow<'de, str>>,
     method: Option<Cow<'de, str>>,
     id: Option<&'de RawValue>,
-    params: Option<Params<'de>>,
+    params: Option<Shape<Params<'de>>>,
 }
 
-struct EnvelopeSeed<'s, 'de> {
-    keys: &'s mut Vec<Cow<'de, str>>,
-}
-
-impl<'de> DeserializeSeed<'de> for EnvelopeSeed<'_, 'de> {
-    type Value = Envelope<'de>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for EnvelopeSeed<'_, 'de> {
-    type Value = Envelope<'de>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON-RPC request object")
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(Envelope::Other)
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(Envelope::Other)
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(Envelope::Other)
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(Envelope::Other)
-    }
-    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-        Ok(Envelope::Other)
-    }
-    fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok(Envelope::Other)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-        Scan { keys: self.keys }.visit_seq(seq)?;
-        Ok(Envelope::Array)
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut seen = Seen::new(self.keys);
-        let mut members = Members::default();
-        while let Some(key) = map.next_key_seed(KeySeed)? {
-            let field = match &*key {
-                "jsonrpc" => 0,
-                "method" => 1,
-                "id" => 2,
-                "params" => 3,
-                _ => 4,
-            };
-            seen.insert(key)?;
-            let keys = seen.stack();
-            match field {
-                0 => members.jsonrpc = map.next_value_seed(Scan { keys })?.text,
-                1 => members.method = map.next_value_seed(Scan { keys })?.text,
-                2 => members.id = Some(map.next_value()?),
-                3 => members.params = Some(map.next_value_seed(ParamsSeed { keys })?),
-                _ => {
-                    map.next_value_seed(Scan { keys })?;
-                }
+impl<'de> Fields<'de> for Members<'de> {
+    fn read<A: MapAccess<'de>>(
+        &mut self,
+        key: &str,
+        map: &mut A,
+        keys: &mut Vec<Cow<'de, str>>,
+    ) -> Result<(), A::Error> {
+        match key {
+            "jsonrpc" => self.jsonrpc = map.next_value_seed(Scan { keys })?.text,
+            "method" => self.method = map.next_value_seed(Scan { keys })?.text,
+            "id" => self.id = Some(map.next_value()?),
+            "params" => self.params = Some(map.next_value_seed(ObjectSeed::new(keys))?),
+            _ => {
+                map.next_value_seed(Scan { keys })?;
             }
         }
-        Ok(Envelope::Object(members))
+        Ok(())
     }
 }
 
 /// What the gate reads from `params`.
-enum Params<'de> {
-    Object {
-        name: Option<Cow<'de, str>>,
-        arguments: usize,
-    },
-    Array,
-    Other,
+#[derive(Default)]
+struct Params<'de> {
+    name: Option<Cow<'de, str>>,
+    arguments: usize,
 }
 
-struct ParamsSeed<'s, 'de> {
-    keys: &'s mut Vec<Cow<'de, str>>,
-}
-
-impl<'de> DeserializeSeed<'de> for ParamsSeed<'_, 'de> {
-    type Value = Params<'de>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for ParamsSeed<'_, 'de> {
-    type Value = Params<'de>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("params")
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(Params::Other)
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(Params::Other)
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(Params::Other)
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(Params::Other)
-    }
-    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-        Ok(Params::Other)
-    }
-    fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok(Params::Other)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-        Scan { keys: self.keys }.visit_seq(seq)?;
-        Ok(Params::Array)
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut seen = Seen::new(self.keys);
-        let (mut name, mut arguments) = (None, 0);
-        while let Some(key) = map.next_key_seed(KeySeed)? {
-            let field = match &*key {
-                "name" => 0,
-                "arguments" => 1,
-                _ => 2,
-            };
-            seen.insert(key)?;
-            let value = map.next_value_seed(Scan { keys: seen.stack() })?;
-            match field {
-                0 => name = value.text,
-                1 => arguments = value.len,
-                _ => {}
-            }
+impl<'de> Fields<'de> for Params<'de> {
+    fn read<A: MapAccess<'de>>(
+        &mut self,
+        key: &str,
+        map: &mut A,
+        keys: &mut Vec<Cow<'de, str>>,
+    ) -> Result<(), A::Error> {
+        let value = map.next_value_seed(Scan { keys })?;
+        match key {
+            "name" => self.name = value.text,
+            "arguments" => self.arguments = value.len,
+            _ => {}
         }
-        Ok(Params::Object { name, arguments })
+        Ok(())
     }
 }
 
