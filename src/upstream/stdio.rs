@@ -721,30 +721,9 @@ impl Call<'_> {
                         return reencoded(body, Some(id), max);
                     };
                     let mut digits = itoa::Buffer::new();
-                    let digits = digits.format(id).as_bytes();
-                    let len = head.len() + digits.len() + tail.len();
-                    if len > max {
-                        return Err(StdioError::TooLarge { len, limit: max });
-                    }
-                    let mut line = Vec::with_capacity(len + 1);
-                    line.extend_from_slice(head);
-                    line.extend_from_slice(digits);
-                    line.extend_from_slice(tail);
-                    line.push(b'\n');
-                    Ok(line)
+                    line_of(&[head, digits.format(id).as_bytes(), tail], max)
                 }
-                (None, None) if rpc.id.is_none() => {
-                    if body.len() > max {
-                        return Err(StdioError::TooLarge {
-                            len: body.len(),
-                            limit: max,
-                        });
-                    }
-                    let mut line = Vec::with_capacity(body.len() + 1);
-                    line.extend_from_slice(body);
-                    line.push(b'\n');
-                    Ok(line)
-                }
+                (None, None) if rpc.id.is_none() => line_of(&[body], max),
                 _ => reencoded(body, id, max),
             },
         }
@@ -771,14 +750,30 @@ fn reencoded(body: &[u8], id: Option<u64>, max: usize) -> Result<Vec<u8>, StdioE
 fn encode<T: serde::Serialize + ?Sized>(msg: &T, max: usize) -> Result<Vec<u8>, StdioError> {
     let mut line =
         serde_json::to_vec(msg).map_err(|e| StdioError::InvalidRequest(e.to_string()))?;
-    if line.len() > max {
-        return Err(StdioError::TooLarge {
-            len: line.len(),
-            limit: max,
-        });
+    check_len(line.len(), max)?;
+    line.push(b'\n');
+    Ok(line)
+}
+
+/// The pieces joined into one line plus `\n`, when they fit in `max` bytes.
+fn line_of(pieces: &[&[u8]], max: usize) -> Result<Vec<u8>, StdioError> {
+    let len = pieces.iter().map(|p| p.len()).sum();
+    check_len(len, max)?;
+    let mut line = Vec::with_capacity(len + 1);
+    for piece in pieces {
+        line.extend_from_slice(piece);
     }
     line.push(b'\n');
     Ok(line)
+}
+
+/// Refuses a message longer than [`StdioConfig::max_message_bytes`].
+fn check_len(len: usize, max: usize) -> Result<(), StdioError> {
+    if len > max {
+        Err(StdioError::TooLarge { len, limit: max })
+    } else {
+        Ok(())
+    }
 }
 
 /// A piece of a byte stream cut at newlines.
