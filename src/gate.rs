@@ -450,11 +450,8 @@ impl<S: KeyStore> Gate<S> {
 
     /// Runs SPEC §3 for one `tools/call`: decide, charge atomically, record, alert.
     pub async fn evaluate(&self, call: &CallRequest<'_>) -> Decision {
-        let now_ms = self.clock.now_ms();
-        let price = self.pricing.price(call.tool, call.input_bytes);
-        let outcome = self.charge(call, price, now_ms).await;
-        let decision = self.conclude(call, price, outcome);
-        self.record_usage(&decision, now_ms);
+        let (decision, decided_at_ms) = self.decide(call).await;
+        self.record_usage(&decision, decided_at_ms);
         decision
     }
 
