@@ -845,26 +845,37 @@ impl LineFramer {
 }
 
 /// Reads the child's stdout until it closes, then fails whatever still waits.
-async fn read_loop<R: AsyncRead + Unpin>(conn: Arc<Conn>, mut stdout: R, max: usize) {
+async fn read_loop<R: AsyncRead + Unpin>(conn: Arc<Conn>, stdout: R, max: usize) {
+    for_each_frame(stdout, max, READ_CHUNK, |frame| {
+        if let Frame::Line(line) = frame {
+            conn.handle_line(&line);
+        }
+    })
+    .await;
+    conn.fail_all();
+}
+
+/// Cuts a stream into lines of at most `max` bytes until it ends or fails.
+async fn for_each_frame<R: AsyncRead + Unpin>(
+    mut source: R,
+    max: usize,
+    chunk_size: usize,
+    mut each: impl FnMut(Frame),
+) {
     let mut framer = LineFramer::new(max);
-    let mut chunk = vec![0u8; READ_CHUNK];
+    let mut chunk = vec![0u8; chunk_size];
     let mut frames = Vec::new();
     loop {
-        let n = match stdout.read(&mut chunk).await {
+        let n = match source.read(&mut chunk).await {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
         framer.push(chunk.get(..n).unwrap_or_default(), &mut frames);
-        for frame in frames.drain(..) {
-            if let Frame::Line(line) = frame {
-                conn.handle_line(&line);
-            }
-        }
+        frames.drain(..).for_each(&mut each);
     }
-    if let Some(Frame::Line(line)) = framer.finish() {
-        conn.handle_line(&line);
+    if let Some(frame) = framer.finish() {
+        each(frame);
     }
-    conn.fail_all();
 }
 
 /// Writes queued lines to the child's stdin, whole, one after another. Ends (closing stdin)
@@ -878,23 +889,11 @@ async fn write_loop(mut stdin: ChildStdin, mut rx: mpsc::Receiver<Vec<u8>>) {
 }
 
 /// Copies the child's stderr to ours, line by line, prefixed with `label`.
-async fn stderr_loop<R: AsyncRead + Unpin>(mut stderr: R, label: String) {
-    let mut framer = LineFramer::new(STDERR_LINE_MAX);
-    let mut chunk = vec![0u8; 8 * 1024];
-    let mut frames = Vec::new();
-    loop {
-        let n = match stderr.read(&mut chunk).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        framer.push(chunk.get(..n).unwrap_or_default(), &mut frames);
-        for frame in frames.drain(..) {
-            log_frame(&label, frame);
-        }
-    }
-    if let Some(frame) = framer.finish() {
-        log_frame(&label, frame);
-    }
+async fn stderr_loop<R: AsyncRead + Unpin>(stderr: R, label: String) {
+    for_each_frame(stderr, STDERR_LINE_MAX, 8 * 1024, |frame| {
+        log_frame(&label, frame)
+    })
+    .await;
 }
 
 fn log_frame(label: &str, frame: Frame) {
