@@ -229,15 +229,7 @@ async fn a_stalled_sse_stream_is_cut_at_the_deadline_with_an_error_event() {
     let resp = svc.oneshot(call(&key, "t")).await.unwrap();
     assert_eq!(credits(&gate, &key), 9, "charged while the stream runs");
     let started = tokio::time::Instant::now();
-    let text = String::from_utf8(
-        resp.into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .to_vec(),
-    )
-    .unwrap();
+    let text = common::body_text(resp).await;
     assert_eq!(started.elapsed(), Duration::from_secs(5));
     assert!(text.starts_with("data: \nid: 0\nretry: 3000\n\n"), "{text}");
     assert!(text.contains("\"upstream_timeout\""), "{text}");

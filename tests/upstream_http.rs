@@ -31,20 +31,6 @@ fn post(key: &str, body: String) -> Request<Full<Bytes>> {
         .unwrap()
 }
 
-async fn text(
-    resp: http::Response<impl http_body::Body<Data = Bytes, Error = impl std::fmt::Debug>>,
-) -> String {
-    String::from_utf8(
-        resp.into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .to_vec(),
-    )
-    .unwrap()
-}
-
 fn gate(cfg: PayGateConfig) -> (Arc<Gate>, String) {
     let gate = Arc::new(Gate::new(cfg).unwrap());
     let key = block_on(gate.create_key("k", 100)).unwrap();
@@ -109,7 +95,7 @@ async fn credentials_never_leave_and_other_headers_do() {
         "the session id comes back"
     );
     assert_eq!(resp.headers()["x-credits-remaining"], "99");
-    text(resp).await;
+    common::body_text(resp).await;
     let headers = seen.lock().pop().expect("the remote was called");
     for gone in [
         "x-api-key",
@@ -266,7 +252,7 @@ async fn an_unreachable_remote_is_a_jsonrpc_error_and_refunded() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
-    let v = message(&text(resp).await);
+    let v = message(&common::body_text(resp).await);
     assert_eq!(v["id"], 7);
     assert_eq!(v["error"]["code"], -32603);
     assert_eq!(v["error"]["data"]["reason"], "upstream_unavailable");
@@ -321,12 +307,12 @@ async fn a_router_merges_prefixes_routes_and_prices_by_prefixed_name() {
         .await
         .unwrap();
     assert_eq!(
-        message(&text(init).await)["result"]["serverInfo"]["name"],
+        message(&common::body_text(init).await)["result"]["serverInfo"]["name"],
         "two servers"
     );
 
     let list = message(
-        &text(
+        &common::body_text(
             svc.clone()
                 .oneshot(post(&key, rpc(2, "tools/list", json!({}))))
                 .await
@@ -365,21 +351,25 @@ async fn a_router_merges_prefixes_routes_and_prices_by_prefixed_name() {
             ),
         )
     };
-    let v = message(&text(svc.clone().oneshot(call(3, "a:echo")).await.unwrap()).await);
+    let v =
+        message(&common::body_text(svc.clone().oneshot(call(3, "a:echo")).await.unwrap()).await);
     assert_eq!(v["result"]["content"][0]["text"], "{\"x\":1}");
     assert_eq!(record(&gate, &key).credits, 97);
-    let v = message(&text(svc.clone().oneshot(call(4, "b:echo")).await.unwrap()).await);
+    let v =
+        message(&common::body_text(svc.clone().oneshot(call(4, "b:echo")).await.unwrap()).await);
     assert_eq!(v["id"], 4);
     assert_eq!(record(&gate, &key).credits, 96);
-    let v = message(&text(svc.clone().oneshot(call(5, "b:fail")).await.unwrap()).await);
+    let v =
+        message(&common::body_text(svc.clone().oneshot(call(5, "b:fail")).await.unwrap()).await);
     assert!(v["error"].is_object());
     assert_eq!(
         record(&gate, &key).credits,
         96,
         "failures behind the router are refunded"
     );
-    let v = message(&text(svc.clone().oneshot(call(6, "c:echo")).await.unwrap()).await);
+    let v =
+        message(&common::body_text(svc.clone().oneshot(call(6, "c:echo")).await.unwrap()).await);
     assert_eq!(v["error"]["code"], -32602);
-    let v = message(&text(svc.oneshot(call(7, "b:search")).await.unwrap()).await);
+    let v = message(&common::body_text(svc.oneshot(call(7, "b:search")).await.unwrap()).await);
     assert_eq!(v["error"]["data"]["reason"], "tool_denied");
 }

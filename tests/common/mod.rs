@@ -52,3 +52,19 @@ pub fn now(clock: &ManualClock) -> chrono::DateTime<chrono::Utc> {
 pub mod mcp;
 
 pub mod redis_server;
+
+/// A whole response body as text.
+pub async fn body_text(
+    resp: http::Response<impl http_body::Body<Data = bytes::Bytes, Error = impl std::fmt::Debug>>,
+) -> String {
+    use http_body_util::BodyExt;
+    String::from_utf8(
+        resp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap()
+}
