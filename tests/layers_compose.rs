@@ -24,6 +24,12 @@ fn call(key: &str) -> Request<Full<Bytes>> {
         .unwrap()
 }
 
+/// The downstream's answer to every call.
+fn ok_reply() -> Response<Full<Bytes>> {
+    let body = json!({"jsonrpc": "2.0", "id": 1, "result": {}}).to_string();
+    Response::new(Full::new(Bytes::from(body)))
+}
+
 fn ok_downstream(
     hits: Arc<AtomicUsize>,
 ) -> impl tower::Service<
@@ -34,10 +40,7 @@ fn ok_downstream(
 > + Clone {
     service_fn(move |_req: Request<Full<Bytes>>| {
         hits.fetch_add(1, Ordering::SeqCst);
-        async {
-            let body = json!({"jsonrpc": "2.0", "id": 1, "result": {}}).to_string();
-            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
-        }
+        async { Ok::<_, Infallible>(ok_reply()) }
     })
 }
 
@@ -185,8 +188,7 @@ fn gated_downstream(
         async move {
             reached.notify_one();
             release.notified().await;
-            let body = json!({"jsonrpc": "2.0", "id": 1, "result": {}}).to_string();
-            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
+            Ok::<_, Infallible>(ok_reply())
         }
     })
 }
