@@ -136,6 +136,9 @@ pub struct PayGateConfig {
     /// How many reverse proxies in front of the gateway to trust in `X-Forwarded-For`.
     #[serde(deserialize_with = "whole::de")]
     pub trusted_proxy_hops: u64,
+    /// The addresses (IPs or CIDRs) of those proxies. `X-Forwarded-For` is believed only on
+    /// a connection from one of them; from any other peer the peer's own address counts.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Longest a `tools/call` may take, answer included, in milliseconds; 0 = no limit.
     /// A call that runs out of time is answered with a JSON-RPC error and refunded.
     #[serde(deserialize_with = "whole::de")]
@@ -202,6 +205,7 @@ impl Default for PayGateConfig {
             webhook_secret: None,
             max_body_bytes: 1024 * 1024,
             trusted_proxy_hops: 0,
+            trusted_proxies: Vec::new(),
             call_timeout_ms: 0,
             server_command: None,
             server_args: Vec::new(),
@@ -292,6 +296,12 @@ impl PayGateConfig {
             return Err(ConfigError::invalid(
                 "trustedProxyHops",
                 "must be at most 16",
+            ));
+        }
+        if self.trusted_proxy_hops > 0 && self.trusted_proxies.is_empty() {
+            return Err(ConfigError::invalid(
+                "trustedProxies",
+                "must list the proxies' addresses when trustedProxyHops is set, or any client could forge X-Forwarded-For",
             ));
         }
         self.validate_servers()
@@ -428,6 +438,12 @@ impl PayGateConfig {
     /// Sets how many proxy hops of `X-Forwarded-For` to trust.
     pub fn with_trusted_proxy_hops(mut self, hops: u64) -> Self {
         self.trusted_proxy_hops = hops;
+        self
+    }
+
+    /// Sets the addresses of the trusted proxies (see [`trusted_proxies`](Self::trusted_proxies)).
+    pub fn with_trusted_proxies(mut self, proxies: impl IntoIterator<Item = ipnet::IpNet>) -> Self {
+        self.trusted_proxies = proxies.into_iter().collect();
         self
     }
 }

@@ -225,10 +225,11 @@ pub struct Decision {
 
 impl Decision {
     /// A denial made before (or without) the store's charge: no key state, nothing charged.
-    fn denied(reason: DenyReason, detail: String, tool: &str, price: u64) -> Self {
+    /// In shadow mode the call is let through, and recorded as `shadow:<reason>`.
+    fn denied(reason: DenyReason, detail: String, tool: &str, price: u64, shadow: bool) -> Self {
         Self {
-            allowed: false,
-            shadow: false,
+            allowed: shadow,
+            shadow,
             reason: Some(reason),
             detail,
             tool: tool.to_string(),
@@ -379,8 +380,8 @@ impl<S: KeyStore> Gate<S> {
     /// Refunds a failed call and records a `billing.refund` event with `reason`.
     pub async fn refund_and_record(&self, receipt: ChargeReceipt, reason: &str) {
         let credits = receipt.credits;
-        if let Ok(Some(snap)) = self.refund(receipt).await {
-            self.emit(
+        match self.refund(receipt).await {
+            Ok(Some(snap)) => self.emit(
                 "billing.refund",
                 serde_json::json!({
                     "keyMasked": snap.key_masked,
@@ -388,7 +389,14 @@ impl<S: KeyStore> Gate<S> {
                     "reason": reason,
                     "balance": snap.credits,
                 }),
-            );
+            ),
+            Ok(None) => {}
+            // The store keeps what it owes and applies it once it answers (see
+            // `RedisKeyStore`); the event says the refund is not applied yet.
+            Err(e) => self.emit(
+                "billing.refund_deferred",
+                serde_json::json!({"credits": credits, "reason": reason, "error": e.to_string()}),
+            ),
         }
     }
 
@@ -508,6 +516,7 @@ impl<S: KeyStore> Gate<S> {
                 self.detail(reason, call, price, None, None),
                 call.tool,
                 price,
+                shadow,
             ),
             Ok(out) => {
                 let detail = out
@@ -576,9 +585,11 @@ impl<S: KeyStore> Gate<S> {
     }
 
     /// A denial [`Decision`] for `reason` outside the store's charge (e.g. from
-    /// [`Gate::authorize`]), recorded as a usage event like any other.
+    /// [`Gate::authorize`]), recorded as a usage event like any other. In shadow mode the
+    /// decision allows the call (check `allowed`) and records `shadow:<reason>`.
     pub fn deny(&self, reason: DenyReason, tool: &str, call: &CallRequest<'_>) -> Decision {
-        let decision = Decision::denied(reason, self.detail(reason, call, 0, None, None), tool, 0);
+        let detail = self.detail(reason, call, 0, None, None);
+        let decision = Decision::denied(reason, detail, tool, 0, self.config.shadow_mode);
         self.record_usage(&decision, self.clock.now_ms());
         decision
     }

@@ -22,6 +22,11 @@ pub const INVALID_PARAMS: i64 = -32602;
 /// The gate could not decide (store unavailable) or the downstream failed.
 pub const INTERNAL_ERROR: i64 = -32603;
 
+/// The longest method or tool name a request may carry, in bytes. Names are kept (usage
+/// events, analytics, metrics), so an unbounded one would let a caller without a key grow
+/// the gateway's memory.
+pub const MAX_NAME_BYTES: usize = 256;
+
 /// Why a request body is not a request the gate accepts.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
@@ -52,8 +57,13 @@ pub struct RpcRequest {
     pub id: Option<Value>,
     /// The method, exactly as sent.
     pub method: String,
-    /// `params.name` when params is an object and the name is a string.
+    /// `params.name` when params is an object and the name is a string of at most
+    /// [`MAX_NAME_BYTES`]; a longer name is never copied.
     tool: Option<String>,
+    /// `params.name` was a string longer than [`MAX_NAME_BYTES`].
+    tool_too_long: bool,
+    /// `params.uri` when it is a string (what `Mcp-Name` carries for `resources/read`).
+    uri: Option<String>,
     /// Compact JSON length of `params.arguments` (0 when absent).
     arguments_len: usize,
     /// Where the id's value sits in the parsed body.
@@ -63,9 +73,24 @@ pub struct RpcRequest {
 impl RpcRequest {
     /// For `tools/call`: the tool name, or an error when `params.name` is not a string.
     pub fn tool_name(&self) -> Result<&str, RpcError> {
+        if self.tool_too_long {
+            return Err(RpcError::new(
+                INVALID_PARAMS,
+                "params.name is longer than 256 bytes",
+            ));
+        }
         self.tool
             .as_deref()
             .ok_or_else(|| RpcError::new(INVALID_PARAMS, "tools/call needs a string params.name"))
+    }
+
+    /// What an MCP 2026-07-28 client sends as `Mcp-Name` for this request: `params.name`
+    /// when it is a string (tools, prompts), else `params.uri` (resources).
+    pub fn mcp_name(&self) -> Option<&str> {
+        if self.tool_too_long {
+            return None;
+        }
+        self.tool.as_deref().or(self.uri.as_deref())
     }
 
     /// For `tools/call`: the arguments' size as compact JSON (0 when absent), the same count
@@ -123,6 +148,12 @@ pub fn parse_request(body: &[u8]) -> Result<RpcRequest, RpcError> {
     let Some(method) = members.method else {
         return Err(RpcError::new(INVALID_REQUEST, "method must be a string"));
     };
+    if method.len() > MAX_NAME_BYTES {
+        return Err(RpcError::new(
+            INVALID_REQUEST,
+            "method is longer than 256 bytes",
+        ));
+    }
     let (id, id_span) = match members.id {
         None => (None, None),
         Some(raw) => {
@@ -144,9 +175,13 @@ pub fn parse_request(body: &[u8]) -> Result<RpcRequest, RpcError> {
             (Some(id), span_in(body, text))
         }
     };
-    let (tool, arguments_len) = match members.params {
-        None | Some(Shape::Array) => (None, 0),
-        Some(Shape::Object(Params { name, arguments })) => (name.map(Cow::into_owned), arguments),
+    let (name, uri, arguments_len) = match members.params {
+        None | Some(Shape::Array) => (None, None, 0),
+        Some(Shape::Object(Params {
+            name,
+            uri,
+            arguments,
+        })) => (name, uri, arguments),
         Some(Shape::Other) => {
             return Err(RpcError::new(
                 INVALID_REQUEST,
@@ -154,10 +189,13 @@ pub fn parse_request(body: &[u8]) -> Result<RpcRequest, RpcError> {
             ))
         }
     };
+    let tool_too_long = name.as_ref().is_some_and(|n| n.len() > MAX_NAME_BYTES);
     Ok(RpcRequest {
         id,
         method: method.into_owned(),
-        tool,
+        tool: name.filter(|_| !tool_too_long).map(Cow::into_owned),
+        tool_too_long,
+        uri: uri.map(Cow::into_owned),
         arguments_len,
         id_span,
     })
@@ -232,11 +270,25 @@ pub enum CallOutcome {
     RpcError,
 }
 
-/// Classifies a downstream JSON-RPC message if it is the response with `id`.
-pub fn classify_response(message: &Value, id: &Value) -> Option<CallOutcome> {
+/// Classifies a downstream JSON-RPC message if it is a response (a `result` or an `error`,
+/// no `method`).
+///
+/// The id is deliberately not compared: a POST carries one request, so the first response
+/// in its answer is that request's. Comparing ids would let a client pick an id the
+/// downstream spells differently (`1.0` answered as `1`) and have a successful call refunded.
+///
+/// ```
+/// use paygate_mcp::jsonrpc::{classify_response, CallOutcome};
+/// use serde_json::json;
+/// let ok = json!({"jsonrpc": "2.0", "id": 1, "result": {"content": []}});
+/// assert_eq!(classify_response(&ok), Some(CallOutcome::Success));
+/// let progress = json!({"jsonrpc": "2.0", "method": "notifications/progress"});
+/// assert_eq!(classify_response(&progress), None);
+/// ```
+pub fn classify_response(message: &Value) -> Option<CallOutcome> {
     let obj = message.as_object()?;
-    if obj.get("id") != Some(id) {
-        return None;
+    if obj.contains_key("method") {
+        return None; // a request or notification from the server, not the answer
     }
     if obj.contains_key("error") {
         return Some(CallOutcome::RpcError);
@@ -604,6 +656,7 @@ impl<'de> Fields<'de> for Members<'de> {
 #[derive(Default)]
 struct Params<'de> {
     name: Option<Cow<'de, str>>,
+    uri: Option<Cow<'de, str>>,
     arguments: usize,
 }
 
@@ -617,6 +670,7 @@ impl<'de> Fields<'de> for Params<'de> {
         let value = map.next_value_seed(Scan { keys })?;
         match key {
             "name" => self.name = value.text,
+            "uri" => self.uri = value.text,
             "arguments" => self.arguments = value.len,
             _ => {}
         }
@@ -807,32 +861,66 @@ mod tests {
     }
 
     #[test]
-    fn classify_matches_only_the_calls_id() {
-        let id = json!(3);
-        assert_eq!(
-            classify_response(&json!({"jsonrpc":"2.0","id":3,"result":{}}), &id),
-            Some(CallOutcome::Success)
+    fn names_are_bounded_at_parse_time() {
+        let call = |name: &str| {
+            format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"{name}"}}}}"#
+            )
+        };
+        let longest = "a".repeat(MAX_NAME_BYTES);
+        let req = parse_request(call(&longest).as_bytes()).unwrap();
+        assert_eq!(req.tool_name().unwrap(), longest);
+        let req = parse_request(call(&"a".repeat(1 << 20)).as_bytes()).unwrap();
+        assert_eq!(req.tool_name().unwrap_err().code, INVALID_PARAMS);
+        assert!(req.tool.is_none(), "a too-long name is not kept");
+        assert_eq!(req.mcp_name(), None);
+        let method = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"{}"}}"#,
+            "m".repeat(MAX_NAME_BYTES + 1)
         );
         assert_eq!(
-            classify_response(
-                &json!({"jsonrpc":"2.0","id":3,"result":{"isError":true}}),
-                &id
-            ),
+            parse_request(method.as_bytes()).unwrap_err().code,
+            INVALID_REQUEST
+        );
+    }
+
+    #[test]
+    fn mcp_name_is_the_name_else_the_uri() {
+        let read = parse_request(
+            br#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"file:///a"}}"#,
+        )
+        .unwrap();
+        assert_eq!(read.mcp_name(), Some("file:///a"));
+        let prompt = parse_request(
+            br#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":"p","uri":"x"}}"#,
+        )
+        .unwrap();
+        assert_eq!(prompt.mcp_name(), Some("p"));
+        let ping = parse_request(br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#).unwrap();
+        assert_eq!(ping.mcp_name(), None);
+    }
+
+    #[test]
+    fn classify_reads_the_first_response_whatever_its_id() {
+        for id in [json!(3), json!(3.0), json!("3"), json!(null), json!(-0.0)] {
+            let ok = json!({"jsonrpc":"2.0","id":id,"result":{}});
+            assert_eq!(classify_response(&ok), Some(CallOutcome::Success));
+        }
+        assert_eq!(
+            classify_response(&json!({"jsonrpc":"2.0","id":3,"result":{"isError":true}})),
             Some(CallOutcome::ToolError)
         );
         assert_eq!(
-            classify_response(&json!({"jsonrpc":"2.0","id":3,"error":{}}), &id),
+            classify_response(&json!({"jsonrpc":"2.0","id":3,"error":{}})),
             Some(CallOutcome::RpcError)
         );
+        // Server-to-client requests and notifications are not the answer.
         assert_eq!(
-            classify_response(&json!({"jsonrpc":"2.0","id":"3","error":{}}), &id),
+            classify_response(&json!({"jsonrpc":"2.0","id":9,"method":"sampling/createMessage"})),
             None
         );
         assert_eq!(
-            classify_response(
-                &json!({"jsonrpc":"2.0","method":"notifications/progress"}),
-                &id
-            ),
+            classify_response(&json!({"jsonrpc":"2.0","method":"notifications/progress"})),
             None
         );
     }

@@ -30,7 +30,6 @@ pub(crate) enum Framing {
 /// Watches a response for the call's JSON-RPC response and runs `on_failure` once when it
 /// shows a failure (or never shows up).
 pub(crate) struct RefundWatch {
-    id: Value,
     framing: Framing,
     refund_tool_errors: bool,
     buf: BytesMut,
@@ -40,14 +39,8 @@ pub(crate) struct RefundWatch {
 }
 
 impl RefundWatch {
-    pub(crate) fn new(
-        id: Value,
-        framing: Framing,
-        refund_tool_errors: bool,
-        on_failure: FollowUp,
-    ) -> Self {
+    pub(crate) fn new(framing: Framing, refund_tool_errors: bool, on_failure: FollowUp) -> Self {
         Self {
-            id,
             framing,
             refund_tool_errors,
             buf: BytesMut::new(),
@@ -73,7 +66,7 @@ impl RefundWatch {
         self.buf.extend_from_slice(chunk);
         if self.framing == Framing::Sse {
             while let Some(event) = split_event(&mut self.buf) {
-                if let Some(outcome) = sse_event_outcome(&event, &self.id) {
+                if let Some(outcome) = sse_event_outcome(&event) {
                     self.decided = true;
                     self.buf = BytesMut::new();
                     return self.is_failure(outcome);
@@ -96,13 +89,13 @@ impl RefundWatch {
         let outcome = match self.framing {
             Framing::Json => serde_json::from_slice::<Value>(&self.buf)
                 .ok()
-                .and_then(|v| classify_response(&v, &self.id)),
+                .and_then(|v| classify_response(&v)),
             Framing::Sse => {
                 let mut rest = std::mem::take(&mut self.buf);
                 rest.extend_from_slice(b"\n\n");
                 let mut found = None;
                 while let Some(event) = split_event(&mut rest) {
-                    found = found.or_else(|| sse_event_outcome(&event, &self.id));
+                    found = found.or_else(|| sse_event_outcome(&event));
                 }
                 found
             }
@@ -111,9 +104,9 @@ impl RefundWatch {
     }
 }
 
-/// Rewrites the call's JSON-RPC response (`tools/list`) inside a JSON or SSE body.
+/// Rewrites the call's JSON-RPC response (`tools/list`) inside a JSON or SSE body: the first
+/// response in the body, whatever its id (see [`classify_response`]).
 pub(crate) struct Rewrite {
-    id: Value,
     framing: Framing,
     buf: BytesMut,
     transform: Box<dyn Fn(Value) -> Value + Send>,
@@ -121,13 +114,8 @@ pub(crate) struct Rewrite {
 }
 
 impl Rewrite {
-    pub(crate) fn new(
-        id: Value,
-        framing: Framing,
-        transform: Box<dyn Fn(Value) -> Value + Send>,
-    ) -> Self {
+    pub(crate) fn new(framing: Framing, transform: Box<dyn Fn(Value) -> Value + Send>) -> Self {
         Self {
-            id,
             framing,
             buf: BytesMut::new(),
             transform,
@@ -137,7 +125,7 @@ impl Rewrite {
 
     fn rewrite_message(&self, text: &[u8]) -> Option<Vec<u8>> {
         let value: Value = serde_json::from_slice(text).ok()?;
-        if value.get("id") != Some(&self.id) || value.get("result").is_none() {
+        if value.get("method").is_some() || value.get("result").is_none() {
             return None;
         }
         serde_json::to_vec(&(self.transform)(value)).ok()
@@ -210,13 +198,13 @@ impl Rewrite {
     }
 }
 
-fn sse_event_outcome(event: &[u8], id: &Value) -> Option<CallOutcome> {
+fn sse_event_outcome(event: &[u8]) -> Option<CallOutcome> {
     let data = sse_data(event);
     if data.iter().all(u8::is_ascii_whitespace) {
         return None; // priming or keep-alive event
     }
     let value: Value = serde_json::from_slice(&data).ok()?;
-    classify_response(&value, id)
+    classify_response(&value)
 }
 
 /// A call's time limit inside its response body: when it passes before the body ends, the
@@ -492,7 +480,7 @@ mod tests {
 
     #[test]
     fn refund_watch_sees_errors_across_chunk_boundaries() {
-        let mut w = RefundWatch::new(json!(5), Framing::Sse, false, Box::pin(async {}));
+        let mut w = RefundWatch::new(Framing::Sse, false, Box::pin(async {}));
         assert!(!w.feed(b"data: \nid: 0\nretry: 3000\n\n"));
         assert!(!w.feed(b"data: {\"jsonrpc\":\"2.0\",\"id\":5,\"er"));
         assert!(w.feed(b"ror\":{\"code\":-1,\"message\":\"x\"}}\n\n"));
@@ -501,16 +489,16 @@ mod tests {
 
     #[test]
     fn refund_watch_success_tool_error_and_missing_answer() {
-        let mut ok = RefundWatch::new(json!(1), Framing::Json, true, Box::pin(async {}));
+        let mut ok = RefundWatch::new(Framing::Json, true, Box::pin(async {}));
         ok.feed(br#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#);
         assert!(!ok.finish());
-        let mut tool_err = RefundWatch::new(json!(1), Framing::Json, true, Box::pin(async {}));
+        let mut tool_err = RefundWatch::new(Framing::Json, true, Box::pin(async {}));
         tool_err.feed(br#"{"jsonrpc":"2.0","id":1,"result":{"isError":true}}"#);
         assert!(tool_err.finish());
-        let mut ignored = RefundWatch::new(json!(1), Framing::Json, false, Box::pin(async {}));
+        let mut ignored = RefundWatch::new(Framing::Json, false, Box::pin(async {}));
         ignored.feed(br#"{"jsonrpc":"2.0","id":1,"result":{"isError":true}}"#);
         assert!(!ignored.finish());
-        let mut silent = RefundWatch::new(json!(1), Framing::Sse, false, Box::pin(async {}));
+        let mut silent = RefundWatch::new(Framing::Sse, false, Box::pin(async {}));
         silent.feed(b"data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\n");
         assert!(
             silent.finish(),
@@ -519,9 +507,27 @@ mod tests {
     }
 
     #[test]
+    fn refund_watch_ignores_how_the_downstream_spells_the_id() {
+        // A call sent as `"id": 1.0` answered as `"id": 1` ran and succeeded: no refund.
+        for answer in [
+            &br#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#[..],
+            br#"{"jsonrpc":"2.0","id":1.0,"result":{"content":[]}}"#,
+            br#"{"jsonrpc":"2.0","id":12345678901234567000,"result":{}}"#,
+            br#"{"jsonrpc":"2.0","id":null,"result":{}}"#,
+        ] {
+            let mut w = RefundWatch::new(Framing::Json, true, Box::pin(async {}));
+            w.feed(answer);
+            assert!(!w.finish(), "{}", String::from_utf8_lossy(answer));
+        }
+        // A server request carrying an id before the answer is not the answer.
+        let mut w = RefundWatch::new(Framing::Sse, false, Box::pin(async {}));
+        assert!(!w.feed(b"data: {\"jsonrpc\":\"2.0\",\"id\":0,\"method\":\"ping\"}\n\n"));
+        assert!(w.feed(b"data: {\"jsonrpc\":\"2.0\",\"id\":7,\"error\":{}}\n\n"));
+    }
+
+    #[test]
     fn rewrite_replaces_only_the_matching_event() {
         let mut rw = Rewrite::new(
-            json!(2),
             Framing::Sse,
             Box::new(|mut v| {
                 v["result"]["x"] = json!(1);

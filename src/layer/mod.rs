@@ -41,7 +41,7 @@ use crate::store::{ChargeReceipt, KeyStore, MemoryKeyStore};
 mod alert;
 mod auth;
 mod billing;
-mod body;
+pub(crate) mod body;
 mod bundle;
 mod quota;
 mod ratelimit;
@@ -171,7 +171,7 @@ impl<S, St> GateService<S, St> {
 
 type Answer<R, E> = Result<Response<GateBody<R>>, E>;
 
-/// Rewrites the JSON-RPC response with the given id.
+/// Rewrites the JSON-RPC response to the request.
 type Transform = Box<dyn Fn(Value) -> Value + Send>;
 
 /// The response future of [`GateService`].
@@ -292,7 +292,7 @@ where
             Ok(t) => t,
             Err(e) => return Ok(rpc_error(StatusCode::OK, id.as_ref(), &e)),
         };
-        if let Some(resp) = check_mcp_headers(&parts.headers, &rpc, Some(tool), id.as_ref()) {
+        if let Some(resp) = check_mcp_headers(&parts.headers, &rpc, id.as_ref()) {
             return Ok(resp);
         }
         let call = CallRequest {
@@ -333,7 +333,9 @@ where
                     .await
                 {
                     let decision = gate.deny(reason, tool, &call);
-                    return Ok(denial_response(id.as_ref(), &decision, stages));
+                    if !decision.allowed {
+                        return Ok(denial_response(id.as_ref(), &decision, stages));
+                    }
                 }
             }
             return forward(inner, parts, &ctx, None).await;
@@ -347,13 +349,11 @@ where
             drop(usage);
             return Ok(denial_response(id.as_ref(), &d.decision, stages));
         }
-        let refund = if stages.billing && gate.config().refund_on_failure {
-            d.receipt.lock().take()
-        } else {
-            None
-        };
+        // The layer that forwards holds the receipt: a call the downstream refuses before
+        // running a tool is refunded whatever `refundOnFailure` says.
         let forwarded = Forwarded {
-            receipt: refund,
+            receipt: d.receipt.lock().take(),
+            refund_on_failure: gate.config().refund_on_failure,
             usage,
             id: id.unwrap_or(Value::Null),
         };
@@ -363,7 +363,7 @@ where
     }
 
     if gate.is_free_method(&rpc.method) {
-        if let Some(resp) = check_mcp_headers(&parts.headers, &rpc, None, id.as_ref()) {
+        if let Some(resp) = check_mcp_headers(&parts.headers, &rpc, id.as_ref()) {
             return Ok(resp);
         }
         if rpc.method == "tools/list" && stages.auth {
@@ -373,19 +373,13 @@ where
                 .await
                 .ok();
             let rewrite = tools_list_rewrite(&gate, record);
-            return forward(
-                inner,
-                parts,
-                &ctx,
-                Some((id.unwrap_or(Value::Null), rewrite)),
-            )
-            .await;
+            return forward(inner, parts, &ctx, Some(rewrite)).await;
         }
         return forward(inner, parts, &ctx, None).await;
     }
 
     // Any other method needs a valid key, though it is not billed.
-    if let Some(resp) = check_mcp_headers(&parts.headers, &rpc, None, id.as_ref()) {
+    if let Some(resp) = check_mcp_headers(&parts.headers, &rpc, id.as_ref()) {
         return Ok(resp);
     }
     let call = CallRequest {
@@ -396,7 +390,9 @@ where
     };
     if let Err(reason) = gate.authorize(call.api_key, call.client_ip, None).await {
         let decision = gate.deny(reason, &rpc.method, &call);
-        return Ok(denial_response(id.as_ref(), &decision, stages));
+        if !decision.allowed {
+            return Ok(denial_response(id.as_ref(), &decision, stages));
+        }
     }
     forward(inner, parts, &ctx, None).await
 }
@@ -416,7 +412,7 @@ where
     let cfg = shared.gate.config();
     let limit = usize::try_from(cfg.max_body_bytes).unwrap_or(usize::MAX);
     let too_large = || {
-        Box::new(json_response(
+        Box::new(closing(json_response(
             StatusCode::PAYLOAD_TOO_LARGE,
             jsonrpc::error_body(
                 None,
@@ -424,7 +420,7 @@ where
                 &format!("request body larger than {limit} bytes"),
                 None,
             ),
-        ))
+        )))
     };
     let declared = parts
         .headers
@@ -438,7 +434,7 @@ where
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large()),
         Err(_) => {
-            return Err(Box::new(json_response(
+            return Err(Box::new(closing(json_response(
                 StatusCode::BAD_REQUEST,
                 jsonrpc::error_body(
                     None,
@@ -446,9 +442,34 @@ where
                     "could not read the request body",
                     None,
                 ),
-            )))
+            ))))
         }
     };
+    // Only POST carries JSON-RPC; a body on any other method is refused, never passed on
+    // ungated to a downstream that might read it anyway.
+    if parts.method != Method::POST && !bytes.is_empty() {
+        let mut resp = json_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            jsonrpc::error_body(
+                None,
+                jsonrpc::INVALID_REQUEST,
+                "JSON-RPC requests are sent with POST",
+                None,
+            ),
+        );
+        resp.headers_mut()
+            .insert(http::header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
+        return Err(Box::new(resp));
+    }
+    for name in [&X_API_KEY, &MCP_METHOD, &MCP_NAME] {
+        if parts.headers.get_all(name).iter().nth(1).is_some() {
+            let e = jsonrpc::RpcError {
+                code: jsonrpc::INVALID_REQUEST,
+                message: format!("ambiguous request: more than one {name} header"),
+            };
+            return Err(Box::new(rpc_error(StatusCode::BAD_REQUEST, None, &e)));
+        }
+    }
     let rpc = if parts.method == Method::POST {
         match jsonrpc::parse_request(&bytes) {
             Ok(rpc) => Some(Arc::new(rpc)),
@@ -461,7 +482,7 @@ where
         body: bytes,
         rpc,
         api_key: api_key(parts, shared.bearer.as_ref()),
-        client_ip: client_ip(parts, cfg.trusted_proxy_hops),
+        client_ip: client_ip(parts, cfg.trusted_proxy_hops, &cfg.trusted_proxies),
     })
 }
 
@@ -491,14 +512,21 @@ static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 static MCP_METHOD: HeaderName = HeaderName::from_static("mcp-method");
 static MCP_NAME: HeaderName = HeaderName::from_static("mcp-name");
 
-/// The peer address, or with `hops` trusted proxies the address they saw.
-fn client_ip(parts: &http::request::Parts, hops: u64) -> Option<IpAddr> {
+/// The peer address, or with `hops` trusted proxies the address they saw. The header is
+/// believed only on a connection from a proxy in `proxies`, and only through proxies listed
+/// there: the client is the rightmost address no trusted proxy could have written.
+pub(crate) fn client_ip(
+    parts: &http::request::Parts,
+    hops: u64,
+    proxies: &[ipnet::IpNet],
+) -> Option<IpAddr> {
     let peer = parts
         .extensions
         .get::<ClientAddr>()
         .map(|a| a.0.ip())
         .or_else(|| connect_info(parts));
-    if hops == 0 {
+    let trusted = |ip: &IpAddr| proxies.iter().any(|net| net.contains(ip));
+    if hops == 0 || !peer.as_ref().is_some_and(trusted) {
         return peer;
     }
     // Each trusted proxy appends the address it received from; the client is `hops` from the end.
@@ -515,7 +543,20 @@ fn client_ip(parts: &http::request::Parts, hops: u64) -> Option<IpAddr> {
     if forwarded.len() < hops {
         return None;
     }
-    forwarded.get(forwarded.len() - hops).copied()
+    // Walking left from the peer, every hop but the client's must be a trusted proxy.
+    let client_at = forwarded.len() - hops;
+    match forwarded[client_at + 1..].iter().rposition(|ip| !trusted(ip)) {
+        Some(untrusted) => forwarded.get(client_at + 1 + untrusted).copied(),
+        None => forwarded.get(client_at).copied(),
+    }
+}
+
+/// Marks an early reply that leaves the request body unread: the connection is closed
+/// after it, so a keep-alive client does not send its next request into the unread rest.
+fn closing<R>(mut resp: Response<R>) -> Response<R> {
+    resp.headers_mut()
+        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    resp
 }
 
 #[cfg(feature = "axum")]
@@ -531,11 +572,11 @@ fn connect_info(_parts: &http::request::Parts) -> Option<IpAddr> {
     None
 }
 
-/// Refuses requests whose `Mcp-Method` / `Mcp-Name` headers disagree with the body.
+/// Refuses requests whose `Mcp-Method` / `Mcp-Name` headers disagree with the body. `Mcp-Name`
+/// is `params.name` (tools, prompts) else `params.uri` (resources), as MCP clients send it.
 fn check_mcp_headers<R: Body>(
     headers: &http::HeaderMap,
     rpc: &RpcRequest,
-    tool: Option<&str>,
     id: Option<&Value>,
 ) -> Option<Response<GateBody<R>>> {
     let mismatch = |name: &HeaderName, expected: Option<&str>| {
@@ -546,7 +587,7 @@ fn check_mcp_headers<R: Body>(
         }
     };
     let bad =
-        mismatch(&MCP_METHOD, Some(&rpc.method)).is_some() || mismatch(&MCP_NAME, tool).is_some();
+        mismatch(&MCP_METHOD, Some(&rpc.method)).is_some() || mismatch(&MCP_NAME, rpc.mcp_name()).is_some();
     bad.then(|| {
         let e = jsonrpc::RpcError {
             code: jsonrpc::INVALID_REQUEST,
@@ -617,7 +658,7 @@ async fn forward<S, R>(
     mut inner: S,
     parts: http::request::Parts,
     ctx: &McpContext,
-    rewrite: Option<(Value, Transform)>,
+    rewrite: Option<Transform>,
 ) -> Answer<R, S::Error>
 where
     S: Service<Request<Full<Bytes>>, Response = Response<R>>,
@@ -626,9 +667,9 @@ where
     // `poll_ready` was driven on this service by `GateService::call`'s caller.
     let resp = inner.call(rebuild(parts, ctx)).await?;
     let (mut head, body) = resp.into_parts();
-    let watch = rewrite.map(|(id, f)| {
+    let watch = rewrite.map(|f| {
         head.headers.remove(CONTENT_LENGTH);
-        Watch::Rewrite(Box::new(Rewrite::new(id, framing(&head.headers), f)))
+        Watch::Rewrite(Box::new(Rewrite::new(framing(&head.headers), f)))
     });
     expose_headers(&mut head.headers);
     Ok(Response::from_parts(head, GateBody::inner(body, watch)))
@@ -689,16 +730,20 @@ async fn after_dispatch<F: Future, St: KeyStore>(
 
 /// What [`forward_call`] carries for an allowed call besides the request.
 struct Forwarded<St: KeyStore> {
-    /// Refunded if the call fails, times out or never answers.
+    /// Refunded if the downstream refuses the request, and with `refund_on_failure` if the
+    /// call fails, times out or never answers.
     receipt: Option<ChargeReceipt>,
+    /// The gate's `refundOnFailure`.
+    refund_on_failure: bool,
     /// Recorded once the call is dispatched.
     usage: Option<PendingUsage<St>>,
     /// The request's id, for error replies and for finding the answer.
     id: Value,
 }
 
-/// Forwards an allowed `tools/call` under the call timeout; when a receipt is given, refunds
-/// it if the call fails, times out or never answers.
+/// Forwards an allowed `tools/call` under the call timeout. When a receipt is given it is
+/// refunded if the downstream refuses the request (4xx) or the transport fails, and with
+/// `refund_on_failure` also if the call fails, times out or never answers.
 async fn forward_call<S, St, R>(
     mut inner: S,
     parts: http::request::Parts,
@@ -714,6 +759,7 @@ where
     let timeout_ms = gate.config().call_timeout_ms;
     let Forwarded {
         mut receipt,
+        refund_on_failure,
         usage,
         id,
     } = forwarded;
@@ -739,7 +785,7 @@ where
         Some(at) => match tokio::time::timeout_at(at, call).await {
             Ok(result) => result,
             Err(_) => {
-                if let Some(r) = refund("timeout") {
+                if let Some(r) = refund("timeout").filter(|_| refund_on_failure) {
                     r.await;
                 }
                 return Ok(json_response(StatusCode::OK, timeout_reply().to_vec()));
@@ -758,22 +804,23 @@ where
     };
     let (mut head, body) = resp.into_parts();
     expose_headers(&mut head.headers);
-    if head.status.is_server_error() {
-        if let Some(r) = refund("http_5xx") {
+    // A 4xx means the downstream refused the request itself (406 without `Accept`, 415,
+    // 403 for a foreign `Host`, ...): no tool ran, so nothing is owed.
+    let refused = head.status.is_client_error();
+    if refused || (head.status.is_server_error() && refund_on_failure) {
+        let reason = if refused { "http_4xx" } else { "http_5xx" };
+        if let Some(r) = refund(reason) {
             r.await;
         }
         return Ok(Response::from_parts(head, GateBody::inner(body, None)));
     }
     let framing = framing(&head.headers);
-    let watch = refund("tool_failed").map(|on_failure| {
-        let w = RefundWatch::new(
-            id.clone(),
-            framing,
-            gate.config().refund_on_tool_error,
-            on_failure,
-        );
-        Watch::Refund(Box::new(w))
-    });
+    let watch = refund("tool_failed")
+        .filter(|_| refund_on_failure)
+        .map(|on_failure| {
+            let w = RefundWatch::new(framing, gate.config().refund_on_tool_error, on_failure);
+            Watch::Refund(Box::new(w))
+        });
     let deadline = deadline.map(|at| body::Deadline {
         sleep: Box::pin(tokio::time::sleep_until(at)),
         framing,

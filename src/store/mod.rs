@@ -124,25 +124,6 @@ pub struct ChargeReceipt {
 }
 
 impl ChargeReceipt {
-    /// For [`KeyStore`] implementations only: the receipt of a charge the store has just
-    /// applied (`day`/`month` as in [`QuotaUsage`]). Application code gets receipts from
-    /// decisions and never makes them, so it cannot refund what was not charged.
-    pub fn issued_by_store(
-        key: KeyDigest,
-        credits: u64,
-        day: i64,
-        month: i64,
-        nonce: Option<String>,
-    ) -> Self {
-        Self {
-            key,
-            credits,
-            day,
-            month,
-            nonce,
-        }
-    }
-
     /// The key charged.
     pub fn key(&self) -> KeyDigest {
         self.key

@@ -14,6 +14,7 @@
 //! | `paygate:{<digest>}` | hash | the key's record |
 //! | `paygate:{<digest>}:w` / `:w:<tool>` | sorted set | rate windows (expire when idle) |
 //! | `paygate:{<digest>}:c` | sorted set | the last 1,024 charges for 10 minutes, to undo one whose reply was lost |
+//! | `paygate:{<digest>}:moved` | string | for 15 minutes after a rotation, the new digest, so refunds of calls in flight find the account |
 //! | `paygate:keys` | sorted set | every digest, for paging |
 //! | `paygate:stats` | hash | key count, active keys, credits held |
 //!
@@ -71,6 +72,12 @@ pub struct RedisConfig {
     pub connection_timeout: Duration,
     /// Where time comes from.
     pub time: RedisTime,
+    /// Most charges owed back (replies lost or refunds failed in an outage) before new
+    /// charges are refused. Default 10,000.
+    pub owed_limit: usize,
+    /// A file that mirrors the owed charges, so a restart during an outage still undoes
+    /// them. Default none.
+    pub owed_file: Option<std::path::PathBuf>,
 }
 
 impl RedisConfig {
@@ -82,7 +89,21 @@ impl RedisConfig {
             response_timeout: Duration::from_secs(2),
             connection_timeout: Duration::from_secs(2),
             time: RedisTime::Server,
+            owed_limit: 10_000,
+            owed_file: None,
         }
+    }
+
+    /// Sets the file that mirrors charges owed back after an outage.
+    pub fn with_owed_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.owed_file = Some(path.into());
+        self
+    }
+
+    /// Sets how many charges may be owed back before new charges are refused.
+    pub fn with_owed_limit(mut self, limit: usize) -> Self {
+        self.owed_limit = limit;
+        self
     }
 
     /// Sets the key prefix.
@@ -114,10 +135,66 @@ struct Scripts {
     rotate: Script,
 }
 
-/// A charge whose reply never came: undone if it turns out to have happened.
-struct Lost {
-    key: KeyDigest,
+/// A charge to undo once Redis answers: one whose reply was lost (undone only if it turns
+/// out to have happened), or one whose refund failed. Undoing is keyed by the charge's nonce,
+/// so trying twice undoes once.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Owed {
+    key: String,
     nonce: String,
+}
+
+/// The charges owed back, bounded, and mirrored to a file when one is configured so a
+/// restart in the middle of an outage does not forget them.
+struct Backlog {
+    items: std::collections::VecDeque<Owed>,
+    limit: usize,
+    file: Option<std::path::PathBuf>,
+}
+
+impl Backlog {
+    fn is_full(&self) -> bool {
+        self.items.len() >= self.limit
+    }
+
+    fn push_persisted(&mut self, owed: Owed) {
+        self.items.push_back(owed);
+        self.persist();
+    }
+
+    fn pop_front_persisted(&mut self) {
+        self.items.pop_front();
+        self.persist();
+    }
+
+    fn persist(&self) {
+        let Some(path) = &self.file else { return };
+        let tmp = path.with_extension("tmp");
+        let body = serde_json::to_vec(&self.items).unwrap_or_default();
+        if std::fs::write(&tmp, body)
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .is_err()
+        {
+            // The in-memory backlog still holds them; the file only guards restarts.
+            eprintln!("paygate: could not write the owed-charges file {}", path.display());
+        }
+    }
+
+    fn load(path: &std::path::Path) -> Result<std::collections::VecDeque<Owed>, StoreError> {
+        match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                StoreError::Corrupt(format!(
+                    "owed-charges file {} is not what this store writes: {e}",
+                    path.display()
+                ))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
+            Err(e) => Err(StoreError::Unavailable(format!(
+                "cannot read owed-charges file {}: {e}",
+                path.display()
+            ))),
+        }
+    }
 }
 
 /// Keys, balances, quota counters and rate windows in Redis.
@@ -134,7 +211,7 @@ pub struct RedisKeyStore {
     prefix: Arc<str>,
     time: RedisTime,
     scripts: Arc<Scripts>,
-    lost: Arc<Mutex<Vec<Lost>>>,
+    owed: Arc<Mutex<Backlog>>,
 }
 
 impl std::fmt::Debug for RedisKeyStore {
@@ -366,7 +443,14 @@ impl RedisKeyStore {
                 policy: script(include_str!("lua/policy.lua")),
                 rotate: script(include_str!("lua/rotate.lua")),
             }),
-            lost: Arc::new(Mutex::new(Vec::new())),
+            owed: Arc::new(Mutex::new(Backlog {
+                items: match &config.owed_file {
+                    Some(path) => Backlog::load(path)?,
+                    None => Default::default(),
+                },
+                limit: config.owed_limit.max(1),
+                file: config.owed_file.clone(),
+            })),
         };
         store.spawn_compensator();
         Ok(store)
@@ -382,12 +466,13 @@ impl RedisKeyStore {
         format!("{}stats", self.prefix)
     }
 
-    /// Retries undoing charges whose replies were lost, until Redis answers.
+    /// Undoes owed charges in the background until Redis answers, a batch every 200 ms
+    /// while any are owed; never on a caller's request.
     fn spawn_compensator(&self) {
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let weak = Arc::downgrade(&self.lost);
+        let weak = Arc::downgrade(&self.owed);
         let (conn, prefix, time, scripts) = (
             self.conn.clone(),
             self.prefix.clone(),
@@ -396,10 +481,10 @@ impl RedisKeyStore {
         );
         handle.spawn(async move {
             loop {
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
                 // Stops once every handle to the store is gone.
-                let Some(lost) = weak.upgrade() else { return };
-                if lost.lock().is_empty() {
+                let Some(owed) = weak.upgrade() else { return };
+                if owed.lock().items.is_empty() {
                     continue;
                 }
                 let store = RedisKeyStore {
@@ -407,54 +492,89 @@ impl RedisKeyStore {
                     prefix: prefix.clone(),
                     time,
                     scripts: scripts.clone(),
-                    lost,
+                    owed,
                 };
-                store.settle_lost().await;
+                store.settle_owed().await;
             }
         });
     }
 
-    async fn compensate(&self, lost: &Lost) -> Result<(), StoreError> {
-        let rec = self.rec_key(&lost.key);
+    /// Undoes the charge recorded under `nonce`, following rotations. `Ok(None)` when there
+    /// is nothing on record (never charged, already undone, or past the record's 10 minutes).
+    async fn undo(
+        &self,
+        key: KeyDigest,
+        nonce: &str,
+        receipt: Option<&ChargeReceipt>,
+    ) -> Result<Option<KeyDigest>, StoreError> {
+        let mut key = key;
         let mut conn = self.conn.clone();
-        self.scripts
-            .refund
-            .key(&rec)
-            .key(format!("{rec}:c"))
-            .key(self.stats_key())
-            .arg(0)
-            .arg(0)
-            .arg(0)
-            .arg(&lost.nonce)
-            .arg("1")
-            .invoke_async::<i64>(&mut conn)
-            .await
-            .map(|_| ())
-            .map_err(unavailable)
-    }
-
-    /// Charges whose replies were lost and are not yet settled.
-    pub fn unsettled_charges(&self) -> usize {
-        self.lost.lock().len()
-    }
-
-    /// Settles every lost charge now; those Redis does not answer for stay queued.
-    async fn settle_lost(&self) {
-        let pending: Vec<Lost> = std::mem::take(&mut *self.lost.lock());
-        let mut retry = Vec::new();
-        for l in pending {
-            if self.compensate(&l).await.is_err() {
-                retry.push(l);
+        for _ in 0..8 {
+            let rec = self.rec_key(&key);
+            let mut inv = self.scripts.refund.prepare_invoke();
+            inv.key(&rec).key(format!("{rec}:c")).key(self.stats_key());
+            match receipt {
+                Some(r) => inv.arg(r.credits).arg(r.day).arg(r.month).arg(nonce).arg("0"),
+                None => inv.arg(0).arg(0).arg(0).arg(nonce).arg("1"),
+            };
+            let r: i64 = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+            match r {
+                1 => return Ok(Some(key)),
+                0 => return Ok(None),
+                _ => {}
+            }
+            // A rotation while the call ran moved the record (and its charge record) to a
+            // new digest and left a pointer behind.
+            let moved: Option<String> = redis::cmd("GET")
+                .arg(format!("{rec}:moved"))
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            match moved.as_deref().and_then(KeyDigest::from_hex) {
+                Some(next) => key = next,
+                None => return Ok(None),
             }
         }
-        self.lost.lock().extend(retry);
+        Ok(None)
+    }
+
+    /// Charges owed back and not yet undone: replies lost in an outage, and refunds that
+    /// could not be applied then.
+    pub fn unsettled_charges(&self) -> usize {
+        self.owed.lock().items.len()
+    }
+
+    /// Undoes owed charges in order; stops at the first Redis does not answer for.
+    async fn settle_owed(&self) {
+        loop {
+            let Some(next) = self.owed.lock().items.front().cloned() else {
+                return;
+            };
+            let Some(key) = KeyDigest::from_hex(&next.key) else {
+                self.owed.lock().pop_front_persisted();
+                continue;
+            };
+            if self.undo(key, &next.nonce, None).await.is_err() {
+                return;
+            }
+            self.owed.lock().pop_front_persisted();
+        }
+    }
+
+    /// Owes Redis the undoing of the charge `nonce` on `key`; persisted when a file is set.
+    fn owe(&self, key: &KeyDigest, nonce: &str) {
+        self.owed.lock().push_persisted(Owed {
+            key: key.to_hex(),
+            nonce: nonce.to_string(),
+        });
     }
 
     async fn charge_inner(&self, req: &ChargeRequest<'_>) -> Result<ChargeOutcome, StoreError> {
-        // After an outage, undo lost charges before new ones can push them out of the
-        // recent-charges record.
-        if !self.lost.lock().is_empty() {
-            self.settle_lost().await;
+        // Fail closed rather than charge what could not be undone.
+        if self.owed.lock().is_full() {
+            return Err(StoreError::Unavailable(
+                "too many charges still owed back after an outage; refusing new charges".into(),
+            ));
         }
         let rec = self.rec_key(&req.key);
         let nonce = crate::key::generate_key()
@@ -490,10 +610,7 @@ impl RedisKeyStore {
             Err(e) => {
                 // The script may have run with its reply lost: settle it once Redis answers.
                 if !req.shadow && !e.is_connection_refusal() {
-                    self.lost.lock().push(Lost {
-                        key: req.key,
-                        nonce,
-                    });
+                    self.owe(&req.key, &nonce);
                 }
                 return Err(unavailable(e));
             }
@@ -668,29 +785,21 @@ impl KeyStore for RedisKeyStore {
         receipt: ChargeReceipt,
         now_ms: i64,
     ) -> Result<Option<KeySnapshot>, StoreError> {
-        let rec = self.rec_key(&receipt.key);
-        let mut conn = self.conn.clone();
-        let r: i64 = self
-            .scripts
-            .refund
-            .key(&rec)
-            .key(format!("{rec}:c"))
-            .key(self.stats_key())
-            .arg(receipt.credits)
-            .arg(receipt.day)
-            .arg(receipt.month)
-            .arg(receipt.nonce.as_deref().unwrap_or("-"))
-            .arg("0")
-            .invoke_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        if r == -1 {
-            return Ok(None);
+        let Some(nonce) = receipt.nonce.as_deref() else {
+            return Ok(None); // every receipt this store issues carries its nonce
+        };
+        match self.undo(receipt.key, nonce, Some(&receipt)).await {
+            Ok(Some(key)) => Ok(self
+                .fetch(&key)
+                .await?
+                .map(|rec| KeySnapshot::of(&rec, now_ms, None))),
+            Ok(None) => Ok(None),
+            Err(e) => {
+                // Owed until Redis answers; the nonce makes a late second try a no-op.
+                self.owe(&receipt.key, nonce);
+                Err(e)
+            }
         }
-        Ok(self
-            .fetch(&receipt.key)
-            .await?
-            .map(|rec| KeySnapshot::of(&rec, now_ms, None)))
     }
 
     async fn insert(&self, record: KeyRecord) -> Result<(), StoreError> {
@@ -742,6 +851,7 @@ impl KeyStore for RedisKeyStore {
             .key(format!("{n}:c"))
             .key(format!("{o}:wt"))
             .key(format!("{n}:wt"))
+            .key(format!("{o}:moved"))
             .arg(old.to_hex())
             .arg(new_key.to_hex())
             .arg(new_masked)

@@ -193,6 +193,19 @@ impl McpRouter {
 
     async fn handle(self, req: Request<Full<Bytes>>) -> Response<RoutedBody> {
         let (parts, body) = req.into_parts();
+        if parts.method != ::http::Method::POST {
+            // Only POST carries JSON-RPC; the router runs tools, so it reads no other method.
+            let body = jsonrpc::error_body(
+                None,
+                jsonrpc::INVALID_REQUEST,
+                "JSON-RPC requests are sent with POST",
+                None,
+            );
+            let mut resp = answer(StatusCode::METHOD_NOT_ALLOWED, body);
+            resp.headers_mut()
+                .insert(::http::header::ALLOW, HeaderValue::from_static("POST"));
+            return resp;
+        }
         let bytes = body
             .collect()
             .await

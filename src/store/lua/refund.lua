@@ -12,9 +12,11 @@ if member then
   redis.call('ZREM', KEYS[2], member)
   found = true
 end
+-- Only a charge on record is undone, and only once: a second refund of the same receipt,
+-- or one for a charge that never happened, finds nothing.
+if not found then return 0 end
 if ARGV[5] == '1' then
-  -- Compensation for a charge whose reply was lost: only if that charge happened.
-  if not found then return 0 end
+  -- Compensation for a charge whose reply was lost: the record says what was charged.
   local parts = {}
   for p in string.gmatch(member, '[^:]+') do table.insert(parts, p) end
   price = tonumber(parts[2])
@@ -23,7 +25,7 @@ end
 local f = redis.call('HMGET', rec, 'active', 'credits', 'spent', 'calls', 'qd', 'qdc', 'qdcr', 'qm', 'qmc', 'qmcr')
 local spent = math.max(num(f[3]) - price, 0)
 local calls = math.max(num(f[4]) - 1, 0)
-redis.call('HSET', rec, 'credits', num(f[2]) + price, 'spent', spent, 'calls', calls)
+redis.call('HSET', rec, 'credits', math.min(num(f[2]) + price, 9007199254740991), 'spent', spent, 'calls', calls)
 if f[5] == ARGV[2] then
   redis.call('HSET', rec, 'qdc', math.max(num(f[6]) - 1, 0), 'qdcr', math.max(num(f[7]) - price, 0))
 end

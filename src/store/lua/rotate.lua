@@ -1,5 +1,6 @@
 -- KEYS: 1 old record, 2 new record, 3 key index, 4 old global window, 5 new global window,
---       6 old recent, 7 new recent, 8 old tool-window set, 9 new tool-window set
+--       6 old recent, 7 new recent, 8 old tool-window set, 9 new tool-window set,
+--       10 old moved pointer (lets refunds of calls in flight find the account)
 -- ARGV: 1 old hex, 2 new hex, 3 new masked key, 4 old tool-window prefix, 5 new tool-window prefix
 if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HGET', KEYS[1], 'active') ~= '1' then return 0 end
 if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
@@ -15,6 +16,7 @@ if redis.call('EXISTS', KEYS[8]) == 1 then
   end
   redis.call('RENAME', KEYS[8], KEYS[9])
 end
+redis.call('SET', KEYS[10], ARGV[2], 'EX', 900)
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZADD', KEYS[3], 0, ARGV[2])
 return 1
