@@ -529,3 +529,68 @@ async fn bad_requests_are_refused_without_reaching_the_child() {
     assert_eq!(upstream.restarts(), 0);
     upstream.shutdown().await;
 }
+
+/// Fails its handshake (exits at once) until the file named in argv[1] exists, then answers
+/// `initialize` and `tools/call` like a healthy server.
+const LATE_SERVER: &str = r#"
+import json, os, sys
+if not os.path.exists(sys.argv[1]):
+    sys.exit(1)
+for line in sys.stdin:
+    msg = json.loads(line)
+    if "id" not in msg:
+        continue
+    if msg.get("method") == "initialize":
+        result = {"protocolVersion": "2025-06-18", "capabilities": {"tools": {}},
+                  "serverInfo": {"name": "late", "version": "0"}}
+    else:
+        result = {"content": [{"type": "text", "text": "up"}]}
+    print(json.dumps({"jsonrpc": "2.0", "id": msg["id"], "result": result}), flush=True)
+"#;
+
+#[tokio::test]
+async fn a_server_down_at_start_starts_degraded_refunds_calls_and_heals() {
+    let marker = std::env::temp_dir().join(format!("paygate-late-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    let cfg = StdioConfig::new(
+        "python3",
+        [
+            "-u".to_string(),
+            "-c".to_string(),
+            LATE_SERVER.to_string(),
+            marker.to_string_lossy().into_owned(),
+        ],
+    )
+    .with_restart_backoff(Duration::from_millis(50), Duration::from_millis(200));
+    // The strict constructor reports the failed handshake; the lenient one starts anyway.
+    assert!(StdioUpstream::spawn(cfg.clone()).await.is_err());
+    let upstream = StdioUpstream::start(cfg)
+        .await
+        .expect("a gateway starts even when its server is down");
+    assert!(!upstream.is_ready());
+
+    // Without refundOnFailure: a call the upstream could not take costs nothing.
+    let gate = gate(PayGateConfig::default().with_rate_limit(0));
+    let key = gate.create_key("k", 10).await.unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(PayGateLayer::from_gate(gate.clone()))
+        .service(upstream.clone());
+    let (status, answer) = post(&svc, Some(&key), &echo(json!(1), "hi")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+    assert_eq!(answer["error"]["data"]["reason"], "upstream_unavailable");
+    assert_eq!(credits(&gate, &key).await, 10, "nothing ran, nothing owed");
+
+    // The server comes up: the upstream retries on its own and heals.
+    std::fs::write(&marker, b"up").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !upstream.is_ready() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(upstream.is_ready(), "the upstream recovered by itself");
+    let (status, answer) = post(&svc, Some(&key), &echo(json!(2), "hi")).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(text(&answer), "up");
+    assert_eq!(credits(&gate, &key).await, 9);
+    upstream.shutdown().await;
+    let _ = std::fs::remove_file(&marker);
+}

@@ -80,3 +80,22 @@ impl<S, St> tower::Layer<S> for PayGateLayer<St> {
         GateService::new(inner, self.shared.clone(), Stages::ALL)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[should_panic(expected = "invalid config at 'trustedProxies'")]
+    fn new_names_the_bad_field_when_it_panics() {
+        let _ = PayGateLayer::new(PayGateConfig::default().with_trusted_proxy_hops(1));
+    }
+
+    #[test]
+    fn try_new_returns_the_error_instead() {
+        let err = PayGateLayer::try_new(PayGateConfig::default().with_max_body_bytes(0))
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("maxBodyBytes"), "{err}");
+    }
+}

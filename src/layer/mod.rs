@@ -457,8 +457,10 @@ where
                 None,
             ),
         );
-        resp.headers_mut()
-            .insert(http::header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
+        resp.headers_mut().insert(
+            http::header::ALLOW,
+            HeaderValue::from_static("GET, POST, DELETE"),
+        );
         return Err(Box::new(resp));
     }
     for name in [&X_API_KEY, &MCP_METHOD, &MCP_NAME] {
@@ -545,7 +547,10 @@ pub(crate) fn client_ip(
     }
     // Walking left from the peer, every hop but the client's must be a trusted proxy.
     let client_at = forwarded.len() - hops;
-    match forwarded[client_at + 1..].iter().rposition(|ip| !trusted(ip)) {
+    match forwarded[client_at + 1..]
+        .iter()
+        .rposition(|ip| !trusted(ip))
+    {
         Some(untrusted) => forwarded.get(client_at + 1 + untrusted).copied(),
         None => forwarded.get(client_at).copied(),
     }
@@ -586,8 +591,8 @@ fn check_mcp_headers<R: Body>(
             _ => Some(()),
         }
     };
-    let bad =
-        mismatch(&MCP_METHOD, Some(&rpc.method)).is_some() || mismatch(&MCP_NAME, rpc.mcp_name()).is_some();
+    let bad = mismatch(&MCP_METHOD, Some(&rpc.method)).is_some()
+        || mismatch(&MCP_NAME, rpc.mcp_name()).is_some();
     bad.then(|| {
         let e = jsonrpc::RpcError {
             code: jsonrpc::INVALID_REQUEST,
@@ -805,10 +810,11 @@ where
     let (mut head, body) = resp.into_parts();
     expose_headers(&mut head.headers);
     // A 4xx means the downstream refused the request itself (406 without `Accept`, 415,
-    // 403 for a foreign `Host`, ...): no tool ran, so nothing is owed.
-    let refused = head.status.is_client_error();
+    // 403 for a foreign `Host`, ...) and a 503 that it could not take it (an upstream down
+    // or restarting): no tool ran, so nothing is owed.
+    let refused = head.status.is_client_error() || head.status == StatusCode::SERVICE_UNAVAILABLE;
     if refused || (head.status.is_server_error() && refund_on_failure) {
-        let reason = if refused { "http_4xx" } else { "http_5xx" };
+        let reason = if refused { "not_run" } else { "http_5xx" };
         if let Some(r) = refund(reason) {
             r.await;
         }

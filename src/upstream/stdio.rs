@@ -1121,9 +1121,11 @@ async fn stop_requested(stop: &mut watch::Receiver<bool>) {
 }
 
 /// Watches the child, restarts it when it exits, and stops it when asked.
+/// With no child yet (`first` is `None`: the first start failed) it starts at the restart
+/// loop, so a server that is down at start-up is retried like one that crashed.
 async fn supervise(
     shared: Arc<Shared>,
-    mut running: Running,
+    first: Option<Running>,
     mut stop: watch::Receiver<bool>,
     done: watch::Sender<bool>,
 ) {
@@ -1132,7 +1134,18 @@ async fn supervise(
     let stable = STABLE_UPTIME.max(max);
     let grace = shared.config.shutdown_grace;
     let mut backoff = min;
+    let mut pending = first;
     'child: loop {
+        let Some(mut running) = pending.take() else {
+            // Nothing running: straight to the restart loop below.
+            match restart(&shared, &mut backoff, max, grace, &mut stop).await {
+                Some(next) => {
+                    pending = Some(next);
+                    continue 'child;
+                }
+                None => break 'child,
+            }
+        };
         let ended = tokio::select! {
             status = running.child.wait() => match status {
                 Ok(status) => format!("exited ({status})"),
@@ -1156,38 +1169,52 @@ async fn supervise(
             backoff = min;
         }
         shared.note(&format!("{ended}; restarting"));
-        loop {
-            let delay = backoff;
-            backoff = backoff.saturating_mul(2).min(max);
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = stop_requested(&mut stop) => {
-                    shared.set_stopped();
-                    break 'child;
-                }
-            }
-            let started = tokio::select! {
-                started = shared.start_child() => started,
-                _ = stop_requested(&mut stop) => {
-                    shared.set_stopped();
-                    break 'child;
-                }
-            };
-            match started {
-                Ok(next) => {
-                    if !shared.set_up(&next) {
-                        next.stop(grace).await;
-                        break 'child;
-                    }
-                    shared.restarts.fetch_add(1, Ordering::Relaxed);
-                    running = next;
-                    continue 'child;
-                }
-                Err(e) => shared.note(&format!("restart failed: {e}")),
-            }
+        match restart(&shared, &mut backoff, max, grace, &mut stop).await {
+            Some(next) => pending = Some(next),
+            None => break 'child,
         }
     }
     done.send_replace(true);
+}
+
+/// Starts a new child after the backoff, doubling it after each failure; `None` when the
+/// upstream is stopped meanwhile.
+async fn restart(
+    shared: &Arc<Shared>,
+    backoff: &mut Duration,
+    max: Duration,
+    grace: Duration,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<Running> {
+    loop {
+        let delay = *backoff;
+        *backoff = backoff.saturating_mul(2).min(max);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop_requested(stop) => {
+                shared.set_stopped();
+                return None;
+            }
+        }
+        let started = tokio::select! {
+            started = shared.start_child() => started,
+            _ = stop_requested(stop) => {
+                shared.set_stopped();
+                return None;
+            }
+        };
+        match started {
+            Ok(next) => {
+                if !shared.set_up(&next) {
+                    next.stop(grace).await;
+                    return None;
+                }
+                shared.restarts.fetch_add(1, Ordering::Relaxed);
+                return Some(next);
+            }
+            Err(e) => shared.note(&format!("restart failed: {e}")),
+        }
+    }
 }
 
 /// What the handles own: dropping the last one stops the child.
@@ -1245,6 +1272,30 @@ impl StdioUpstream {
     /// # Ok(()) }
     /// ```
     pub async fn spawn(config: StdioConfig) -> Result<Self, StdioError> {
+        Self::launch(config, true).await
+    }
+
+    /// Like [`StdioUpstream::spawn`], but a server that cannot be started or fails its
+    /// handshake does not fail the call: the upstream starts degraded ([`is_ready`] is
+    /// false, calls answer `503` with a JSON-RPC error) and keeps retrying with backoff, so
+    /// a gateway comes up and heals when its server does.
+    ///
+    /// [`is_ready`]: StdioUpstream::is_ready
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), paygate_mcp::upstream::StdioError> {
+    /// let cfg = paygate_mcp::StdioConfig::new("node", ["server.js"]);
+    /// let upstream = paygate_mcp::StdioUpstream::start(cfg).await?;
+    /// if !upstream.is_ready() {
+    ///     eprintln!("MCP server not up yet; retrying in the background");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn start(config: StdioConfig) -> Result<Self, StdioError> {
+        Self::launch(config, false).await
+    }
+
+    async fn launch(config: StdioConfig, strict: bool) -> Result<Self, StdioError> {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(StdioError::NoRuntime);
         }
@@ -1256,11 +1307,20 @@ impl StdioUpstream {
             restarts: AtomicU64::new(0),
             status: Mutex::new(Status::Down),
         });
-        let running = shared.start_child().await?;
-        shared.set_up(&running);
+        let first = match shared.start_child().await {
+            Ok(running) => {
+                shared.set_up(&running);
+                Some(running)
+            }
+            Err(e) if strict => return Err(e),
+            Err(e) => {
+                shared.note(&format!("{e}; retrying in the background"));
+                None
+            }
+        };
         let (stop_tx, stop_rx) = watch::channel(false);
         let (done_tx, done_rx) = watch::channel(false);
-        tokio::spawn(supervise(shared.clone(), running, stop_rx, done_tx));
+        tokio::spawn(supervise(shared.clone(), first, stop_rx, done_tx));
         Ok(Self {
             handle: Arc::new(Handle {
                 shared,
