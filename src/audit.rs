@@ -12,6 +12,23 @@
 //! `key.limit_updated`, `key.tags_updated`, `key.ip_updated`, `gate.allow`, `gate.deny`,
 //! `admin.auth_failed`, `admin.alerts_configured`, `billing.refund`, `key.expired`,
 //! `alert.fired`.
+//!
+//! # Floods cannot evict the admin trail
+//!
+//! Events are kept in four bounded rings, each holding at most `capacity` events:
+//!
+//! * the **admin trail**: `key.*`, `admin.*` other than `admin.auth_failed`, `billing.*`,
+//!   `alert.*` and any other type;
+//! * **gate decisions** of real keys: `gate.*` events whose actor is a key;
+//! * **failed admin logins**: `admin.auth_failed`;
+//! * **keyless calls**: `gate.*` events without a key (a missing or unknown key, which the
+//!   gate reports with an empty actor).
+//!
+//! So no number of failed admin logins or keyless calls can push a `key.created` out of the
+//! log, nor a real key's `gate.allow`, and a flood of keyless calls cannot hide earlier
+//! attempts at the admin key: each flood only rotates its own ring. Queries, exports and
+//! stats see one merged view, ordered by id (which is also time order). Every stored string
+//! is cut to a bound, so the memory held is bounded by `4 × capacity` events of bounded size.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
@@ -137,6 +154,10 @@ pub struct AuditPage {
 }
 
 /// A summary of the log, for `GET /audit/stats`.
+///
+/// `total_events` and `events_by_type` count every ring together; `capacity` is the bound of
+/// each of the four rings (see the [module docs](self)), so at most `4 × capacity` events are
+/// held.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AuditStats {
@@ -148,46 +169,144 @@ pub struct AuditStats {
     pub oldest_event: Option<DateTime<Utc>>,
     /// Timestamp of the newest event held.
     pub newest_event: Option<DateTime<Utc>>,
-    /// Most events the log holds.
+    /// Most events held in each of the log's four rings (admin trail, gate decisions of real
+    /// keys, failed admin logins, keyless calls).
     pub capacity: usize,
     /// Age in days after which events are dropped (0 = no age limit).
     pub max_age_days: u32,
 }
 
+/// Which ring an event is kept in; a flood of one class only evicts events of that class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// `key.*`, `admin.*` (but `admin.auth_failed`), `billing.*` and every other type.
+    Trail = 0,
+    /// `gate.*` events of a real key.
+    Gate = 1,
+    /// `admin.auth_failed`.
+    AuthFailed = 2,
+    /// `gate.*` events without a key (empty actor).
+    Keyless = 3,
+}
+
+const CLASSES: usize = 4;
+
+impl Class {
+    fn of(event_type: &str, actor: &str) -> Self {
+        if event_type == "admin.auth_failed" {
+            Class::AuthFailed
+        } else if event_type.starts_with("gate.") {
+            if actor.is_empty() {
+                Class::Keyless
+            } else {
+                Class::Gate
+            }
+        } else {
+            Class::Trail
+        }
+    }
+}
+
 #[derive(Debug, Default)]
-struct Ring {
-    events: VecDeque<AuditEvent>,
+struct Rings {
+    /// One ring per [`Class`], each in id (and so timestamp) order.
+    rings: [VecDeque<AuditEvent>; CLASSES],
+    /// Events held, by type, over every ring.
     by_type: BTreeMap<String, usize>,
     next_id: u64,
     newest_ms: Option<i64>,
 }
 
-impl Ring {
-    fn pop_oldest(&mut self) {
-        if let Some(old) = self.events.pop_front() {
-            if let Some(n) = self.by_type.get_mut(&old.event_type) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    self.by_type.remove(&old.event_type);
-                }
+impl Rings {
+    fn len(&self) -> usize {
+        self.rings.iter().map(VecDeque::len).sum()
+    }
+
+    fn pop_oldest(&mut self, class: usize) {
+        let Some(old) = self.rings.get_mut(class).and_then(VecDeque::pop_front) else {
+            return;
+        };
+        if let Some(n) = self.by_type.get_mut(&old.event_type) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.by_type.remove(&old.event_type);
             }
         }
     }
 
-    /// Drops events older than `cutoff_ms`. Events are held in timestamp order, so this only
-    /// looks at the front: each event is examined once when it expires, never rescanned.
+    /// Drops events older than `cutoff_ms`. Each ring is in timestamp order, so this only
+    /// looks at the fronts: each event is examined once when it expires, never rescanned.
     fn prune_older_than(&mut self, cutoff_ms: i64) {
-        while self
-            .events
-            .front()
-            .is_some_and(|e| e.timestamp.timestamp_millis() < cutoff_ms)
-        {
-            self.pop_oldest();
+        for class in 0..CLASSES {
+            while self.rings[class]
+                .front()
+                .is_some_and(|e| e.timestamp.timestamp_millis() < cutoff_ms)
+            {
+                self.pop_oldest(class);
+            }
+        }
+    }
+
+    /// Drops the oldest events of each ring beyond `capacity`.
+    fn truncate(&mut self, capacity: usize) {
+        for class in 0..CLASSES {
+            while self.rings[class].len() > capacity {
+                self.pop_oldest(class);
+            }
+        }
+    }
+
+    /// Every event, oldest first (merged by id).
+    fn oldest_first(&self) -> Merged<std::collections::vec_deque::Iter<'_, AuditEvent>> {
+        Merged::new(self.rings.each_ref().map(|r| r.iter()), false)
+    }
+
+    /// Every event, newest first (merged by id).
+    fn newest_first(
+        &self,
+    ) -> Merged<std::iter::Rev<std::collections::vec_deque::Iter<'_, AuditEvent>>> {
+        Merged::new(self.rings.each_ref().map(|r| r.iter().rev()), true)
+    }
+}
+
+/// The rings' events merged into one sequence by id: ascending, or descending when
+/// `newest_first`. Each input must already be in that order.
+struct Merged<I: Iterator> {
+    inputs: [std::iter::Peekable<I>; CLASSES],
+    newest_first: bool,
+}
+
+impl<'a, I: Iterator<Item = &'a AuditEvent>> Merged<I> {
+    fn new(inputs: [I; CLASSES], newest_first: bool) -> Self {
+        Self {
+            inputs: inputs.map(Iterator::peekable),
+            newest_first,
         }
     }
 }
 
-/// A bounded, thread-safe ring of audit events with age-based retention.
+impl<'a, I: Iterator<Item = &'a AuditEvent>> Iterator for Merged<I> {
+    type Item = &'a AuditEvent;
+
+    fn next(&mut self) -> Option<&'a AuditEvent> {
+        let mut best: Option<(usize, u64)> = None;
+        for (i, input) in self.inputs.iter_mut().enumerate() {
+            let Some(id) = input.peek().map(|e| e.id) else {
+                continue;
+            };
+            let better = best.is_none_or(|(_, b)| if self.newest_first { id > b } else { id < b });
+            if better {
+                best = Some((i, id));
+            }
+        }
+        let (i, _) = best?;
+        self.inputs.get_mut(i).and_then(Iterator::next)
+    }
+}
+
+/// A bounded, thread-safe log of audit events with age-based retention, kept in four rings
+/// so floods of unauthenticated noise cannot evict the admin trail (see the
+/// [module docs](self)).
 ///
 /// ```
 /// use std::sync::Arc;
@@ -207,7 +326,7 @@ impl Ring {
 /// assert_eq!(log.stats().total_events, 0);
 /// ```
 pub struct AuditLog {
-    ring: Mutex<Ring>,
+    ring: Mutex<Rings>,
     clock: SharedClock,
     capacity: usize,
     max_age_days: u32,
@@ -216,7 +335,7 @@ pub struct AuditLog {
 impl fmt::Debug for AuditLog {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AuditLog")
-            .field("len", &self.ring.lock().events.len())
+            .field("len", &self.ring.lock().len())
             .field("capacity", &self.capacity)
             .field("max_age_days", &self.max_age_days)
             .finish()
@@ -231,24 +350,23 @@ impl Default for AuditLog {
 }
 
 impl AuditLog {
-    /// A log holding at most 10,000 events for at most 30 days, reading time from `clock`.
+    /// A log holding at most 10,000 events of each class for at most 30 days, reading time
+    /// from `clock`.
     pub fn new(clock: SharedClock) -> Self {
         Self {
-            ring: Mutex::new(Ring::default()),
+            ring: Mutex::new(Rings::default()),
             clock,
             capacity: DEFAULT_AUDIT_CAPACITY,
             max_age_days: DEFAULT_AUDIT_MAX_AGE_DAYS,
         }
     }
 
-    /// Sets the most events held (at least 1). Events beyond it drop the oldest first.
+    /// Sets the most events held in each ring (at least 1): the admin trail, the gate
+    /// decisions of real keys, the failed admin logins and the keyless calls each keep this
+    /// many. An event beyond it drops the oldest of its own ring.
     pub fn with_capacity(mut self, capacity: usize) -> Self {
         self.capacity = capacity.max(1);
-        let mut ring = self.ring.lock();
-        while ring.events.len() > self.capacity {
-            ring.pop_oldest();
-        }
-        drop(ring);
+        self.ring.lock().truncate(self.capacity);
         self
     }
 
@@ -258,7 +376,7 @@ impl AuditLog {
         self
     }
 
-    /// Most events held.
+    /// Most events held in each ring (so at most four times this in all).
     pub fn capacity(&self) -> usize {
         self.capacity
     }
@@ -270,7 +388,7 @@ impl AuditLog {
 
     /// Events held now (expired ones are dropped first).
     pub fn len(&self) -> usize {
-        self.pruned().events.len()
+        self.pruned().len()
     }
 
     /// Whether no event is held.
@@ -301,22 +419,23 @@ impl AuditLog {
             MAX_AUDIT_TEXT_CHARS,
         );
         let metadata = sanitize_value(metadata);
+        let class = Class::of(&event_type, &actor) as usize;
         let now_ms = self.clock.now_ms();
 
         let mut ring = self.ring.lock();
-        // Keep the ring in timestamp order even if the clock steps back.
+        // Keep the rings in timestamp order even if the clock steps back.
         let ms = ring.newest_ms.map_or(now_ms, |newest| newest.max(now_ms));
         if let Some(cutoff) = self.cutoff_ms(ms) {
             ring.prune_older_than(cutoff);
         }
-        while ring.events.len() >= self.capacity {
-            ring.pop_oldest();
+        while ring.rings[class].len() >= self.capacity {
+            ring.pop_oldest(class);
         }
         ring.next_id = ring.next_id.saturating_add(1);
         let id = ring.next_id;
         ring.newest_ms = Some(ms);
         *ring.by_type.entry(event_type.clone()).or_insert(0) += 1;
-        ring.events.push_back(AuditEvent {
+        ring.rings[class].push_back(AuditEvent {
             id,
             timestamp: crate::clock::ms_to_datetime(ms),
             event_type,
@@ -331,9 +450,9 @@ impl AuditLog {
     pub fn query(&self, query: &AuditQuery) -> AuditPage {
         let limit = query.limit.min(MAX_AUDIT_QUERY_LIMIT);
         let ring = self.pruned();
-        let mut events = Vec::with_capacity(limit.min(ring.events.len()));
+        let mut events = Vec::with_capacity(limit.min(ring.len()));
         let mut total = 0;
-        for event in ring.events.iter().rev().filter(|e| query.matches(e)) {
+        for event in ring.newest_first().filter(|e| query.matches(e)) {
             total += 1;
             if events.len() < limit {
                 events.push(event.clone());
@@ -344,7 +463,7 @@ impl AuditLog {
 
     /// Every event held, oldest first.
     pub fn export(&self) -> Vec<AuditEvent> {
-        self.pruned().events.iter().cloned().collect()
+        self.pruned().oldest_first().cloned().collect()
     }
 
     /// Every event held, oldest first, as CSV with the header
@@ -400,10 +519,10 @@ impl AuditLog {
     pub fn stats(&self) -> AuditStats {
         let ring = self.pruned();
         AuditStats {
-            total_events: ring.events.len(),
+            total_events: ring.len(),
             events_by_type: ring.by_type.clone(),
-            oldest_event: ring.events.front().map(|e| e.timestamp),
-            newest_event: ring.events.back().map(|e| e.timestamp),
+            oldest_event: ring.oldest_first().next().map(|e| e.timestamp),
+            newest_event: ring.newest_first().next().map(|e| e.timestamp),
             capacity: self.capacity,
             max_age_days: self.max_age_days,
         }
@@ -412,7 +531,7 @@ impl AuditLog {
     /// Drops every event (ids keep increasing).
     pub fn clear(&self) {
         let mut ring = self.ring.lock();
-        ring.events.clear();
+        ring.rings.iter_mut().for_each(VecDeque::clear);
         ring.by_type.clear();
     }
 
@@ -422,7 +541,7 @@ impl AuditLog {
     }
 
     /// Locks the ring after dropping expired events.
-    fn pruned(&self) -> parking_lot::MutexGuard<'_, Ring> {
+    fn pruned(&self) -> parking_lot::MutexGuard<'_, Rings> {
         let now_ms = self.clock.now_ms();
         let mut ring = self.ring.lock();
         if let Some(cutoff) = self.cutoff_ms(now_ms) {
@@ -987,6 +1106,121 @@ mod tests {
         assert_eq!(e[2].message, "Event custom.thing");
         assert_eq!(e[3].message, "Charge refunded");
         assert_eq!(e[3].metadata, Value::Null);
+    }
+
+    #[test]
+    fn a_flood_of_auth_failures_does_not_evict_the_admin_trail() {
+        let (clock, log) = log_at(T0);
+        log.record(
+            "key.created",
+            "admin",
+            "API key created",
+            json!({"name": "a"}),
+        );
+        clock.advance_secs(1);
+        for _ in 0..DEFAULT_AUDIT_CAPACITY + 1 {
+            log.record("admin.auth_failed", "unknown", "", json!({"path": "/keys"}));
+        }
+        let kept = log.query(&AuditQuery {
+            types: vec!["key.created".into()],
+            ..Default::default()
+        });
+        assert_eq!(kept.total, 1);
+        assert_eq!(kept.events[0].id, 1);
+        let failures = log.query(&AuditQuery {
+            types: vec!["admin.auth_failed".into()],
+            limit: 0,
+            ..Default::default()
+        });
+        assert_eq!(
+            failures.total, DEFAULT_AUDIT_CAPACITY,
+            "the flood is bounded"
+        );
+        let s = log.stats();
+        assert_eq!(s.events_by_type.get("key.created"), Some(&1));
+        assert_eq!(s.total_events, DEFAULT_AUDIT_CAPACITY + 1);
+        assert_eq!(s.oldest_event, Some(crate::clock::ms_to_datetime(T0)));
+        assert_eq!(log.export()[0].event_type, "key.created");
+    }
+
+    #[test]
+    fn keyless_gate_denials_evict_neither_the_trail_nor_real_keys_gate_history() {
+        let (_, log) = log_at(T0);
+        let log = log.with_capacity(5);
+        log.record("key.created", "admin", "", json!({}));
+        log.usage(&usage(true, None));
+        log.record("admin.auth_failed", "unknown", "", json!({}));
+        let mut keyless = usage(false, Some("invalid_api_key"));
+        keyless.api_key = String::new();
+        keyless.key_name = String::new();
+        for _ in 0..50 {
+            log.usage(&keyless);
+        }
+        let types: Vec<String> = log.export().into_iter().map(|e| e.event_type).collect();
+        assert_eq!(types.len(), 8);
+        assert_eq!(
+            types[..3],
+            ["key.created", "gate.allow", "admin.auth_failed"]
+        );
+        assert!(types[3..].iter().all(|t| t == "gate.deny"));
+        // Denials of a real key share the gate ring with its allows, not the trail.
+        for _ in 0..50 {
+            log.usage(&usage(false, Some("insufficient_credits")));
+        }
+        let s = log.stats();
+        assert_eq!(s.events_by_type.get("key.created"), Some(&1));
+        assert_eq!(s.events_by_type.get("gate.allow"), None);
+        assert_eq!(s.events_by_type.get("gate.deny"), Some(&10));
+        assert_eq!(s.events_by_type.get("admin.auth_failed"), Some(&1));
+        assert_eq!(s.total_events, 12);
+    }
+
+    #[test]
+    fn the_classes_merge_into_one_time_ordered_view() {
+        let (clock, log) = log_at(T0);
+        let log = log.with_capacity(100);
+        let mut keyless = usage(false, Some("invalid_api_key"));
+        keyless.api_key = String::new();
+        for i in 0..30 {
+            match i % 4 {
+                0 => {
+                    log.record("key.topup", "admin", format!("#{i}"), json!({}));
+                }
+                1 => log.usage(&usage(true, None)),
+                2 => log.usage(&keyless),
+                _ => {
+                    log.record("admin.auth_failed", "unknown", format!("#{i}"), json!({}));
+                }
+            }
+            clock.advance_ms(10);
+        }
+        let ids: Vec<u64> = log.export().iter().map(|e| e.id).collect();
+        assert_eq!(ids, (1..=30).collect::<Vec<u64>>());
+        let page = log.query(&AuditQuery {
+            limit: 7,
+            ..Default::default()
+        });
+        let ids: Vec<u64> = page.events.iter().map(|e| e.id).collect();
+        assert_eq!(ids, (24..=30).rev().collect::<Vec<u64>>());
+        assert_eq!(page.total, 30);
+        let since = log.query(&AuditQuery {
+            since: Some(crate::clock::ms_to_datetime(T0 + 250)),
+            ..Default::default()
+        });
+        assert_eq!(since.total, 5);
+        let s = log.stats();
+        assert_eq!(s.total_events, 30);
+        assert_eq!(s.events_by_type.get("gate.deny"), Some(&7));
+        assert_eq!(s.oldest_event, Some(crate::clock::ms_to_datetime(T0)));
+        assert_eq!(s.newest_event, Some(crate::clock::ms_to_datetime(T0 + 290)));
+        let csv_ids: Vec<String> = parse_csv(&log.export_csv())
+            .into_iter()
+            .map(|r| r[0].clone())
+            .collect();
+        assert_eq!(csv_ids.len(), 30);
+        assert_eq!(csv_ids[0], "1");
+        log.clear();
+        assert!(log.is_empty());
     }
 
     #[test]

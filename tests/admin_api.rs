@@ -798,3 +798,44 @@ async fn audit_log_query_export_and_stats() {
     assert_eq!(r.json["eventsByType"]["key.created"], 1);
     assert_eq!(r.json["capacity"], 10_000);
 }
+
+#[tokio::test]
+async fn floods_of_auth_failures_and_keyless_calls_do_not_evict_the_admin_trail() {
+    let app = App::new(PayGateConfig::default());
+    let key = app.create(json!({"name": "kept"})).await;
+    app.post("/topup", json!({"key": key, "credits": 5})).await;
+    app.call(&key, "t").await;
+    // One more than the log's capacity of each, from callers without any credentials.
+    for _ in 0..10_001 {
+        let r = app
+            .send(Method::GET, "/keys", &[("x-admin-key", "wrong")], "")
+            .await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    }
+    for _ in 0..10_001 {
+        app.call("pg_nobody_0000000000000", "t").await;
+    }
+
+    let r = app.get("/audit?types=key.created,key.topup").await;
+    assert_eq!(r.json["total"], 2, "{}", r.text);
+    assert_eq!(r.json["events"][1]["type"], "key.created");
+    let r = app.get("/audit?types=gate.allow").await;
+    assert_eq!(r.json["total"], 1, "a real key's call survives the flood");
+    // The merged view is still newest first and holds the floods too, bounded.
+    let r = app.get("/audit?limit=1").await;
+    assert_eq!(r.json["events"][0]["type"], "gate.deny");
+    // Each flood is bounded, and keyless calls did not evict the failed admin logins.
+    let r = app.get("/audit?types=admin.auth_failed&limit=0").await;
+    assert_eq!(r.json["total"], 10_000);
+    let r = app.get("/audit?types=gate.deny&limit=0").await;
+    assert_eq!(r.json["total"], 10_000);
+    let r = app.get("/audit/stats").await;
+    assert_eq!(r.json["eventsByType"]["key.created"], 1);
+    assert_eq!(r.json["eventsByType"]["gate.allow"], 1);
+    let r = app.get("/audit/export").await;
+    let events = r.json["events"].as_array().unwrap();
+    assert_eq!(events[0]["type"], "key.created", "oldest first");
+    assert!(events
+        .windows(2)
+        .all(|w| w[0]["id"].as_u64() < w[1]["id"].as_u64()));
+}
