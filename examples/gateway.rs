@@ -166,6 +166,9 @@ fn load_store(path: Option<&PathBuf>) -> Result<MemoryKeyStore, String> {
         for reason in &report.reasons {
             eprintln!("  skipped {reason}");
         }
+        if let Some(kept) = &report.rejected_file {
+            eprintln!("  skipped records are kept in {}", kept.display());
+        }
     }
     Ok(store)
 }

@@ -88,6 +88,8 @@ impl Shard {
 /// # });
 /// ```
 pub struct MemoryKeyStore {
+    /// Set by a state-file load that skipped records: the original file stays as `.bak`.
+    pub(super) original: Mutex<Option<super::state_file::OriginalPin>>,
     shards: Box<[Mutex<Shard>]>,
 }
 
@@ -118,6 +120,7 @@ impl MemoryKeyStore {
     /// An empty store.
     pub fn new() -> Self {
         Self {
+            original: Mutex::new(None),
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
         }
     }
