@@ -839,3 +839,85 @@ async fn floods_of_auth_failures_and_keyless_calls_do_not_evict_the_admin_trail(
         .windows(2)
         .all(|w| w[0]["id"].as_u64() < w[1]["id"].as_u64()));
 }
+
+#[tokio::test]
+async fn admin_bodies_are_exactly_one_json_document() {
+    let app = App::new(PayGateConfig::default());
+    let key = app.create(json!({"name": "one", "credits": 1})).await;
+    let one = json!({"key": key, "credits": 1}).to_string();
+    let more = json!({"key": key, "credits": 999}).to_string();
+    for body in [
+        format!("{one}{more}"),
+        format!("{one} garbage"),
+        format!("{one}\n{more}"),
+        format!("{one},"),
+        format!("{one}]"),
+        format!("{one} 1"),
+        format!("{one}null"),
+        format!("{one}\u{0}"),
+    ] {
+        let r = app
+            .send(Method::POST, "/topup", &[("x-admin-key", ADMIN)], &body)
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body:?}: {}", r.text);
+        assert!(r.json["error"].is_string(), "{}", r.text);
+    }
+    let r = app
+        .send(
+            Method::POST,
+            "/topup",
+            &[("x-admin-key", ADMIN)],
+            &format!("{one}{more}"),
+        )
+        .await;
+    assert_eq!(
+        r.json["error"],
+        "request body must be exactly one JSON document; found data after it"
+    );
+    let bal = app
+        .send(Method::GET, "/balance", &[("x-api-key", &key)], "")
+        .await;
+    assert_eq!(bal.json["credits"], 1, "no refused body changed anything");
+    // Whitespace after the document is fine.
+    for ws in [" ", "\n", "\r\n\t  "] {
+        let r = app
+            .send(
+                Method::POST,
+                "/topup",
+                &[("x-admin-key", ADMIN)],
+                &format!("{one}{ws}"),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{ws:?}");
+    }
+
+    // Every endpoint that takes a body refuses trailing data, and changes nothing.
+    let before = app.get("/keys").await.json;
+    for (path, body) in [
+        ("/keys", json!({"name": "new"})),
+        ("/topup", json!({"key": key, "credits": 5})),
+        ("/keys/revoke", json!({"key": key})),
+        ("/keys/rotate", json!({"key": key})),
+        ("/keys/acl", json!({"key": key, "deniedTools": ["x"]})),
+        ("/keys/expiry", json!({"key": key, "expiresIn": 60})),
+        ("/keys/quota", json!({"key": key, "dailyCallLimit": 1})),
+        ("/keys/tags", json!({"key": key, "tags": {"a": "b"}})),
+        ("/keys/ip", json!({"key": key, "ipAllowlist": ["10.0.0.1"]})),
+        ("/keys/search", json!({"tags": {"a": "b"}})),
+        ("/limits", json!({"key": key, "spendingLimit": 3})),
+        (
+            "/alerts",
+            json!({"rules": [{"type": "credits_low", "threshold": 1}]}),
+        ),
+    ] {
+        for tail in [" x", "{}", "[]"] {
+            let text = format!("{body}{tail}");
+            let r = app
+                .send(Method::POST, path, &[("x-admin-key", ADMIN)], &text)
+                .await;
+            assert_eq!(r.status, StatusCode::BAD_REQUEST, "{path} {text}");
+        }
+    }
+    assert_eq!(app.get("/keys").await.json, before);
+    assert_eq!(app.get("/alerts").await.json["rules"], json!([]));
+}

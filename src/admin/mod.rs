@@ -226,13 +226,15 @@ pub(crate) struct AdminRequest {
 }
 
 impl AdminRequest {
-    /// The body as `T`, or a 400 naming the offending field.
+    /// The body as `T`, or a 400 naming the offending field. The body must be exactly one
+    /// JSON document (whitespace may follow it): `{...}{...}` or `{...} garbage` is refused,
+    /// so no reader of the body can see a different request than the one applied.
     pub(crate) fn json<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
         if self.body.is_empty() {
             return Err(bad_request("request body must be a JSON object"));
         }
         let de = &mut serde_json::Deserializer::from_slice(&self.body);
-        serde_path_to_error::deserialize(de).map_err(|e| {
+        let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
             if inner.is_syntax() || inner.is_eof() {
@@ -242,7 +244,11 @@ impl AdminRequest {
             } else {
                 bad_request(format!("invalid '{path}': {inner}"))
             }
-        })
+        })?;
+        de.end().map_err(|_| {
+            bad_request("request body must be exactly one JSON document; found data after it")
+        })?;
+        Ok(value)
     }
 }
 
