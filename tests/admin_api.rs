@@ -921,3 +921,48 @@ async fn admin_bodies_are_exactly_one_json_document() {
     assert_eq!(app.get("/keys").await.json, before);
     assert_eq!(app.get("/alerts").await.json["rules"], json!([]));
 }
+
+#[tokio::test]
+async fn a_revoked_key_takes_no_change() {
+    let app = App::new(PayGateConfig::default());
+    let key = app.create(json!({"name": "gone", "credits": 10})).await;
+    let r = app.post("/keys/revoke", json!({"key": key})).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let record = || common::record(&app.gate, &key);
+    let before = record();
+    for (path, body) in [
+        ("/topup", json!({"key": key, "credits": 500})),
+        ("/keys/acl", json!({"key": key, "allowedTools": ["t"]})),
+        ("/keys/expiry", json!({"key": key, "expiresIn": 60})),
+        ("/keys/expiry", json!({"key": key, "expiresAt": null})),
+        ("/keys/quota", json!({"key": key, "dailyCallLimit": 5})),
+        ("/keys/quota", json!({"key": key, "remove": true})),
+        ("/keys/tags", json!({"key": key, "tags": {"team": "x"}})),
+        ("/keys/ip", json!({"key": key, "ipAllowlist": ["10.0.0.1"]})),
+        ("/limits", json!({"key": key, "spendingLimit": 5})),
+        ("/keys/rotate", json!({"key": key})),
+    ] {
+        let r = app.post(path, body.clone()).await;
+        assert_eq!(r.status, StatusCode::CONFLICT, "{path} {body}: {}", r.text);
+        assert!(
+            r.json["error"].as_str().unwrap().contains("revoked"),
+            "{}",
+            r.text
+        );
+        assert!(!r.text.contains(&key), "no key in the answer");
+    }
+    assert_eq!(record(), before, "no credits stranded, nothing changed");
+    let r = app.get("/keys").await;
+    assert_eq!(r.json["total"], 1, "rotation made no new key");
+    let r = app.get("/status").await;
+    assert_eq!(r.json["keys"]["active"], 0, "{}", r.text);
+    let types = app.event_types();
+    for t in [
+        "key.topup",
+        "key.rotated",
+        "key.acl_updated",
+        "key.limit_updated",
+    ] {
+        assert!(!types.contains(&t.to_string()), "{t}");
+    }
+}

@@ -196,6 +196,81 @@ async fn updates_apply_and_validate<S: KeyStore>(s: &S) {
     assert!(!r.active);
 }
 
+async fn revoked_keys_take_no_change<S: KeyStore>(s: &S) {
+    s.insert(rec(1, 10)).await.unwrap();
+    s.insert(rec(3, 10)).await.unwrap();
+    let d = KeyDigest::of(&key(1));
+    assert!(
+        !s.update(&d, &KeyUpdate::Revoke)
+            .await
+            .unwrap()
+            .unwrap()
+            .active
+    );
+    let before = s.get(&d).await.unwrap().unwrap();
+    let stats = s.stats().await.unwrap();
+    let quota = Quota {
+        daily_call_limit: 1,
+        ..Default::default()
+    };
+    let expiry = chrono::DateTime::from_timestamp_millis(NOW + 60_000);
+    for change in [
+        KeyUpdate::TopUp(5),
+        KeyUpdate::SetAcl {
+            allowed_tools: vec!["a".into()],
+            denied_tools: vec!["b".into()],
+        },
+        KeyUpdate::SetAllowedTools(vec!["a".into()]),
+        KeyUpdate::SetDeniedTools(vec!["b".into()]),
+        KeyUpdate::SetExpiry(expiry),
+        KeyUpdate::SetExpiry(None),
+        KeyUpdate::SetQuota(Some(quota)),
+        KeyUpdate::SetQuota(None),
+        KeyUpdate::MergeTags(BTreeMap::from([("t".to_string(), Some("v".to_string()))])),
+        KeyUpdate::SetIpAllowlist(vec!["10.0.0.1/32".parse().unwrap()]),
+        KeyUpdate::SetSpendingLimit(3),
+    ] {
+        assert!(
+            matches!(s.update(&d, &change).await, Err(StoreError::Revoked)),
+            "{change:?}"
+        );
+    }
+    assert_eq!(s.get(&d).await.unwrap().unwrap(), before, "nothing changed");
+    assert_eq!(s.stats().await.unwrap(), stats, "no credits stranded");
+    // Revoking again changes nothing and is not an error.
+    assert_eq!(
+        s.update(&d, &KeyUpdate::Revoke).await.unwrap().unwrap(),
+        before
+    );
+    // Rotation is refused, and creates no key.
+    let new = key(2);
+    assert!(matches!(
+        s.rotate(&d, KeyDigest::of(&new), paygate_mcp::mask_key(&new))
+            .await,
+        Err(StoreError::Revoked)
+    ));
+    assert!(s.get(&KeyDigest::of(&new)).await.unwrap().is_none());
+    assert_eq!(s.get(&d).await.unwrap().unwrap(), before);
+    assert_eq!(
+        s.charge(&req(&key(1), "t", 1)).await.unwrap().denial,
+        Some(DenyReason::InvalidApiKey)
+    );
+    // Unknown keys are still just unknown; live keys still change.
+    assert!(s
+        .update(&KeyDigest::of(&key(9)), &KeyUpdate::TopUp(1))
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(
+        s.update(&KeyDigest::of(&key(3)), &KeyUpdate::TopUp(1))
+            .await
+            .unwrap()
+            .unwrap()
+            .credits,
+        11
+    );
+}
+
 async fn rotate_carries_state_and_kills_old<S: KeyStore>(s: &S) {
     s.insert(rec(1, 10)).await.unwrap();
     let mut r = req(&key(1), "t", 2);
@@ -326,6 +401,13 @@ macro_rules! conformance_suite {
                 $run(async {
                     let store = $make;
                     super::updates_apply_and_validate(&store).await
+                });
+            }
+            #[test]
+            fn revoked_keys_take_no_change() {
+                $run(async {
+                    let store = $make;
+                    super::revoked_keys_take_no_change(&store).await
                 });
             }
             #[test]

@@ -290,7 +290,7 @@ pub(crate) async fn rotate<St: KeyStore>(state: &AdminState<St>, req: &AdminRequ
         .store()
         .rotate(&old, KeyDigest::of(&new_key), mask_key(&new_key))
         .await?
-        .ok_or_else(|| error(StatusCode::NOT_FOUND, "key not found or revoked"))?;
+        .ok_or_else(not_found)?;
     state.gate.emit(
         "key.rotated",
         json!({"actor": "admin", "oldKeyMasked": old_masked, "newKeyMasked": rec.key_masked}),

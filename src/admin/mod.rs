@@ -208,6 +208,10 @@ impl From<StoreError> for ApiError {
             StoreError::Duplicate => {
                 error(StatusCode::CONFLICT, "a key with this value already exists")
             }
+            StoreError::Revoked => error(
+                StatusCode::CONFLICT,
+                "the key is revoked: it takes no top-up, limit, policy change or rotation",
+            ),
             StoreError::Unavailable(_) | StoreError::Corrupt(_) => error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the key store is unavailable; nothing was changed",

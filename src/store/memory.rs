@@ -404,7 +404,8 @@ impl KeyStore for MemoryKeyStore {
         }
         match first.keys.get(old) {
             Some(rec) if rec.active => {}
-            _ => return ready(Ok(None)),
+            Some(_) => return ready(Err(StoreError::Revoked)),
+            None => return ready(Ok(None)),
         }
         let Some(mut rec) = first.keys.remove(old) else {
             return ready(Ok(None));

@@ -38,6 +38,9 @@ pub enum StoreError {
     /// An update would leave the record invalid.
     #[error("{0}")]
     Invalid(String),
+    /// The key is revoked: it takes no top-up, policy change or rotation.
+    #[error("the key is revoked; a revoked key cannot be changed")]
+    Revoked,
     /// The backend holds data it cannot read.
     #[error("corrupt store data: {0}")]
     Corrupt(String),
@@ -207,10 +210,15 @@ pub enum KeyUpdate {
 
 impl KeyUpdate {
     /// Applies the update to `rec`, refusing it (and leaving `rec` unchanged) when the result
-    /// would break a bound. Every store applies updates through this one function.
+    /// would break a bound, or with [`StoreError::Revoked`] when the key is revoked (only
+    /// [`KeyUpdate::Revoke`] applies to a revoked key, and changes nothing). Every store
+    /// applies updates through this one function.
     pub fn apply(&self, rec: &mut KeyRecord) -> Result<(), StoreError> {
         use crate::config::MAX_AMOUNT;
         use crate::key::{MAX_LIST_LEN, MAX_TAGS, MAX_TAG_LEN};
+        if !rec.active && *self != KeyUpdate::Revoke {
+            return Err(StoreError::Revoked);
+        }
         match self {
             KeyUpdate::TopUp(credits) => {
                 let sum = rec.credits.saturating_add(*credits);
@@ -336,7 +344,8 @@ pub trait KeyStore: Send + Sync + 'static {
         key: &KeyDigest,
     ) -> impl Future<Output = Result<Option<KeyRecord>, StoreError>> + Send;
 
-    /// Applies one change atomically; `None` when the key is unknown.
+    /// Applies one change atomically; `None` when the key is unknown. A revoked key takes no
+    /// change but [`KeyUpdate::Revoke`]: anything else fails with [`StoreError::Revoked`].
     fn update(
         &self,
         key: &KeyDigest,
@@ -344,7 +353,7 @@ pub trait KeyStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<KeyRecord>, StoreError>> + Send;
 
     /// Moves all of `old`'s state to a new key (`new_key`, `new_masked`); `old` stops working
-    /// at once. `None` when `old` is unknown or revoked.
+    /// at once. `None` when `old` is unknown; [`StoreError::Revoked`] when it is revoked.
     fn rotate(
         &self,
         old: &KeyDigest,

@@ -723,6 +723,7 @@ impl RedisKeyStore {
                             "balance would exceed {MAX_AMOUNT} credits"
                         )))
                     }
+                    -3 => return Err(StoreError::Revoked),
                     _ => {}
                 }
             }
@@ -762,6 +763,7 @@ impl RedisKeyStore {
                     let r: i64 = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
                     match r {
                         -1 => return Ok(None),
+                        -2 => return Err(StoreError::Revoked),
                         1 => return self.fetch(key).await,
                         _ => continue,
                     }
@@ -862,6 +864,7 @@ impl KeyStore for RedisKeyStore {
             .map_err(unavailable)?;
         match r {
             -1 => Err(StoreError::Duplicate),
+            -2 => Err(StoreError::Revoked),
             0 => Ok(None),
             _ => self.fetch(&new_key).await,
         }

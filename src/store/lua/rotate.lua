@@ -2,7 +2,9 @@
 --       6 old recent, 7 new recent, 8 old tool-window set, 9 new tool-window set,
 --       10 old moved pointer (lets refunds of calls in flight find the account)
 -- ARGV: 1 old hex, 2 new hex, 3 new masked key, 4 old tool-window prefix, 5 new tool-window prefix
-if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HGET', KEYS[1], 'active') ~= '1' then return 0 end
+-- Returns 0 unknown key, -2 revoked key, -1 new key taken, 1 done.
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('HGET', KEYS[1], 'active') ~= '1' then return -2 end
 if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
 redis.call('RENAME', KEYS[1], KEYS[2])
 redis.call('HSET', KEYS[2], 'm', ARGV[3])
