@@ -35,6 +35,8 @@ pub mod analytics;
 pub mod audit;
 pub mod clock;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gate;
 pub mod jsonrpc;
 pub mod key;

@@ -73,7 +73,7 @@ where
 }
 
 #[derive(Deserialize)]
-struct KeyOnly {
+pub(crate) struct KeyOnly {
     key: String,
 }
 
@@ -136,7 +136,7 @@ async fn apply<St: KeyStore>(
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct CreateKey {
+pub(crate) struct CreateKey {
     name: Option<String>,
     #[serde(default, deserialize_with = "whole::de_opt")]
     credits: Option<u64>,
@@ -240,7 +240,7 @@ pub(crate) async fn list<St: KeyStore>(state: &AdminState<St>, req: &AdminReques
 }
 
 #[derive(Deserialize)]
-struct TopUp {
+pub(crate) struct TopUp {
     key: String,
     #[serde(deserialize_with = "whole::de")]
     credits: u64,
@@ -330,7 +330,7 @@ async fn update_and_reply<St: KeyStore>(
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Acl {
+pub(crate) struct Acl {
     key: String,
     allowed_tools: Option<Vec<String>>,
     denied_tools: Option<Vec<String>>,
@@ -353,7 +353,7 @@ pub(crate) async fn acl<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Expiry {
+pub(crate) struct Expiry {
     key: String,
     #[serde(default, deserialize_with = "whole::de_opt")]
     expires_in: Option<u64>,
@@ -382,7 +382,7 @@ pub(crate) async fn expiry<St: KeyStore>(state: &AdminState<St>, req: &AdminRequ
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct QuotaBody {
+pub(crate) struct QuotaBody {
     key: String,
     #[serde(default)]
     remove: bool,
@@ -414,7 +414,7 @@ pub(crate) async fn quota<St: KeyStore>(state: &AdminState<St>, req: &AdminReque
 }
 
 #[derive(Deserialize)]
-struct Tags {
+pub(crate) struct Tags {
     key: String,
     tags: BTreeMap<String, Option<String>>,
 }
@@ -432,7 +432,7 @@ pub(crate) async fn tags<St: KeyStore>(state: &AdminState<St>, req: &AdminReques
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Ip {
+pub(crate) struct Ip {
     key: String,
     ip_allowlist: Vec<String>,
 }
@@ -451,7 +451,7 @@ pub(crate) async fn ip<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest)
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Limits {
+pub(crate) struct Limits {
     key: String,
     #[serde(deserialize_with = "whole::de")]
     spending_limit: u64,
@@ -464,7 +464,7 @@ pub(crate) async fn limits<St: KeyStore>(state: &AdminState<St>, req: &AdminRequ
 }
 
 #[derive(Deserialize)]
-struct Search {
+pub(crate) struct Search {
     tags: BTreeMap<String, String>,
 }
 

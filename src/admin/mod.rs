@@ -32,8 +32,8 @@ use crate::gate::Gate;
 use crate::metrics::Metrics;
 use crate::store::{KeyStore, MemoryKeyStore, StoreError};
 
-mod keys;
-mod reports;
+pub(crate) mod keys;
+pub(crate) mod reports;
 
 /// Largest admin request body.
 const MAX_ADMIN_BODY: usize = 1024 * 1024;

@@ -226,7 +226,7 @@ pub(crate) fn alerts<St: KeyStore>(state: &AdminState<St>) -> Handled {
 }
 
 #[derive(serde::Deserialize)]
-struct Rules {
+pub(crate) struct Rules {
     rules: Vec<AlertRule>,
 }
 
