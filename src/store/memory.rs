@@ -20,6 +20,12 @@ use crate::ratelimit::{KeyWindows, WINDOW_MS};
 /// digest order: listing needs no merge.
 const SHARDS: usize = 64;
 
+/// Keys a tag search reads under one shard lock before letting gated calls in.
+const SEARCH_SLICE: usize = 256;
+
+/// Rotations remembered for refunds in flight.
+const MOVED_KEPT: usize = 1024;
+
 /// Digests are uniformly random already: hashing their first 8 bytes is enough.
 #[derive(Default)]
 struct DigestHasher(u64);
@@ -91,6 +97,9 @@ pub struct MemoryKeyStore {
     /// Set by a state-file load that skipped records: the original file stays as `.bak`.
     pub(super) original: Mutex<Option<super::state_file::OriginalPin>>,
     shards: Box<[Mutex<Shard>]>,
+    /// Recent rotations (old digest, new digest), so a refund for a call charged before its
+    /// key rotated still finds the account. Bounded: the oldest are forgotten first.
+    moved: Mutex<std::collections::VecDeque<(KeyDigest, KeyDigest)>>,
 }
 
 impl Default for MemoryKeyStore {
@@ -122,6 +131,7 @@ impl MemoryKeyStore {
         Self {
             original: Mutex::new(None),
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            moved: Mutex::new(std::collections::VecDeque::new()),
         }
     }
 
@@ -330,8 +340,22 @@ impl KeyStore for MemoryKeyStore {
         receipt: ChargeReceipt,
         now_ms: i64,
     ) -> Ready<Result<Option<KeySnapshot>, StoreError>> {
-        let out = self.with_record(&receipt.key, |rec, _| {
-            rec.credits = rec.credits.saturating_add(receipt.credits);
+        let mut key = receipt.key;
+        // Follow rotations made while the call ran (each hop is a newer entry).
+        for _ in 0..MOVED_KEPT {
+            if self.shard(&key).lock().keys.contains_key(&key) {
+                break;
+            }
+            match self.moved.lock().iter().find(|(old, _)| *old == key) {
+                Some((_, new)) => key = *new,
+                None => break,
+            }
+        }
+        let out = self.with_record(&key, |rec, _| {
+            rec.credits = rec
+                .credits
+                .saturating_add(receipt.credits)
+                .min(crate::config::MAX_AMOUNT);
             rec.total_spent = rec.total_spent.saturating_sub(receipt.credits);
             rec.total_calls = rec.total_calls.saturating_sub(1);
             rec.quota_usage
@@ -429,6 +453,13 @@ impl KeyStore for MemoryKeyStore {
         if let Some(w) = windows {
             target.windows.insert(new_key, w);
         }
+        drop(second);
+        drop(first);
+        let mut moved = self.moved.lock();
+        if moved.len() == MOVED_KEPT {
+            moved.pop_front();
+        }
+        moved.push_back((*old, new_key));
         ready(Ok(Some(out)))
     }
 
@@ -469,15 +500,31 @@ impl KeyStore for MemoryKeyStore {
         tags: &BTreeMap<String, String>,
         limit: usize,
     ) -> Ready<Result<Vec<KeyRecord>, StoreError>> {
+        use std::ops::Bound;
         let mut out = Vec::new();
         for shard in self.shards.iter() {
-            let shard = shard.lock();
-            for (key, rec) in shard.keys.iter() {
-                if out.len() >= limit {
-                    return ready(Ok(out));
+            // A shard is scanned a slice at a time, its lock released in between, so a
+            // search over a million keys never holds up the gated calls on that shard.
+            let mut after = None;
+            loop {
+                let guard = shard.lock();
+                let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+                let mut seen = 0;
+                for (key, rec) in guard.keys.range((lower, Bound::Unbounded)) {
+                    if out.len() >= limit {
+                        return ready(Ok(out));
+                    }
+                    if rec.has_tags(tags) {
+                        out.push(rec.to_record(*key));
+                    }
+                    after = Some(*key);
+                    seen += 1;
+                    if seen == SEARCH_SLICE {
+                        break;
+                    }
                 }
-                if rec.has_tags(tags) {
-                    out.push(rec.to_record(*key));
+                if seen < SEARCH_SLICE {
+                    break;
                 }
             }
         }
@@ -495,6 +542,32 @@ mod tests {
     use crate::gate::block_on;
 
     const NOW: i64 = 1_700_000_000_000;
+
+    #[test]
+    fn tag_search_finds_every_match_across_slices_and_stops_at_the_limit() {
+        let store = MemoryKeyStore::new();
+        // Enough keys that every shard is scanned in several slices.
+        for i in 0..(SHARDS * SEARCH_SLICE * 2) {
+            let mut rec = KeyRecord::new(&format!("pg_search_{i:08}"), "k", 1, NOW);
+            if i % 7 == 0 {
+                rec.tags.insert("team".into(), "red".into());
+            }
+            block_on(store.insert(rec)).unwrap();
+        }
+        let want: BTreeMap<String, String> = [("team".to_string(), "red".to_string())].into();
+        let expected = (0..SHARDS * SEARCH_SLICE * 2)
+            .filter(|i| i % 7 == 0)
+            .count();
+        let found = block_on(store.search_by_tags(&want, usize::MAX)).unwrap();
+        assert_eq!(found.len(), expected);
+        assert!(found
+            .iter()
+            .all(|r| r.tags.get("team").map(String::as_str) == Some("red")));
+        let mut digests: Vec<_> = found.iter().map(|r| r.key_hash).collect();
+        digests.dedup();
+        assert_eq!(digests.len(), expected, "no key listed twice");
+        assert_eq!(block_on(store.search_by_tags(&want, 10)).unwrap().len(), 10);
+    }
 
     fn charge(store: &MemoryKeyStore, key: &KeyDigest, now_ms: i64, limit: u64) -> ChargeOutcome {
         block_on(store.charge(&ChargeRequest {
