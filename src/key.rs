@@ -41,22 +41,36 @@ pub fn generate_key() -> Result<String, getrandom::Error> {
     Ok(format!("{KEY_PREFIX}{}", hex::encode(bytes)))
 }
 
-/// Masks a key for display: its first 7 and last 4 characters.
+/// Most characters a mask shows: the first 7 and last 4 of a generated key.
+const MASK_HEAD: usize = 7;
+const MASK_TAIL: usize = 4;
+
+/// Masks a key for display. It never shows more than a third of the key: a generated key
+/// (`pg_` + 48 hex digits) shows its first 7 and last 4 characters; a shorter one (an
+/// imported key, say) shows proportionally less, at most `len / 3` characters split about
+/// 7 : 4 between head and tail; one under 12 characters shows nothing but `***`.
 ///
 /// ```
+/// use paygate_mcp::mask_key;
 /// assert_eq!(
-///     paygate_mcp::mask_key("pg_0123456789abcdef0123456789abcdef0123456789abcdef"),
+///     mask_key("pg_0123456789abcdef0123456789abcdef0123456789abcdef"),
 ///     "pg_0123...cdef"
 /// );
+/// assert_eq!(mask_key("imported-key-123"), "imp...23"); // 5 of 16 characters
+/// assert_eq!(mask_key("short"), "***");
 /// ```
 pub fn mask_key(key: &str) -> String {
     let chars: Vec<char> = key.chars().collect();
-    if chars.len() <= 11 {
+    let shown = (chars.len() / 3).min(MASK_HEAD + MASK_TAIL);
+    if shown < 4 {
         // Too short to reveal anything safely.
         return "***".to_string();
     }
-    let head: String = chars[..7].iter().collect();
-    let tail: String = chars[chars.len() - 4..].iter().collect();
+    // Split like 7 : 4, to the nearest character.
+    let head = (shown * MASK_HEAD + (MASK_HEAD + MASK_TAIL) / 2) / (MASK_HEAD + MASK_TAIL);
+    let tail = shown - head;
+    let head: String = chars[..head].iter().collect();
+    let tail: String = chars[chars.len() - tail..].iter().collect();
     format!("{head}...{tail}")
 }
 
@@ -124,7 +138,7 @@ impl<'de> Deserialize<'de> for KeyDigest {
 pub struct KeyRecord {
     /// SHA-256 of the key.
     pub key_hash: KeyDigest,
-    /// Display form of the key (first 7 + last 4 characters).
+    /// Display form of the key ([`mask_key`]: at most a third of it).
     pub key_masked: String,
     /// Owner-chosen label.
     pub name: String,
@@ -323,8 +337,37 @@ mod tests {
     fn masking_short_input_reveals_nothing() {
         assert_eq!(mask_key("pg_short"), "***");
         assert_eq!(mask_key(""), "***");
+        assert_eq!(mask_key("pg_0123456"), "***");
         // Multi-byte input does not panic on a char boundary.
-        assert_eq!(mask_key("ééééééééééééé"), "ééééééé...éééé");
+        assert_eq!(mask_key("ééééééééééééé"), "ééé...é");
+    }
+
+    #[test]
+    fn masking_never_reveals_more_than_a_third() {
+        // A generated key shows its first 7 and last 4, as every listing documents.
+        let key = generate_key().unwrap();
+        let masked = mask_key(&key);
+        assert_eq!(masked, format!("{}...{}", &key[..7], &key[key.len() - 4..]));
+        // An imported 16-character key showed 11 of its characters; now 5.
+        assert_eq!(mask_key("abcdefghijklmnop"), "abc...op");
+        for len in 0..=300 {
+            let key: String = (0..len)
+                .map(|i| char::from(b'a' + (i % 26) as u8))
+                .collect();
+            let masked = mask_key(&key);
+            let shown = masked.chars().filter(|c| *c != '.' && *c != '*').count();
+            assert!(shown * 3 <= len, "{len}: {masked}");
+            if len >= 33 {
+                assert_eq!(shown, 11, "{len}: {masked}");
+            }
+            if len >= 12 {
+                let (head, tail) = masked.split_once("...").unwrap();
+                assert!(key.starts_with(head) && key.ends_with(tail), "{masked}");
+                assert!(!head.is_empty() && !tail.is_empty(), "{masked}");
+            } else {
+                assert_eq!(masked, "***");
+            }
+        }
     }
 
     #[test]

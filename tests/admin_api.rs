@@ -966,3 +966,34 @@ async fn a_revoked_key_takes_no_change() {
         assert!(!types.contains(&t.to_string()), "{t}");
     }
 }
+
+#[tokio::test]
+async fn short_imported_keys_are_masked_to_at_most_a_third() {
+    let app = App::new(PayGateConfig::default());
+    let imported = "imported-key-123";
+    app.gate.import_key(imported, "legacy", 10).await.unwrap();
+    let r = app.get("/keys").await;
+    let masked = r.json["keys"][0]["key"].as_str().unwrap().to_string();
+    assert_eq!(masked, "imp...23", "5 of 16 characters, not 11");
+    let shown = masked.chars().filter(|c| *c != '.').count();
+    assert!(shown * 3 <= imported.len());
+    // Every other place the key is shown uses the same mask.
+    let r = app
+        .send(Method::GET, "/balance", &[("x-api-key", imported)], "")
+        .await;
+    assert_eq!(r.json["key"], masked.as_str());
+    let r = app
+        .post("/topup", json!({"key": imported, "credits": 1}))
+        .await;
+    assert_eq!(r.json["key"], masked.as_str());
+    for text in app.seen.lock().iter() {
+        assert!(!text.contains("imported-key"), "{text}");
+    }
+    // Generated keys still show their first 7 and last 4.
+    let key = app.create(json!({"name": "new"})).await;
+    let r = app.post("/topup", json!({"key": key, "credits": 1})).await;
+    assert_eq!(
+        r.json["key"],
+        format!("{}...{}", &key[..7], &key[key.len() - 4..])
+    );
+}
