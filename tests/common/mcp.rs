@@ -16,7 +16,7 @@ use tower::ServiceBuilder;
 pub mod demo_server;
 
 #[path = "../../examples/common/client_addr.rs"]
-mod client_addr;
+pub mod client_addr;
 
 use client_addr::client_addr;
 

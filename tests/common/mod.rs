@@ -68,3 +68,5 @@ pub async fn body_text(
     )
     .unwrap()
 }
+
+pub mod gateway;
