@@ -138,6 +138,7 @@ pub struct PayGateConfig {
     pub trusted_proxy_hops: u64,
     /// The addresses (IPs or CIDRs) of those proxies. `X-Forwarded-For` is believed only on
     /// a connection from one of them; from any other peer the peer's own address counts.
+    #[serde(deserialize_with = "ip_entries")]
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Longest a `tools/call` may take, answer included, in milliseconds; 0 = no limit.
     /// A call that runs out of time is answered with a JSON-RPC error and refunded.
@@ -218,8 +219,8 @@ impl Default for PayGateConfig {
 impl PayGateConfig {
     /// Parses and validates a JSON config.
     pub fn from_json_str(text: &str) -> Result<Self, ConfigError> {
-        let de = &mut serde_json::Deserializer::from_str(text);
-        let cfg: Self = serde_path_to_error::deserialize(de).map_err(|e| {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let cfg: Self = serde_path_to_error::deserialize(&mut de).map_err(|e| {
             let field = e.path().to_string();
             let field = if field == "." {
                 "(root)".to_string()
@@ -228,6 +229,8 @@ impl PayGateConfig {
             };
             ConfigError::invalid(field, e.inner().to_string())
         })?;
+        de.end()
+            .map_err(|_| ConfigError::invalid("(root)", "trailing data after the JSON document"))?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -449,6 +452,14 @@ impl PayGateConfig {
 }
 
 /// Deserializers for whole amounts: fractional input is floored, negative input refused.
+/// IPs or CIDR networks, as allowlists take them (`10.0.0.1`, `10.0.0.0/8`).
+fn ip_entries<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|entry| crate::key::parse_ip_entry(entry).map_err(serde::de::Error::custom))
+        .collect()
+}
+
 pub(crate) mod whole {
     use serde::{Deserialize, Deserializer};
 
@@ -612,5 +623,21 @@ mod tests {
         assert_eq!(cfg.global_rate_limit_per_min, 0);
         assert!(cfg.shadow_mode);
         cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn trusted_proxies_take_ips_and_networks_and_trailing_data_is_refused() {
+        let cfg = PayGateConfig::from_json_str(
+            r#"{"trustedProxyHops": 1, "trustedProxies": ["10.0.0.1", "192.168.0.0/16"]}"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.trusted_proxies.len(), 2);
+        assert!(cfg.trusted_proxies[0].contains(&"10.0.0.1".parse::<std::net::IpAddr>().unwrap()));
+        let err = PayGateConfig::from_json_str(r#"{"trustedProxies": ["nope"]}"#).unwrap_err();
+        assert!(err.to_string().contains("trustedProxies"), "{err}");
+        let err = PayGateConfig::from_json_str(r#"{"trustedProxyHops": 1}"#).unwrap_err();
+        assert!(err.to_string().contains("trustedProxies"), "{err}");
+        let err = PayGateConfig::from_json_str(r#"{"name": "a"} {"name": "b"}"#).unwrap_err();
+        assert!(err.to_string().contains("trailing"), "{err}");
     }
 }

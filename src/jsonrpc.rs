@@ -68,6 +68,8 @@ pub struct RpcRequest {
     arguments_len: usize,
     /// Where the id's value sits in the parsed body.
     id_span: Option<Range<usize>>,
+    /// The id's JSON text as sent.
+    id_raw: Option<String>,
 }
 
 impl RpcRequest {
@@ -103,6 +105,12 @@ impl RpcRequest {
     /// can be replaced without re-encoding the rest.
     pub(crate) fn id_span(&self) -> Option<Range<usize>> {
         self.id_span.clone()
+    }
+
+    /// The id exactly as the client wrote it, for answers the gateway writes itself: `1.0`
+    /// stays `1.0` and a 30-digit id keeps every digit (a parsed number would not).
+    pub fn id_as_sent(&self) -> Option<&str> {
+        self.id_raw.as_deref()
     }
 }
 
@@ -154,6 +162,7 @@ pub fn parse_request(body: &[u8]) -> Result<RpcRequest, RpcError> {
             "method is longer than 256 bytes",
         ));
     }
+    let id_raw = members.id.map(|raw| raw.get().to_owned());
     let (id, id_span) = match members.id {
         None => (None, None),
         Some(raw) => {
@@ -198,6 +207,7 @@ pub fn parse_request(body: &[u8]) -> Result<RpcRequest, RpcError> {
         uri: uri.map(Cow::into_owned),
         arguments_len,
         id_span,
+        id_raw,
     })
 }
 
@@ -228,19 +238,71 @@ fn syntax_or_duplicate(e: serde_json::Error) -> RpcError {
 /// assert_eq!(v["error"]["code"], -32600);
 /// ```
 pub fn error_body(id: Option<&Value>, code: i64, message: &str, data: Option<Value>) -> Vec<u8> {
-    let mut error = json!({"code": code, "message": message});
-    if let Some(data) = data {
-        error["data"] = data;
+    envelope(id.unwrap_or(&Value::Null), code, message, data)
+}
+
+/// [`error_body`] with the id exactly as the client wrote it (see [`RpcRequest::id_as_sent`]),
+/// so an id no number type holds (`1e400`, 30 digits) comes back unchanged.
+pub(crate) fn error_body_as_sent(
+    id: Option<&str>,
+    code: i64,
+    message: &str,
+    data: Option<Value>,
+) -> Vec<u8> {
+    // The text was checked to be one JSON scalar when the request was parsed.
+    match id.and_then(|text| RawValue::from_string(text.to_owned()).ok()) {
+        Some(raw) => envelope(&*raw, code, message, data),
+        None => envelope(&Value::Null, code, message, data),
     }
-    let body = json!({"jsonrpc": "2.0", "id": id.cloned().unwrap_or(Value::Null), "error": error});
-    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+fn envelope<I: serde::Serialize + ?Sized>(
+    id: &I,
+    code: i64,
+    message: &str,
+    data: Option<Value>,
+) -> Vec<u8> {
+    #[derive(serde::Serialize)]
+    struct Envelope<'a, I: ?Sized> {
+        jsonrpc: &'static str,
+        id: &'a I,
+        error: ErrorObject<'a>,
+    }
+    #[derive(serde::Serialize)]
+    struct ErrorObject<'a> {
+        code: i64,
+        message: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        data: Option<Value>,
+    }
+    serde_json::to_vec(&Envelope {
+        jsonrpc: "2.0",
+        id,
+        error: ErrorObject {
+            code,
+            message,
+            data,
+        },
+    })
+    .unwrap_or_default()
 }
 
 /// The JSON-RPC error response for a gate denial, with `data` carrying `reason`, `tool`,
 /// `creditsRequired`, `remainingCredits` and, for rate limits, `retryAfterSeconds`.
 pub fn denial_body(id: Option<&Value>, decision: &Decision) -> Vec<u8> {
+    let (code, message, data) = denial_parts(decision);
+    error_body(id, code, &message, data)
+}
+
+/// [`denial_body`] with the id as the client wrote it.
+pub(crate) fn denial_body_as_sent(id: Option<&str>, decision: &Decision) -> Vec<u8> {
+    let (code, message, data) = denial_parts(decision);
+    error_body_as_sent(id, code, &message, data)
+}
+
+fn denial_parts(decision: &Decision) -> (i64, String, Option<Value>) {
     let Some(reason) = decision.reason else {
-        return error_body(id, INTERNAL_ERROR, "denied", None);
+        return (INTERNAL_ERROR, "denied".into(), None);
     };
     let mut data = json!({
         "reason": reason.as_str(),
@@ -251,10 +313,9 @@ pub fn denial_body(id: Option<&Value>, decision: &Decision) -> Vec<u8> {
     if let Some(retry) = decision.retry_after_secs {
         data["retryAfterSeconds"] = json!(retry);
     }
-    error_body(
-        id,
+    (
         reason.category().jsonrpc_code(),
-        &decision.message(),
+        decision.message(),
         Some(data),
     )
 }
@@ -858,6 +919,28 @@ mod tests {
             parse_request(body.as_bytes()).unwrap_err().code,
             PARSE_ERROR
         );
+    }
+
+    #[test]
+    fn gateway_answers_carry_the_id_exactly_as_sent() {
+        for id in [
+            "1.0",
+            "1e0",
+            "-0",
+            "123456789012345678901234567890",
+            "\"a\\\"b\"",
+            "null",
+        ] {
+            let body = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call"}}"#);
+            let req = parse_request(body.as_bytes()).unwrap();
+            assert_eq!(req.id_as_sent(), Some(id));
+            let reply = error_body_as_sent(req.id_as_sent(), INVALID_PARAMS, "m", None);
+            let text = String::from_utf8(reply).unwrap();
+            assert!(text.contains(&format!(r#""id":{id},"#)), "{text}");
+            serde_json::from_str::<Value>(&text).expect("valid JSON");
+        }
+        let none = error_body_as_sent(None, INVALID_PARAMS, "m", None);
+        assert!(String::from_utf8(none).unwrap().contains(r#""id":null"#));
     }
 
     #[test]

@@ -238,10 +238,13 @@ fn expose_headers(headers: &mut http::HeaderMap) {
 
 fn rpc_error<R: Body>(
     status: StatusCode,
-    id: Option<&Value>,
+    id: Option<&str>,
     e: &jsonrpc::RpcError,
 ) -> Response<GateBody<R>> {
-    json_response(status, jsonrpc::error_body(id, e.code, &e.message, None))
+    json_response(
+        status,
+        jsonrpc::error_body_as_sent(id, e.code, &e.message, None),
+    )
 }
 
 async fn handle<S, St, B, ResBody>(
@@ -274,7 +277,8 @@ where
     let Some(rpc) = ctx.rpc.clone() else {
         return forward(inner, parts, &ctx, None).await;
     };
-    let id = rpc.id.clone();
+    // Answers the gateway writes carry the id exactly as sent (a parsed number may differ).
+    let id = rpc.id_as_sent();
 
     // A method a lenient downstream might read as `tools/call` is refused outright.
     if rpc.method != "tools/call"
@@ -284,15 +288,24 @@ where
             code: jsonrpc::INVALID_REQUEST,
             message: "ambiguous method name".into(),
         };
-        return Ok(rpc_error(StatusCode::BAD_REQUEST, id.as_ref(), &e));
+        return Ok(rpc_error(StatusCode::BAD_REQUEST, id, &e));
     }
 
     if rpc.method == "tools/call" {
+        // A call sent as a notification would run with no answer to watch, so a refund
+        // could not be told from a success: a tool call must be a request.
+        if rpc.id.is_none() {
+            let e = jsonrpc::RpcError {
+                code: jsonrpc::INVALID_REQUEST,
+                message: "tools/call must be a request with an id, not a notification".into(),
+            };
+            return Ok(rpc_error(StatusCode::BAD_REQUEST, None, &e));
+        }
         let tool = match rpc.tool_name() {
             Ok(t) => t,
-            Err(e) => return Ok(rpc_error(StatusCode::OK, id.as_ref(), &e)),
+            Err(e) => return Ok(rpc_error(StatusCode::OK, id, &e)),
         };
-        if let Some(resp) = check_mcp_headers(&parts.headers, &rpc, id.as_ref()) {
+        if let Some(resp) = check_mcp_headers(&parts.headers, &rpc, id) {
             return Ok(resp);
         }
         let call = CallRequest {
@@ -334,7 +347,7 @@ where
                 {
                     let decision = gate.deny(reason, tool, &call);
                     if !decision.allowed {
-                        return Ok(denial_response(id.as_ref(), &decision, stages));
+                        return Ok(denial_response(id, &decision, stages));
                     }
                 }
             }
@@ -347,7 +360,7 @@ where
         }
         if !d.decision.allowed {
             drop(usage);
-            return Ok(denial_response(id.as_ref(), &d.decision, stages));
+            return Ok(denial_response(id, &d.decision, stages));
         }
         // The layer that forwards holds the receipt: a call the downstream refuses before
         // running a tool is refunded whatever `refundOnFailure` says.
@@ -355,7 +368,7 @@ where
             receipt: d.receipt.lock().take(),
             refund_on_failure: gate.config().refund_on_failure,
             usage,
-            id: id.unwrap_or(Value::Null),
+            id: id.map(str::to_owned),
         };
         let mut resp = forward_call(inner, parts, &ctx, &gate, forwarded).await?;
         decorate(resp.headers_mut(), &d.decision, stages);
@@ -363,7 +376,7 @@ where
     }
 
     if gate.is_free_method(&rpc.method) {
-        if let Some(resp) = check_mcp_headers(&parts.headers, &rpc, id.as_ref()) {
+        if let Some(resp) = check_mcp_headers(&parts.headers, &rpc, id) {
             return Ok(resp);
         }
         if rpc.method == "tools/list" && stages.auth {
@@ -379,7 +392,7 @@ where
     }
 
     // Any other method needs a valid key, though it is not billed.
-    if let Some(resp) = check_mcp_headers(&parts.headers, &rpc, id.as_ref()) {
+    if let Some(resp) = check_mcp_headers(&parts.headers, &rpc, id) {
         return Ok(resp);
     }
     let call = CallRequest {
@@ -391,7 +404,7 @@ where
     if let Err(reason) = gate.authorize(call.api_key, call.client_ip, None).await {
         let decision = gate.deny(reason, &rpc.method, &call);
         if !decision.allowed {
-            return Ok(denial_response(id.as_ref(), &decision, stages));
+            return Ok(denial_response(id, &decision, stages));
         }
     }
     forward(inner, parts, &ctx, None).await
@@ -582,7 +595,7 @@ fn connect_info(_parts: &http::request::Parts) -> Option<IpAddr> {
 fn check_mcp_headers<R: Body>(
     headers: &http::HeaderMap,
     rpc: &RpcRequest,
-    id: Option<&Value>,
+    id: Option<&str>,
 ) -> Option<Response<GateBody<R>>> {
     let mismatch = |name: &HeaderName, expected: Option<&str>| {
         let sent = headers.get(name)?;
@@ -603,11 +616,11 @@ fn check_mcp_headers<R: Body>(
 }
 
 fn denial_response<R: Body>(
-    id: Option<&Value>,
+    id: Option<&str>,
     d: &Decision,
     stages: Stages,
 ) -> Response<GateBody<R>> {
-    let mut resp = json_response(StatusCode::OK, jsonrpc::denial_body(id, d));
+    let mut resp = json_response(StatusCode::OK, jsonrpc::denial_body_as_sent(id, d));
     if let Some(retry) = d.retry_after_secs {
         resp.headers_mut()
             .insert(http::header::RETRY_AFTER, HeaderValue::from(retry));
@@ -742,8 +755,8 @@ struct Forwarded<St: KeyStore> {
     refund_on_failure: bool,
     /// Recorded once the call is dispatched.
     usage: Option<PendingUsage<St>>,
-    /// The request's id, for error replies and for finding the answer.
-    id: Value,
+    /// The request's id as sent, for the replies the gateway writes.
+    id: Option<String>,
 }
 
 /// Forwards an allowed `tools/call` under the call timeout. When a receipt is given it is
@@ -776,8 +789,8 @@ where
         }))
     };
     let timeout_reply = || {
-        Bytes::from(jsonrpc::error_body(
-            Some(&id),
+        Bytes::from(jsonrpc::error_body_as_sent(
+            id.as_deref(),
             jsonrpc::INTERNAL_ERROR,
             &format!("Tool call timed out after {timeout_ms} ms"),
             Some(json!({"reason": "upstream_timeout"})),
