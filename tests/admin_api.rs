@@ -997,3 +997,43 @@ async fn short_imported_keys_are_masked_to_at_most_a_third() {
         format!("{}...{}", &key[..7], &key[key.len() - 4..])
     );
 }
+
+#[tokio::test]
+async fn acl_lists_are_applied_together_or_not_at_all() {
+    let app = App::new(PayGateConfig::default());
+    let key = app
+        .create(json!({"name": "acl", "allowedTools": ["t"], "deniedTools": ["x"]}))
+        .await;
+    let before = common::record(&app.gate, &key);
+    // A valid allowed list beside a refused denied list: before, the allowed list was
+    // applied and then the request failed, leaving the key half changed.
+    for body in [
+        json!({"key": key, "allowedTools": ["t", "u"], "deniedTools": [""]}),
+        json!({"key": key, "allowedTools": [""], "deniedTools": ["y"]}),
+        json!({"key": key, "allowedTools": ["u"], "deniedTools": ["y".repeat(201)]}),
+    ] {
+        let r = app.post("/keys/acl", body.clone()).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {}", r.text);
+        assert_eq!(common::record(&app.gate, &key), before, "{body}");
+    }
+    assert_eq!(reason(&app.call(&key, "u").await), "tool_not_allowed");
+    // Both lists in one request change in one step, and emit one event.
+    let r = app
+        .post(
+            "/keys/acl",
+            json!({"key": key, "allowedTools": ["t", "u"], "deniedTools": ["t"]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(
+        (
+            r.json["allowedTools"].clone(),
+            r.json["deniedTools"].clone()
+        ),
+        (json!(["t", "u"]), json!(["t"]))
+    );
+    assert_eq!(reason(&app.call(&key, "u").await), "allowed");
+    assert_eq!(reason(&app.call(&key, "t").await), "tool_denied");
+    let events = app.event_types();
+    assert_eq!(events.iter().filter(|t| *t == "key.acl_updated").count(), 1);
+}

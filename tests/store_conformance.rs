@@ -220,8 +220,14 @@ async fn revoked_keys_take_no_change<S: KeyStore>(s: &S) {
             allowed_tools: vec!["a".into()],
             denied_tools: vec!["b".into()],
         },
-        KeyUpdate::SetAllowedTools(vec!["a".into()]),
-        KeyUpdate::SetDeniedTools(vec!["b".into()]),
+        KeyUpdate::UpdateAcl {
+            allowed_tools: Some(vec!["a".into()]),
+            denied_tools: None,
+        },
+        KeyUpdate::UpdateAcl {
+            allowed_tools: None,
+            denied_tools: Some(vec!["b".into()]),
+        },
         KeyUpdate::SetExpiry(expiry),
         KeyUpdate::SetExpiry(None),
         KeyUpdate::SetQuota(Some(quota)),
@@ -269,6 +275,59 @@ async fn revoked_keys_take_no_change<S: KeyStore>(s: &S) {
             .credits,
         11
     );
+}
+
+async fn acl_lists_change_together_or_not_at_all<S: KeyStore>(s: &S) {
+    s.insert(rec(1, 10)).await.unwrap();
+    let d = KeyDigest::of(&key(1));
+    let acl = |allowed: Option<&[&str]>, denied: Option<&[&str]>| KeyUpdate::UpdateAcl {
+        allowed_tools: allowed.map(|l| l.iter().map(|t| t.to_string()).collect()),
+        denied_tools: denied.map(|l| l.iter().map(|t| t.to_string()).collect()),
+    };
+    let r = s
+        .update(&d, &acl(Some(&["a", "b"]), Some(&["x"])))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((r.allowed_tools.len(), r.denied_tools.len()), (2, 1));
+    // A list left out is kept.
+    let r = s
+        .update(&d, &acl(None, Some(&["y"])))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.allowed_tools, vec!["a".to_string(), "b".to_string()]);
+    assert_eq!(r.denied_tools, vec!["y".to_string()]);
+    let before = s.get(&d).await.unwrap().unwrap();
+    // When either list is refused, neither changes.
+    let long = "t".repeat(201);
+    let too_many: Vec<String> = (0..1_001).map(|i| format!("t{i}")).collect();
+    for change in [
+        acl(Some(&["c"]), Some(&[""])),
+        acl(Some(&[""]), Some(&["z"])),
+        acl(Some(&["c"]), Some(&[long.as_str()])),
+        KeyUpdate::UpdateAcl {
+            allowed_tools: Some(vec!["c".into()]),
+            denied_tools: Some(too_many.clone()),
+        },
+        KeyUpdate::UpdateAcl {
+            allowed_tools: Some(too_many),
+            denied_tools: Some(vec!["z".into()]),
+        },
+    ] {
+        assert!(
+            matches!(s.update(&d, &change).await, Err(StoreError::Invalid(_))),
+            "{change:?}"
+        );
+        assert_eq!(s.get(&d).await.unwrap().unwrap(), before, "{change:?}");
+    }
+    // Empty lists clear: all tools allowed, none denied.
+    let r = s
+        .update(&d, &acl(Some(&[]), Some(&[])))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(r.allowed_tools.is_empty() && r.denied_tools.is_empty());
 }
 
 async fn rotate_carries_state_and_kills_old<S: KeyStore>(s: &S) {
@@ -408,6 +467,13 @@ macro_rules! conformance_suite {
                 $run(async {
                     let store = $make;
                     super::revoked_keys_take_no_change(&store).await
+                });
+            }
+            #[test]
+            fn acl_lists_change_together_or_not_at_all() {
+                $run(async {
+                    let store = $make;
+                    super::acl_lists_change_together_or_not_at_all(&store).await
                 });
             }
             #[test]

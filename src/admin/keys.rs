@@ -308,19 +308,15 @@ pub(crate) async fn rotate<St: KeyStore>(state: &AdminState<St>, req: &AdminRequ
     Ok(json_reply(StatusCode::OK, &view))
 }
 
-/// Applies `changes` in order to the key named `key` and answers with its view.
+/// Applies `change` (one atomic store update) to the key named `key` and answers with its
+/// view.
 async fn update_and_reply<St: KeyStore>(
     state: &AdminState<St>,
     key: &str,
-    changes: &[KeyUpdate],
+    change: &KeyUpdate,
     event: &str,
 ) -> Handled {
-    let d = digest_of(key)?;
-    let mut rec = None;
-    for change in changes {
-        rec = Some(apply(state, &d, change).await?);
-    }
-    let rec = rec.ok_or_else(|| bad_request("nothing to change"))?;
+    let rec = apply(state, &digest_of(key)?, change).await?;
     state.gate.emit(
         event,
         json!({"actor": "admin", "keyMasked": rec.key_masked}),
@@ -338,17 +334,15 @@ pub(crate) struct Acl {
 
 pub(crate) async fn acl<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Handled {
     let body: Acl = req.json()?;
-    let changes: Vec<KeyUpdate> = [
-        body.allowed_tools.map(KeyUpdate::SetAllowedTools),
-        body.denied_tools.map(KeyUpdate::SetDeniedTools),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    if changes.is_empty() {
+    if body.allowed_tools.is_none() && body.denied_tools.is_none() {
         return Err(bad_request("send 'allowedTools' and/or 'deniedTools'"));
     }
-    update_and_reply(state, &body.key, &changes, "key.acl_updated").await
+    // Both lists in one update: a refused list leaves the other unchanged too.
+    let change = KeyUpdate::UpdateAcl {
+        allowed_tools: body.allowed_tools,
+        denied_tools: body.denied_tools,
+    };
+    update_and_reply(state, &body.key, &change, "key.acl_updated").await
 }
 
 #[derive(Deserialize)]
@@ -374,7 +368,7 @@ pub(crate) async fn expiry<St: KeyStore>(state: &AdminState<St>, req: &AdminRequ
     update_and_reply(
         state,
         &body.key,
-        &[KeyUpdate::SetExpiry(at)],
+        &KeyUpdate::SetExpiry(at),
         "key.expiry_updated",
     )
     .await
@@ -407,7 +401,7 @@ pub(crate) async fn quota<St: KeyStore>(state: &AdminState<St>, req: &AdminReque
     update_and_reply(
         state,
         &body.key,
-        &[KeyUpdate::SetQuota(q)],
+        &KeyUpdate::SetQuota(q),
         "key.quota_updated",
     )
     .await
@@ -424,7 +418,7 @@ pub(crate) async fn tags<St: KeyStore>(state: &AdminState<St>, req: &AdminReques
     update_and_reply(
         state,
         &body.key,
-        &[KeyUpdate::MergeTags(body.tags)],
+        &KeyUpdate::MergeTags(body.tags),
         "key.tags_updated",
     )
     .await
@@ -443,7 +437,7 @@ pub(crate) async fn ip<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest)
     update_and_reply(
         state,
         &body.key,
-        &[KeyUpdate::SetIpAllowlist(nets)],
+        &KeyUpdate::SetIpAllowlist(nets),
         "key.ip_updated",
     )
     .await
@@ -460,7 +454,7 @@ pub(crate) struct Limits {
 pub(crate) async fn limits<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Handled {
     let body: Limits = req.json()?;
     let change = KeyUpdate::SetSpendingLimit(body.spending_limit);
-    update_and_reply(state, &body.key, &[change], "key.limit_updated").await
+    update_and_reply(state, &body.key, &change, "key.limit_updated").await
 }
 
 #[derive(Deserialize)]

@@ -192,10 +192,14 @@ pub enum KeyUpdate {
         /// Tools the key may never call.
         denied_tools: Vec<String>,
     },
-    /// Replaces only the allowed tool list.
-    SetAllowedTools(Vec<String>),
-    /// Replaces only the denied tool list.
-    SetDeniedTools(Vec<String>),
+    /// Replaces the tool lists that are given (`None` keeps a list as it is), both in one
+    /// step: when either list is refused neither changes.
+    UpdateAcl {
+        /// The new allowed list, if it changes; empty = all tools.
+        allowed_tools: Option<Vec<String>>,
+        /// The new denied list, if it changes.
+        denied_tools: Option<Vec<String>>,
+    },
     /// Sets or removes the expiry.
     SetExpiry(Option<DateTime<Utc>>),
     /// Sets the key's own quota, or removes it (`None`) to fall back to the global one.
@@ -239,13 +243,20 @@ impl KeyUpdate {
                 rec.allowed_tools = allowed_tools.clone();
                 rec.denied_tools = denied_tools.clone();
             }
-            KeyUpdate::SetAllowedTools(tools) => {
-                check_tool_list(tools)?;
-                rec.allowed_tools = tools.clone();
-            }
-            KeyUpdate::SetDeniedTools(tools) => {
-                check_tool_list(tools)?;
-                rec.denied_tools = tools.clone();
+            KeyUpdate::UpdateAcl {
+                allowed_tools,
+                denied_tools,
+            } => {
+                // Check both before changing either.
+                for list in [allowed_tools, denied_tools].into_iter().flatten() {
+                    check_tool_list(list)?;
+                }
+                if let Some(tools) = allowed_tools {
+                    rec.allowed_tools = tools.clone();
+                }
+                if let Some(tools) = denied_tools {
+                    rec.denied_tools = tools.clone();
+                }
             }
             KeyUpdate::SetExpiry(at) => {
                 rec.expires_at = *at;
