@@ -6,6 +6,7 @@
 //!     [--refund-on-failure] [--import-key "pg_...:100"] [--state-file FILE]
 //!     [--webhook-url URL] [--webhook-secret SECRET] [--redis-url redis://127.0.0.1:6379]
 //!     [--server "npx -y @modelcontextprotocol/server-everything"] [--remote-url URL]
+//!     [--print-keys]
 //!
 //! `--redis-url` needs `--features redis`; without it keys live in memory (and in the
 //! `--state-file`, when given).
@@ -16,6 +17,7 @@ mod client_addr;
 #[path = "common/demo_server.rs"]
 mod demo_server;
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,6 +26,7 @@ use std::time::Duration;
 
 use axum::middleware;
 use client_addr::client_addr;
+use paygate_mcp::admin::check_admin_key;
 use paygate_mcp::upstream::{boxed, UpstreamService};
 use paygate_mcp::{
     generate_key, AdminService, AuditLog, EventSink, FanOut, Gate, HttpUpstream,
@@ -54,6 +57,7 @@ struct Args {
     redis_url: Option<String>,
     server: Option<String>,
     remote_url: Option<String>,
+    print_keys: bool,
 }
 
 fn whole(flag: &str, v: &str) -> Result<u64, String> {
@@ -74,7 +78,11 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
                         .map_err(|_| format!("--port: '{v}' is not a port"))?,
                 );
             }
-            "--admin-key" => args.admin_key = Some(value()?),
+            "--admin-key" => {
+                let key = value()?;
+                check_admin_key(&key).map_err(|e| format!("--admin-key: {e}"))?;
+                args.admin_key = Some(key);
+            }
             "--config" => args.config = Some(value()?),
             "--price" => args.price = Some(whole("--price", &value()?)?),
             "--rate-limit" => args.rate_limit = Some(whole("--rate-limit", &value()?)?),
@@ -103,6 +111,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
             "--redis-url" => args.redis_url = Some(value()?),
             "--server" => args.server = Some(value()?),
             "--remote-url" => args.remote_url = Some(value()?),
+            "--print-keys" => args.print_keys = true,
             "--help" | "-h" => return Err(String::new()),
             other => return Err(format!("unknown flag {other}")),
         }
@@ -312,11 +321,16 @@ async fn downstream(cfg: &PayGateConfig) -> Result<UpstreamService, String> {
     Ok(boxed(demo_server::service(demo_server::Mode::Json)))
 }
 
-/// Starts an MCP server command and speaks to it over stdio.
+/// Starts an MCP server command and speaks to it over stdio. A server that is down or fails
+/// its handshake does not stop the gateway: calls to it are refused (and refunded) until
+/// the background retries bring it up.
 async fn stdio(command: &str, args: &[String]) -> Result<UpstreamService, String> {
-    let upstream = StdioUpstream::spawn(StdioConfig::new(command, args.iter().cloned()))
+    let upstream = StdioUpstream::start(StdioConfig::new(command, args.iter().cloned()))
         .await
         .map_err(|e| e.to_string())?;
+    if !upstream.is_ready() {
+        eprintln!("warning: MCP server `{command}` is not up; retrying in the background");
+    }
     Ok(boxed(upstream))
 }
 
@@ -371,6 +385,7 @@ async fn serve<St: KeyStore>(
         .layer(PayGateLayer::from_gate(gate.clone()))
         .service(downstream);
     let admin = AdminService::new(gate.clone(), &admin_key)
+        .map_err(|e| format!("--admin-key: {e}"))?
         .with_metrics(observers.metrics)
         .with_audit(observers.audit);
     let app = axum::Router::new()
@@ -387,11 +402,16 @@ async fn serve<St: KeyStore>(
         "PayGate MCP gateway on {url} ({}), admin API on http://127.0.0.1:{port}/",
         gate.config().name
     );
-    println!("Paste these into your shell:");
-    if let Some((key, credits)) = &shown_key {
-        println!("export PAYGATE_KEY={key}   # an API key with {credits} credits");
+    // Secrets go to a person at a terminal, never into a log file by default.
+    if args.print_keys || std::io::stdout().is_terminal() {
+        println!("Paste these into your shell:");
+        if let Some((key, credits)) = &shown_key {
+            println!("export PAYGATE_KEY={key}   # an API key with {credits} credits");
+        }
+        println!("export PAYGATE_ADMIN_KEY={admin_key}");
+    } else {
+        println!("(API and admin keys not printed: stdout is not a terminal; pass --print-keys)");
     }
-    println!("export PAYGATE_ADMIN_KEY={admin_key}");
     println!();
     println!("Then call a tool:");
     println!(

@@ -4,7 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --quiet --example gateway
 log=$(mktemp)
-cargo run --quiet --example gateway >"$log" 2>&1 &
+# Output goes to a file, not a terminal: --print-keys asks for the export lines there.
+cargo run --quiet --example gateway -- --print-keys >"$log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; rm -f "$log"' EXIT
 for _ in $(seq 1 100); do
