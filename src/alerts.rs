@@ -14,6 +14,7 @@ use serde_json::json;
 use crate::clock::{ms_to_datetime, SharedClock};
 use crate::config::whole;
 use crate::key::KeyDigest;
+use crate::meter::{clip, MAX_EVENT_TEXT_BYTES};
 use crate::store::KeySnapshot;
 
 /// What an alert rule watches.
@@ -99,7 +100,9 @@ const MAX_DENIALS_PER_KEY: usize = 10_000;
 /// Size at which the cooldown and denial maps are pruned of stale entries.
 const PRUNE_AT: usize = 50_000;
 
-/// A fired alert.
+/// A fired alert. Its key name (and the message quoting it) is cut to
+/// [`MAX_EVENT_TEXT_BYTES`](crate::meter::MAX_EVENT_TEXT_BYTES), so the pending queue holds
+/// alerts of bounded size.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Alert {
@@ -252,8 +255,8 @@ impl AlertEngine {
             fired.push(Alert {
                 alert_type: rule.rule_type,
                 timestamp: ms_to_datetime(now_ms),
-                key_prefix: snap.key_masked.clone(),
-                key_name: snap.name.clone(),
+                key_prefix: clip(&snap.key_masked, MAX_EVENT_TEXT_BYTES).into_owned(),
+                key_name: clip(&snap.name, MAX_EVENT_TEXT_BYTES).into_owned(),
                 message,
                 threshold: rule.threshold,
                 current_value: value,
@@ -329,7 +332,7 @@ fn evaluate(
     ctx: AlertContext,
     recent_denials: u64,
 ) -> Option<(f64, String, serde_json::Value)> {
-    let name = &snap.name;
+    let name = clip(&snap.name, MAX_EVENT_TEXT_BYTES);
     let threshold = rule.threshold;
     match rule.rule_type {
         AlertType::SpendingThreshold => {
@@ -577,6 +580,20 @@ mod tests {
         engine.set_rules(vec![AlertRule::new(AlertType::CreditsLow, 1000)]);
         assert_eq!(engine.rules().len(), 1);
         assert_eq!(engine.check(&snap(&rec, &clock), NONE).len(), 1);
+    }
+
+    #[test]
+    fn queued_alerts_are_bounded_whatever_the_key_name() {
+        let (clock, engine, mut rec) = setup(vec![AlertRule::new(AlertType::CreditsLow, 1000)]);
+        rec.name = "é".repeat(500_000); // 1 MB
+        let fired = engine.check(&snap(&rec, &clock), NONE);
+        let queued = engine.consume();
+        for alert in fired.iter().chain(&queued) {
+            assert!(alert.key_name.len() <= MAX_EVENT_TEXT_BYTES);
+            assert!(alert.key_name.ends_with('…'));
+            assert!(alert.message.len() <= MAX_EVENT_TEXT_BYTES + 100);
+        }
+        assert_eq!(queued.len(), 1);
     }
 
     #[test]

@@ -56,7 +56,9 @@
 //!   `(other)` at minute level only (hour and day buckets keep the names), so a flood of
 //!   made-up tool names cannot blow up the finest level.
 //! * Tool names, keys and key names longer than 200 characters are truncated to 200 characters
-//!   for aggregation.
+//!   for aggregation, and already when an event waits in a stripe buffer (which keeps only
+//!   the names and counters, never the event), so a buffered event is at most a few hundred
+//!   bytes however long the request's names were.
 //!
 //! Memory grows with activity, not with events: roughly 50 bytes per active minute plus 32
 //! per (minute, tool), about 60 bytes per (hour, day or 7-day block, key) and about 25 per
@@ -452,8 +454,30 @@ pub struct AnalyticsEngine {
     names: RwLock<Names>,
     state: Mutex<State>,
     /// Events not yet folded in, one buffer per writer stripe: a gated call only touches
-    /// its own stripe's lock, and the shared aggregates are locked once per batch.
-    pending: Box<[Mutex<Vec<UsageEvent>>]>,
+    /// its own stripe's lock, and the shared aggregates are locked once per batch. Each holds
+    /// only what aggregation reads, names already cut to [`MAX_NAME_CHARS`].
+    pending: Box<[Mutex<Vec<Pending>>]>,
+}
+
+/// What aggregation needs of a usage event, names cut to [`MAX_NAME_CHARS`] characters.
+struct Pending {
+    minute: i64,
+    tool: Box<str>,
+    api_key: Box<str>,
+    key_name: Box<str>,
+    counters: Counters,
+}
+
+impl Pending {
+    fn of(event: &UsageEvent) -> Self {
+        Self {
+            minute: event.timestamp.timestamp_millis().div_euclid(MINUTE_MS),
+            tool: truncate(&event.tool, MAX_NAME_CHARS).into(),
+            api_key: truncate(&event.api_key, MAX_NAME_CHARS).into(),
+            key_name: truncate(&event.key_name, MAX_NAME_CHARS).into(),
+            counters: Counters::one(event.allowed, event.credits_charged),
+        }
+    }
 }
 
 /// Events buffered per stripe before they are folded into the aggregates.
@@ -504,9 +528,13 @@ impl AnalyticsEngine {
     /// they always see it). O(1) amortized; never panics. An event older than the retention
     /// (relative to the newest event) is counted in [`AnalyticsStats::expired_events`] only.
     pub fn record(&self, event: &UsageEvent) {
+        let item = Pending::of(event);
+        let Some(stripe) = self.pending.get(crate::meter::stripe()) else {
+            return;
+        };
         let full = {
-            let mut pending = self.pending[crate::meter::stripe()].lock();
-            pending.push(event.clone());
+            let mut pending = stripe.lock();
+            pending.push(item);
             (pending.len() >= BATCH)
                 .then(|| std::mem::replace(&mut *pending, Vec::with_capacity(BATCH)))
         };
@@ -516,17 +544,11 @@ impl AnalyticsEngine {
     }
 
     /// Folds a batch into the aggregates under one lock of each.
-    fn fold(&self, batch: Vec<UsageEvent>) {
+    fn fold(&self, batch: Vec<Pending>) {
         let ids: Vec<(u32, u32)> = batch.iter().map(|e| self.intern(e)).collect();
         let mut state = self.state.lock();
         for (event, (tool, key)) in batch.iter().zip(ids) {
-            let minute = event.timestamp.timestamp_millis().div_euclid(MINUTE_MS);
-            state.add(
-                minute,
-                tool,
-                key,
-                Counters::one(event.allowed, event.credits_charged),
-            );
+            state.add(event.minute, tool, key, event.counters);
         }
     }
 
@@ -743,10 +765,8 @@ impl AnalyticsEngine {
 
     /// Interns the event's tool and key: a shared read lock in the common case, the write lock
     /// only for a tool or `(apiKey, keyName)` pair not seen before.
-    fn intern(&self, event: &UsageEvent) -> (u32, u32) {
-        let tool = truncate(&event.tool, MAX_NAME_CHARS);
-        let api_key = truncate(&event.api_key, MAX_NAME_CHARS);
-        let key_name = truncate(&event.key_name, MAX_NAME_CHARS);
+    fn intern(&self, event: &Pending) -> (u32, u32) {
+        let (tool, api_key, key_name) = (&*event.tool, &*event.api_key, &*event.key_name);
         {
             let names = self.names.read();
             if let (Some(t), Some(k)) = (names.find_tool(tool), names.find_key(api_key, key_name)) {
@@ -2273,6 +2293,30 @@ mod tests {
         );
         e.record(&ev(now, "k1", "a", 1, true));
         assert_eq!(e.stats().expired_events, 2);
+    }
+
+    #[test]
+    fn buffered_events_hold_only_cut_names() {
+        let (clock, e) = engine_at("2026-03-02T00:00:00Z");
+        let huge = "é".repeat(500_000); // 1 MB
+        let mut event = ev(clock.now(), "k", &huge, 1, true);
+        event.key_name = huge.clone();
+        event.api_key = huge.clone();
+        event.deny_reason = Some(huge.clone());
+        e.record(&event);
+        let held: usize = e
+            .pending
+            .iter()
+            .flat_map(|p| {
+                p.lock()
+                    .iter()
+                    .map(|x| x.tool.len() + x.api_key.len() + x.key_name.len())
+                    .collect::<Vec<_>>()
+            })
+            .sum();
+        assert!(held > 0 && held <= 3 * 4 * MAX_NAME_CHARS, "{held}");
+        let r = e.report(&ReportQuery::default()).unwrap();
+        assert_eq!(r.tools[0].tool.chars().count(), MAX_NAME_CHARS);
     }
 
     #[test]

@@ -58,6 +58,17 @@ pub const MAX_AUDIT_LABEL_CHARS: usize = 256;
 /// Longest message, or string inside metadata, stored, in characters; longer text is cut.
 pub const MAX_AUDIT_TEXT_CHARS: usize = 1_024;
 
+/// How much of an event's metadata is kept: strings as [`MAX_AUDIT_TEXT_CHARS`] says (and at
+/// most 4 KiB), object keys as [`MAX_AUDIT_LABEL_CHARS`] says, at most 100 entries per array
+/// or object, 8 levels of nesting and about 8 KiB of text in all; what is cut ends with `…`.
+const METADATA_LIMITS: crate::meter::JsonLimits = crate::meter::JsonLimits {
+    text_bytes: 4 * MAX_AUDIT_TEXT_CHARS,
+    key_bytes: 4 * MAX_AUDIT_LABEL_CHARS,
+    entries: 100,
+    depth: 8,
+    total_bytes: 8_192,
+};
+
 const DAY_MS: i64 = 86_400_000;
 
 /// One audit event.
@@ -401,7 +412,9 @@ impl AuditLog {
     /// Anything that looks like a full API key in `actor`, `message` or `metadata` is masked
     /// before it is stored, so an export never reveals one. Text is cut to bound memory:
     /// type and actor at [`MAX_AUDIT_LABEL_CHARS`], the message and each string in
-    /// `metadata` at [`MAX_AUDIT_TEXT_CHARS`] (a cut ends with `…`).
+    /// `metadata` at [`MAX_AUDIT_TEXT_CHARS`] (a cut ends with `…`); `metadata` keeps at
+    /// most 100 entries per array or object, 8 levels of nesting and about 8 KiB of text.
+    /// An event stored therefore has a small, constant size whatever it was given.
     pub fn record(
         &self,
         event_type: impl Into<String>,
@@ -418,7 +431,7 @@ impl AuditLog {
             redact_full_keys(&message.into()).into_owned(),
             MAX_AUDIT_TEXT_CHARS,
         );
-        let metadata = sanitize_value(metadata);
+        let metadata = sanitize_value(&metadata);
         let class = Class::of(&event_type, &actor) as usize;
         let now_ms = self.clock.now_ms();
 
@@ -555,30 +568,31 @@ impl EventSink for AuditLog {
     /// Records `gate.allow` or `gate.deny`, with the masked key as actor and
     /// `{tool, creditsCharged, denyReason}` as metadata.
     fn usage(&self, event: &UsageEvent) {
+        // Cut request-derived text before it is copied into the message and metadata.
+        let max = crate::meter::MAX_EVENT_TEXT_BYTES;
+        let tool = crate::meter::clip(&event.tool, max);
+        let deny_reason = event
+            .deny_reason
+            .as_deref()
+            .map(|r| crate::meter::clip(r, max));
         let (event_type, message) = if event.allowed {
-            let mut m = format!(
-                "Allowed call to {} ({} credits)",
-                event.tool, event.credits_charged
-            );
-            if let Some(reason) = &event.deny_reason {
+            let mut m = format!("Allowed call to {tool} ({} credits)", event.credits_charged);
+            if let Some(reason) = &deny_reason {
                 m.push_str(&format!(", would deny: {reason}"));
             }
             ("gate.allow", m)
         } else {
-            let reason = event.deny_reason.as_deref().unwrap_or("denied");
-            (
-                "gate.deny",
-                format!("Denied call to {}: {reason}", event.tool),
-            )
+            let reason = deny_reason.as_deref().unwrap_or("denied");
+            ("gate.deny", format!("Denied call to {tool}: {reason}"))
         };
         self.record(
             event_type,
-            event.api_key.as_str(),
+            crate::meter::clip(&event.api_key, max),
             message,
             json!({
-                "tool": event.tool,
+                "tool": tool,
                 "creditsCharged": event.credits_charged,
-                "denyReason": event.deny_reason,
+                "denyReason": deny_reason,
             }),
         );
     }
@@ -644,6 +658,8 @@ pub(crate) fn neutralize_formula(cell: &str) -> Cow<'_, str> {
 }
 
 const KEY_HEX_LEN: usize = 48;
+/// Length of a full API key: the prefix and 48 hex digits.
+pub(crate) const FULL_KEY_LEN: usize = crate::key::KEY_PREFIX.len() + KEY_HEX_LEN;
 
 /// Masks every run of `pg_` followed by 48 hex digits (a full API key) in `text`.
 pub(crate) fn redact_full_keys(text: &str) -> Cow<'_, str> {
@@ -695,26 +711,33 @@ fn truncate(mut text: String, max: usize) -> String {
     text
 }
 
-fn sanitize_text(text: String, max: usize) -> String {
-    let text = match redact_full_keys(&text) {
-        Cow::Borrowed(_) => text,
-        Cow::Owned(redacted) => redacted,
+/// `text` with full API keys masked, cut to `max` characters; copies only what it keeps
+/// (unless a key had to be masked).
+fn sanitize_str(text: &str, max: usize) -> Cow<'_, str> {
+    let max = max.max(1);
+    // Only text longer than `max` is copied, and only its first `max + 1` characters.
+    let cut = |t: &str| {
+        t.char_indices()
+            .nth(max)
+            .map(|_| truncate(t.chars().take(max + 1).collect(), max))
     };
-    truncate(text, max)
+    match redact_full_keys(text) {
+        Cow::Borrowed(t) => cut(t).map_or(Cow::Borrowed(t), Cow::Owned),
+        Cow::Owned(t) => Cow::Owned(cut(&t).unwrap_or(t)),
+    }
 }
 
-/// Masks full API keys in, and cuts, every string (and object key) of `value`.
-fn sanitize_value(value: Value) -> Value {
-    match value {
-        Value::String(s) => Value::String(sanitize_text(s, MAX_AUDIT_TEXT_CHARS)),
-        Value::Array(items) => Value::Array(items.into_iter().map(sanitize_value).collect()),
-        Value::Object(map) => Value::Object(
-            map.into_iter()
-                .map(|(k, v)| (sanitize_text(k, MAX_AUDIT_LABEL_CHARS), sanitize_value(v)))
-                .collect(),
-        ),
-        other => other,
-    }
+/// A copy of `value` with full API keys masked in every string and object key, within
+/// [`METADATA_LIMITS`].
+fn sanitize_value(value: &Value) -> Value {
+    crate::meter::bound_json(value, &METADATA_LIMITS, &|text, is_key| {
+        let max = if is_key {
+            MAX_AUDIT_LABEL_CHARS
+        } else {
+            MAX_AUDIT_TEXT_CHARS
+        };
+        sanitize_str(text, max)
+    })
 }
 
 #[cfg(test)]
@@ -1036,6 +1059,63 @@ mod tests {
         assert_eq!(truncate("abcd".into(), 3), "ab…");
         assert_eq!(truncate("abcd".into(), 0), "…");
         assert_eq!(truncate(String::new(), 0), "");
+    }
+
+    /// Bytes an event holds in its text, roughly what it costs in memory beyond its fixed
+    /// size.
+    fn event_bytes(e: &AuditEvent) -> usize {
+        e.event_type.len() + e.actor.len() + e.message.len() + e.metadata.to_string().len()
+    }
+
+    #[test]
+    fn metadata_is_bounded_in_entries_depth_and_size() {
+        let (_, log) = log_at(T0);
+        let huge = "x".repeat(1 << 20);
+        let wide: Vec<Value> = (0..100_000).map(|i| json!(i)).collect();
+        let many: serde_json::Map<String, Value> =
+            (0..10_000).map(|i| (format!("k{i}"), json!(i))).collect();
+        let mut deep = json!("bottom");
+        for _ in 0..100 {
+            deep = json!([deep]);
+        }
+        log.record(
+            huge.as_str(),
+            huge.as_str(),
+            huge.as_str(),
+            json!({"wide": wide, "many": many, "deep": deep, (huge.clone()): huge, "a": huge}),
+        );
+        let e = &log.export()[0];
+        let meta = e.metadata.to_string().len();
+        assert!(meta <= 8_192 + 2 * 4_096, "metadata kept {meta} bytes");
+        assert!(event_bytes(e) <= 24 * 1_024, "{}", event_bytes(e));
+        let wide = e.metadata["wide"].as_array();
+        assert!(wide.is_none_or(|w| w.len() <= 101));
+        // Ordinary metadata is kept whole.
+        log.record(
+            "key.created",
+            "admin",
+            "",
+            json!({"name": "a", "allowedTools": ["x", "y"], "quota": {"dailyCallLimit": 5}}),
+        );
+        assert_eq!(
+            log.export()[1].metadata,
+            json!({"name": "a", "allowedTools": ["x", "y"], "quota": {"dailyCallLimit": 5}})
+        );
+    }
+
+    #[test]
+    fn keyless_calls_with_huge_tool_names_store_little() {
+        let (_, log) = log_at(T0);
+        let mut e = usage(false, Some("invalid_api_key"));
+        e.api_key = String::new();
+        e.tool = "é".repeat(500_000); // 1 MB
+        log.usage(&e);
+        let stored = &log.export()[0];
+        let tool = stored.metadata["tool"].as_str().unwrap();
+        assert!(tool.len() <= crate::meter::MAX_EVENT_TEXT_BYTES);
+        assert!(tool.ends_with('…'));
+        assert!(stored.message.len() <= crate::meter::MAX_EVENT_TEXT_BYTES + 64);
+        assert!(event_bytes(stored) <= 1_024, "{}", event_bytes(stored));
     }
 
     #[test]

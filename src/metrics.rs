@@ -19,6 +19,10 @@ use crate::store::StoreStats;
 /// Distinct tool labels kept before further names are counted as `(other)`, so clients
 /// sending random tool names cannot blow up the series count.
 pub const MAX_TOOL_LABELS: usize = 500;
+/// Distinct deny-reason labels kept before further reasons are counted as `(other)`.
+pub const MAX_REASON_LABELS: usize = 64;
+/// Longest label value kept, in bytes; a longer tool name or reason is counted as `(other)`.
+pub const MAX_LABEL_BYTES: usize = crate::meter::MAX_EVENT_TEXT_BYTES;
 const OTHER: &str = "(other)";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -71,6 +75,7 @@ pub struct Metrics {
     pending_alerts: Gauge,
     uptime: Gauge,
     tools_seen: Mutex<HashSet<String>>,
+    reasons_seen: Mutex<HashSet<String>>,
     started_ms: AtomicU64,
     clock: SharedClock,
 }
@@ -162,21 +167,27 @@ impl Metrics {
             pending_alerts,
             uptime,
             tools_seen: Mutex::new(HashSet::new()),
+            reasons_seen: Mutex::new(HashSet::new()),
             started_ms: AtomicU64::new(u64::try_from(clock.now_ms()).unwrap_or(0)),
             clock,
         }
     }
 
-    fn tool_label(&self, tool: &str) -> String {
-        let mut seen = self.tools_seen.lock();
-        if seen.contains(tool) {
-            return tool.to_string();
-        }
-        if seen.len() >= MAX_TOOL_LABELS || tool.chars().count() > 200 {
+    /// `value` as a label when it is already one, or when there is room for one more among
+    /// at most `max` distinct values of at most [`MAX_LABEL_BYTES`] bytes; `(other)` otherwise.
+    fn label(seen: &Mutex<HashSet<String>>, value: &str, max: usize) -> String {
+        if value.len() > MAX_LABEL_BYTES {
             return OTHER.to_string();
         }
-        seen.insert(tool.to_string());
-        tool.to_string()
+        let mut seen = seen.lock();
+        if seen.contains(value) {
+            return value.to_string();
+        }
+        if seen.len() >= max {
+            return OTHER.to_string();
+        }
+        seen.insert(value.to_string());
+        value.to_string()
     }
 
     /// Counts one HTTP request.
@@ -211,7 +222,7 @@ impl Metrics {
 
 impl EventSink for Metrics {
     fn usage(&self, event: &UsageEvent) {
-        let tool = self.tool_label(&event.tool);
+        let tool = Self::label(&self.tools_seen, &event.tool, MAX_TOOL_LABELS);
         let status = if event.allowed { "allowed" } else { "denied" };
         self.tool_calls
             .get_or_create(&ToolStatus {
@@ -227,7 +238,7 @@ impl EventSink for Metrics {
         if let Some(reason) = &event.deny_reason {
             self.denials
                 .get_or_create(&ReasonLabel {
-                    reason: reason.clone(),
+                    reason: Self::label(&self.reasons_seen, reason, MAX_REASON_LABELS),
                 })
                 .inc();
             if reason.ends_with("rate_limited") {
@@ -324,9 +335,31 @@ mod tests {
             .count();
         assert_eq!(series, MAX_TOOL_LABELS + 1);
         assert!(text.contains(r#"paygate_tool_calls_total{tool="(other)",status="denied"} 300"#));
+        // Over-long names are never a label.
+        m.usage(&event(&"x".repeat(1 << 20), true, None));
+        let text = m.render(StoreStats::default(), 0);
+        assert!(text.contains(r#"paygate_tool_calls_total{tool="(other)",status="allowed"} 1"#));
+        assert!(text.len() < 1 << 20);
         m.observe_http("BREW", 418);
         assert!(m
             .render(StoreStats::default(), 0)
             .contains(r#"method="OTHER""#));
+    }
+
+    #[test]
+    fn deny_reasons_cannot_grow_series_without_bound() {
+        let m = Metrics::new(Arc::new(ManualClock::at_ms(0)));
+        for i in 0..(MAX_REASON_LABELS + 50) {
+            m.usage(&event("a", false, Some(&format!("reason-{i}"))));
+        }
+        m.usage(&event("a", false, Some(&"r".repeat(1 << 20))));
+        let text = m.render(StoreStats::default(), 0);
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("paygate_denials_total{"))
+            .count();
+        assert_eq!(series, MAX_REASON_LABELS + 1);
+        assert!(text.contains(r#"paygate_denials_total{reason="(other)"} 51"#));
+        assert!(text.len() < 1 << 20);
     }
 }

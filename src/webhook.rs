@@ -12,7 +12,10 @@
 //! with at most 10 events (both kinds together) per POST, sent as soon as 10 are waiting and
 //! at least every 5 seconds. Failed POSTs (network errors, timeouts, HTTP 5xx, 408 and 429)
 //! are retried with exponential backoff. The queue is bounded: when it is full the oldest
-//! event is dropped and counted. Recording an event never waits on the network, so a slow or
+//! event is dropped and counted. Each queued event is bounded too: a usage event's text
+//! fields are cut to [`MAX_EVENT_TEXT_BYTES`](crate::meter::MAX_EVENT_TEXT_BYTES) bytes and
+//! an admin event's data to about 8 KiB, so the queue's memory is bounded whatever the
+//! requests held. Recording an event never waits on the network, so a slow or
 //! dead endpoint never slows or fails a tool call.
 //!
 //! When a secret is set, each POST carries
@@ -492,15 +495,18 @@ mod sink {
     }
 
     impl EventSink for WebhookSink {
-        /// Queues the event; never waits on the network.
+        /// Queues the event, its text cut to
+        /// [`MAX_EVENT_TEXT_BYTES`](crate::meter::MAX_EVENT_TEXT_BYTES); never waits on the
+        /// network.
         fn usage(&self, event: &UsageEvent) {
-            self.shared.push(Item::Usage(event.clone()));
+            self.shared.push(Item::Usage(event.bounded()));
         }
 
-        /// Queues the event when its type is one of [`WEBHOOK_ADMIN_EVENTS`].
+        /// Queues the event when its type is one of [`WEBHOOK_ADMIN_EVENTS`], its data cut
+        /// to a few kilobytes.
         fn admin(&self, event: &AdminEvent) {
             if WEBHOOK_ADMIN_EVENTS.contains(&event.event_type.as_str()) {
-                self.shared.push(Item::Admin(event.clone()));
+                self.shared.push(Item::Admin(event.bounded()));
             }
         }
     }
@@ -1144,6 +1150,36 @@ mod sink {
             sink.usage(&usage(0));
             tokio::time::sleep(Duration::from_secs(6)).await;
             assert_eq!(sink.stats().delivered, 1);
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn queued_events_are_bounded() {
+            let (sink, handle) = WebhookSink::start_with(cfg(), Fake::default()).unwrap();
+            let huge = "é".repeat(500_000); // 1 MB
+            let mut u = usage(0);
+            u.tool = huge.clone();
+            u.key_name = huge.clone();
+            u.deny_reason = Some(huge.clone());
+            sink.usage(&u);
+            let mut a = admin("key.created");
+            a.data = json!({"name": huge, "tools": vec![huge.as_str(); 1_000]});
+            sink.admin(&a);
+            {
+                let queue = sink.shared.queue.lock();
+                let Some(Item::Usage(u)) = queue.front() else {
+                    panic!("a usage event first");
+                };
+                let max = crate::meter::MAX_EVENT_TEXT_BYTES;
+                assert!(u.tool.len() <= max && u.tool.capacity() <= max);
+                assert!(u.key_name.len() <= max);
+                assert!(u.deny_reason.as_ref().is_some_and(|r| r.len() <= max));
+                let Some(Item::Admin(a)) = queue.back() else {
+                    panic!("then the admin event");
+                };
+                let size = serde_json::to_string(&a.data).unwrap().len();
+                assert!(size <= 8_192 + 2 * 1_024, "{size}");
+            }
+            handle.abort();
         }
 
         #[test]
