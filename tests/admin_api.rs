@@ -11,8 +11,8 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use parking_lot::Mutex;
 use paygate_mcp::{
-    AdminEvent, AdminService, AuditLog, EventSink, FanOut, Gate, ManualClock, MemoryKeyStore,
-    Metrics, PayGateConfig, PayGateLayer, Quota, UsageEvent,
+    AdminEvent, AdminKeyError, AdminService, AuditLog, EventSink, FanOut, Gate, ManualClock,
+    MemoryKeyStore, Metrics, PayGateConfig, PayGateLayer, Quota, UsageEvent,
 };
 use serde_json::{json, Value};
 use tower::{service_fn, ServiceBuilder, ServiceExt};
@@ -61,6 +61,7 @@ impl App {
             .with_event_sink(Arc::new(sinks));
         let gate = Arc::new(gate);
         let admin = AdminService::new(gate.clone(), ADMIN)
+            .unwrap()
             .with_metrics(metrics)
             .with_audit(audit);
         Self {
@@ -1036,4 +1037,39 @@ async fn acl_lists_are_applied_together_or_not_at_all() {
     assert_eq!(reason(&app.call(&key, "t").await), "tool_denied");
     let events = app.event_types();
     assert_eq!(events.iter().filter(|t| *t == "key.acl_updated").count(), 1);
+}
+
+#[tokio::test]
+async fn empty_or_short_admin_keys_are_refused_at_construction() {
+    let gate = || Arc::new(Gate::new(PayGateConfig::default()).unwrap());
+    for (key, want) in [
+        ("", AdminKeyError::Empty),
+        ("a", AdminKeyError::TooShort(1)),
+        ("abcdefghijklmno", AdminKeyError::TooShort(15)),
+        ("abcdefgh ijklmnop", AdminKeyError::NotPrintable),
+        ("abcdefghijklmnop\n", AdminKeyError::NotPrintable),
+        ("abcdéfghijklmnopq", AdminKeyError::NotPrintable),
+    ] {
+        let err = AdminService::new(gate(), key).err();
+        assert_eq!(err, Some(want.clone()), "{key:?}");
+        let msg = want.to_string();
+        assert!(msg.contains("admin key"), "{msg}");
+        if key.len() > 2 {
+            assert!(
+                !msg.contains(key),
+                "the message never repeats the key: {msg}"
+            );
+        }
+    }
+    assert_eq!(
+        AdminKeyError::TooShort(5).to_string(),
+        "the admin key is 5 characters long; it must be at least 16 characters"
+    );
+    // Sixteen printable characters are enough, and that key works.
+    let admin = AdminService::new(gate(), "abcdefghijklmnop").unwrap();
+    let req = Request::get("/keys")
+        .header("x-admin-key", "abcdefghijklmnop")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(admin.oneshot(req).await.unwrap().status(), StatusCode::OK);
 }

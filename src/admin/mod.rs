@@ -38,6 +38,48 @@ pub(crate) mod reports;
 /// Largest admin request body.
 const MAX_ADMIN_BODY: usize = 1024 * 1024;
 
+/// The shortest admin key [`AdminService::new`] accepts.
+pub const MIN_ADMIN_KEY_LEN: usize = 16;
+
+/// Why an admin key was refused. The messages never repeat the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdminKeyError {
+    /// No key at all: anyone could administer the gateway.
+    #[error("the admin key is empty; it must be at least {MIN_ADMIN_KEY_LEN} characters")]
+    Empty,
+    /// Too short to withstand guessing.
+    #[error(
+        "the admin key is {0} characters long; it must be at least {MIN_ADMIN_KEY_LEN} characters"
+    )]
+    TooShort(usize),
+    /// A character no `X-Admin-Key` header could carry as sent.
+    #[error("the admin key must be printable ASCII without spaces (it is sent in the X-Admin-Key header)")]
+    NotPrintable,
+}
+
+/// Checks that `admin_key` can guard the admin API: at least [`MIN_ADMIN_KEY_LEN`] printable
+/// ASCII characters, no spaces. [`AdminService::new`] refuses any other; call this to check a
+/// key before starting anything else.
+///
+/// ```
+/// use paygate_mcp::admin::{check_admin_key, AdminKeyError};
+/// assert_eq!(check_admin_key(""), Err(AdminKeyError::Empty));
+/// assert_eq!(check_admin_key("secret"), Err(AdminKeyError::TooShort(6)));
+/// assert!(check_admin_key("admin-secret-123").is_ok());
+/// ```
+pub fn check_admin_key(admin_key: &str) -> Result<(), AdminKeyError> {
+    if admin_key.is_empty() {
+        return Err(AdminKeyError::Empty);
+    }
+    if !admin_key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(AdminKeyError::NotPrintable);
+    }
+    if admin_key.len() < MIN_ADMIN_KEY_LEN {
+        return Err(AdminKeyError::TooShort(admin_key.len()));
+    }
+    Ok(())
+}
+
 /// The admin API over a gate.
 ///
 /// ```
@@ -46,7 +88,7 @@ const MAX_ADMIN_BODY: usize = 1024 * 1024;
 /// use tower::ServiceExt;
 /// # paygate_mcp::block_on(async {
 /// let gate = Arc::new(Gate::new(PayGateConfig::default()).unwrap());
-/// let admin = AdminService::new(gate, "admin-secret-123");
+/// let admin = AdminService::new(gate, "admin-secret-123").expect("a long enough admin key");
 /// let req = http::Request::post("/keys")
 ///     .header("x-admin-key", "admin-secret-123")
 ///     .body(http_body_util::Full::new(bytes::Bytes::from(r#"{"name":"alice","credits":50}"#)))
@@ -76,10 +118,13 @@ pub(crate) struct AdminState<St> {
 }
 
 impl<St: KeyStore> AdminService<St> {
-    /// The admin API over `gate`, guarded by `admin_key`.
-    pub fn new(gate: Arc<Gate<St>>, admin_key: &str) -> Self {
+    /// The admin API over `gate`, guarded by `admin_key`. An empty key, one shorter than
+    /// [`MIN_ADMIN_KEY_LEN`] characters, or one with spaces or non-ASCII characters is refused
+    /// (see [`check_admin_key`]).
+    pub fn new(gate: Arc<Gate<St>>, admin_key: &str) -> Result<Self, AdminKeyError> {
+        check_admin_key(admin_key)?;
         let started_ms = gate.clock().now_ms();
-        Self {
+        Ok(Self {
             state: Arc::new(AdminState {
                 gate,
                 admin_key_digest: Sha256::digest(admin_key.as_bytes()).into(),
@@ -87,7 +132,7 @@ impl<St: KeyStore> AdminService<St> {
                 audit: None,
                 started_ms,
             }),
-        }
+        })
     }
 
     /// Serves `/audit`, `/audit/export` and `/audit/stats` from `audit` (which should also be

@@ -657,6 +657,7 @@ impl TestGateway {
             .layer(PayGateLayer::from_gate(gate.clone()))
             .service(Downstream(downstream.clone()));
         let admin = AdminService::new(gate.clone(), admin_key)
+            .map_err(|e| e.to_string())?
             .with_metrics(metrics)
             .with_audit(audit.clone());
         let app = axum::Router::new()
