@@ -306,3 +306,97 @@ async fn layers_emit_usage_alert_and_expiry_events() {
     let json = serde_json::to_string(&*events.admin.lock()).unwrap();
     assert!(!json.contains(&key), "no event carries the full key");
 }
+
+/// The memory store's side of the refund rules the Redis store is held to in
+/// `tests/redis_faults.rs`: a refund follows rotations made while the call ran, and never
+/// lifts a balance above the largest amount.
+mod store_rules {
+    use super::common;
+    use paygate_mcp::config::MAX_AMOUNT;
+    use paygate_mcp::{
+        block_on, generate_key, mask_key, CallRequest, DenyReason, KeyDigest, KeyStore, KeyUpdate,
+        PayGateConfig,
+    };
+
+    #[test]
+    fn a_refund_after_rotation_lands_on_the_rotated_key() {
+        let (_clock, gate) = common::gate(PayGateConfig::default().with_tool_price("t", 6));
+        let key = gate.create_key_blocking("k", 500).unwrap();
+        let other = gate.create_key_blocking("other", 500).unwrap();
+        let before = common::record(&gate, &key);
+
+        // Two calls in flight; the key rotates (twice for the second) before the refunds.
+        let first = gate.evaluate_blocking(&CallRequest::new(&key, "t"));
+        let second = gate.evaluate_blocking(&CallRequest::new(&key, "t"));
+        assert!(first.allowed && second.allowed);
+        let rotated = generate_key().unwrap();
+        let again = generate_key().unwrap();
+        let moved = block_on(gate.store().rotate(
+            &KeyDigest::of(&key),
+            KeyDigest::of(&rotated),
+            mask_key(&rotated),
+        ))
+        .unwrap()
+        .expect("rotated");
+        assert_eq!(moved.credits, 500 - 12, "the balance moved with the key");
+        let snap = gate
+            .refund_blocking(first.receipt.expect("receipt"))
+            .expect("refund found the account");
+        assert_eq!(snap.credits, 500 - 6);
+        block_on(gate.store().rotate(
+            &KeyDigest::of(&rotated),
+            KeyDigest::of(&again),
+            mask_key(&again),
+        ))
+        .unwrap()
+        .expect("rotated");
+        let snap = gate
+            .refund_blocking(second.receipt.expect("receipt"))
+            .expect("refund followed both rotations");
+        assert_eq!(snap.credits, 500);
+
+        let after = common::record(&gate, &again);
+        assert_eq!(after.credits, before.credits);
+        assert_eq!(after.total_spent, 0);
+        assert_eq!(after.total_calls, 0);
+        assert_eq!(after.quota_usage.daily_calls, 0);
+        assert_eq!(after.quota_usage.daily_credits, 0);
+        for gone in [&key, &rotated] {
+            assert!(block_on(gate.store().get(&KeyDigest::of(gone)))
+                .unwrap()
+                .is_none());
+            let d = gate.evaluate_blocking(&CallRequest::new(gone, "t"));
+            assert_eq!(d.reason, Some(DenyReason::InvalidApiKey));
+        }
+        assert_eq!(
+            common::record(&gate, &other).credits,
+            500,
+            "no other account touched"
+        );
+        assert_eq!(block_on(gate.store().stats()).unwrap().total_credits, 1_000);
+    }
+
+    #[test]
+    fn a_refund_never_pushes_credits_above_the_largest_amount() {
+        let (_clock, gate) = common::gate(PayGateConfig::default().with_tool_price("t", 10));
+        let key = gate.create_key_blocking("k", MAX_AMOUNT).unwrap();
+        let d = gate.evaluate_blocking(&CallRequest::new(&key, "t"));
+        assert!(d.allowed);
+        assert_eq!(d.remaining_credits, Some(MAX_AMOUNT - 10));
+        // Topped up to the largest balance while the call ran; the refund stops at it.
+        common::update(&gate, &key, KeyUpdate::TopUp(10));
+        let snap = gate
+            .refund_blocking(d.receipt.expect("receipt"))
+            .expect("refunded");
+        assert_eq!(snap.credits, MAX_AMOUNT);
+        let rec = common::record(&gate, &key);
+        assert_eq!(rec.credits, MAX_AMOUNT);
+        assert_eq!(rec.total_spent, 0);
+        assert_eq!(rec.total_calls, 0);
+        assert_eq!(
+            block_on(gate.store().stats()).unwrap().total_credits,
+            MAX_AMOUNT,
+            "the credits aggregate is the balance actually held"
+        );
+    }
+}

@@ -12,6 +12,11 @@ pub struct RedisServer {
     pub port: u16,
     pub dir: PathBuf,
     child: Option<Child>,
+    /// The redis-server process (a child of the wrapper shell, which reaps it only once its
+    /// stdin closes, so the id cannot be reused while `child` is held).
+    pid: Option<u32>,
+    /// Stopped with SIGSTOP and not yet continued.
+    paused: bool,
 }
 
 fn free_port() -> u16 {
@@ -35,6 +40,8 @@ impl RedisServer {
             port: free_port(),
             dir,
             child: None,
+            pid: None,
+            paused: false,
         };
         server.spawn();
         server
@@ -55,7 +62,7 @@ impl RedisServer {
             "redis-server is not installed: run `apt-get install -y redis-server` (scripts/test.sh does)"
         );
         let cmd = format!(
-            "redis-server --port {port} --bind 127.0.0.1 --save '' --appendonly yes --appendfsync always --dir {dir} --daemonize no >{dir}/redis.log 2>&1 & pid=$!; echo started; cat >/dev/null; kill $pid; wait $pid",
+            "redis-server --port {port} --bind 127.0.0.1 --save '' --appendonly yes --appendfsync always --dir {dir} --daemonize no >{dir}/redis.log 2>&1 & pid=$!; echo $pid; cat >/dev/null; kill $pid; wait $pid",
             port = self.port,
             dir = self.dir.display()
         );
@@ -71,6 +78,7 @@ impl RedisServer {
         if let Some(out) = child.stdout.take() {
             let _ = BufReader::new(out).read_line(&mut line);
         }
+        self.pid = line.trim().parse().ok();
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
@@ -82,12 +90,54 @@ impl RedisServer {
         panic!("redis-server did not start on port {}", self.port);
     }
 
+    /// Sends `signal` to the redis-server process.
+    fn signal(&self, signal: &str) {
+        let pid = self.pid.expect("redis-server's process id");
+        let ok = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill -{signal} {pid} failed");
+    }
+
+    /// Kills the server with SIGKILL: no shutdown, no last save. What it acknowledged is in
+    /// the append-only file already (written before every reply, `appendfsync always`).
+    pub fn kill(&mut self) {
+        if self.child.is_none() {
+            return;
+        }
+        self.signal("KILL");
+        self.paused = false;
+        self.stop();
+    }
+
+    /// Freezes the server with SIGSTOP: connections stay open and requests are read by
+    /// nobody, as with a hung server. [`RedisServer::resume`] continues it.
+    pub fn pause(&mut self) {
+        if self.child.is_some() && !self.paused {
+            self.signal("STOP");
+            self.paused = true;
+        }
+    }
+
+    /// Continues a paused server; it then runs what it was sent in the meantime.
+    pub fn resume(&mut self) {
+        if self.paused {
+            self.signal("CONT");
+            self.paused = false;
+        }
+    }
+
     /// Stops the server (its data stays on disk).
     pub fn stop(&mut self) {
+        self.resume(); // a stopped process would hold SIGTERM pending forever
         if let Some(mut child) = self.child.take() {
             drop(child.stdin.take()); // the wrapper kills redis-server when its stdin closes
             let _ = child.wait();
         }
+        self.pid = None;
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
             && Instant::now() < deadline
