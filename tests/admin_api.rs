@@ -11,8 +11,8 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use parking_lot::Mutex;
 use paygate_mcp::{
-    AdminEvent, AdminKeyError, AdminService, AuditLog, EventSink, FanOut, Gate, ManualClock,
-    MemoryKeyStore, Metrics, PayGateConfig, PayGateLayer, Quota, UsageEvent,
+    AdminEvent, AdminKeyError, AdminService, AuditLog, ClientAddr, EventSink, FanOut, Gate,
+    ManualClock, MemoryKeyStore, Metrics, PayGateConfig, PayGateLayer, Quota, UsageEvent,
 };
 use serde_json::{json, Value};
 use tower::{service_fn, ServiceBuilder, ServiceExt};
@@ -1072,4 +1072,111 @@ async fn empty_or_short_admin_keys_are_refused_at_construction() {
         .body(Full::new(Bytes::new()))
         .unwrap();
     assert_eq!(admin.oneshot(req).await.unwrap().status(), StatusCode::OK);
+}
+
+/// `GET /balance` with `key`, from `peer` (when given) with extra `headers`.
+async fn balance_from(
+    app: &App,
+    key: &str,
+    peer: Option<&str>,
+    headers: &[(&str, &str)],
+) -> (StatusCode, Value) {
+    let mut b = Request::get("/balance").header("x-api-key", key);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    if let Some(peer) = peer {
+        let ip: std::net::IpAddr = peer.parse().unwrap();
+        b = b.extension(ClientAddr(std::net::SocketAddr::new(ip, 40_000)));
+    }
+    let resp = app
+        .admin
+        .clone()
+        .oneshot(b.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn balance_is_held_to_the_keys_ip_allowlist_and_expiry() {
+    let app = App::new(PayGateConfig::default());
+    let key = app
+        .create(json!({"name": "ip", "ipAllowlist": ["10.0.0.7", "192.168.0.0/24"]}))
+        .await;
+    for peer in ["10.0.0.7", "192.168.0.99", "::ffff:10.0.0.7"] {
+        let (status, body) = balance_from(&app, &key, Some(peer), &[]).await;
+        assert_eq!(status, StatusCode::OK, "{peer}: {body}");
+        assert_eq!(body["credits"], 100);
+    }
+    for (peer, headers) in [
+        (Some("10.0.0.8"), vec![]),
+        (None, vec![]),
+        // A forwarded address is believed only from a configured proxy.
+        (Some("10.0.0.8"), vec![("x-forwarded-for", "10.0.0.7")]),
+    ] {
+        let (status, body) = balance_from(&app, &key, peer, &headers).await;
+        assert_eq!(
+            status,
+            StatusCode::FORBIDDEN,
+            "{peer:?} {headers:?}: {body}"
+        );
+        assert_eq!(body["reason"], "ip_not_allowed");
+        assert!(body["error"].is_string() && body.get("credits").is_none());
+    }
+
+    // Expiry is exact to the millisecond, as for a call.
+    let key = app.create(json!({"name": "e", "expiresIn": 60})).await;
+    app.clock.advance_ms(59_999);
+    assert_eq!(balance_from(&app, &key, None, &[]).await.0, StatusCode::OK);
+    app.clock.advance_ms(1);
+    let (status, body) = balance_from(&app, &key, None, &[]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(body["reason"], "api_key_expired");
+    assert!(body.get("credits").is_none());
+    assert_eq!(reason(&app.call(&key, "t").await), "api_key_expired");
+
+    // Unknown keys answer 404, missing and revoked ones 401.
+    let (status, body) = balance_from(&app, "pg_unknown_unknown_unknown", None, &[]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(
+        app.send(Method::GET, "/balance", &[], "").await.json["reason"],
+        "missing_api_key"
+    );
+    let key = app.create(json!({"name": "r"})).await;
+    app.post("/keys/revoke", json!({"key": key})).await;
+    let (status, body) = balance_from(&app, &key, None, &[]).await;
+    assert_eq!(
+        (status, body["reason"].clone()),
+        (StatusCode::UNAUTHORIZED, json!("invalid_api_key"))
+    );
+}
+
+#[tokio::test]
+async fn balance_believes_forwarded_addresses_only_from_trusted_proxies() {
+    let app = App::new(
+        PayGateConfig::default()
+            .with_trusted_proxy_hops(1)
+            .with_trusted_proxies(["127.0.0.1/32".parse().unwrap()]),
+    );
+    let key = app
+        .create(json!({"name": "ip", "ipAllowlist": ["10.0.0.7"]}))
+        .await;
+    let via_proxy = [("x-forwarded-for", "10.0.0.7")];
+    let (status, body) = balance_from(&app, &key, Some("127.0.0.1"), &via_proxy).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _) = balance_from(&app, &key, Some("10.9.9.9"), &via_proxy).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "not from a trusted proxy");
+    let spoofed = [("x-forwarded-for", "10.0.0.7, 10.0.0.8")];
+    let (status, _) = balance_from(&app, &key, Some("127.0.0.1"), &spoofed).await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "the client is the proxy's last hop"
+    );
 }

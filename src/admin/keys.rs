@@ -1,6 +1,7 @@
 //! Key management endpoints.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 use chrono::{DateTime, Utc};
 use http::StatusCode;
@@ -11,6 +12,7 @@ use super::{
     bad_request, error, json_reply, not_found, AdminRequest, AdminState, ApiError, Handled,
 };
 use crate::config::whole;
+use crate::gate::DenyReason;
 use crate::key::{generate_key, mask_key, parse_ip_entry, KeyDigest, KeyRecord, MAX_NAME_LEN};
 use crate::quota::Quota;
 use crate::store::{KeyStore, KeyUpdate};
@@ -479,20 +481,65 @@ pub(crate) async fn search<St: KeyStore>(state: &AdminState<St>, req: &AdminRequ
     ))
 }
 
-/// `GET /balance`: a key holder's own view, authenticated by `X-API-Key`.
-pub(crate) async fn balance<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Handled {
+/// A `/balance` refusal: its status, message and the gate's machine reason.
+fn refused(status: StatusCode, message: &str, reason: DenyReason) -> ApiError {
+    error(status, message).with_reason(reason.as_str())
+}
+
+/// `GET /balance`: a key holder's own view, authenticated by `X-API-Key` and held to the
+/// same rules as a call: a revoked or expired key, or a client outside the key's IP
+/// allowlist, is refused with the gate's reason.
+pub(crate) async fn balance<St: KeyStore>(
+    state: &AdminState<St>,
+    req: &AdminRequest,
+    client_ip: Option<IpAddr>,
+) -> Handled {
     let key = req
         .headers
         .get("x-api-key")
         .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| error(StatusCode::UNAUTHORIZED, "send your API key in X-API-Key"))?;
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| {
+            refused(
+                StatusCode::UNAUTHORIZED,
+                "send your API key in X-API-Key",
+                DenyReason::MissingApiKey,
+            )
+        })?;
     let rec = state
         .gate
         .store()
-        .get(&KeyDigest::of(key.trim()))
+        .get(&KeyDigest::of(key))
         .await?
-        .filter(|r| r.active)
-        .ok_or_else(|| error(StatusCode::UNAUTHORIZED, "invalid API key"))?;
+        .ok_or_else(|| {
+            refused(
+                StatusCode::NOT_FOUND,
+                "key not found",
+                DenyReason::InvalidApiKey,
+            )
+        })?;
+    if !rec.active {
+        return Err(refused(
+            StatusCode::UNAUTHORIZED,
+            "invalid API key",
+            DenyReason::InvalidApiKey,
+        ));
+    }
+    if rec.is_expired_at(state.gate.clock().now_ms()) {
+        return Err(refused(
+            StatusCode::UNAUTHORIZED,
+            "API key expired",
+            DenyReason::ApiKeyExpired,
+        ));
+    }
+    if !rec.permits_ip(client_ip) {
+        return Err(refused(
+            StatusCode::FORBIDDEN,
+            "this key may not be used from your IP address",
+            DenyReason::IpNotAllowed,
+        ));
+    }
     let usage = rec.quota_usage.rolled(state.gate.clock().now_ms());
     Ok(json_reply(
         StatusCode::OK,

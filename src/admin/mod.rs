@@ -219,11 +219,25 @@ pub(crate) fn text_reply(content_type: &'static str, body: String) -> Reply {
 pub(crate) struct ApiError {
     status: StatusCode,
     message: String,
+    /// The gate's machine reason, for refusals that mirror a gate decision.
+    reason: Option<&'static str>,
 }
 
 impl ApiError {
+    /// Adds the gate's machine reason (`"reason": "ip_not_allowed"`) to the answer.
+    pub(crate) fn with_reason(mut self, reason: &'static str) -> Self {
+        self.reason = Some(reason);
+        self
+    }
+
     fn into_reply(self) -> Reply {
-        json_reply(self.status, &json!({"error": self.message}))
+        match self.reason {
+            Some(reason) => json_reply(
+                self.status,
+                &json!({"error": self.message, "reason": reason}),
+            ),
+            None => json_reply(self.status, &json!({"error": self.message})),
+        }
     }
 }
 
@@ -234,6 +248,7 @@ pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> ApiError 
     ApiError {
         status,
         message: message.into(),
+        reason: None,
     }
 }
 
@@ -366,6 +381,10 @@ where
             .into_reply()
         }
     };
+    // Found the way the gated endpoint finds it (peer address, X-Forwarded-For only from
+    // configured proxies), so `/balance` honours a key's IP allowlist like a call does.
+    let cfg = state.gate.config();
+    let client_ip = crate::layer::client_ip(&parts, cfg.trusted_proxy_hops, &cfg.trusted_proxies);
     let query = parts
         .uri
         .query()
@@ -383,7 +402,7 @@ where
         (_, "/metrics") => reports::metrics(state).await,
         (_, "/pricing") => reports::pricing(state),
         (_, "/.well-known/mcp-payment") => reports::discovery(state),
-        (_, "/balance") => keys::balance(state, &req).await,
+        (_, "/balance") => keys::balance(state, &req, client_ip).await,
         (Method::POST, "/keys") => keys::create(state, &req).await,
         (_, "/keys") => keys::list(state, &req).await,
         (_, "/topup") => keys::topup(state, &req).await,
