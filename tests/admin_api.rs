@@ -1180,3 +1180,35 @@ async fn balance_believes_forwarded_addresses_only_from_trusted_proxies() {
         "the client is the proxy's last hop"
     );
 }
+
+#[tokio::test]
+async fn body_errors_name_the_field_without_parser_positions() {
+    let app = App::new(PayGateConfig::default());
+    let key = app.create(json!({"name": "p"})).await;
+    for (path, body, field) in [
+        ("/topup", json!({"key": key, "credits": "abc"}), "credits"),
+        ("/keys", json!({"name": "n", "tags": 5}), "tags"),
+        ("/keys", json!({"name": "n", "tags": {"a": 1}}), "tags.a"),
+        (
+            "/keys/acl",
+            json!({"key": key, "allowedTools": [1]}),
+            "allowedTools[0]",
+        ),
+        (
+            "/keys/quota",
+            json!({"key": key, "remove": "yes"}),
+            "remove",
+        ),
+    ] {
+        let r = app.post(path, body.clone()).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}");
+        let msg = r.json["error"].as_str().unwrap();
+        assert!(msg.contains(&format!("'{field}'")), "{msg}");
+        assert!(!msg.contains("line") && !msg.contains("column"), "{msg}");
+    }
+    let r = app
+        .send(Method::POST, "/topup", &[("x-admin-key", ADMIN)], "[1, 2]")
+        .await;
+    let msg = r.json["error"].as_str().unwrap();
+    assert!(!msg.contains("line") && !msg.contains("column"), "{msg}");
+}

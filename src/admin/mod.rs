@@ -304,15 +304,26 @@ impl AdminRequest {
             if inner.is_syntax() || inner.is_eof() {
                 bad_request("malformed JSON body")
             } else if path == "." {
-                bad_request(format!("invalid body: {inner}"))
+                bad_request(format!("invalid body: {}", without_position(&inner)))
             } else {
-                bad_request(format!("invalid '{path}': {inner}"))
+                bad_request(format!("invalid '{path}': {}", without_position(&inner)))
             }
         })?;
         de.end().map_err(|_| {
             bad_request("request body must be exactly one JSON document; found data after it")
         })?;
         Ok(value)
+    }
+}
+
+/// serde_json's message without the " at line L column C" it appends: the field path says
+/// where, and parser positions are no business of an API answer.
+fn without_position(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let position = format!(" at line {} column {}", e.line(), e.column());
+    match text.strip_suffix(&position) {
+        Some(message) => message.to_string(),
+        None => text,
     }
 }
 
