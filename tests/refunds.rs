@@ -244,7 +244,7 @@ async fn sse_stream_that_ends_without_the_answer_refunds() {
         .layer(PayGateLayer::from_gate(gate.clone()))
         .service(service_fn(|_req: Request<Full<Bytes>>| async {
             let mut r = Response::new(Full::new(Bytes::from_static(
-                b"data: \n\ndata: {\"jsonrpc\":\"2.0\",\"id\":99,\"result\":{}}\n\n",
+                b"data: \n\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{}}\n\ndata: {\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"ping\"}\n\n",
             )));
             r.headers_mut().insert(
                 "content-type",
@@ -257,7 +257,7 @@ async fn sse_stream_that_ends_without_the_answer_refunds() {
     assert_eq!(
         credits(&gate, &key),
         10,
-        "an answer for another id does not count"
+        "notifications and server requests are not the answer"
     );
 }
 

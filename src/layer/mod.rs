@@ -785,7 +785,10 @@ where
         let receipt = receipt.take()?;
         let gate = gate.clone();
         Some(Box::pin(async move {
-            gate.refund_and_record(receipt, reason).await;
+            // Once begun, a refund runs to the end on its own task: a client that hangs up
+            // while the store is slow drops the response, not the money owed to it.
+            let refund = tokio::spawn(async move { gate.refund_and_record(receipt, reason).await });
+            let _ = refund.await;
         }))
     };
     let timeout_reply = || {

@@ -300,6 +300,7 @@ impl MemoryKeyStore {
                 day: rec.quota_usage.day,
                 month: rec.quota_usage.month,
                 nonce: None,
+                charged_at_ms: req.now_ms,
             });
         }
 

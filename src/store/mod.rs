@@ -124,6 +124,8 @@ pub struct ChargeReceipt {
     pub(crate) month: i64,
     /// The store's own identifier of the charge, if it keeps one.
     pub(crate) nonce: Option<String>,
+    /// When the charge was made (the request's time), in milliseconds.
+    pub(crate) charged_at_ms: i64,
 }
 
 impl ChargeReceipt {

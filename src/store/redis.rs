@@ -142,14 +142,32 @@ struct Scripts {
 struct Owed {
     key: String,
     nonce: String,
+    /// When the charge was made or tried (the gateway's clock, ms).
+    #[serde(default)]
+    at_ms: i64,
+}
+
+/// What undoing one charge found.
+enum Undone {
+    /// Undone on this key (where a rotation may have moved it).
+    On(KeyDigest),
+    /// Nothing on record to undo: never charged, or undone already.
+    Nothing,
+    /// Not on record, but old enough that it may have been forgotten: cannot be told.
+    Unknown,
 }
 
 /// The charges owed back, bounded, and mirrored to a file when one is configured so a
-/// restart in the middle of an outage does not forget them.
+/// restart in the middle of an outage does not forget them. The file is written by the
+/// background task (at most every 200 ms, outside the lock), never on a caller's request.
 struct Backlog {
     items: std::collections::VecDeque<Owed>,
     limit: usize,
     file: Option<std::path::PathBuf>,
+    /// The file is behind the queue.
+    dirty: bool,
+    /// Charges that could not be told apart from ones never made (see [`Undone::Unknown`]).
+    unknown: u64,
 }
 
 impl Backlog {
@@ -157,27 +175,31 @@ impl Backlog {
         self.items.len() >= self.limit
     }
 
-    fn push_persisted(&mut self, owed: Owed) {
+    fn push(&mut self, owed: Owed) {
         self.items.push_back(owed);
-        self.persist();
+        self.dirty = true;
     }
 
-    fn pop_front_persisted(&mut self) {
+    fn pop_front(&mut self) {
         self.items.pop_front();
-        self.persist();
+        self.dirty = true;
     }
 
-    fn persist(&self) {
-        let Some(path) = &self.file else { return };
+    /// What the file should hold now, if it is behind.
+    fn take_snapshot(&mut self) -> Option<(std::path::PathBuf, Vec<u8>)> {
+        let path = self.file.clone().filter(|_| self.dirty)?;
+        self.dirty = false;
+        Some((path, serde_json::to_vec(&self.items).unwrap_or_default()))
+    }
+
+    /// Writes a snapshot durably (temp file, fsync, rename).
+    fn write(path: &std::path::Path, body: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
         let tmp = path.with_extension("tmp");
-        let body = serde_json::to_vec(&self.items).unwrap_or_default();
-        if std::fs::write(&tmp, body)
-            .and_then(|()| std::fs::rename(&tmp, path))
-            .is_err()
-        {
-            // The in-memory backlog still holds them; the file only guards restarts.
-            eprintln!("paygate: could not write the owed-charges file {}", path.display());
-        }
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(body)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
     }
 
     fn load(path: &std::path::Path) -> Result<std::collections::VecDeque<Owed>, StoreError> {
@@ -418,6 +440,22 @@ impl Reply {
     }
 }
 
+/// Brings the owed-charges file up to date, off the lock and off the runtime's threads.
+async fn persist(owed: &Arc<Mutex<Backlog>>) {
+    let Some((path, body)) = owed.lock().take_snapshot() else {
+        return;
+    };
+    let written = tokio::task::spawn_blocking(move || {
+        Backlog::write(&path, &body).map_err(|e| format!("{}: {e}", path.display()))
+    })
+    .await;
+    if !matches!(written, Ok(Ok(()))) {
+        // Try again on the next round; the queue in memory still holds everything.
+        owed.lock().dirty = true;
+        eprintln!("paygate: could not write the owed-charges file");
+    }
+}
+
 impl RedisKeyStore {
     /// Connects (and keeps reconnecting in the background whenever the connection drops).
     pub async fn connect(config: RedisConfig) -> Result<Self, StoreError> {
@@ -450,6 +488,8 @@ impl RedisKeyStore {
                 },
                 limit: config.owed_limit.max(1),
                 file: config.owed_file.clone(),
+                dirty: false,
+                unknown: 0,
             })),
         };
         store.spawn_compensator();
@@ -484,6 +524,7 @@ impl RedisKeyStore {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 // Stops once every handle to the store is gone.
                 let Some(owed) = weak.upgrade() else { return };
+                persist(&owed).await;
                 if owed.lock().items.is_empty() {
                     continue;
                 }
@@ -495,32 +536,46 @@ impl RedisKeyStore {
                     owed,
                 };
                 store.settle_owed().await;
+                persist(&store.owed).await;
             }
         });
     }
 
-    /// Undoes the charge recorded under `nonce`, following rotations. `Ok(None)` when there
-    /// is nothing on record (never charged, already undone, or past the record's 10 minutes).
+    /// Undoes the charge recorded under `nonce` (made or tried at `at_ms`), following
+    /// rotations: from the receipt when given, else as the record says (a lost reply).
     async fn undo(
         &self,
         key: KeyDigest,
         nonce: &str,
+        at_ms: i64,
         receipt: Option<&ChargeReceipt>,
-    ) -> Result<Option<KeyDigest>, StoreError> {
+    ) -> Result<Undone, StoreError> {
         let mut key = key;
         let mut conn = self.conn.clone();
+        // With request time (tests on a manual clock) the charge's own time stands for now.
+        let now = match self.time {
+            RedisTime::Server => String::new(),
+            RedisTime::Request => at_ms.to_string(),
+        };
         for _ in 0..8 {
             let rec = self.rec_key(&key);
             let mut inv = self.scripts.refund.prepare_invoke();
             inv.key(&rec).key(format!("{rec}:c")).key(self.stats_key());
             match receipt {
-                Some(r) => inv.arg(r.credits).arg(r.day).arg(r.month).arg(nonce).arg("0"),
+                Some(r) => inv
+                    .arg(r.credits)
+                    .arg(r.day)
+                    .arg(r.month)
+                    .arg(nonce)
+                    .arg("0"),
                 None => inv.arg(0).arg(0).arg(0).arg(nonce).arg("1"),
             };
+            inv.arg(at_ms).arg(&now);
             let r: i64 = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
             match r {
-                1 => return Ok(Some(key)),
-                0 => return Ok(None),
+                1 => return Ok(Undone::On(key)),
+                0 => return Ok(Undone::Nothing),
+                -2 => return Ok(Undone::Unknown),
                 _ => {}
             }
             // A rotation while the call ran moved the record (and its charge record) to a
@@ -532,16 +587,23 @@ impl RedisKeyStore {
                 .map_err(unavailable)?;
             match moved.as_deref().and_then(KeyDigest::from_hex) {
                 Some(next) => key = next,
-                None => return Ok(None),
+                None => return Ok(Undone::Nothing),
             }
         }
-        Ok(None)
+        Ok(Undone::Nothing)
     }
 
     /// Charges owed back and not yet undone: replies lost in an outage, and refunds that
     /// could not be applied then.
     pub fn unsettled_charges(&self) -> usize {
         self.owed.lock().items.len()
+    }
+
+    /// Owed charges that could not be settled because Redis no longer remembered them: a
+    /// lost reply older than a day, or older than the key's 10,000 newest charges. Each was
+    /// reported on stderr with its key digest; none was given back or dropped silently.
+    pub fn unresolved_charges(&self) -> u64 {
+        self.owed.lock().unknown
     }
 
     /// Undoes owed charges in order; stops at the first Redis does not answer for.
@@ -551,21 +613,31 @@ impl RedisKeyStore {
                 return;
             };
             let Some(key) = KeyDigest::from_hex(&next.key) else {
-                self.owed.lock().pop_front_persisted();
+                self.owed.lock().pop_front();
                 continue;
             };
-            if self.undo(key, &next.nonce, None).await.is_err() {
-                return;
+            match self.undo(key, &next.nonce, next.at_ms, None).await {
+                Err(_) => return,
+                Ok(Undone::Unknown) => {
+                    eprintln!(
+                        "paygate: a charge on key {} whose reply was lost is no longer on record; \
+                         it could not be checked and was not given back",
+                        next.key
+                    );
+                    self.owed.lock().unknown += 1;
+                }
+                Ok(_) => {}
             }
-            self.owed.lock().pop_front_persisted();
+            self.owed.lock().pop_front();
         }
     }
 
-    /// Owes Redis the undoing of the charge `nonce` on `key`; persisted when a file is set.
-    fn owe(&self, key: &KeyDigest, nonce: &str) {
-        self.owed.lock().push_persisted(Owed {
+    /// Owes Redis the undoing of the charge `nonce` on `key`, made or tried at `at_ms`.
+    fn owe(&self, key: &KeyDigest, nonce: &str, at_ms: i64) {
+        self.owed.lock().push(Owed {
             key: key.to_hex(),
             nonce: nonce.to_string(),
+            at_ms,
         });
     }
 
@@ -610,7 +682,7 @@ impl RedisKeyStore {
             Err(e) => {
                 // The script may have run with its reply lost: settle it once Redis answers.
                 if !req.shadow && !e.is_connection_refusal() {
-                    self.owe(&req.key, &nonce);
+                    self.owe(&req.key, &nonce, req.now_ms);
                 }
                 return Err(unavailable(e));
             }
@@ -673,6 +745,7 @@ impl RedisKeyStore {
             day: usage.day,
             month: usage.month,
             nonce: Some(nonce),
+            charged_at_ms: req.now_ms,
         });
         Ok(ChargeOutcome {
             denial,
@@ -790,15 +863,16 @@ impl KeyStore for RedisKeyStore {
         let Some(nonce) = receipt.nonce.as_deref() else {
             return Ok(None); // every receipt this store issues carries its nonce
         };
-        match self.undo(receipt.key, nonce, Some(&receipt)).await {
-            Ok(Some(key)) => Ok(self
+        let at_ms = receipt.charged_at_ms;
+        match self.undo(receipt.key, nonce, at_ms, Some(&receipt)).await {
+            Ok(Undone::On(key)) => Ok(self
                 .fetch(&key)
                 .await?
                 .map(|rec| KeySnapshot::of(&rec, now_ms, None))),
-            Ok(None) => Ok(None),
+            Ok(Undone::Nothing | Undone::Unknown) => Ok(None),
             Err(e) => {
                 // Owed until Redis answers; the nonce makes a late second try a no-op.
-                self.owe(&receipt.key, nonce);
+                self.owe(&receipt.key, nonce, at_ms);
                 Err(e)
             }
         }

@@ -131,10 +131,15 @@ if reason == '' and not shadow then
   redis.call('HSET', rec, 'credits', credits, 'spent', spent, 'calls', calls, 'lu', now,
     'qd', qd, 'qdc', qdc, 'qdcr', qdcr, 'qm', qm, 'qmc', qmc, 'qmcr', qmcr)
   redis.call('HINCRBY', KEYS[5], 'credits', -price)
-  -- Remember the charge briefly, so one whose reply was lost can be undone exactly.
+  -- Remember the charge for a day, so one whose reply was lost (or whose refund comes late)
+  -- can be undone exactly. A busy key keeps its newest RECENT_KEPT; the time of the newest
+  -- one let go is kept in 'cev', so a late undo can tell "never charged" from "forgotten".
   redis.call('ZADD', KEYS[4], now, ARGV[13] .. ':' .. price .. ':' .. qd .. ':' .. qm)
-  redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -1025)
-  redis.call('PEXPIRE', KEYS[4], 600000)
+  while redis.call('ZCARD', KEYS[4]) > RECENT_KEPT do
+    local oldest = redis.call('ZPOPMIN', KEYS[4])
+    redis.call('HSET', rec, 'cev', math.max(num(redis.call('HGET', rec, 'cev')), tonumber(oldest[2])))
+  end
+  redis.call('PEXPIRE', KEYS[4], RECENT_MS)
 end
 
 -- Headers report the tool's window when it has one, else the global one.

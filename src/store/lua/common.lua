@@ -1,5 +1,10 @@
 -- Shared helpers, prepended to every script.
 local MIN = 60000
+-- How long, and how many, charges are remembered per key for undoing them later.
+local RECENT_MS = 86400000
+local RECENT_KEPT = 10000
+-- Clock skew allowed between a gateway and Redis when judging a charge's age.
+local SKEW_MS = 5000
 
 local function num(v)
   if v == false or v == nil or v == '' then return 0 end

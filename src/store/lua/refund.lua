@@ -1,5 +1,7 @@
 -- KEYS: 1 record, 2 recent charges, 3 stats
--- ARGV: 1 price, 2 day, 3 month, 4 nonce, 5 only if still recent ('1' = compensation)
+-- ARGV: 1 price, 2 day, 3 month, 4 nonce, 5 only if still recent ('1' = compensation),
+--       6 when the charge was made or tried (ms), 7 time override ('' = server time)
+-- Returns 1 undone, 0 nothing to undo, -1 no such key, -2 not on record and too old to tell.
 local rec = KEYS[1]
 local price = tonumber(ARGV[1])
 if redis.call('EXISTS', rec) == 0 then return -1 end
@@ -13,8 +15,17 @@ if member then
   found = true
 end
 -- Only a charge on record is undone, and only once: a second refund of the same receipt,
--- or one for a charge that never happened, finds nothing.
-if not found then return 0 end
+-- or one for a charge that never happened, finds nothing. A charge made before the newest
+-- one forgotten (a busy key), or a day ago, may have been forgotten: that is told apart.
+if not found then
+  local at = tonumber(ARGV[6]) or 0
+  local forgotten = at - SKEW_MS <= num(redis.call('HGET', rec, 'cev'))
+    or now_ms(ARGV[7]) - at >= RECENT_MS - SKEW_MS
+  if not forgotten then return 0 end
+  -- A receipt proves the charge happened: refund it from the receipt. A lost reply proves
+  -- nothing: report it, so it is neither given back nor dropped silently.
+  if ARGV[5] == '1' then return -2 end
+end
 if ARGV[5] == '1' then
   -- Compensation for a charge whose reply was lost: the record says what was charged.
   local parts = {}
@@ -25,12 +36,13 @@ end
 local f = redis.call('HMGET', rec, 'active', 'credits', 'spent', 'calls', 'qd', 'qdc', 'qdcr', 'qm', 'qmc', 'qmcr')
 local spent = math.max(num(f[3]) - price, 0)
 local calls = math.max(num(f[4]) - 1, 0)
-redis.call('HSET', rec, 'credits', math.min(num(f[2]) + price, 9007199254740991), 'spent', spent, 'calls', calls)
+local credits = math.min(num(f[2]) + price, 9007199254740991)
+redis.call('HSET', rec, 'credits', credits, 'spent', spent, 'calls', calls)
 if f[5] == ARGV[2] then
   redis.call('HSET', rec, 'qdc', math.max(num(f[6]) - 1, 0), 'qdcr', math.max(num(f[7]) - price, 0))
 end
 if f[8] == ARGV[3] then
   redis.call('HSET', rec, 'qmc', math.max(num(f[9]) - 1, 0), 'qmcr', math.max(num(f[10]) - price, 0))
 end
-if f[1] == '1' then redis.call('HINCRBY', KEYS[3], 'credits', price) end
+if f[1] == '1' then redis.call('HINCRBY', KEYS[3], 'credits', credits - num(f[2])) end
 return 1
