@@ -46,8 +46,12 @@ for target in $TARGETS; do
     -print_final_stats=1 2>&1 | tee "$log" || status=$?
   runs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)"
   speed="$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)"
+  started="$(grep -c '^INFO: Seed:' "$log" || true)"
   rm -f "$log"
-  if [ "$status" -ne 0 ]; then
+  if [ "$status" -ne 0 ] && [ "$started" = 0 ]; then
+    echo "error: $target did not build (exit $status)" >&2
+    exit "$status"
+  elif [ "$status" -ne 0 ]; then
     echo "error: $target failed (exit $status); the input is in fuzz/artifacts/$target/" >&2
     exit "$status"
   fi
