@@ -29,7 +29,7 @@ use client_addr::client_addr;
 use paygate_mcp::admin::check_admin_key;
 use paygate_mcp::upstream::{boxed, UpstreamService};
 use paygate_mcp::{
-    generate_key, AdminService, AuditLog, EventSink, FanOut, Gate, HttpUpstream,
+    generate_key, AdminService, AuditLog, EventSink, FanOut, Gate, HealthCheck, HttpUpstream,
     HttpUpstreamConfig, KeyStore, McpRouter, MemoryKeyStore, Metrics, PayGateConfig, PayGateLayer,
     StdioConfig, StdioUpstream, SystemClock, WebhookConfig, WebhookSink,
 };
@@ -232,8 +232,13 @@ async fn run(args: Args) -> Result<(), String> {
         None => None,
     };
     let sinks: Arc<dyn EventSink> = Arc::new(FanOut(sinks));
-    let observers = Observers { metrics, audit };
-    let downstream = downstream(&cfg).await?;
+    let mut health = Vec::new();
+    let downstream = downstream(&cfg, &mut health).await?;
+    let observers = Observers {
+        metrics,
+        audit,
+        health,
+    };
 
     if let Some(url) = &args.redis_url {
         if args.state_file.is_some() {
@@ -287,7 +292,11 @@ async fn redis_store(_url: &str) -> Result<MemoryKeyStore, String> {
 
 /// The MCP server behind the gate: the config's `servers` behind a router, its
 /// `remoteUrl`, or else the built-in demo server.
-async fn downstream(cfg: &PayGateConfig) -> Result<UpstreamService, String> {
+/// Upstreams that can be down get a health check in `health`, for `GET /` and `/metrics`.
+async fn downstream(
+    cfg: &PayGateConfig,
+    health: &mut Vec<(String, HealthCheck)>,
+) -> Result<UpstreamService, String> {
     if !cfg.servers.is_empty() {
         let mut router = McpRouter::new(&cfg.name);
         for spec in &cfg.servers {
@@ -296,7 +305,9 @@ async fn downstream(cfg: &PayGateConfig) -> Result<UpstreamService, String> {
                     HttpUpstream::managed(HttpUpstreamConfig::new(url))
                         .map_err(|e| e.to_string())?,
                 ),
-                (None, Some(command)) => stdio(command, &spec.server_args).await?,
+                (None, Some(command)) => {
+                    stdio(command, &spec.server_args, &spec.prefix, health).await?
+                }
                 (None, None) => {
                     return Err(format!(
                         "server '{}' has no serverCommand or remoteUrl",
@@ -316,7 +327,7 @@ async fn downstream(cfg: &PayGateConfig) -> Result<UpstreamService, String> {
         ));
     }
     if let Some(command) = &cfg.server_command {
-        return stdio(command, &cfg.server_args).await;
+        return stdio(command, &cfg.server_args, "server", health).await;
     }
     Ok(boxed(demo_server::service(demo_server::Mode::Json)))
 }
@@ -324,13 +335,20 @@ async fn downstream(cfg: &PayGateConfig) -> Result<UpstreamService, String> {
 /// Starts an MCP server command and speaks to it over stdio. A server that is down or fails
 /// its handshake does not stop the gateway: calls to it are refused (and refunded) until
 /// the background retries bring it up.
-async fn stdio(command: &str, args: &[String]) -> Result<UpstreamService, String> {
+async fn stdio(
+    command: &str,
+    args: &[String],
+    name: &str,
+    health: &mut Vec<(String, HealthCheck)>,
+) -> Result<UpstreamService, String> {
     let upstream = StdioUpstream::start(StdioConfig::new(command, args.iter().cloned()))
         .await
         .map_err(|e| e.to_string())?;
     if !upstream.is_ready() {
         eprintln!("warning: MCP server `{command}` is not up; retrying in the background");
     }
+    let probe = upstream.clone();
+    health.push((name.to_string(), Arc::new(move || probe.is_ready())));
     Ok(boxed(upstream))
 }
 
@@ -338,6 +356,7 @@ async fn stdio(command: &str, args: &[String]) -> Result<UpstreamService, String
 struct Observers {
     metrics: Arc<Metrics>,
     audit: Arc<AuditLog>,
+    health: Vec<(String, HealthCheck)>,
 }
 
 /// Serves `/mcp` and the admin API over `gate` until Ctrl-C or SIGTERM.
@@ -388,6 +407,12 @@ async fn serve<St: KeyStore>(
         .map_err(|e| format!("--admin-key: {e}"))?
         .with_metrics(observers.metrics)
         .with_audit(observers.audit);
+    let admin = observers
+        .health
+        .into_iter()
+        .fold(admin, |admin, (name, check)| {
+            admin.with_upstream_health(&name, move || check())
+        });
     let app = axum::Router::new()
         .nest_service("/mcp", mcp)
         .fallback_service(admin)

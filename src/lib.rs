@@ -50,7 +50,7 @@ pub mod store;
 pub mod upstream;
 pub mod webhook;
 
-pub use admin::{AdminKeyError, AdminService};
+pub use admin::{AdminKeyError, AdminService, HealthCheck};
 pub use alerts::{Alert, AlertContext, AlertEngine, AlertRule, AlertType};
 pub use analytics::{
     AnalyticsConfig, AnalyticsEngine, AnalyticsError, AnalyticsReport, AnalyticsStats, Granularity,

@@ -575,6 +575,29 @@ async fn a_server_down_at_start_starts_degraded_refunds_calls_and_heals() {
     let svc = ServiceBuilder::new()
         .layer(PayGateLayer::from_gate(gate.clone()))
         .service(upstream.clone());
+    let probe = upstream.clone();
+    let admin = paygate_mcp::AdminService::new(gate.clone(), "admin-key-for-health-tests")
+        .expect("admin key")
+        .with_metrics(Arc::new(paygate_mcp::Metrics::new(Arc::new(
+            paygate_mcp::SystemClock,
+        ))))
+        .with_upstream_health("late", move || probe.is_ready());
+    let report = |path: &'static str| {
+        let admin = admin.clone();
+        async move {
+            let req = Request::get(path).body(Full::new(Bytes::new())).unwrap();
+            let resp = admin.oneshot(req).await.expect("the admin API answers");
+            assert_eq!(resp.status(), StatusCode::OK);
+            let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+            String::from_utf8(bytes.to_vec()).unwrap()
+        }
+    };
+    let health: Value = serde_json::from_str(&report("/").await).unwrap();
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert_eq!(health["upstreams"]["late"], false, "{health}");
+    assert!(report("/metrics")
+        .await
+        .contains("paygate_upstream_up{upstream=\"late\"} 0"));
     let (status, answer) = post(&svc, Some(&key), &echo(json!(1), "hi")).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
     assert_eq!(answer["error"]["data"]["reason"], "upstream_unavailable");
@@ -587,6 +610,11 @@ async fn a_server_down_at_start_starts_degraded_refunds_calls_and_heals() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(upstream.is_ready(), "the upstream recovered by itself");
+    let health: Value = serde_json::from_str(&report("/").await).unwrap();
+    assert_eq!(health["status"], "ok", "{health}");
+    assert!(report("/metrics")
+        .await
+        .contains("paygate_upstream_up{upstream=\"late\"} 1"));
     let (status, answer) = post(&svc, Some(&key), &echo(json!(2), "hi")).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(text(&answer), "up");

@@ -115,7 +115,14 @@ pub(crate) struct AdminState<St> {
     pub(crate) metrics: Option<Arc<Metrics>>,
     pub(crate) audit: Option<Arc<AuditLog>>,
     pub(crate) started_ms: i64,
+    /// Upstreams whose health `GET /` and `/metrics` report.
+    pub(crate) upstreams: Vec<(String, HealthCheck)>,
 }
+
+/// Says whether an upstream can take calls now (e.g. [`StdioUpstream::is_ready`]).
+///
+/// [`StdioUpstream::is_ready`]: crate::StdioUpstream::is_ready
+pub type HealthCheck = Arc<dyn Fn() -> bool + Send + Sync>;
 
 impl<St: KeyStore> AdminService<St> {
     /// The admin API over `gate`, guarded by `admin_key`. An empty key, one shorter than
@@ -131,6 +138,7 @@ impl<St: KeyStore> AdminService<St> {
                 metrics: None,
                 audit: None,
                 started_ms,
+                upstreams: Vec::new(),
             }),
         })
     }
@@ -140,6 +148,29 @@ impl<St: KeyStore> AdminService<St> {
     pub fn with_audit(mut self, audit: Arc<AuditLog>) -> Self {
         if let Some(state) = Arc::get_mut(&mut self.state) {
             state.audit = Some(audit);
+        }
+        self
+    }
+
+    /// Reports the health of the upstream `name` in `GET /` (`status: "degraded"` and
+    /// `upstreams: {name: false}` while `check` is false) and in `/metrics`
+    /// (`paygate_upstream_up{upstream="name"}`).
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # let gate = Arc::new(paygate_mcp::Gate::new(paygate_mcp::PayGateConfig::default()).unwrap());
+    /// let admin = paygate_mcp::AdminService::new(gate, "an-admin-key-of-some-length")
+    ///     .unwrap()
+    ///     .with_upstream_health("search", || true);
+    /// # let _ = admin;
+    /// ```
+    pub fn with_upstream_health(
+        mut self,
+        name: &str,
+        check: impl Fn() -> bool + Send + Sync + 'static,
+    ) -> Self {
+        if let Some(state) = Arc::get_mut(&mut self.state) {
+            state.upstreams.push((name.to_string(), Arc::new(check)));
         }
         self
     }

@@ -21,15 +21,50 @@ fn uptime_secs<St: KeyStore>(state: &AdminState<St>) -> i64 {
 }
 
 pub(crate) fn health<St: KeyStore>(state: &AdminState<St>) -> Handled {
-    Ok(json_reply(
-        StatusCode::OK,
-        &json!({
-            "status": "ok",
-            "name": state.gate.config().name,
-            "version": env!("CARGO_PKG_VERSION"),
-            "uptimeSeconds": uptime_secs(state),
-        }),
-    ))
+    let upstreams: serde_json::Map<String, serde_json::Value> = state
+        .upstreams
+        .iter()
+        .map(|(name, up)| (name.clone(), json!(up())))
+        .collect();
+    // The gateway still answers (and refunds) while an upstream is down: degraded, not down.
+    let status = if upstreams.values().all(|up| up == true) {
+        "ok"
+    } else {
+        "degraded"
+    };
+    let mut body = json!({
+        "status": status,
+        "name": state.gate.config().name,
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptimeSeconds": uptime_secs(state),
+    });
+    if !upstreams.is_empty() {
+        body["upstreams"] = upstreams.into();
+    }
+    Ok(json_reply(StatusCode::OK, &body))
+}
+
+/// `paygate_upstream_up` lines for the upstreams with a health check, in the exposition's
+/// text format, to go before its `# EOF`.
+fn upstream_gauges<St>(state: &AdminState<St>) -> String {
+    if state.upstreams.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from(
+        "# HELP paygate_upstream_up Whether the upstream can take calls (1) or not (0).\n\
+         # TYPE paygate_upstream_up gauge\n",
+    );
+    for (name, up) in &state.upstreams {
+        let name = name
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n");
+        out.push_str(&format!(
+            "paygate_upstream_up{{upstream=\"{name}\"}} {}\n",
+            u8::from(up())
+        ));
+    }
+    out
 }
 
 pub(crate) async fn metrics<St: KeyStore>(state: &AdminState<St>) -> Handled {
@@ -38,10 +73,13 @@ pub(crate) async fn metrics<St: KeyStore>(state: &AdminState<St>) -> Handled {
         .as_ref()
         .ok_or_else(|| error(StatusCode::NOT_FOUND, "metrics are not enabled"))?;
     let stats = state.gate.store().stats().await?;
-    Ok(text_reply(
-        "text/plain; version=0.0.4; charset=utf-8",
-        m.render(stats, state.gate.alerts().pending_count()),
-    ))
+    let mut text = m.render(stats, state.gate.alerts().pending_count());
+    let gauges = upstream_gauges(state);
+    match text.rfind("# EOF") {
+        Some(at) => text.insert_str(at, &gauges),
+        None => text.push_str(&gauges),
+    }
+    Ok(text_reply("text/plain; version=0.0.4; charset=utf-8", text))
 }
 
 fn tool_prices<St: KeyStore>(state: &AdminState<St>) -> serde_json::Map<String, serde_json::Value> {
