@@ -1212,3 +1212,25 @@ async fn body_errors_name_the_field_without_parser_positions() {
     let msg = r.json["error"].as_str().unwrap();
     assert!(!msg.contains("line") && !msg.contains("column"), "{msg}");
 }
+
+#[tokio::test]
+async fn tag_search_says_when_its_list_is_cut() {
+    let app = App::new(PayGateConfig::default());
+    for i in 0..1_001 {
+        app.create(json!({"name": format!("k{i}"), "tags": {"team": "wide"}}))
+            .await;
+    }
+    let r = app
+        .post("/keys/search", json!({"tags": {"team": "wide"}}))
+        .await;
+    assert_eq!(r.json["count"], 1_000);
+    assert_eq!(
+        r.json["truncated"], true,
+        "a cut list is not passed off as whole"
+    );
+    let r = app
+        .post("/keys/search", json!({"tags": {"team": "none"}}))
+        .await;
+    assert_eq!(r.json["count"], 0);
+    assert_eq!(r.json["truncated"], false);
+}

@@ -469,15 +469,18 @@ pub(crate) async fn search<St: KeyStore>(state: &AdminState<St>, req: &AdminRequ
     if body.tags.is_empty() || body.tags.len() > crate::key::MAX_TAGS {
         return Err(bad_request("'tags' must hold 1 to 50 tags to match"));
     }
-    let found = state
+    // One more than a page is asked for, so a cut list says so instead of passing as whole.
+    let mut found = state
         .gate
         .store()
-        .search_by_tags(&body.tags, MAX_PAGE)
+        .search_by_tags(&body.tags, MAX_PAGE + 1)
         .await?;
+    let truncated = found.len() > MAX_PAGE;
+    found.truncate(MAX_PAGE);
     let keys: Vec<KeyView<'_>> = found.iter().map(KeyView::from).collect();
     Ok(json_reply(
         StatusCode::OK,
-        &json!({"keys": keys, "count": keys.len()}),
+        &json!({"keys": keys, "count": keys.len(), "truncated": truncated}),
     ))
 }
 
