@@ -364,16 +364,29 @@ pub fn classify_response(message: &Value) -> Option<CallOutcome> {
 
 /// Takes one complete SSE event (through its blank line) off the front of `buf`.
 pub(crate) fn split_event(buf: &mut BytesMut) -> Option<BytesMut> {
-    let pos = buf.windows(2).position(|w| w == b"\n\n");
-    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n");
+    split_event_after(buf, &mut 0)
+}
+
+/// [`split_event`] for a buffer that grows a chunk at a time: `scanned` bytes at its front
+/// are known to hold no blank line, so each chunk is searched once (a stream arriving in
+/// small pieces costs linear time, not quadratic). Reset to 0 when an event is taken.
+pub(crate) fn split_event_after(buf: &mut BytesMut, scanned: &mut usize) -> Option<BytesMut> {
+    // A separator may straddle the old end: look back up to three bytes.
+    let from = (*scanned).min(buf.len()).saturating_sub(3);
+    let tail = &buf[from..];
+    let pos = tail.windows(2).position(|w| w == b"\n\n");
+    let crlf = tail.windows(4).position(|w| w == b"\r\n\r\n");
     let (end, sep) = match (pos, crlf) {
         (Some(a), Some(b)) if b < a => (b, 4),
         (Some(a), _) => (a, 2),
         (None, Some(b)) => (b, 4),
-        (None, None) => return None,
+        (None, None) => {
+            *scanned = buf.len();
+            return None;
+        }
     };
-    let event = buf.split_to(end + sep);
-    Some(event)
+    *scanned = 0;
+    Some(buf.split_to(from + end + sep))
 }
 
 /// The joined `data:` lines of one SSE event.

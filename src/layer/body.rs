@@ -11,7 +11,7 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use serde_json::Value;
 
-use crate::jsonrpc::{classify_response, split_event, sse_data, CallOutcome};
+use crate::jsonrpc::{classify_response, split_event, split_event_after, sse_data, CallOutcome};
 
 /// Bytes of a JSON response or of one SSE event kept for inspection; beyond it the layer
 /// stops looking (and does not refund).
@@ -33,6 +33,8 @@ pub(crate) struct RefundWatch {
     framing: Framing,
     refund_tool_errors: bool,
     buf: BytesMut,
+    /// Bytes at the front of `buf` already searched for an event's end.
+    scanned: usize,
     overflow: bool,
     decided: bool,
     on_failure: Option<FollowUp>,
@@ -44,6 +46,7 @@ impl RefundWatch {
             framing,
             refund_tool_errors,
             buf: BytesMut::new(),
+            scanned: 0,
             overflow: false,
             decided: false,
             on_failure: Some(on_failure),
@@ -65,7 +68,7 @@ impl RefundWatch {
         }
         self.buf.extend_from_slice(chunk);
         if self.framing == Framing::Sse {
-            while let Some(event) = split_event(&mut self.buf) {
+            while let Some(event) = split_event_after(&mut self.buf, &mut self.scanned) {
                 if let Some(outcome) = sse_event_outcome(&event) {
                     self.decided = true;
                     self.buf = BytesMut::new();
@@ -109,6 +112,8 @@ impl RefundWatch {
 pub(crate) struct Rewrite {
     framing: Framing,
     buf: BytesMut,
+    /// Bytes at the front of `buf` already searched for an event's end.
+    scanned: usize,
     transform: Box<dyn Fn(Value) -> Value + Send>,
     done: bool,
 }
@@ -118,6 +123,7 @@ impl Rewrite {
         Self {
             framing,
             buf: BytesMut::new(),
+            scanned: 0,
             transform,
             done: false,
         }
@@ -147,7 +153,7 @@ impl Rewrite {
             }
             Framing::Sse => {
                 let mut out = BytesMut::new();
-                while let Some(event) = split_event(&mut self.buf) {
+                while let Some(event) = split_event_after(&mut self.buf, &mut self.scanned) {
                     out.extend_from_slice(&self.rewrite_event(&event));
                 }
                 if self.buf.len() > INSPECT_LIMIT {
@@ -468,6 +474,28 @@ where
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn split_event_after_finds_separators_across_chunks() {
+        // Every way of cutting the stream gives the same events as splitting it whole.
+        let stream = b"data: a\n\ndata: b\r\n\r\n: c\n\ndata: d\r\n\r\ntail";
+        for cut in 1..stream.len() {
+            let (mut buf, mut scanned, mut events) = (BytesMut::new(), 0, Vec::new());
+            for chunk in stream.chunks(cut) {
+                buf.extend_from_slice(chunk);
+                while let Some(e) = split_event_after(&mut buf, &mut scanned) {
+                    events.push(e);
+                }
+            }
+            let mut whole = BytesMut::from(&stream[..]);
+            let mut expected = Vec::new();
+            while let Some(e) = split_event(&mut whole) {
+                expected.push(e);
+            }
+            assert_eq!(events, expected, "chunks of {cut}");
+            assert_eq!(&buf[..], b"tail");
+        }
+    }
 
     #[test]
     fn split_events_on_lf_and_crlf() {
