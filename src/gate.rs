@@ -225,8 +225,10 @@ pub struct Decision {
 
 impl Decision {
     /// A denial made before (or without) the store's charge: no key state, nothing charged.
-    /// In shadow mode the call is let through, and recorded as `shadow:<reason>`.
+    /// In shadow mode the call is let through, and recorded as `shadow:<reason>`, unless the
+    /// store could not be asked at all: that fails closed in every mode.
     fn denied(reason: DenyReason, detail: String, tool: &str, price: u64, shadow: bool) -> Self {
+        let shadow = shadow && reason != DenyReason::StoreUnavailable;
         Self {
             allowed: shadow,
             shadow,
