@@ -22,8 +22,14 @@
 //! blocks) and merges them into dense, id-indexed accumulators. The top consumers are picked
 //! numerically first and their top tools looked up afterwards, for the selected keys only.
 //! The cost of a report therefore grows with the number of buckets and with the distinct tools
-//! and keys in them, never with the number of events recorded. The aggregates stay locked
-//! while a report merges them (`record` waits that long).
+//! and keys in them, never with the number of events recorded.
+//!
+//! A report reads the aggregates in slices: it holds their lock for a few thousand counters
+//! (or one bucket, if a bucket is larger), then lets go so a waiting `record` can fold its
+//! batch in, and resumes at the next bucket. Names are copied out of the interning tables in
+//! chunks the same way. So `record` on the gated path waits at most one slice, never a whole
+//! report. Events folded in while a report runs may or may not be in it; the report's time
+//! series, tools and summary totals come from one pass and always agree with each other.
 //!
 //! # Resolution
 //!
@@ -457,7 +463,15 @@ pub struct AnalyticsEngine {
     /// its own stripe's lock, and the shared aggregates are locked once per batch. Each holds
     /// only what aggregation reads, names already cut to [`MAX_NAME_CHARS`].
     pending: Box<[Mutex<Vec<Pending>>]>,
+    /// Work (counters read) a report does per hold of the aggregates' lock.
+    report_lock_budget: usize,
+    /// Called each time a report lets go of the aggregates (tests only).
+    #[cfg(test)]
+    on_release: Mutex<Option<ReleaseHook>>,
 }
+
+#[cfg(test)]
+type ReleaseHook = Box<dyn Fn(&AnalyticsEngine) + Send + Sync>;
 
 /// What aggregation needs of a usage event, names cut to [`MAX_NAME_CHARS`] characters.
 struct Pending {
@@ -513,7 +527,17 @@ impl AnalyticsEngine {
                 .map(|_| Mutex::new(Vec::with_capacity(BATCH)))
                 .collect(),
             config,
+            report_lock_budget: REPORT_LOCK_BUDGET,
+            #[cfg(test)]
+            on_release: Mutex::new(None),
         }
+    }
+
+    /// Sets the work a report does per hold of the aggregates' lock (at least 1).
+    #[cfg(test)]
+    fn with_report_lock_budget(mut self, budget: usize) -> Self {
+        self.report_lock_budget = budget.max(1);
+        self
     }
 
     /// The limits in force.
@@ -586,7 +610,11 @@ impl AnalyticsEngine {
     /// [`MAX_TOP_N`]. `from` == `to` gives an empty report with no buckets.
     ///
     /// The cost grows with the number of buckets merged and the distinct tools and keys in
-    /// them, never with the number of events. The aggregates are locked while they are merged.
+    /// them, never with the number of events. The aggregates are read a slice at a time
+    /// (a few thousand counters, or one bucket), and the lock is let go between slices, so
+    /// [`record`](Self::record) on the gated path waits at most for one slice, never for a
+    /// whole report. Figures of one report agree with each other: the time series, the tools
+    /// and the summary's calls, credits and denials come from one pass over the buckets.
     pub fn report(&self, query: &ReportQuery) -> Result<AnalyticsReport, AnalyticsError> {
         self.flush();
         let to = query.to.unwrap_or_else(|| self.clock.now());
@@ -632,11 +660,22 @@ impl AnalyticsEngine {
             )
         };
 
-        let mut st = self.state.lock();
+        // The aggregates are read a few buckets at a time (see `Reader`): `record` never waits
+        // for more than one slice of a report.
+        let mut reader = Reader::new(self);
+        let (tool_slots, key_slots, first_week, scratch) = {
+            let st = reader.state();
+            let scratch = std::mem::take(&mut st.scratch);
+            (st.tool_slots, st.key_slots, st.first_week(), scratch)
+        };
+        let mut segs = Vec::new();
 
-        // Time series.
+        // Time series, the current period's totals and the tools, in one pass over the
+        // buckets, so they agree with each other even when events are folded in meanwhile.
         let n_buckets = ceil_div(span_ms, bucket_ms);
         let mut time_series = Vec::with_capacity(usize::try_from(n_buckets).unwrap_or(0));
+        let mut tools = ToolsVisitor::new(tool_slots);
+        let mut current = Counters::default();
         for i in 0..n_buckets {
             let start = from_ms + i * bucket_ms;
             let end = (start + bucket_ms).min(to_ms);
@@ -650,59 +689,67 @@ impl AnalyticsEngine {
             } else {
                 end.div_euclid(MINUTE_MS)
             };
-            let mut t = TotalsVisitor::default();
-            st.visit_minutes(a, b, &mut t);
+            segs.clear();
+            minute_segments(a, b, &mut segs);
+            let mut v = SeriesVisitor {
+                totals: Counters::default(),
+                tools: &mut tools,
+            };
+            reader.walk(&segs, &mut v);
+            let t = v.totals;
+            current.add(&t);
             time_series.push(TimeBucket {
                 start: ms_to_datetime(start),
                 end: ms_to_datetime(end),
-                calls: t.0.calls,
-                allowed: t.0.allowed,
-                denied: t.0.denied(),
-                credits: t.0.credits,
+                calls: t.calls,
+                allowed: t.allowed,
+                denied: t.denied(),
+                credits: t.credits,
             });
         }
 
-        // Current and previous periods.
-        let mut current = TotalsVisitor::default();
-        st.visit_minutes(m_from, m_to, &mut current);
+        // The previous period.
+        segs.clear();
+        minute_segments(m_from - (m_to - m_from), m_from, &mut segs);
         let mut previous = TotalsVisitor::default();
-        st.visit_minutes(m_from - (m_to - m_from), m_from, &mut previous);
-        let (current, previous) = (current.0, previous.0);
-
-        // Tools.
-        let mut tools = ToolsVisitor::new(st.tool_slots);
-        st.visit_minutes(m_from, m_to, &mut tools);
+        reader.walk(&segs, &mut previous);
+        let previous = previous.0;
 
         // Keys, pass 1: per-key totals, into the reusable dense accumulator.
-        let scratch = std::mem::take(&mut st.scratch);
-        let mut keys = KeysVisitor::new(scratch, st.key_slots);
-        st.visit_key_hours(h_from, h_to, &mut keys);
+        segs.clear();
+        key_hour_segments(h_from, h_to, first_week, &mut segs);
+        let mut keys = KeysVisitor::new(scratch, key_slots);
+        reader.walk(&segs, &mut keys);
+        reader.release();
         let mut consumers = keys.drain_consumers();
-        st.scratch = keys.acc;
-
-        let names = self.names.read();
         let unique_keys = consumers.len() as u64;
-        select_top(&mut consumers, query.top_n, &names);
+        let consumer_names = self.select_top(&mut consumers, query.top_n);
         let selected: Vec<u32> = consumers.iter().map(|c| c.key).collect();
 
         // Keys, pass 2: per-(key, tool) calls of the selected keys, for their top tool.
         let mut top_tools = TopToolVisitor::new(&selected);
         if !selected.is_empty() {
-            st.visit_hours(h_from, h_to, &mut top_tools);
+            segs.clear();
+            hour_segments(h_from, h_to, &mut segs);
+            reader.walk(&segs, &mut top_tools);
         }
-        drop(st);
+        reader.state().scratch = keys.acc;
+        reader.release();
 
-        let best_tools = top_tools.best_tools(selected.len(), &names);
+        let tool_names = self.tool_names();
+        let tool_name = |t: u32| tool_names.get(t as usize).map_or(OTHER, |n| &**n);
+        let best_tools = top_tools.best_tools(selected.len(), &tool_name);
         let top_consumers = consumers
             .iter()
+            .zip(consumer_names)
             .zip(best_tools)
-            .map(|(c, best)| TopConsumer {
-                api_key: names.key_api(c.key).to_string(),
-                key_name: names.key_name(c.key).to_string(),
+            .map(|((c, (api_key, key_name)), best)| TopConsumer {
+                api_key: api_key.into(),
+                key_name: key_name.into(),
                 calls: c.c.calls,
                 credits: c.c.credits,
                 denied: c.c.denied(),
-                top_tool: best.map(|t| names.tool(t).to_string()).unwrap_or_default(),
+                top_tool: best.map(|t| tool_name(t).to_string()).unwrap_or_default(),
             })
             .collect();
 
@@ -711,7 +758,7 @@ impl AnalyticsEngine {
             let (ca, cb) = (tools.get(*a), tools.get(*b));
             cb.calls
                 .cmp(&ca.calls)
-                .then_with(|| names.tool(*a).cmp(names.tool(*b)))
+                .then_with(|| tool_name(*a).cmp(tool_name(*b)))
                 .then(a.cmp(b))
         });
         let tool_rows: Vec<ToolBreakdown> = tool_ids
@@ -719,7 +766,7 @@ impl AnalyticsEngine {
             .map(|&t| {
                 let c = tools.get(t);
                 ToolBreakdown {
-                    tool: names.tool(t).to_string(),
+                    tool: tool_name(t).to_string(),
                     calls: c.calls,
                     allowed: c.allowed,
                     denied: c.denied(),
@@ -729,7 +776,6 @@ impl AnalyticsEngine {
                 }
             })
             .collect();
-        drop(names);
 
         let period = |c: Counters| PeriodTotals {
             calls: c.calls,
@@ -883,10 +929,6 @@ impl Names {
             next,
         });
         id
-    }
-
-    fn tool(&self, id: u32) -> &str {
-        self.tools.get(id as usize).map_or(OTHER, |t| t)
     }
 
     fn key_api(&self, id: u32) -> &str {
@@ -1059,16 +1101,15 @@ impl<T: Default> Ring<T> {
         }
     }
 
-    /// The buckets in `[a, b)` that exist.
-    fn range(&self, a: i64, b: i64) -> impl Iterator<Item = &T> {
+    /// The first bucket in `[a, b)` that exists, with its index.
+    fn first_in(&self, a: i64, b: i64) -> Option<(i64, &T)> {
         let lo = a.max(self.base);
-        let hi = b.min(self.end());
-        let (lo, hi) = if lo < hi {
-            ((lo - self.base) as usize, (hi - self.base) as usize)
-        } else {
-            (0, 0)
-        };
-        self.items.range(lo..hi)
+        if lo >= b.min(self.end()) {
+            return None;
+        }
+        self.items
+            .get(usize::try_from(lo - self.base).ok()?)
+            .map(|t| (lo, t))
     }
 }
 
@@ -1148,97 +1189,202 @@ impl State {
         self.days.drop_before(cutoff);
         self.weeks.drop_before(self.first_week());
     }
-
-    /// Feeds the minutes `[a, b)` to `v` through the fewest buckets: partial hours as minutes,
-    /// partial days as hours, whole days as days.
-    fn visit_minutes(&self, a: i64, b: i64, v: &mut impl Visitor) {
-        if a >= b {
-            return;
-        }
-        let ha = ceil_div(a, MINUTES_PER_HOUR);
-        let hb = b.div_euclid(MINUTES_PER_HOUR);
-        if ha >= hb {
-            self.minutes.range(a, b).for_each(|m| v.minute(m));
-            return;
-        }
-        self.minutes
-            .range(a, ha * MINUTES_PER_HOUR)
-            .for_each(|m| v.minute(m));
-        self.visit_hours(ha, hb, v);
-        self.minutes
-            .range(hb * MINUTES_PER_HOUR, b)
-            .for_each(|m| v.minute(m));
-    }
-
-    /// Feeds the hours `[a, b)` to `v`: partial days as hours, whole days as days.
-    fn visit_hours(&self, a: i64, b: i64, v: &mut impl Visitor) {
-        if a >= b {
-            return;
-        }
-        let da = ceil_div(a, HOURS_PER_DAY);
-        let db = b.div_euclid(HOURS_PER_DAY);
-        if da >= db {
-            self.hours.range(a, b).for_each(|r| v.rollup(r));
-            return;
-        }
-        self.hours
-            .range(a, da * HOURS_PER_DAY)
-            .for_each(|r| v.rollup(r));
-        self.days.range(da, db).for_each(|r| v.rollup(r));
-        self.hours
-            .range(db * HOURS_PER_DAY, b)
-            .for_each(|r| v.rollup(r));
-    }
-
-    /// Feeds the per-key counters of the hours `[a, b)` to `v`: partial days as hours, partial
-    /// 7-day blocks as days, whole retained blocks as blocks.
-    fn visit_key_hours(&self, a: i64, b: i64, v: &mut KeysVisitor) {
-        if a >= b {
-            return;
-        }
-        let da = ceil_div(a, HOURS_PER_DAY);
-        let db = b.div_euclid(HOURS_PER_DAY);
-        if da >= db {
-            self.hours.range(a, b).for_each(|r| v.table(&r.keys));
-            return;
-        }
-        self.hours
-            .range(a, da * HOURS_PER_DAY)
-            .for_each(|r| v.table(&r.keys));
-        let wa = ceil_div(da, DAYS_PER_WEEK).max(self.first_week());
-        let wb = db.div_euclid(DAYS_PER_WEEK);
-        if wa >= wb {
-            self.days.range(da, db).for_each(|r| v.table(&r.keys));
-        } else {
-            let (wa_day, wb_day) = (wa * DAYS_PER_WEEK, wb * DAYS_PER_WEEK);
-            self.days.range(da, wa_day).for_each(|r| v.table(&r.keys));
-            self.weeks.range(wa, wb).for_each(|t| v.table(t));
-            self.days.range(wb_day, db).for_each(|r| v.table(&r.keys));
-        }
-        self.hours
-            .range(db * HOURS_PER_DAY, b)
-            .for_each(|r| v.table(&r.keys));
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Report-time merging
 // ---------------------------------------------------------------------------------------------
 
+/// Merges buckets into a report's figures. Each method returns the work it did (counters
+/// read), which decides when a [`Reader`] lets go of the lock.
 trait Visitor {
-    fn minute(&mut self, _m: &MinuteBucket) {}
-    fn rollup(&mut self, r: &Rollup);
+    fn minute(&mut self, _m: &MinuteBucket) -> usize {
+        0
+    }
+    fn rollup(&mut self, r: &Rollup) -> usize;
+    fn week(&mut self, _t: &KeyTable) -> usize {
+        0
+    }
 }
 
 #[derive(Default)]
 struct TotalsVisitor(Counters);
 
 impl Visitor for TotalsVisitor {
-    fn minute(&mut self, m: &MinuteBucket) {
+    fn minute(&mut self, m: &MinuteBucket) -> usize {
         self.0.add(&m.totals);
+        1
     }
-    fn rollup(&mut self, r: &Rollup) {
+    fn rollup(&mut self, r: &Rollup) -> usize {
         self.0.add(&r.totals);
+        1
+    }
+}
+
+/// One time-series bucket's totals, and the report's per-tool counters, in one pass.
+struct SeriesVisitor<'a> {
+    totals: Counters,
+    tools: &'a mut ToolsVisitor,
+}
+
+impl Visitor for SeriesVisitor<'_> {
+    fn minute(&mut self, m: &MinuteBucket) -> usize {
+        self.totals.add(&m.totals);
+        1 + self.tools.minute(m)
+    }
+    fn rollup(&mut self, r: &Rollup) -> usize {
+        self.totals.add(&r.totals);
+        1 + self.tools.rollup(r)
+    }
+}
+
+/// Which bucket level a [`Segment`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Level {
+    Minute,
+    Hour,
+    Day,
+    Week,
+}
+
+/// The buckets `[a, b)` of one level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Segment {
+    level: Level,
+    a: i64,
+    b: i64,
+}
+
+fn push_segment(out: &mut Vec<Segment>, level: Level, a: i64, b: i64) {
+    if a < b {
+        out.push(Segment { level, a, b });
+    }
+}
+
+/// The fewest buckets covering the minutes `[a, b)`: partial hours as minutes, partial days
+/// as hours, whole days as days.
+fn minute_segments(a: i64, b: i64, out: &mut Vec<Segment>) {
+    if a >= b {
+        return;
+    }
+    let ha = ceil_div(a, MINUTES_PER_HOUR);
+    let hb = b.div_euclid(MINUTES_PER_HOUR);
+    if ha >= hb {
+        push_segment(out, Level::Minute, a, b);
+        return;
+    }
+    push_segment(out, Level::Minute, a, ha * MINUTES_PER_HOUR);
+    hour_segments(ha, hb, out);
+    push_segment(out, Level::Minute, hb * MINUTES_PER_HOUR, b);
+}
+
+/// The fewest buckets covering the hours `[a, b)`: partial days as hours, whole days as days.
+fn hour_segments(a: i64, b: i64, out: &mut Vec<Segment>) {
+    if a >= b {
+        return;
+    }
+    let da = ceil_div(a, HOURS_PER_DAY);
+    let db = b.div_euclid(HOURS_PER_DAY);
+    if da >= db {
+        push_segment(out, Level::Hour, a, b);
+        return;
+    }
+    push_segment(out, Level::Hour, a, da * HOURS_PER_DAY);
+    push_segment(out, Level::Day, da, db);
+    push_segment(out, Level::Hour, db * HOURS_PER_DAY, b);
+}
+
+/// The fewest buckets holding the per-key counters of the hours `[a, b)`: partial days as
+/// hours, partial 7-day blocks as days, whole blocks from `first_week` on (those entirely
+/// within the retention) as blocks.
+fn key_hour_segments(a: i64, b: i64, first_week: i64, out: &mut Vec<Segment>) {
+    if a >= b {
+        return;
+    }
+    let da = ceil_div(a, HOURS_PER_DAY);
+    let db = b.div_euclid(HOURS_PER_DAY);
+    if da >= db {
+        push_segment(out, Level::Hour, a, b);
+        return;
+    }
+    push_segment(out, Level::Hour, a, da * HOURS_PER_DAY);
+    let wa = ceil_div(da, DAYS_PER_WEEK).max(first_week);
+    let wb = db.div_euclid(DAYS_PER_WEEK);
+    if wa >= wb {
+        push_segment(out, Level::Day, da, db);
+    } else {
+        push_segment(out, Level::Day, da, wa * DAYS_PER_WEEK);
+        push_segment(out, Level::Week, wa, wb);
+        push_segment(out, Level::Day, wb * DAYS_PER_WEEK, db);
+    }
+    push_segment(out, Level::Hour, db * HOURS_PER_DAY, b);
+}
+
+/// Default work (counters read) a report does per hold of the aggregates' lock.
+const REPORT_LOCK_BUDGET: usize = 4_096;
+
+/// Reads the aggregates for a report in slices: it takes the lock when it needs it, and lets
+/// go of it once a slice's budget of work is done, at a bucket boundary. A writer folding a
+/// batch in therefore waits for at most one slice (or one bucket larger than the budget),
+/// never for a whole report. Buckets are addressed by absolute index, so whatever was folded
+/// in or pruned between two slices, the reader resumes at the right bucket.
+struct Reader<'a> {
+    engine: &'a AnalyticsEngine,
+    guard: Option<parking_lot::MutexGuard<'a, State>>,
+    spent: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn new(engine: &'a AnalyticsEngine) -> Self {
+        Self {
+            engine,
+            guard: None,
+            spent: 0,
+        }
+    }
+
+    /// The aggregates, locked if they were not.
+    fn state(&mut self) -> &mut State {
+        let engine = self.engine;
+        self.guard.get_or_insert_with(|| engine.state.lock())
+    }
+
+    /// Lets go of the lock, if held.
+    fn release(&mut self) {
+        self.spent = 0;
+        if self.guard.take().is_some() {
+            #[cfg(test)]
+            if let Some(hook) = &*self.engine.on_release.lock() {
+                hook(self.engine);
+            }
+        }
+    }
+
+    /// Feeds every bucket of `segments` to `v`, in order.
+    fn walk(&mut self, segments: &[Segment], v: &mut impl Visitor) {
+        for seg in segments {
+            let mut idx = seg.a;
+            while idx < seg.b {
+                let st = self.state();
+                let visited = match seg.level {
+                    Level::Minute => st
+                        .minutes
+                        .first_in(idx, seg.b)
+                        .map(|(i, m)| (i, v.minute(m))),
+                    Level::Hour => st.hours.first_in(idx, seg.b).map(|(i, r)| (i, v.rollup(r))),
+                    Level::Day => st.days.first_in(idx, seg.b).map(|(i, r)| (i, v.rollup(r))),
+                    Level::Week => st.weeks.first_in(idx, seg.b).map(|(i, t)| (i, v.week(t))),
+                };
+                let Some((at, work)) = visited else {
+                    break;
+                };
+                idx = at + 1;
+                self.spent = self.spent.saturating_add(work.max(1));
+                if self.spent >= self.engine.report_lock_budget {
+                    self.release();
+                }
+            }
+        }
     }
 }
 
@@ -1257,6 +1403,10 @@ impl ToolsVisitor {
     }
 
     fn add(&mut self, tool: u32, c: &Counters) {
+        // A tool first seen while the report runs: grow (ids stop at the tool limit).
+        if tool as usize >= self.acc.len() {
+            self.acc.resize(tool as usize + 1, Counters::default());
+        }
         if let Some(a) = self.acc.get_mut(tool as usize) {
             if a.calls == 0 {
                 self.touched.push(tool);
@@ -1271,15 +1421,17 @@ impl ToolsVisitor {
 }
 
 impl Visitor for ToolsVisitor {
-    fn minute(&mut self, m: &MinuteBucket) {
+    fn minute(&mut self, m: &MinuteBucket) -> usize {
         for (t, c) in &m.cells {
             self.add(*t, c);
         }
+        m.cells.len()
     }
-    fn rollup(&mut self, r: &Rollup) {
+    fn rollup(&mut self, r: &Rollup) -> usize {
         for (t, c) in &r.tools {
             self.add(*t, c);
         }
+        r.tools.len()
     }
 }
 
@@ -1329,53 +1481,122 @@ struct Consumer {
     c: Counters,
 }
 
-/// Keeps the `top_n` best consumers, sorted: credits desc, then calls desc, then apiKey asc.
-///
-/// Selection is numeric first; names are compared only among the consumers tied with the
-/// last one kept, so the usual cost is linear in the number of consumers without touching
-/// their names.
-fn select_top(consumers: &mut Vec<Consumer>, top_n: usize, names: &Names) {
-    let numeric = |a: &Consumer, b: &Consumer| {
-        b.c.credits
-            .cmp(&a.c.credits)
-            .then(b.c.calls.cmp(&a.c.calls))
-    };
-    let full = |a: &Consumer, b: &Consumer| {
-        numeric(a, b)
-            .then_with(|| names.key_api(a.key).cmp(names.key_api(b.key)))
-            .then_with(|| names.key_name(a.key).cmp(names.key_name(b.key)))
-            .then(a.key.cmp(&b.key))
-    };
-    if top_n == 0 {
-        consumers.clear();
-        return;
-    }
-    if consumers.len() > top_n {
-        consumers.select_nth_unstable_by(top_n - 1, numeric);
-        let pivot = (consumers[top_n - 1].c.credits, consumers[top_n - 1].c.calls);
-        let is_tie = |c: &Consumer| (c.c.credits, c.c.calls) == pivot;
-        // Everything before the pivot is at least as good; keep those strictly better, then
-        // fill up with the tied ones, best name first.
-        let (mut kept, mut ties): (Vec<Consumer>, Vec<Consumer>) = consumers
-            .drain(..)
-            .enumerate()
-            .filter(|(i, c)| *i < top_n || is_tie(c))
-            .map(|(_, c)| c)
-            .partition(|c| !is_tie(c));
-        let need = top_n - kept.len();
-        if ties.len() > need {
-            ties.select_nth_unstable_by(need - 1, full);
-            ties.truncate(need);
+/// A consumer with its `(apiKey, keyName)`.
+type Named = (Consumer, (Box<str>, Box<str>));
+
+/// Consumers ordered best first: credits desc, then calls desc.
+fn by_numbers(a: &Consumer, b: &Consumer) -> std::cmp::Ordering {
+    b.c.credits
+        .cmp(&a.c.credits)
+        .then(b.c.calls.cmp(&a.c.calls))
+}
+
+/// Consumers ordered best first: by numbers, then apiKey asc, keyName asc, id.
+fn by_numbers_then_names(a: &Named, b: &Named) -> std::cmp::Ordering {
+    by_numbers(&a.0, &b.0)
+        .then_with(|| a.1.cmp(&b.1))
+        .then(a.0.key.cmp(&b.0.key))
+}
+
+/// Names are copied out of the interning tables this many at a time, under one short hold of
+/// the read lock each, so an event with a new name never waits for a whole report.
+const NAME_CHUNK: usize = 4_096;
+
+impl AnalyticsEngine {
+    /// The `(apiKey, keyName)` of each key, in order; read in chunks.
+    fn key_names(&self, ids: impl ExactSizeIterator<Item = u32>) -> Vec<(Box<str>, Box<str>)> {
+        let mut out = Vec::with_capacity(ids.len());
+        let mut ids = ids.peekable();
+        while ids.peek().is_some() {
+            let names = self.names.read();
+            out.extend(
+                ids.by_ref()
+                    .take(NAME_CHUNK)
+                    .map(|k| (names.key_api(k).into(), names.key_name(k).into())),
+            );
         }
-        kept.append(&mut ties);
-        *consumers = kept;
+        out
     }
-    consumers.sort_unstable_by(full);
+
+    /// Every tool name, by id; read in chunks (the table only grows, so a chunked copy is a
+    /// prefix of it).
+    fn tool_names(&self) -> Vec<Box<str>> {
+        let mut out: Vec<Box<str>> = Vec::new();
+        loop {
+            let names = self.names.read();
+            let from = out.len();
+            let chunk = names.tools.get(from..).unwrap_or_default();
+            if chunk.is_empty() {
+                return out;
+            }
+            out.extend(chunk.iter().take(NAME_CHUNK).cloned());
+        }
+    }
+
+    /// Keeps the `top_n` best consumers, sorted: credits desc, then calls desc, then apiKey
+    /// and keyName asc; returns their names, in the same order.
+    ///
+    /// Selection is numeric first; names are looked up only for the consumers kept and those
+    /// tied with the last one kept, so the usual cost is linear in the number of consumers
+    /// without touching their names.
+    fn select_top(&self, consumers: &mut Vec<Consumer>, top_n: usize) -> Vec<(Box<str>, Box<str>)> {
+        if top_n == 0 {
+            consumers.clear();
+            return Vec::new();
+        }
+        let mut named: Vec<Named> = if consumers.len() > top_n {
+            consumers.select_nth_unstable_by(top_n - 1, by_numbers);
+            let last = &consumers[top_n - 1];
+            let pivot = (last.c.credits, last.c.calls);
+            let is_tie = |c: &Consumer| (c.c.credits, c.c.calls) == pivot;
+            // Everything before the pivot is at least as good; keep those strictly better,
+            // then fill up with the tied ones, best name first.
+            let (kept, ties): (Vec<Consumer>, Vec<Consumer>) = consumers
+                .drain(..)
+                .enumerate()
+                .filter(|(i, c)| *i < top_n || is_tie(c))
+                .map(|(_, c)| c)
+                .partition(|c| !is_tie(c));
+            let need = top_n - kept.len();
+            let mut ties = self.with_names(ties);
+            if ties.len() > need {
+                ties.select_nth_unstable_by(need - 1, by_numbers_then_names);
+                ties.truncate(need);
+            }
+            let mut kept = self.with_names(kept);
+            kept.append(&mut ties);
+            kept
+        } else {
+            self.with_names(std::mem::take(consumers))
+        };
+        named.sort_unstable_by(by_numbers_then_names);
+        let (kept, names) = named.into_iter().unzip();
+        *consumers = kept;
+        names
+    }
+
+    fn with_names(&self, consumers: Vec<Consumer>) -> Vec<Named> {
+        let names = self.key_names(consumers.iter().map(|c| c.key));
+        consumers.into_iter().zip(names).collect()
+    }
+}
+
+impl Visitor for KeysVisitor {
+    fn rollup(&mut self, r: &Rollup) -> usize {
+        self.table(&r.keys)
+    }
+    fn week(&mut self, t: &KeyTable) -> usize {
+        self.table(t)
+    }
 }
 
 impl KeysVisitor {
-    fn table(&mut self, t: &KeyTable) {
+    fn table(&mut self, t: &KeyTable) -> usize {
         for (&key, c) in t.ids.iter().zip(&t.counters) {
+            // A key first seen while the report runs: grow (ids stop at the key limit).
+            if key as usize >= self.acc.len() {
+                self.acc.resize(key as usize + 1, [0; 3]);
+            }
             if let Some(a) = self.acc.get_mut(key as usize) {
                 if a[0] == 0 {
                     self.touched.push(key);
@@ -1385,6 +1606,7 @@ impl KeysVisitor {
                 a[2] = a[2].saturating_add(c.credits);
             }
         }
+        t.ids.len()
     }
 }
 
@@ -1419,7 +1641,7 @@ impl<'a> TopToolVisitor<'a> {
 
     /// The most-called tool of each of the `n` selected consumers, by position (ties broken
     /// by name, then id).
-    fn best_tools(&self, n: usize, names: &Names) -> Vec<Option<u32>> {
+    fn best_tools<'n>(&self, n: usize, name: &dyn Fn(u32) -> &'n str) -> Vec<Option<u32>> {
         let mut best: Vec<Option<(u64, u32)>> = vec![None; n];
         for (&p, &calls) in &self.calls {
             let tool = p as u32;
@@ -1429,7 +1651,7 @@ impl<'a> TopToolVisitor<'a> {
             let better = match *b {
                 None => true,
                 Some((bc, bt)) => {
-                    calls > bc || (calls == bc && (names.tool(tool), tool) < (names.tool(bt), bt))
+                    calls > bc || (calls == bc && (name(tool), tool) < (name(bt), bt))
                 }
             };
             if better {
@@ -1441,8 +1663,9 @@ impl<'a> TopToolVisitor<'a> {
 }
 
 impl Visitor for TopToolVisitor<'_> {
-    fn rollup(&mut self, r: &Rollup) {
-        if self.selected.len().saturating_mul(r.tools.len()) <= r.pairs.len() {
+    fn rollup(&mut self, r: &Rollup) -> usize {
+        let probes = self.selected.len().saturating_mul(r.tools.len());
+        if probes <= r.pairs.len() {
             for (slot, &key) in self.selected.iter().enumerate() {
                 if !r.keys.pos.contains_key(&key) {
                     continue;
@@ -1460,6 +1683,7 @@ impl Visitor for TopToolVisitor<'_> {
                 }
             }
         }
+        probes.min(r.pairs.len())
     }
 }
 
@@ -2317,6 +2541,89 @@ mod tests {
         assert!(held > 0 && held <= 3 * 4 * MAX_NAME_CHARS, "{held}");
         let r = e.report(&ReportQuery::default()).unwrap();
         assert_eq!(r.tools[0].tool.chars().count(), MAX_NAME_CHARS);
+    }
+
+    /// A report over a year of data, the aggregates' lock released after every bucket, with
+    /// `hook` run at each release. Returns the report and how many releases there were.
+    fn report_with_hook(
+        hook: impl Fn(&AnalyticsEngine) + Send + Sync + 'static,
+    ) -> (AnalyticsEngine, AnalyticsReport, usize) {
+        let clock = Arc::new(ManualClock::at_rfc3339("2026-12-31T00:00:00Z").unwrap());
+        let config = AnalyticsConfig {
+            retention_days: 400,
+            ..AnalyticsConfig::default()
+        };
+        let e = AnalyticsEngine::with_config(clock.clone(), config).with_report_lock_budget(1);
+        let start = t("2026-01-02T00:00:00Z");
+        for i in 0..5_000i64 {
+            let key = format!("k{}", i % 50);
+            let tool = format!("t{}", i % 7);
+            e.record(&ev(start + minutes(i * 97), &key, &tool, 1, i % 5 != 0));
+        }
+        let releases = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = releases.clone();
+        *e.on_release.lock() = Some(Box::new(move |engine: &AnalyticsEngine| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            hook(engine);
+        }));
+        let q = ReportQuery {
+            from: Some(t("2026-01-01T00:17:00Z")),
+            to: Some(clock.now()),
+            granularity: Granularity::Daily,
+            top_n: 10,
+        };
+        let r = e.report(&q).unwrap();
+        *e.on_release.lock() = None;
+        let n = releases.load(std::sync::atomic::Ordering::Relaxed);
+        (e, r, n)
+    }
+
+    #[test]
+    fn a_report_never_holds_the_aggregates_while_record_needs_them() {
+        let recorded_during = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let during = recorded_during.clone();
+        let (e, r, releases) = report_with_hook(move |engine| {
+            // The report has let go: the aggregates are free...
+            assert!(
+                engine.state.try_lock().is_some(),
+                "a report holds the aggregates' lock between buckets"
+            );
+            // ...so gated calls go straight through, every BATCH-th one folding its batch into
+            // the aggregates (which needs their lock).
+            engine.record(&ev(t("2026-06-01T00:00:00Z"), "k0", "t0", 1, true));
+            during.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        });
+        // The report let go many times: at least once per day bucket it merged.
+        assert!(releases >= 300, "{releases}");
+        let during = recorded_during.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            during >= 10 * BATCH as u64,
+            "batches were folded mid-report"
+        );
+        assert_eq!(e.stats().recorded_events, 5_000 + during);
+        // Whatever was recorded while the report ran, its figures agree with each other.
+        let series: u64 = r.time_series.iter().map(|b| b.calls).sum();
+        assert_eq!(series, r.summary.total_calls);
+        assert_eq!(r.tools.iter().map(|t| t.calls).sum::<u64>(), series);
+        assert!(r.summary.total_calls >= 5_000);
+    }
+
+    #[test]
+    fn a_report_read_in_slices_matches_one_read_at_once() {
+        let (e, sliced, _) = report_with_hook(|_| {});
+        let whole = e
+            .with_report_lock_budget(usize::MAX)
+            .report(&ReportQuery {
+                from: Some(sliced.from),
+                to: Some(sliced.to),
+                granularity: Granularity::Daily,
+                top_n: 10,
+            })
+            .unwrap();
+        assert_eq!(sliced, whole);
+        assert_eq!(whole.summary.total_calls, 5_000);
+        assert_eq!(whole.summary.unique_keys, 50);
+        assert_eq!(whole.top_consumers.len(), 10);
     }
 
     #[test]
