@@ -95,10 +95,82 @@ impl AlertRule {
 pub const SPIKE_WINDOW_MS: i64 = 5 * 60 * 1000;
 /// Default bound of the pending-alert queue.
 pub const DEFAULT_MAX_PENDING: usize = 1_000;
-/// Denials remembered per key for spike detection; more than any sane threshold.
+/// Denials remembered per key for spike detection, at most; fewer when no `rate_limit_spike`
+/// rule needs as many (a key's list never holds more than the largest spike threshold).
 const MAX_DENIALS_PER_KEY: usize = 10_000;
-/// Size at which the cooldown and denial maps are pruned of stale entries.
-const PRUNE_AT: usize = 50_000;
+/// Most (rule type, key) cooldowns tracked; beyond it the entry queued longest is dropped
+/// (that key's next alert of that type may then come before its cooldown ends).
+const MAX_COOLDOWNS: usize = 1_000_000;
+/// Most keys whose recent rate-limit denials are tracked; beyond it the key queued longest is
+/// forgotten.
+const MAX_SPIKE_KEYS: usize = 100_000;
+/// Entries a call looks at to drop stale ones: pruning is spread over the calls, a few steps
+/// each, so no call does work proportional to the number of entries.
+const PRUNE_STEPS: usize = 4;
+
+/// A map whose entries go stale some time after their last use, pruned incrementally.
+///
+/// Every key is queued exactly once, in the order it was added. Each
+/// [`prune`](Self::prune) looks at a few keys at the front: a stale one is removed, a live
+/// one goes to the back of the queue. Each call adds at most one key and looks at
+/// [`PRUNE_STEPS`], so stale entries are found within a bounded number of calls, and a hard
+/// cap drops the front entries when there are still too many. Every operation is O(1)
+/// (amortized), never a scan.
+struct Expiring<K, V> {
+    map: HashMap<K, V>,
+    order: VecDeque<K>,
+    cap: usize,
+}
+
+impl<K: Copy + Eq + std::hash::Hash, V> Expiring<K, V> {
+    fn new(cap: usize) -> Self {
+        Self {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            cap: cap.max(1),
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    fn get(&self, key: &K) -> Option<&V> {
+        self.map.get(key)
+    }
+
+    /// The key's value, added with `make` (and queued) when missing; the entries queued
+    /// longest are dropped first if that goes over the cap.
+    fn entry(&mut self, key: K, make: impl FnOnce() -> V) -> &mut V {
+        if !self.map.contains_key(&key) {
+            while self.map.len() >= self.cap {
+                let Some(old) = self.order.pop_front() else {
+                    break;
+                };
+                self.map.remove(&old);
+            }
+            self.order.push_back(key);
+        }
+        self.map.entry(key).or_insert_with(make)
+    }
+
+    /// Looks at up to [`PRUNE_STEPS`] keys at the front of the queue: removes those `stale`
+    /// says are, moves the others to the back.
+    fn prune(&mut self, stale: impl Fn(&K, &V) -> bool) {
+        for _ in 0..PRUNE_STEPS.min(self.order.len()) {
+            let Some(key) = self.order.pop_front() else {
+                return;
+            };
+            match self.map.get(&key) {
+                Some(v) if !stale(&key, v) => self.order.push_back(key),
+                _ => {
+                    self.map.remove(&key);
+                }
+            }
+        }
+    }
+}
 
 /// A fired alert. Its key name (and the message quoting it) is cut to
 /// [`MAX_EVENT_TEXT_BYTES`](crate::meter::MAX_EVENT_TEXT_BYTES), so the pending queue holds
@@ -158,8 +230,10 @@ pub struct AlertEngine {
     clock: SharedClock,
     dry_run: bool,
     max_pending: usize,
-    cooldowns: Mutex<HashMap<(AlertType, KeyDigest), i64>>,
-    denials: Mutex<HashMap<KeyDigest, VecDeque<i64>>>,
+    /// When each rule type last fired for each key.
+    cooldowns: Mutex<Expiring<(AlertType, KeyDigest), i64>>,
+    /// Each key's rate-limit denials in the spike window, oldest first.
+    denials: Mutex<Expiring<KeyDigest, VecDeque<i64>>>,
     pending: Mutex<VecDeque<Alert>>,
     dropped: AtomicU64,
 }
@@ -182,8 +256,8 @@ impl AlertEngine {
             clock,
             dry_run: false,
             max_pending: DEFAULT_MAX_PENDING,
-            cooldowns: Mutex::new(HashMap::new()),
-            denials: Mutex::new(HashMap::new()),
+            cooldowns: Mutex::new(Expiring::new(MAX_COOLDOWNS)),
+            denials: Mutex::new(Expiring::new(MAX_SPIKE_KEYS)),
             pending: Mutex::new(VecDeque::new()),
             dropped: AtomicU64::new(0),
         }
@@ -234,13 +308,17 @@ impl AlertEngine {
         }
         let rules = self.rules.load();
         let now_ms = self.clock.now_ms();
-        let spike_rule = rules
+        let spike_threshold = rules
             .iter()
-            .any(|r| r.rule_type == AlertType::RateLimitSpike);
-        let recent_denials = if ctx.rate_limit_denied && spike_rule {
-            self.count_denial(snap.key, now_ms)
-        } else {
-            0
+            .filter(|r| r.rule_type == AlertType::RateLimitSpike)
+            .map(|r| r.threshold)
+            .max();
+        let recent_denials = match spike_threshold {
+            Some(most) if ctx.rate_limit_denied => {
+                let keep = usize::try_from(most).unwrap_or(usize::MAX);
+                self.count_denial(snap.key, now_ms, keep.clamp(1, MAX_DENIALS_PER_KEY))
+            }
+            _ => 0,
         };
         let mut fired = Vec::new();
         for rule in rules.iter() {
@@ -249,7 +327,7 @@ impl AlertEngine {
             else {
                 continue;
             };
-            if !self.take_cooldown(rule, snap.key, now_ms) {
+            if !self.take_cooldown(rule, rules.as_slice(), snap.key, now_ms) {
                 continue;
             }
             fired.push(Alert {
@@ -277,46 +355,67 @@ impl AlertEngine {
     }
 
     /// Starts the rule's cooldown for this key unless one is running; false when it is.
-    fn take_cooldown(&self, rule: &AlertRule, key: KeyDigest, now_ms: i64) -> bool {
-        let cooldown_ms =
-            i64::try_from(rule.cooldown_secs().saturating_mul(1000)).unwrap_or(i64::MAX);
+    /// Also drops a few stale cooldowns (those past the longest cooldown of their rule type
+    /// in `rules`, or of a type no rule has any more).
+    fn take_cooldown(
+        &self,
+        rule: &AlertRule,
+        rules: &[AlertRule],
+        key: KeyDigest,
+        now_ms: i64,
+    ) -> bool {
+        let cooldown_ms = |t: AlertType| {
+            rules
+                .iter()
+                .filter(|r| r.rule_type == t)
+                .map(|r| i64::try_from(r.cooldown_secs().saturating_mul(1000)).unwrap_or(i64::MAX))
+                .max()
+        };
+        let running = |last: i64, cooldown: Option<i64>| {
+            cooldown.is_some_and(|c| now_ms.saturating_sub(last) < c)
+        };
         let mut cooldowns = self.cooldowns.lock();
+        cooldowns.prune(|(t, _), &last| !running(last, cooldown_ms(*t)));
+        let this = i64::try_from(rule.cooldown_secs().saturating_mul(1000)).unwrap_or(i64::MAX);
         if let Some(&last) = cooldowns.get(&(rule.rule_type, key)) {
-            if now_ms.saturating_sub(last) < cooldown_ms {
+            if running(last, Some(this)) {
                 return false;
             }
         }
-        if cooldowns.len() >= PRUNE_AT {
-            let longest = self
-                .rules
-                .load()
-                .iter()
-                .map(|r| r.cooldown_secs().saturating_mul(1000))
-                .max()
-                .unwrap_or(0);
-            let longest = i64::try_from(longest).unwrap_or(i64::MAX);
-            cooldowns.retain(|_, last| now_ms.saturating_sub(*last) < longest);
-        }
-        cooldowns.insert((rule.rule_type, key), now_ms);
+        *cooldowns.entry((rule.rule_type, key), || now_ms) = now_ms;
         true
     }
 
-    /// Remembers a rate-limit denial and returns how many the key had in the spike window.
-    fn count_denial(&self, key: KeyDigest, now_ms: i64) -> u64 {
-        let cutoff = now_ms - SPIKE_WINDOW_MS;
+    /// Remembers a rate-limit denial and returns how many the key had in the spike window
+    /// (counting at most `keep`, the most any rule needs). Also drops a few keys with no
+    /// denial left in the window.
+    fn count_denial(&self, key: KeyDigest, now_ms: i64, keep: usize) -> u64 {
+        let cutoff = now_ms.saturating_sub(SPIKE_WINDOW_MS);
         let mut denials = self.denials.lock();
-        if denials.len() >= PRUNE_AT && !denials.contains_key(&key) {
-            denials.retain(|_, d| d.back().is_some_and(|&t| t > cutoff));
-        }
-        let list = denials.entry(key).or_default();
+        denials.prune(|_, list| list.back().is_none_or(|&t| t <= cutoff));
+        let list = denials.entry(key, VecDeque::new);
         while list.front().is_some_and(|&t| t <= cutoff) {
             list.pop_front();
         }
-        if list.len() >= MAX_DENIALS_PER_KEY {
+        while list.len() >= keep.max(1) {
             list.pop_front();
         }
         list.push_back(now_ms);
         list.len() as u64
+    }
+
+    /// (rule type, key) cooldowns and keys with recent denials tracked now.
+    #[cfg(test)]
+    fn tracked(&self) -> (usize, usize) {
+        (self.cooldowns.lock().len(), self.denials.lock().len())
+    }
+
+    /// Bounds both maps at `cap` entries.
+    #[cfg(test)]
+    fn with_max_tracked(self, cap: usize) -> Self {
+        *self.cooldowns.lock() = Expiring::new(cap);
+        *self.denials.lock() = Expiring::new(cap);
+        self
     }
 }
 
@@ -594,6 +693,111 @@ mod tests {
             assert!(alert.message.len() <= MAX_EVENT_TEXT_BYTES + 100);
         }
         assert_eq!(queued.len(), 1);
+    }
+
+    /// A snapshot of a distinct key (`n` picks it), low on credits.
+    fn nth_key(n: usize, clock: &ManualClock) -> KeySnapshot {
+        let rec = KeyRecord::new(&format!("pg_{n:048x}"), "k", 1, 0);
+        snap(&rec, clock)
+    }
+
+    #[test]
+    fn stale_cooldowns_are_pruned_a_few_per_call_never_all_at_once() {
+        let (clock, engine, _) = setup(vec![AlertRule::new(AlertType::CreditsLow, 10)]);
+        const N: usize = 60_000;
+        for n in 0..N {
+            assert_eq!(engine.check(&nth_key(n, &clock), NONE).len(), 1);
+        }
+        engine.consume();
+        assert_eq!(engine.tracked().0, N);
+        // Every cooldown has run out: one call removes only a few of them...
+        clock.advance_secs(300);
+        let fresh = N;
+        engine.check(&nth_key(fresh, &clock), NONE);
+        let after_one = engine.tracked().0;
+        assert!(
+            after_one + PRUNE_STEPS > N,
+            "one call dropped {} entries",
+            N + 1 - after_one
+        );
+        // ...and calls keep removing them until only live ones are left.
+        let calls = N / (PRUNE_STEPS - 1) + 1;
+        for n in 1..=calls {
+            engine.check(&nth_key(fresh + n, &clock), NONE);
+        }
+        assert!(engine.tracked().0 <= calls + 1, "{}", engine.tracked().0);
+    }
+
+    #[test]
+    fn cooldowns_hold_while_other_keys_churn_the_queue() {
+        let (clock, engine, rec) = setup(vec![AlertRule::new(AlertType::CreditsLow, 1000)]);
+        let s = snap(&rec, &clock);
+        assert_eq!(engine.check(&s, NONE).len(), 1);
+        for n in 0..1_000 {
+            clock.advance_ms(100);
+            engine.check(&nth_key(n, &clock), NONE);
+            // The first key is looked at and re-queued many times, never dropped while live.
+            assert!(engine.check(&s, NONE).is_empty(), "fired again at step {n}");
+        }
+        clock.advance_secs(200); // 300 s after it fired
+        assert_eq!(engine.check(&s, NONE).len(), 1);
+        // A type no rule has any more is stale at once.
+        engine.set_rules(vec![AlertRule::new(AlertType::SpendingThreshold, 0)]);
+        let before = engine.tracked().0;
+        engine.check(&nth_key(5_000, &clock), NONE);
+        assert!(engine.tracked().0 < before);
+    }
+
+    #[test]
+    fn tracked_entries_have_a_hard_cap() {
+        let (clock, engine, _) = setup(vec![
+            AlertRule::new(AlertType::CreditsLow, 1000),
+            AlertRule::new(AlertType::RateLimitSpike, 2),
+        ]);
+        let engine = engine.with_max_tracked(100);
+        for n in 0..1_000 {
+            let s = nth_key(n, &clock);
+            engine.check(&s, DENIED);
+            engine.check(&s, DENIED);
+            let (cooldowns, spikes) = engine.tracked();
+            assert!(cooldowns <= 100 && spikes <= 100, "{cooldowns} {spikes}");
+        }
+        // The most recent keys are still cooling down and counting.
+        let last = nth_key(999, &clock);
+        assert!(engine.check(&last, NONE).is_empty());
+        let spiking = nth_key(998, &clock);
+        let fired = engine.check(&spiking, DENIED);
+        assert!(fired.is_empty(), "both rules of key 998 are cooling down");
+        assert_eq!(
+            engine.denials.lock().get(&spiking.key).map(VecDeque::len),
+            Some(2)
+        );
+    }
+
+    #[test]
+    fn spike_denials_are_pruned_incrementally_and_still_count() {
+        let (clock, engine, rec) = setup(vec![AlertRule::new(AlertType::RateLimitSpike, 3)]);
+        for n in 0..1_000 {
+            engine.check(&nth_key(n, &clock), DENIED);
+        }
+        assert_eq!(engine.tracked().1, 1_000);
+        clock.advance_ms(SPIKE_WINDOW_MS);
+        let s = snap(&rec, &clock);
+        engine.check(&s, DENIED);
+        assert!(engine.tracked().1 + PRUNE_STEPS > 1_000);
+        engine.check(&s, DENIED);
+        let fired = engine.check(&s, DENIED);
+        assert_eq!(fired.len(), 1, "three denials in the window");
+        assert_eq!(fired[0].current_value, 3.0);
+        for _ in 0..400 {
+            engine.check(&s, DENIED);
+        }
+        assert!(engine.tracked().1 < 10, "{}", engine.tracked().1);
+        // A key's list never holds more than the largest threshold needs.
+        assert_eq!(
+            engine.denials.lock().get(&s.key).map(VecDeque::len),
+            Some(3)
+        );
     }
 
     #[test]
