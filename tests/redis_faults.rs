@@ -885,9 +885,10 @@ async fn a_refund_of_a_charge_no_longer_on_record_changes_nothing() {
     let d = gate.evaluate(&CallRequest::new(&key, "t")).await;
     assert!(d.allowed);
     let charges = format!("{prefix}{{{}}}:c", KeyDigest::of(&key).to_hex());
+    let details = format!("{charges}d");
     assert_eq!(
-        server.cli(&["DEL", &charges]).trim(),
-        "1",
+        server.cli(&["DEL", &charges, &details]).trim(),
+        "2",
         "charge record exists"
     );
     let before = record(gate.store(), &key).await;

@@ -125,7 +125,6 @@ async fn rate_limit_is_exact_across_gateways() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_round_trip_per_gated_call() {
-    use std::io::Read;
     let server = RedisServer::start();
     let g = gate(
         &server,
@@ -137,27 +136,58 @@ async fn one_round_trip_per_gated_call() {
     g.evaluate(&CallRequest::new(&key, "warm")).await; // loads the script once
                                                        // MONITOR lists every command a client sends ("[0 127.0.0.1:port]") apart from the
                                                        // commands scripts run inside Redis ("[0 lua]").
+                                                       // The calls start once the monitor has said OK (it is attached); its lines are read as
+                                                       // they come, until every call has shown up or a deadline passes, so neither a slow start
+                                                       // nor output still in flight when it is stopped can hide a command.
     let mut monitor = std::process::Command::new("redis-cli")
         .args(["-p", &server.port.to_string(), "monitor"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("redis-cli monitor");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stdout = monitor.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let first = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("monitor answers");
+    assert_eq!(first.trim(), "OK", "monitor attached");
     for _ in 0..25 {
         assert!(g.evaluate(&CallRequest::new(&key, "t")).await.allowed);
     }
     g.evaluate(&CallRequest::new("pg_unknown_key_0000000", "t"))
         .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    monitor.kill().expect("stop monitor");
-    let _ = monitor.wait();
     let mut out = String::new();
-    monitor
-        .stdout
-        .take()
-        .expect("stdout")
-        .read_to_string(&mut out)
-        .expect("read monitor");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut seen = 0;
+    // A moment more after the last expected line, in case a stray extra command follows.
+    let mut settle = None;
+    while std::time::Instant::now() < deadline {
+        let wait = settle.map_or(Duration::from_millis(100), |_| Duration::from_millis(300));
+        match rx.recv_timeout(wait) {
+            Ok(line) => {
+                if line.contains("[0 127.0.0.1:") {
+                    seen += 1;
+                }
+                out.push_str(&line);
+                out.push('\n');
+                if seen >= 26 && settle.is_none() {
+                    settle = Some(());
+                }
+            }
+            Err(_) if settle.is_some() => break,
+            Err(_) => {}
+        }
+    }
+    let _ = monitor.kill();
+    let _ = monitor.wait();
     let client_commands: Vec<&str> = out
         .lines()
         .filter(|l| l.contains("[0 127.0.0.1:"))

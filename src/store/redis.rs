@@ -13,7 +13,7 @@
 //! |---|---|---|
 //! | `paygate:{<digest>}` | hash | the key's record |
 //! | `paygate:{<digest>}:w` / `:w:<tool>` | sorted set | rate windows (expire when idle) |
-//! | `paygate:{<digest>}:c` | sorted set | the last 1,024 charges for 10 minutes, to undo one whose reply was lost |
+//! | `paygate:{<digest>}:c` / `:cd` | sorted set / hash | the key's last 10,000 charges for a day (nonces by time / each one's price and quota period by nonce), to undo one whose reply was lost or refund one late |
 //! | `paygate:{<digest>}:moved` | string | for 15 minutes after a rotation, the new digest, so refunds of calls in flight find the account |
 //! | `paygate:keys` | sorted set | every digest, for paging |
 //! | `paygate:stats` | hash | key count, active keys, credits held |
@@ -560,7 +560,10 @@ impl RedisKeyStore {
         for _ in 0..8 {
             let rec = self.rec_key(&key);
             let mut inv = self.scripts.refund.prepare_invoke();
-            inv.key(&rec).key(format!("{rec}:c")).key(self.stats_key());
+            inv.key(&rec)
+                .key(format!("{rec}:c"))
+                .key(self.stats_key())
+                .key(format!("{rec}:cd"));
             match receipt {
                 Some(r) => inv
                     .arg(r.credits)
@@ -661,6 +664,7 @@ impl RedisKeyStore {
             .key(format!("{rec}:c"))
             .key(self.stats_key())
             .key(format!("{rec}:wt"))
+            .key(format!("{rec}:cd"))
             .arg(req.price)
             .arg(req.tool)
             .arg(req.client_ip.map(ip_hex).unwrap_or_default())
@@ -928,6 +932,8 @@ impl KeyStore for RedisKeyStore {
             .key(format!("{o}:wt"))
             .key(format!("{n}:wt"))
             .key(format!("{o}:moved"))
+            .key(format!("{o}:cd"))
+            .key(format!("{n}:cd"))
             .arg(old.to_hex())
             .arg(new_key.to_hex())
             .arg(new_masked)

@@ -1,4 +1,5 @@
--- KEYS: 1 record, 2 global window, 3 tool window, 4 recent charges, 5 stats, 6 tool-window set
+-- KEYS: 1 record, 2 global window, 3 tool window, 4 recent charges (nonces by time), 5 stats,
+--       6 tool-window set, 7 recent charges' details by nonce
 -- ARGV: 1 price, 2 tool, 3 client ip (32 hex digits, '' unknown), 4 global limit, 5 tool limit,
 --       6..9 global quota (daily calls, monthly calls, daily credits, monthly credits),
 --       10 has global quota, 11 shadow, 12 time override ('' = server time), 13 nonce
@@ -134,12 +135,15 @@ if reason == '' and not shadow then
   -- Remember the charge for a day, so one whose reply was lost (or whose refund comes late)
   -- can be undone exactly. A busy key keeps its newest RECENT_KEPT; the time of the newest
   -- one let go is kept in 'cev', so a late undo can tell "never charged" from "forgotten".
-  redis.call('ZADD', KEYS[4], now, ARGV[13] .. ':' .. price .. ':' .. qd .. ':' .. qm)
+  redis.call('ZADD', KEYS[4], now, ARGV[13])
+  redis.call('HSET', KEYS[7], ARGV[13], price .. ':' .. qd .. ':' .. qm)
   while redis.call('ZCARD', KEYS[4]) > RECENT_KEPT do
     local oldest = redis.call('ZPOPMIN', KEYS[4])
+    redis.call('HDEL', KEYS[7], oldest[1])
     redis.call('HSET', rec, 'cev', math.max(num(redis.call('HGET', rec, 'cev')), tonumber(oldest[2])))
   end
   redis.call('PEXPIRE', KEYS[4], RECENT_MS)
+  redis.call('PEXPIRE', KEYS[7], RECENT_MS)
 end
 
 -- Headers report the tool's window when it has one, else the global one.

@@ -1,18 +1,16 @@
--- KEYS: 1 record, 2 recent charges, 3 stats
+-- KEYS: 1 record, 2 recent charges (nonces by time), 3 stats, 4 recent charges' details by nonce
 -- ARGV: 1 price, 2 day, 3 month, 4 nonce, 5 only if still recent ('1' = compensation),
 --       6 when the charge was made or tried (ms), 7 time override ('' = server time)
 -- Returns 1 undone, 0 nothing to undo, -1 no such key, -2 not on record and too old to tell.
 local rec = KEYS[1]
 local price = tonumber(ARGV[1])
 if redis.call('EXISTS', rec) == 0 then return -1 end
-local found = false
-local member = nil
-for _, m in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
-  if string.sub(m, 1, string.len(ARGV[4]) + 1) == ARGV[4] .. ':' then member = m break end
-end
-if member then
-  redis.call('ZREM', KEYS[2], member)
-  found = true
+-- Found by nonce in constant time, whatever the number of charges remembered.
+local member = redis.call('HGET', KEYS[4], ARGV[4])
+local found = member ~= false and member ~= nil
+if found then
+  redis.call('HDEL', KEYS[4], ARGV[4])
+  redis.call('ZREM', KEYS[2], ARGV[4])
 end
 -- Only a charge on record is undone, and only once: a second refund of the same receipt,
 -- or one for a charge that never happened, finds nothing. A charge made before the newest
@@ -30,8 +28,8 @@ if ARGV[5] == '1' then
   -- Compensation for a charge whose reply was lost: the record says what was charged.
   local parts = {}
   for p in string.gmatch(member, '[^:]+') do table.insert(parts, p) end
-  price = tonumber(parts[2])
-  ARGV[2], ARGV[3] = parts[3], parts[4]
+  price = tonumber(parts[1])
+  ARGV[2], ARGV[3] = parts[2], parts[3]
 end
 local f = redis.call('HMGET', rec, 'active', 'credits', 'spent', 'calls', 'qd', 'qdc', 'qdcr', 'qm', 'qmc', 'qmcr')
 local spent = math.max(num(f[3]) - price, 0)

@@ -1,6 +1,7 @@
 -- KEYS: 1 old record, 2 new record, 3 key index, 4 old global window, 5 new global window,
 --       6 old recent, 7 new recent, 8 old tool-window set, 9 new tool-window set,
---       10 old moved pointer (lets refunds of calls in flight find the account)
+--       10 old moved pointer (lets refunds of calls in flight find the account),
+--       11 old recent-charge details, 12 new recent-charge details
 -- ARGV: 1 old hex, 2 new hex, 3 new masked key, 4 old tool-window prefix, 5 new tool-window prefix
 -- Returns 0 unknown key, -2 revoked key, -1 new key taken, 1 done.
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
@@ -8,7 +9,7 @@ if redis.call('HGET', KEYS[1], 'active') ~= '1' then return -2 end
 if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
 redis.call('RENAME', KEYS[1], KEYS[2])
 redis.call('HSET', KEYS[2], 'm', ARGV[3])
-for i = 4, 6, 2 do
+for _, i in ipairs({4, 6, 11}) do
   if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('RENAME', KEYS[i], KEYS[i + 1]) end
 end
 if redis.call('EXISTS', KEYS[8]) == 1 then
