@@ -233,7 +233,7 @@ async fn sessions_are_kept_for_the_rmcp_client() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unreachable_remote_is_a_jsonrpc_error_and_refunded() {
+async fn an_unreachable_remote_is_a_jsonrpc_error_and_refunded_without_refund_on_failure() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -243,7 +243,8 @@ async fn an_unreachable_remote_is_a_jsonrpc_error_and_refunded() {
         "http://127.0.0.1:{port}/mcp"
     )))
     .unwrap();
-    let (gate, key) = gate(PayGateConfig::default().with_refund_on_failure(true));
+    // Nothing could be sent, so no tool ran: the call is free whatever refundOnFailure says.
+    let (gate, key) = gate(PayGateConfig::default());
     let svc = ServiceBuilder::new()
         .layer(PayGateLayer::from_gate(gate.clone()))
         .service(upstream);
@@ -251,13 +252,36 @@ async fn an_unreachable_remote_is_a_jsonrpc_error_and_refunded() {
         .oneshot(post(&key, rpc(7, "tools/call", json!({"name": "echo"}))))
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
     let v = message(&common::body_text(resp).await);
     assert_eq!(v["id"], 7);
     assert_eq!(v["error"]["code"], -32603);
     assert_eq!(v["error"]["data"]["reason"], "upstream_unavailable");
     assert_eq!(record(&gate, &key).credits, 100, "refunded");
     assert!(HttpUpstream::new(HttpUpstreamConfig::new("ftp://example.com")).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_reads_json_rpc_only_from_post() {
+    let (url, _server) = spawn_demo(Mode::Json).await;
+    let router = McpRouter::new("one server")
+        .route(
+            "a",
+            boxed(HttpUpstream::managed(HttpUpstreamConfig::new(url)).unwrap()),
+        )
+        .unwrap();
+    let body = rpc(1, "tools/call", json!({"name": "a:echo", "arguments": {}})).to_string();
+    for method in ["PUT", "GET", "PATCH", "DELETE"] {
+        let req = http::Request::builder()
+            .method(method)
+            .uri("http://localhost/mcp")
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(body.clone())))
+            .unwrap();
+        let resp = router.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED, "{method}");
+        assert_eq!(resp.headers()["allow"], "POST");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

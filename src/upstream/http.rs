@@ -209,6 +209,11 @@ impl HttpUpstream {
         match tokio::time::timeout(self.config.response_timeout, req.send()).await {
             Err(_) => Err((StatusCode::GATEWAY_TIMEOUT, "upstream_timeout")),
             Ok(Err(e)) if e.is_timeout() => Err((StatusCode::GATEWAY_TIMEOUT, "upstream_timeout")),
+            // No connection, so nothing was sent: 503 tells the layers no tool ran (refunded
+            // whatever refundOnFailure says). A failure after sending may have run it: 502.
+            Ok(Err(e)) if e.is_connect() => {
+                Err((StatusCode::SERVICE_UNAVAILABLE, "upstream_unavailable"))
+            }
             Ok(Err(_)) => Err((StatusCode::BAD_GATEWAY, "upstream_unavailable")),
             Ok(Ok(resp)) => Ok(resp),
         }
@@ -242,10 +247,11 @@ impl HttpUpstream {
         let body = resp
             .bytes()
             .await
-            .map_err(|_| (StatusCode::BAD_GATEWAY, "upstream_unavailable"))?;
+            .map_err(|_| (StatusCode::SERVICE_UNAVAILABLE, "upstream_unavailable"))?;
+        // The call itself has not been sent yet: a failed handshake ran no tool.
         let answer = find_response(&body, &json!(0))
             .and_then(|m| m.get("result").cloned())
-            .ok_or((StatusCode::BAD_GATEWAY, "upstream_handshake_failed"))?;
+            .ok_or((StatusCode::SERVICE_UNAVAILABLE, "upstream_handshake_failed"))?;
         let note = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
         if let Some(id) = &sid {
             headers.insert("mcp-session-id", id.clone());
