@@ -1736,6 +1736,44 @@ fn framing_cases() -> Vec<FramingCase> {
             },
         },
         FramingCase {
+            name: "admin 401 before reading a body answers with Connection: close",
+            first: |fx| {
+                let body = br#"{"name":"x","credits":5}"#;
+                let mut out = head(fx, "POST /keys HTTP/1.1", "").into_bytes();
+                out.extend_from_slice(format!("content-length: {}\r\n\r\n", body.len()).as_bytes());
+                out.extend_from_slice(body);
+                out
+            },
+            then: None,
+            shutdown: false,
+            read: 1,
+            check: |o| {
+                ensure(
+                    o.resps.first().is_some_and(|r| r.status == 401) && closes(o.resps.first()),
+                    || format!("admin 401 without Connection: close: {}", describe(o)),
+                )
+            },
+        },
+        FramingCase {
+            name: "admin 404 before reading a body answers with Connection: close",
+            first: |fx| {
+                let body = b"{}";
+                let mut out = head(fx, "POST /no-such-endpoint HTTP/1.1", "").into_bytes();
+                out.extend_from_slice(format!("content-length: {}\r\n\r\n", body.len()).as_bytes());
+                out.extend_from_slice(body);
+                out
+            },
+            then: None,
+            shutdown: false,
+            read: 1,
+            check: |o| {
+                ensure(
+                    o.resps.first().is_some_and(|r| r.status == 404) && closes(o.resps.first()),
+                    || format!("admin 404 without Connection: close: {}", describe(o)),
+                )
+            },
+        },
+        FramingCase {
             name: "keep-alive request after a 413 is not misread",
             first: |fx| post(fx, "", &big_call(fx)),
             then: Some(|fx| post(fx, "", PING.as_bytes())),

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use http::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::{BodyExt, Full, Limited};
@@ -393,10 +393,20 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let (parts, body) = req.into_parts();
+    // An answer given before the body is read closes the connection, so a keep-alive client
+    // does not send its next request into the unread rest of this one.
+    let unread = !body.is_end_stream();
+    let early = |mut resp: Reply| {
+        if unread {
+            resp.headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    };
     let path = parts.uri.path().trim_end_matches('/');
     let path = if path.is_empty() { "/" } else { path }.to_string();
     let Some((_, methods, public)) = ROUTES.iter().find(|(p, _, _)| *p == path) else {
-        return error(StatusCode::NOT_FOUND, "not found").into_reply();
+        return early(error(StatusCode::NOT_FOUND, "not found").into_reply());
     };
     if !methods.contains(&parts.method) {
         let mut resp = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed").into_reply();
@@ -404,23 +414,27 @@ where
         if let Ok(v) = HeaderValue::from_str(&allow.join(", ")) {
             resp.headers_mut().insert(ALLOW, v);
         }
-        return resp;
+        return early(resp);
     }
     if !public && !state.admin_key_ok(&parts.headers) {
         state.gate.emit(
             "admin.auth_failed",
             json!({"actor": "unknown", "path": path, "method": parts.method.as_str()}),
         );
-        return error(StatusCode::UNAUTHORIZED, "missing or invalid X-Admin-Key").into_reply();
+        return early(
+            error(StatusCode::UNAUTHORIZED, "missing or invalid X-Admin-Key").into_reply(),
+        );
     }
     let body = match Limited::new(body, MAX_ADMIN_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request body too large or unreadable",
+            return early(
+                error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "request body too large or unreadable",
+                )
+                .into_reply(),
             )
-            .into_reply()
         }
     };
     // Found the way the gated endpoint finds it (peer address, X-Forwarded-For only from
