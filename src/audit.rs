@@ -206,7 +206,9 @@ impl Class {
     fn of(event_type: &str, actor: &str) -> Self {
         if event_type == "admin.auth_failed" {
             Class::AuthFailed
-        } else if event_type.starts_with("gate.") {
+        } else if event_type.starts_with("gate.") || event_type.starts_with("billing.") {
+            // Refunds come from calls, as many as a key holder makes fail: they live with the
+            // calls, never in the admin trail they could otherwise push out.
             if actor.is_empty() {
                 Class::Keyless
             } else {
@@ -1186,6 +1188,43 @@ mod tests {
         assert_eq!(e[2].message, "Event custom.thing");
         assert_eq!(e[3].message, "Charge refunded");
         assert_eq!(e[3].metadata, Value::Null);
+    }
+
+    #[test]
+    fn a_flood_of_refunds_does_not_evict_the_admin_trail() {
+        let (clock, log) = log_at(T0);
+        log.record(
+            "key.created",
+            "admin",
+            "API key created",
+            json!({"name": "a"}),
+        );
+        clock.advance_secs(1);
+        for _ in 0..DEFAULT_AUDIT_CAPACITY + 1 {
+            log.record(
+                "billing.refund",
+                "pg_1234...abcd",
+                "refund",
+                json!({"credits": 1, "reason": "tool_failed"}),
+            );
+        }
+        let kept = log.query(&AuditQuery {
+            types: vec!["key.created".into()],
+            ..Default::default()
+        });
+        assert_eq!(
+            kept.total, 1,
+            "a key holder's failing calls cannot wipe the trail"
+        );
+        let refunds = log.query(&AuditQuery {
+            types: vec!["billing.refund".into()],
+            limit: 0,
+            ..Default::default()
+        });
+        assert_eq!(
+            refunds.total, DEFAULT_AUDIT_CAPACITY,
+            "the refunds are bounded"
+        );
     }
 
     #[test]
