@@ -35,7 +35,7 @@ use paygate_mcp::{
 };
 use tower::ServiceBuilder;
 
-const USAGE: &str = "usage: cargo run --example gateway -- [--port N] [--admin-key KEY] [--config FILE] [--price N] [--rate-limit N] [--tool-price \"a:1,b:5\"] [--shadow] [--refund-on-failure] [--import-key \"pg_...:100\"] [--state-file FILE] [--webhook-url URL] [--webhook-secret SECRET] [--redis-url URL] [--server \"CMD ARGS\"] [--remote-url URL]";
+const USAGE: &str = "usage: cargo run --example gateway -- [--port N] [--admin-key KEY] [--config FILE] [--price N] [--rate-limit N] [--tool-price \"a:1,b:5\"] [--shadow] [--refund-on-failure] [--import-key \"pg_...:100\"] [--state-file FILE] [--webhook-url URL] [--webhook-secret SECRET] [--redis-url URL] [--owed-file FILE] [--server \"CMD ARGS\"] [--remote-url URL] [--print-keys]";
 
 /// How often the state file is rewritten when keys changed.
 const SNAPSHOT_EVERY: Duration = Duration::from_secs(5);
@@ -58,6 +58,7 @@ struct Args {
     server: Option<String>,
     remote_url: Option<String>,
     print_keys: bool,
+    owed_file: Option<PathBuf>,
 }
 
 fn whole(flag: &str, v: &str) -> Result<u64, String> {
@@ -112,6 +113,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
             "--server" => args.server = Some(value()?),
             "--remote-url" => args.remote_url = Some(value()?),
             "--print-keys" => args.print_keys = true,
+            "--owed-file" => args.owed_file = Some(PathBuf::from(value()?)),
             "--help" | "-h" => return Err(String::new()),
             other => return Err(format!("unknown flag {other}")),
         }
@@ -246,7 +248,7 @@ async fn run(args: Args) -> Result<(), String> {
                 "--state-file and --redis-url exclude each other: Redis keeps the state".into(),
             );
         }
-        let store = redis_store(url).await?;
+        let store = redis_store(url, args.owed_file.as_deref()).await?;
         let gate =
             Gate::with_store(cfg, store, Arc::new(SystemClock)).map_err(|e| e.to_string())?;
         serve(
@@ -278,15 +280,26 @@ async fn run(args: Args) -> Result<(), String> {
 }
 
 #[cfg(feature = "redis")]
-async fn redis_store(url: &str) -> Result<paygate_mcp::store::redis::RedisKeyStore, String> {
+async fn redis_store(
+    url: &str,
+    owed_file: Option<&std::path::Path>,
+) -> Result<paygate_mcp::store::redis::RedisKeyStore, String> {
     use paygate_mcp::store::redis::{RedisConfig, RedisKeyStore};
-    RedisKeyStore::connect(RedisConfig::new(url))
+    let mut config = RedisConfig::new(url);
+    if let Some(path) = owed_file {
+        // Charges owed back after an outage survive a restart of this gateway.
+        config = config.with_owed_file(path);
+    }
+    RedisKeyStore::connect(config)
         .await
         .map_err(|e| format!("--redis-url: {e}"))
 }
 
 #[cfg(not(feature = "redis"))]
-async fn redis_store(_url: &str) -> Result<MemoryKeyStore, String> {
+async fn redis_store(
+    _url: &str,
+    _owed_file: Option<&std::path::Path>,
+) -> Result<MemoryKeyStore, String> {
     Err("--redis-url needs the redis feature: cargo run --features redis --example gateway -- --redis-url URL".into())
 }
 

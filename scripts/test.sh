@@ -9,6 +9,15 @@ if ! command -v redis-server >/dev/null 2>&1; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
 fi
+# python3 runs the small fake MCP servers of the stdio tests; curl drives the README smoke run.
+for tool in python3 curl; do
+  if ! command -v "$tool" >/dev/null 2>&1; then
+    echo "installing $tool (the tests need it)"
+    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$tool" >/dev/null
+  fi
+done
 # A real third-party MCP server for the stdio upstream tests, from the npm registry.
 EVERYTHING=@modelcontextprotocol/server-everything@2026.8.31
 if [ ! -f .test-deps/node_modules/@modelcontextprotocol/server-everything/dist/index.js ]; then
