@@ -47,6 +47,9 @@ struct HttpLabels {
     status: String,
 }
 
+/// The tool label of calls without a known key (their names are not trusted).
+pub const UNAUTHENTICATED_LABEL: &str = "(unauthenticated)";
+
 /// The gateway's Prometheus metrics.
 ///
 /// ```
@@ -222,7 +225,20 @@ impl Metrics {
 
 impl EventSink for Metrics {
     fn usage(&self, event: &UsageEvent) {
-        let tool = Self::label(&self.tools_seen, &event.tool, MAX_TOOL_LABELS);
+        // Anyone can send a made-up tool name without a key: those calls share one label, so
+        // they can never use up the per-tool series that real tools and revenue are counted in.
+        let unauthenticated = matches!(
+            event
+                .deny_reason
+                .as_deref()
+                .map(|r| r.trim_start_matches("shadow:")),
+            Some("missing_api_key" | "invalid_api_key")
+        );
+        let tool = if unauthenticated {
+            UNAUTHENTICATED_LABEL.to_string()
+        } else {
+            Self::label(&self.tools_seen, &event.tool, MAX_TOOL_LABELS)
+        };
         let status = if event.allowed { "allowed" } else { "denied" };
         self.tool_calls
             .get_or_create(&ToolStatus {

@@ -83,16 +83,41 @@ impl RefundWatch {
         false
     }
 
+    /// The deadline passed before the body ended; returns true when the call is to be
+    /// refunded. A JSON answer already held whole is judged on what it says: the client has
+    /// it, even if the body's end was not read in time.
+    fn at_deadline(&mut self) -> bool {
+        if self.decided || self.overflow {
+            return false;
+        }
+        self.decided = true;
+        match self.framing {
+            Framing::Json => serde_json::from_slice::<Value>(&self.buf)
+                .ok()
+                .and_then(|v| classify_response(&v))
+                .is_none_or(|o| self.is_failure(o)),
+            // SSE answers are judged as soon as their event is complete: none came.
+            Framing::Sse => true,
+        }
+    }
+
     /// The stream ended; returns true when the call failed or its response never came.
     fn finish(&mut self) -> bool {
         if self.decided || self.overflow {
             return false;
         }
         self.decided = true;
-        let outcome = match self.framing {
+        match self.framing {
+            // A JSON body is the whole answer: one that is not a response means the call
+            // failed.
             Framing::Json => serde_json::from_slice::<Value>(&self.buf)
                 .ok()
-                .and_then(|v| classify_response(&v)),
+                .and_then(|v| classify_response(&v))
+                .is_none_or(|o| self.is_failure(o)),
+            // An SSE stream that ends cleanly without the answer proves nothing: a session
+            // server may have moved the answer to a resumed stream (`Last-Event-ID`), or the
+            // client cancelled while the tool ran on. Refunding it would hand out the result
+            // for free, so only an error answer, a broken stream or the deadline refunds.
             Framing::Sse => {
                 let mut rest = std::mem::take(&mut self.buf);
                 rest.extend_from_slice(b"\n\n");
@@ -100,10 +125,9 @@ impl RefundWatch {
                 while let Some(event) = split_event(&mut rest) {
                     found = found.or_else(|| sse_event_outcome(&event));
                 }
-                found
+                found.is_some_and(|o| self.is_failure(o))
             }
-        };
-        outcome.is_none_or(|o| self.is_failure(o))
+        }
     }
 }
 
@@ -116,16 +140,43 @@ pub(crate) struct Rewrite {
     scanned: usize,
     transform: Box<dyn Fn(Value) -> Value + Send>,
     done: bool,
+    /// Sent instead of an answer too large to inspect: filtering fails closed.
+    too_large: Bytes,
+    /// The answer was too large: everything after it is dropped.
+    refused: bool,
 }
 
 impl Rewrite {
-    pub(crate) fn new(framing: Framing, transform: Box<dyn Fn(Value) -> Value + Send>) -> Self {
+    pub(crate) fn new(
+        framing: Framing,
+        transform: Box<dyn Fn(Value) -> Value + Send>,
+        too_large: Bytes,
+    ) -> Self {
         Self {
             framing,
             buf: BytesMut::new(),
             scanned: 0,
             transform,
             done: false,
+            too_large,
+            refused: false,
+        }
+    }
+
+    /// Gives up on an answer past [`INSPECT_LIMIT`]: what was held is dropped and the
+    /// client gets an error, never a listing the key's ACL was not applied to.
+    fn refuse(&mut self) -> Bytes {
+        self.refused = true;
+        self.done = true;
+        self.buf = BytesMut::new();
+        match self.framing {
+            Framing::Json => self.too_large.clone(),
+            Framing::Sse => {
+                let mut event = BytesMut::from(&b"data: "[..]);
+                event.extend_from_slice(&self.too_large);
+                event.extend_from_slice(b"\n\n");
+                event.freeze()
+            }
         }
     }
 
@@ -139,6 +190,9 @@ impl Rewrite {
 
     /// Takes a chunk and returns what can be passed on now.
     fn feed(&mut self, chunk: &[u8]) -> Bytes {
+        if self.refused {
+            return Bytes::new();
+        }
         if self.done {
             return Bytes::copy_from_slice(chunk);
         }
@@ -146,8 +200,7 @@ impl Rewrite {
         match self.framing {
             Framing::Json => {
                 if self.buf.len() > INSPECT_LIMIT {
-                    self.done = true;
-                    return std::mem::take(&mut self.buf).freeze();
+                    return self.refuse();
                 }
                 Bytes::new()
             }
@@ -156,8 +209,10 @@ impl Rewrite {
                 while let Some(event) = split_event_after(&mut self.buf, &mut self.scanned) {
                     out.extend_from_slice(&self.rewrite_event(&event));
                 }
-                if self.buf.len() > INSPECT_LIMIT {
-                    self.done = true;
+                if !self.done && self.buf.len() > INSPECT_LIMIT {
+                    out.extend_from_slice(&self.refuse());
+                } else if self.done {
+                    // The answer went by: the rest passes as it comes.
                     out.extend_from_slice(&std::mem::take(&mut self.buf));
                 }
                 out.freeze()
@@ -190,6 +245,9 @@ impl Rewrite {
 
     fn finish(&mut self) -> Bytes {
         let rest = std::mem::take(&mut self.buf);
+        if self.refused {
+            return Bytes::new();
+        }
         if self.done || rest.is_empty() {
             return rest.freeze();
         }
@@ -361,8 +419,7 @@ where
                             }
                         };
                         if let Some(Watch::Refund(r)) = watch.as_mut() {
-                            if !r.decided {
-                                r.decided = true;
+                            if r.at_deadline() {
                                 *pending = r.on_failure.take();
                             }
                         }
@@ -529,9 +586,12 @@ mod tests {
         let mut silent = RefundWatch::new(Framing::Sse, false, Box::pin(async {}));
         silent.feed(b"data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\n");
         assert!(
-            silent.finish(),
-            "a stream that ends without the answer refunds"
+            !silent.finish(),
+            "an SSE stream that ends cleanly without the answer may have moved it: no refund"
         );
+        let mut empty = RefundWatch::new(Framing::Json, false, Box::pin(async {}));
+        empty.feed(b"");
+        assert!(empty.finish(), "a JSON body that is no answer refunds");
     }
 
     #[test]
@@ -561,6 +621,7 @@ mod tests {
                 v["result"]["x"] = json!(1);
                 v
             }),
+            Bytes::from_static(b"{}"),
         );
         let mut out = Vec::new();
         out.extend_from_slice(

@@ -386,7 +386,14 @@ where
                 .await
                 .ok();
             let rewrite = tools_list_rewrite(&gate, record);
-            return forward(inner, parts, &ctx, Some(rewrite)).await;
+            // What the client gets instead of a listing too large to filter.
+            let too_large = Bytes::from(jsonrpc::error_body_as_sent(
+                id,
+                jsonrpc::INTERNAL_ERROR,
+                "the tool list is too large to filter for this key",
+                None,
+            ));
+            return forward(inner, parts, &ctx, Some((rewrite, too_large))).await;
         }
         return forward(inner, parts, &ctx, None).await;
     }
@@ -591,7 +598,8 @@ fn connect_info(_parts: &http::request::Parts) -> Option<IpAddr> {
 }
 
 /// Refuses requests whose `Mcp-Method` / `Mcp-Name` headers disagree with the body. `Mcp-Name`
-/// is `params.name` (tools, prompts) else `params.uri` (resources), as MCP clients send it.
+/// is `params.name` (tools, prompts) else `params.uri` (resources), as MCP clients send it,
+/// Base64-wrapped when it is not plain ASCII (see [`mcp_header_text`]).
 fn check_mcp_headers<R: Body>(
     headers: &http::HeaderMap,
     rpc: &RpcRequest,
@@ -599,7 +607,7 @@ fn check_mcp_headers<R: Body>(
 ) -> Option<Response<GateBody<R>>> {
     let mismatch = |name: &HeaderName, expected: Option<&str>| {
         let sent = headers.get(name)?;
-        match (sent.to_str().ok(), expected) {
+        match (mcp_header_text(sent), expected) {
             (Some(s), Some(e)) if s == e => None,
             _ => Some(()),
         }
@@ -613,6 +621,25 @@ fn check_mcp_headers<R: Body>(
         };
         rpc_error(StatusCode::BAD_REQUEST, id, &e)
     })
+}
+
+/// The text of an MCP header: plain visible ASCII as is, anything else sent by the
+/// 2026-07-28 transport as `=?base64?{standard Base64 of the UTF-8}?=`. `None` when it is
+/// neither (a value that cannot be decoded can match nothing).
+fn mcp_header_text(value: &HeaderValue) -> Option<std::borrow::Cow<'_, str>> {
+    use base64::Engine as _;
+    let text = value.to_str().ok()?;
+    match text
+        .strip_prefix("=?base64?")
+        .and_then(|rest| rest.strip_suffix("?="))
+    {
+        Some(encoded) => base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .ok()
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .map(std::borrow::Cow::Owned),
+        None => Some(std::borrow::Cow::Borrowed(text)),
+    }
 }
 
 fn denial_response<R: Body>(
@@ -676,7 +703,7 @@ async fn forward<S, R>(
     mut inner: S,
     parts: http::request::Parts,
     ctx: &McpContext,
-    rewrite: Option<Transform>,
+    rewrite: Option<(Transform, Bytes)>,
 ) -> Answer<R, S::Error>
 where
     S: Service<Request<Full<Bytes>>, Response = Response<R>>,
@@ -685,9 +712,9 @@ where
     // `poll_ready` was driven on this service by `GateService::call`'s caller.
     let resp = inner.call(rebuild(parts, ctx)).await?;
     let (mut head, body) = resp.into_parts();
-    let watch = rewrite.map(|f| {
+    let watch = rewrite.map(|(f, too_large)| {
         head.headers.remove(CONTENT_LENGTH);
-        Watch::Rewrite(Box::new(Rewrite::new(framing(&head.headers), f)))
+        Watch::Rewrite(Box::new(Rewrite::new(framing(&head.headers), f, too_large)))
     });
     expose_headers(&mut head.headers);
     Ok(Response::from_parts(head, GateBody::inner(body, watch)))
@@ -926,3 +953,23 @@ macro_rules! stage_layer {
     };
 }
 pub(crate) use stage_layer;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mcp_header_values_are_read_plain_or_base64_wrapped() {
+        let plain = HeaderValue::from_static("search");
+        assert_eq!(mcp_header_text(&plain).as_deref(), Some("search"));
+        // "héllo" as a conforming client sends it.
+        let wrapped = HeaderValue::from_static("=?base64?aMOpbGxv?=");
+        assert_eq!(mcp_header_text(&wrapped).as_deref(), Some("héllo"));
+        let leading_space = HeaderValue::from_static("=?base64?IGxlYWRpbmc=?=");
+        assert_eq!(mcp_header_text(&leading_space).as_deref(), Some(" leading"));
+        let broken = HeaderValue::from_static("=?base64?%%%?=");
+        assert_eq!(mcp_header_text(&broken), None);
+        let not_utf8 = HeaderValue::from_static("=?base64?/w==?=");
+        assert_eq!(mcp_header_text(&not_utf8), None);
+    }
+}

@@ -454,13 +454,16 @@ impl KeyStore for MemoryKeyStore {
         if let Some(w) = windows {
             target.windows.insert(new_key, w);
         }
-        drop(second);
-        drop(first);
+        // Recorded before the shard locks go, so no refund can find neither the old record
+        // nor the pointer. (Refunds never hold a shard lock while taking this one.)
         let mut moved = self.moved.lock();
         if moved.len() == MOVED_KEPT {
             moved.pop_front();
         }
         moved.push_back((*old, new_key));
+        drop(moved);
+        drop(second);
+        drop(first);
         ready(Ok(Some(out)))
     }
 

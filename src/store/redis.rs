@@ -14,7 +14,7 @@
 //! | `paygate:{<digest>}` | hash | the key's record |
 //! | `paygate:{<digest>}:w` / `:w:<tool>` | sorted set | rate windows (expire when idle) |
 //! | `paygate:{<digest>}:c` / `:cd` | sorted set / hash | the key's last 10,000 charges for a day (nonces by time / each one's price and quota period by nonce), to undo one whose reply was lost or refund one late |
-//! | `paygate:{<digest>}:moved` | string | for 15 minutes after a rotation, the new digest, so refunds of calls in flight find the account |
+//! | `paygate:{<digest>}:moved` | string | for a day after a rotation, the new digest, so refunds of calls in flight find the account |
 //! | `paygate:keys` | sorted set | every digest, for paging |
 //! | `paygate:stats` | hash | key count, active keys, credits held |
 //!
@@ -145,6 +145,10 @@ struct Owed {
     /// When the charge was made or tried (the gateway's clock, ms).
     #[serde(default)]
     at_ms: i64,
+    /// For a refund: the receipt's credits, day and month. A receipt proves the charge, so
+    /// it is refunded even once Redis no longer remembers it; a lost reply proves nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    receipt: Option<(u64, i64, i64)>,
 }
 
 /// What undoing one charge found.
@@ -619,7 +623,18 @@ impl RedisKeyStore {
                 self.owed.lock().pop_front();
                 continue;
             };
-            match self.undo(key, &next.nonce, next.at_ms, None).await {
+            let receipt = next.receipt.map(|(credits, day, month)| ChargeReceipt {
+                key,
+                credits,
+                day,
+                month,
+                nonce: Some(next.nonce.clone()),
+                charged_at_ms: next.at_ms,
+            });
+            match self
+                .undo(key, &next.nonce, next.at_ms, receipt.as_ref())
+                .await
+            {
                 Err(_) => return,
                 Ok(Undone::Unknown) => {
                     eprintln!(
@@ -636,11 +651,12 @@ impl RedisKeyStore {
     }
 
     /// Owes Redis the undoing of the charge `nonce` on `key`, made or tried at `at_ms`.
-    fn owe(&self, key: &KeyDigest, nonce: &str, at_ms: i64) {
+    fn owe(&self, key: &KeyDigest, nonce: &str, at_ms: i64, receipt: Option<&ChargeReceipt>) {
         self.owed.lock().push(Owed {
             key: key.to_hex(),
             nonce: nonce.to_string(),
             at_ms,
+            receipt: receipt.map(|r| (r.credits, r.day, r.month)),
         });
     }
 
@@ -686,7 +702,7 @@ impl RedisKeyStore {
             Err(e) => {
                 // The script may have run with its reply lost: settle it once Redis answers.
                 if !req.shadow && !e.is_connection_refusal() {
-                    self.owe(&req.key, &nonce, req.now_ms);
+                    self.owe(&req.key, &nonce, req.now_ms, None);
                 }
                 return Err(unavailable(e));
             }
@@ -876,7 +892,7 @@ impl KeyStore for RedisKeyStore {
             Ok(Undone::Nothing | Undone::Unknown) => Ok(None),
             Err(e) => {
                 // Owed until Redis answers; the nonce makes a late second try a no-op.
-                self.owe(&receipt.key, nonce, at_ms);
+                self.owe(&receipt.key, nonce, at_ms, Some(&receipt));
                 Err(e)
             }
         }

@@ -19,7 +19,8 @@ if redis.call('EXISTS', KEYS[8]) == 1 then
   end
   redis.call('RENAME', KEYS[8], KEYS[9])
 end
-redis.call('SET', KEYS[10], ARGV[2], 'EX', 900)
+-- Kept as long as charges are remembered, so a refund of any call still on record finds it.
+redis.call('SET', KEYS[10], ARGV[2], 'PX', RECENT_MS)
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZADD', KEYS[3], 0, ARGV[2])
 return 1
