@@ -614,6 +614,30 @@ mod tests {
     }
 
     #[test]
+    fn a_listing_too_large_to_filter_fails_closed() {
+        let chunk = vec![b' '; 1024 * 1024];
+        for framing in [Framing::Json, Framing::Sse] {
+            let mut rw = Rewrite::new(framing, Box::new(|v| v), Bytes::from_static(b"REFUSED"));
+            let mut out = Vec::new();
+            out.extend_from_slice(
+                &rw.feed(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"tools\":["),
+            );
+            for _ in 0..(INSPECT_LIMIT / chunk.len() + 2) {
+                out.extend_from_slice(&rw.feed(&chunk));
+            }
+            out.extend_from_slice(&rw.feed(b"{\"name\":\"secret\"}]}}"));
+            out.extend_from_slice(&rw.finish());
+            let text = String::from_utf8_lossy(&out);
+            assert!(text.contains("REFUSED"), "{framing:?}");
+            assert!(
+                !text.contains("secret"),
+                "nothing unfiltered passes ({framing:?})"
+            );
+            assert!(out.len() < 64, "the held bytes are dropped ({framing:?})");
+        }
+    }
+
+    #[test]
     fn rewrite_replaces_only_the_matching_event() {
         let mut rw = Rewrite::new(
             Framing::Sse,
