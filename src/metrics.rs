@@ -337,19 +337,29 @@ mod tests {
     #[test]
     fn hostile_tool_names_cannot_grow_series_without_bound() {
         let m = Metrics::new(Arc::new(ManualClock::at_ms(0)));
+        // Callers without a known key never get a name of their own.
         for i in 0..(MAX_TOOL_LABELS + 300) {
             m.usage(&event(
-                &format!("random-{i}"),
+                &format!("keyless-{i}"),
                 false,
                 Some("invalid_api_key"),
             ));
+        }
+        let text = m.render(StoreStats::default(), 0);
+        assert!(text.contains(&format!(
+            r#"paygate_tool_calls_total{{tool="{UNAUTHENTICATED_LABEL}",status="denied"}} {}"#,
+            MAX_TOOL_LABELS + 300
+        )));
+        // Names from known keys are capped too.
+        for i in 0..(MAX_TOOL_LABELS + 300) {
+            m.usage(&event(&format!("random-{i}"), false, Some("tool_denied")));
         }
         let text = m.render(StoreStats::default(), 0);
         let series = text
             .lines()
             .filter(|l| l.starts_with("paygate_tool_calls_total{"))
             .count();
-        assert_eq!(series, MAX_TOOL_LABELS + 1);
+        assert_eq!(series, MAX_TOOL_LABELS + 2);
         assert!(text.contains(r#"paygate_tool_calls_total{tool="(other)",status="denied"} 300"#));
         // Over-long names are never a label.
         m.usage(&event(&"x".repeat(1 << 20), true, None));
