@@ -379,7 +379,16 @@ async fn serve<St: KeyStore>(
     observers: Observers,
     downstream: UpstreamService,
 ) -> Result<(), String> {
-    let admin_key = match args.admin_key.clone() {
+    // PAYGATE_ADMIN_KEY keeps the key off the command line, where other local users can
+    // read it; it is also what the printed export line sets, so a restart keeps the key.
+    let from_env = match std::env::var("PAYGATE_ADMIN_KEY") {
+        Ok(key) if args.admin_key.is_none() => {
+            check_admin_key(&key).map_err(|e| format!("PAYGATE_ADMIN_KEY: {e}"))?;
+            Some(key)
+        }
+        _ => None,
+    };
+    let admin_key = match args.admin_key.clone().or(from_env) {
         Some(k) => k,
         None => generate_key()
             .map(|k| format!("admin_{}", &k[3..]))

@@ -1122,6 +1122,38 @@ async fn a_capped_refund_keeps_the_credits_aggregate_exact() {
     );
 }
 
+/// Gateway `a` makes a charge on `key` whose reply is lost (Redis then holds `calls` calls on
+/// the key) and is cut off from Redis; then gateway `b` serves `newer` calls on the key, all
+/// strictly later.
+async fn lose_a_charge_then_serve(
+    a: &Arc<Gate<RedisKeyStore>>,
+    b: &Arc<Gate<RedisKeyStore>>,
+    key: &str,
+    relay: &Relay,
+    calls: u64,
+    newer: usize,
+) {
+    relay.set(DROP_REPLIES);
+    let lost = {
+        let (a, key) = (a.clone(), key.to_string());
+        tokio::spawn(async move { a.evaluate(&CallRequest::new(&key, "t")).await.reason })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while record(b.store(), key).await.total_calls < calls {
+        assert!(Instant::now() < deadline, "the charge reached Redis");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    relay.set(CUT);
+    assert_eq!(
+        lost.await.expect("call"),
+        Some(DenyReason::StoreUnavailable)
+    );
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    for _ in 0..newer {
+        assert!(b.evaluate(&CallRequest::new(key, "t")).await.allowed);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lost_charge_is_given_back_even_on_a_busy_key() {
     let server = RedisServer::start();
@@ -1151,28 +1183,10 @@ async fn a_lost_charge_is_given_back_even_on_a_busy_key() {
         .expect("redis answers")
         .expect("refunded");
 
-    // A's charge runs in Redis, its reply is lost, and A is cut off from Redis.
-    relay.set(DROP_REPLIES);
-    let lost = {
-        let (a, key) = (a.clone(), key.clone());
-        tokio::spawn(async move { a.evaluate(&CallRequest::new(&key, "t")).await.reason })
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while record(b.store(), &key).await.total_calls < 1 {
-        assert!(Instant::now() < deadline, "the charge reached Redis");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    relay.set(CUT);
-    assert_eq!(
-        lost.await.expect("call"),
-        Some(DenyReason::StoreUnavailable)
-    );
+    // A's charge runs in Redis, its reply is lost, and A is cut off from Redis; gateway B
+    // serves the same key meanwhile: 1,024 calls, all strictly later.
+    lose_a_charge_then_serve(&a, &b, &key, &relay, 1, 1_024).await;
     assert_eq!(a.store().unsettled_charges(), 1, "A owes the charge back");
-    // Gateway B serves the same key meanwhile: 1,024 calls, all strictly later.
-    tokio::time::sleep(Duration::from_millis(5)).await;
-    for _ in 0..1_024 {
-        assert!(b.evaluate(&CallRequest::new(&key, "t")).await.allowed);
-    }
     // A's link comes back and A settles what it owes.
     relay.reset();
     assert!(settled(a.store(), Duration::from_secs(30)).await);
@@ -1187,25 +1201,7 @@ async fn a_lost_charge_is_given_back_even_on_a_busy_key() {
 
     // Past what Redis remembers (10,000 newer charges on the key) a lost charge can no longer
     // be checked: it is reported as unresolved, never silently counted as settled.
-    relay.set(DROP_REPLIES);
-    let lost = {
-        let (a, key) = (a.clone(), key.clone());
-        tokio::spawn(async move { a.evaluate(&CallRequest::new(&key, "t")).await.reason })
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while record(b.store(), &key).await.total_calls < 1_025 {
-        assert!(Instant::now() < deadline, "the charge reached Redis");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    relay.set(CUT);
-    assert_eq!(
-        lost.await.expect("call"),
-        Some(DenyReason::StoreUnavailable)
-    );
-    tokio::time::sleep(Duration::from_millis(10)).await;
-    for _ in 0..10_000 {
-        assert!(b.evaluate(&CallRequest::new(&key, "t")).await.allowed);
-    }
+    lose_a_charge_then_serve(&a, &b, &key, &relay, 1_025, 10_000).await;
     relay.reset();
     assert!(settled(a.store(), Duration::from_secs(30)).await);
     assert_eq!(a.store().unresolved_charges(), 1, "reported, not dropped");

@@ -92,13 +92,18 @@ impl RefundWatch {
         }
         self.decided = true;
         match self.framing {
-            Framing::Json => serde_json::from_slice::<Value>(&self.buf)
-                .ok()
-                .and_then(|v| classify_response(&v))
-                .is_none_or(|o| self.is_failure(o)),
+            Framing::Json => self.json_failed(),
             // SSE answers are judged as soon as their event is complete: none came.
             Framing::Sse => true,
         }
+    }
+
+    /// Whether the JSON body held is anything but a successful answer.
+    fn json_failed(&self) -> bool {
+        serde_json::from_slice::<Value>(&self.buf)
+            .ok()
+            .and_then(|v| classify_response(&v))
+            .is_none_or(|o| self.is_failure(o))
     }
 
     /// The stream ended; returns true when the call failed or its response never came.
@@ -110,10 +115,7 @@ impl RefundWatch {
         match self.framing {
             // A JSON body is the whole answer: one that is not a response means the call
             // failed.
-            Framing::Json => serde_json::from_slice::<Value>(&self.buf)
-                .ok()
-                .and_then(|v| classify_response(&v))
-                .is_none_or(|o| self.is_failure(o)),
+            Framing::Json => self.json_failed(),
             // An SSE stream that ends cleanly without the answer proves nothing: a session
             // server may have moved the answer to a resumed stream (`Last-Event-ID`), or the
             // client cancelled while the tool ran on. Refunding it would hand out the result
