@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::middleware;
+use clap::Parser;
 use client_addr::client_addr;
 use paygate_mcp::admin::check_admin_key;
 use paygate_mcp::upstream::{boxed, UpstreamService};
@@ -35,90 +36,98 @@ use paygate_mcp::{
 };
 use tower::ServiceBuilder;
 
-const USAGE: &str = "usage: cargo run --example gateway -- [--port N] [--admin-key KEY] [--config FILE] [--price N] [--rate-limit N] [--tool-price \"a:1,b:5\"] [--shadow] [--refund-on-failure] [--import-key \"pg_...:100\"] [--state-file FILE] [--webhook-url URL] [--webhook-secret SECRET] [--redis-url URL] [--owed-file FILE] [--server \"CMD ARGS\"] [--remote-url URL] [--print-keys]";
-
 /// How often the state file is rewritten when keys changed.
 const SNAPSHOT_EVERY: Duration = Duration::from_secs(5);
 
-#[derive(Debug, Default)]
+/// A paid MCP gateway: the demo MCP server (or your own, over stdio or HTTP) behind PayGate,
+/// with the admin API on the same port.
+#[derive(Debug, Parser)]
+#[command(name = "gateway", version)]
 struct Args {
+    /// Port to listen on (127.0.0.1).
+    #[arg(long, value_name = "N")]
     port: Option<u16>,
+    /// Admin API key (16+ printable characters); else PAYGATE_ADMIN_KEY, else generated.
+    #[arg(long, value_name = "KEY", value_parser = admin_key)]
     admin_key: Option<String>,
+    /// A JSON PayGateConfig file.
+    #[arg(long, value_name = "FILE")]
     config: Option<String>,
+    /// Default credits per call.
+    #[arg(long, value_name = "N")]
     price: Option<u64>,
+    /// Calls per key per rolling minute (0 = off).
+    #[arg(long, value_name = "N")]
     rate_limit: Option<u64>,
-    tool_prices: Vec<(String, u64)>,
+    /// Per-tool prices, "search:5,echo:1" (repeatable).
+    #[arg(long = "tool-price", value_name = "TOOL:N,...", value_parser = tool_prices)]
+    tool_prices: Vec<Vec<(String, u64)>>,
+    /// Record every check but allow every call and charge nothing.
+    #[arg(long)]
     shadow: bool,
+    /// Refund calls whose tool fails.
+    #[arg(long)]
     refund_on_failure: bool,
+    /// Import an existing key with its credits, "pg_...:100" (repeatable).
+    #[arg(long = "import-key", value_name = "KEY:CREDITS", value_parser = import_key)]
     import_keys: Vec<(String, u64)>,
+    /// Keep keys across restarts in this JSON file.
+    #[arg(long, value_name = "FILE")]
     state_file: Option<PathBuf>,
+    /// POST usage and admin events here.
+    #[arg(long, value_name = "URL")]
     webhook_url: Option<String>,
+    /// Sign webhook POSTs with this secret.
+    #[arg(long, value_name = "SECRET")]
     webhook_secret: Option<String>,
+    /// Keep keys in Redis (needs --features redis).
+    #[arg(long, value_name = "URL")]
     redis_url: Option<String>,
-    server: Option<String>,
-    remote_url: Option<String>,
-    print_keys: bool,
+    /// With --redis-url: keep charges owed back after an outage in this file.
+    #[arg(long, value_name = "FILE")]
     owed_file: Option<PathBuf>,
+    /// Wrap an MCP server run as this command over stdio.
+    #[arg(long, value_name = "CMD ARGS")]
+    server: Option<String>,
+    /// Wrap a remote Streamable-HTTP MCP server.
+    #[arg(long, value_name = "URL")]
+    remote_url: Option<String>,
+    /// Print the API and admin keys even when stdout is not a terminal.
+    #[arg(long)]
+    print_keys: bool,
+    /// Log as JSON lines (the level comes from RUST_LOG, default info).
+    #[arg(long)]
+    log_json: bool,
 }
 
-fn whole(flag: &str, v: &str) -> Result<u64, String> {
+fn whole(v: &str) -> Result<u64, String> {
     v.trim()
         .parse::<u64>()
-        .map_err(|_| format!("{flag}: '{v}' is not a whole number"))
+        .map_err(|_| format!("'{v}' is not a whole number"))
 }
 
-fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
-    let mut args = Args::default();
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--port" => {
-                let v = value()?;
-                args.port = Some(
-                    v.parse()
-                        .map_err(|_| format!("--port: '{v}' is not a port"))?,
-                );
-            }
-            "--admin-key" => {
-                let key = value()?;
-                check_admin_key(&key).map_err(|e| format!("--admin-key: {e}"))?;
-                args.admin_key = Some(key);
-            }
-            "--config" => args.config = Some(value()?),
-            "--price" => args.price = Some(whole("--price", &value()?)?),
-            "--rate-limit" => args.rate_limit = Some(whole("--rate-limit", &value()?)?),
-            "--tool-price" => {
-                for pair in value()?.split(',').filter(|p| !p.trim().is_empty()) {
-                    let (tool, price) = pair
-                        .rsplit_once(':')
-                        .ok_or_else(|| format!("--tool-price: '{pair}' is not tool:price"))?;
-                    args.tool_prices
-                        .push((tool.trim().to_string(), whole("--tool-price", price)?));
-                }
-            }
-            "--shadow" => args.shadow = true,
-            "--refund-on-failure" => args.refund_on_failure = true,
-            "--import-key" => {
-                let v = value()?;
-                let (key, credits) = v
-                    .rsplit_once(':')
-                    .ok_or_else(|| "--import-key: expected KEY:CREDITS".to_string())?;
-                args.import_keys
-                    .push((key.to_string(), whole("--import-key", credits)?));
-            }
-            "--state-file" => args.state_file = Some(PathBuf::from(value()?)),
-            "--webhook-url" => args.webhook_url = Some(value()?),
-            "--webhook-secret" => args.webhook_secret = Some(value()?),
-            "--redis-url" => args.redis_url = Some(value()?),
-            "--server" => args.server = Some(value()?),
-            "--remote-url" => args.remote_url = Some(value()?),
-            "--print-keys" => args.print_keys = true,
-            "--owed-file" => args.owed_file = Some(PathBuf::from(value()?)),
-            "--help" | "-h" => return Err(String::new()),
-            other => return Err(format!("unknown flag {other}")),
-        }
-    }
-    Ok(args)
+fn admin_key(v: &str) -> Result<String, String> {
+    check_admin_key(v).map_err(|e| e.to_string())?;
+    Ok(v.to_string())
+}
+
+fn tool_prices(v: &str) -> Result<Vec<(String, u64)>, String> {
+    v.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|pair| {
+            let (tool, price) = pair
+                .rsplit_once(':')
+                .ok_or_else(|| format!("'{pair}' is not tool:price"))?;
+            Ok((tool.trim().to_string(), whole(price)?))
+        })
+        .collect()
+}
+
+fn import_key(v: &str) -> Result<(String, u64), String> {
+    let (key, credits) = v
+        .rsplit_once(':')
+        .ok_or_else(|| "expected KEY:CREDITS".to_string())?;
+    Ok((key.to_string(), whole(credits)?))
 }
 
 fn config_from(args: &Args) -> Result<PayGateConfig, String> {
@@ -132,7 +141,7 @@ fn config_from(args: &Args) -> Result<PayGateConfig, String> {
     if let Some(r) = args.rate_limit {
         cfg = cfg.with_rate_limit(r);
     }
-    for (tool, price) in &args.tool_prices {
+    for (tool, price) in args.tool_prices.iter().flatten() {
         cfg = cfg.with_tool_price(tool, *price);
     }
     if args.shadow {
@@ -473,22 +482,29 @@ async fn serve<St: KeyStore>(
     .map_err(|e| format!("server stopped: {e}"))
 }
 
+/// Logs to stderr at the RUST_LOG level (default `info`), as text or JSON lines.
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = match parse_args(std::env::args().skip(1)) {
-        Ok(a) => a,
-        Err(e) => {
-            if !e.is_empty() {
-                eprintln!("error: {e}");
-            }
-            eprintln!("{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    // clap prints usage errors and exits with code 2, and --help / --version with 0.
+    let args = Args::parse();
+    init_logging(args.log_json);
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            tracing::error!("{e}");
             ExitCode::from(2)
         }
     }

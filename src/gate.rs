@@ -383,22 +383,28 @@ impl<S: KeyStore> Gate<S> {
     pub async fn refund_and_record(&self, receipt: ChargeReceipt, reason: &str) {
         let credits = receipt.credits;
         match self.refund(receipt).await {
-            Ok(Some(snap)) => self.emit(
-                "billing.refund",
-                serde_json::json!({
-                    "keyMasked": snap.key_masked,
-                    "credits": credits,
-                    "reason": reason,
-                    "balance": snap.credits,
-                }),
-            ),
+            Ok(Some(snap)) => {
+                tracing::info!(key = %snap.key_masked, credits, reason, "refunded");
+                self.emit(
+                    "billing.refund",
+                    serde_json::json!({
+                        "keyMasked": snap.key_masked,
+                        "credits": credits,
+                        "reason": reason,
+                        "balance": snap.credits,
+                    }),
+                )
+            }
             Ok(None) => {}
             // The store keeps what it owes and applies it once it answers (see
             // `RedisKeyStore`); the event says the refund is not applied yet.
-            Err(e) => self.emit(
+            Err(e) => {
+                tracing::warn!(credits, reason, error = %e, "refund deferred: the store did not answer");
+                self.emit(
                 "billing.refund_deferred",
                 serde_json::json!({"credits": credits, "reason": reason, "error": e.to_string()}),
-            ),
+            )
+            }
         }
     }
 

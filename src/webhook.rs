@@ -752,6 +752,7 @@ mod sink {
             let counter = if outcome == Attempt::Delivered {
                 &self.shared.delivered
             } else {
+                tracing::warn!(events = n, "webhook delivery failed; events given up on");
                 &self.shared.failed
             };
             // Under the queue lock, so `stats` never counts a batch twice or not at all.

@@ -358,8 +358,14 @@ where
         if stages.alert && usage.is_none() {
             gate.dispatch_events(&d.decision);
         }
+        // One span per gated call, from the layer that decided it (not again per layer).
+        let span = match usage {
+            Some(_) => call_span(tool, &d.decision),
+            None => tracing::Span::none(),
+        };
         if !d.decision.allowed {
             drop(usage);
+            span.in_scope(|| tracing::info!("denied"));
             return Ok(denial_response(id, &d.decision, stages));
         }
         // The layer that forwards holds the receipt: a call the downstream refuses before
@@ -370,7 +376,11 @@ where
             usage,
             id: id.map(str::to_owned),
         };
-        let mut resp = forward_call(inner, parts, &ctx, &gate, forwarded).await?;
+        let mut resp = tracing::Instrument::instrument(
+            forward_call(inner, parts, &ctx, &gate, forwarded),
+            span,
+        )
+        .await?;
         decorate(resp.headers_mut(), &d.decision, stages);
         return Ok(resp);
     }
@@ -574,6 +584,19 @@ pub(crate) fn client_ip(
         Some(untrusted) => forwarded.get(client_at + 1 + untrusted).copied(),
         None => forwarded.get(client_at).copied(),
     }
+}
+
+/// The span of one gated `tools/call`: the tool, the key (masked), the decision and the
+/// credits charged; its lifetime is the time to the answer's head.
+fn call_span(tool: &str, d: &Decision) -> tracing::Span {
+    tracing::info_span!(
+        "paygate_call",
+        tool,
+        key = d.key.as_ref().map(|k| k.key_masked.as_str()),
+        allowed = d.allowed,
+        reason = d.reason.map(|r| r.as_str()),
+        credits = d.credits_charged,
+    )
 }
 
 /// Marks an early reply that leaves the request body unread: the connection is closed

@@ -238,6 +238,8 @@ pub struct RedisKeyStore {
     time: RedisTime,
     scripts: Arc<Scripts>,
     owed: Arc<Mutex<Backlog>>,
+    /// Redis did not answer the last charge: logged once per outage, and once on recovery.
+    outage: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for RedisKeyStore {
@@ -456,7 +458,7 @@ async fn persist(owed: &Arc<Mutex<Backlog>>) {
     if !matches!(written, Ok(Ok(()))) {
         // Try again on the next round; the queue in memory still holds everything.
         owed.lock().dirty = true;
-        eprintln!("paygate: could not write the owed-charges file");
+        tracing::error!("could not write the owed-charges file; retrying");
     }
 }
 
@@ -495,6 +497,7 @@ impl RedisKeyStore {
                 dirty: false,
                 unknown: 0,
             })),
+            outage: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         };
         store.spawn_compensator();
         Ok(store)
@@ -517,6 +520,7 @@ impl RedisKeyStore {
             return;
         };
         let weak = Arc::downgrade(&self.owed);
+        let outage = self.outage.clone();
         let (conn, prefix, time, scripts) = (
             self.conn.clone(),
             self.prefix.clone(),
@@ -538,6 +542,7 @@ impl RedisKeyStore {
                     time,
                     scripts: scripts.clone(),
                     owed,
+                    outage: outage.clone(),
                 };
                 store.settle_owed().await;
                 persist(&store.owed).await;
@@ -637,16 +642,32 @@ impl RedisKeyStore {
             {
                 Err(_) => return,
                 Ok(Undone::Unknown) => {
-                    eprintln!(
-                        "paygate: a charge on key {} whose reply was lost is no longer on record; \
-                         it could not be checked and was not given back",
-                        next.key
+                    tracing::error!(
+                        key = %next.key,
+                        "a charge whose reply was lost is no longer on record; it could not be \
+                         checked and was not given back"
                     );
                     self.owed.lock().unknown += 1;
                 }
                 Ok(_) => {}
             }
             self.owed.lock().pop_front();
+        }
+    }
+
+    /// Logs the start of an outage, once.
+    fn note_outage(&self, e: &RedisError) {
+        use std::sync::atomic::Ordering;
+        if !self.outage.swap(true, Ordering::Relaxed) {
+            tracing::warn!(error = %e, "Redis store unavailable; calls fail closed until it answers");
+        }
+    }
+
+    /// Logs the end of an outage, once; a plain load on the usual path.
+    fn note_answered(&self) {
+        use std::sync::atomic::Ordering;
+        if self.outage.load(Ordering::Relaxed) && self.outage.swap(false, Ordering::Relaxed) {
+            tracing::info!("Redis store answers again");
         }
     }
 
@@ -698,8 +719,12 @@ impl RedisKeyStore {
             })
             .arg(&nonce);
         let reply = match inv.invoke_async::<Vec<Value>>(&mut conn).await {
-            Ok(v) => Reply(v),
+            Ok(v) => {
+                self.note_answered();
+                Reply(v)
+            }
             Err(e) => {
+                self.note_outage(&e);
                 // The script may have run with its reply lost: settle it once Redis answers.
                 if !req.shadow && !e.is_connection_refusal() {
                     self.owe(&req.key, &nonce, req.now_ms, None);

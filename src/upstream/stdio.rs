@@ -1004,7 +1004,10 @@ impl Shared {
         *self.status.lock() = Status::Stopped;
     }
 
+    /// Upstream lifecycle (start failures, crashes, restarts): a tracing event, and with
+    /// `forward_stderr` also a line on stderr as before.
     fn note(&self, text: &str) {
+        tracing::warn!(upstream = %self.label, "{text}");
         if self.config.forward_stderr {
             log(&self.label, text);
         }
