@@ -11,8 +11,8 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::amount::whole;
 use crate::clock::{ms_to_datetime, SharedClock};
-use crate::config::whole;
 use crate::key::KeyDigest;
 use crate::meter::{clip, MAX_EVENT_TEXT_BYTES};
 use crate::store::KeySnapshot;

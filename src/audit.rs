@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::clock::{SharedClock, SystemClock};
-use crate::key::mask_key;
+use crate::key::redact_full_keys;
 use crate::meter::{AdminEvent, EventSink, UsageEvent};
 
 /// Default number of events the log holds.
@@ -659,44 +659,6 @@ pub(crate) fn neutralize_formula(cell: &str) -> Cow<'_, str> {
     }
 }
 
-const KEY_HEX_LEN: usize = 48;
-/// Length of a full API key: the prefix and 48 hex digits.
-pub(crate) const FULL_KEY_LEN: usize = crate::key::KEY_PREFIX.len() + KEY_HEX_LEN;
-
-/// Masks every run of `pg_` followed by 48 hex digits (a full API key) in `text`.
-pub(crate) fn redact_full_keys(text: &str) -> Cow<'_, str> {
-    let prefix = crate::key::KEY_PREFIX;
-    if !text.contains(prefix) {
-        return Cow::Borrowed(text);
-    }
-    let bytes = text.as_bytes();
-    let mut out = String::new();
-    let mut copied = 0;
-    let mut search = 0;
-    while let Some(pos) = text.get(search..).and_then(|rest| rest.find(prefix)) {
-        let start = search + pos;
-        let hex_start = start + prefix.len();
-        let hex_end = hex_start + KEY_HEX_LEN;
-        let is_key = bytes
-            .get(hex_start..hex_end)
-            .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit));
-        if is_key {
-            // `start` and `hex_end` sit on ASCII bytes, so both are char boundaries.
-            out.push_str(text.get(copied..start).unwrap_or_default());
-            out.push_str(&mask_key(text.get(start..hex_end).unwrap_or_default()));
-            copied = hex_end;
-            search = hex_end;
-        } else {
-            search = hex_start;
-        }
-    }
-    if copied == 0 {
-        return Cow::Borrowed(text);
-    }
-    out.push_str(text.get(copied..).unwrap_or_default());
-    Cow::Owned(out)
-}
-
 /// Cuts `text` to at most `max` characters (at least 1), the last one `…` when something
 /// was cut.
 fn truncate(mut text: String, max: usize) -> String {
@@ -1031,7 +993,7 @@ mod tests {
             json!({"key": key, "nested": [{ key.clone(): "v" }]}),
         );
         let e = &log.export()[0];
-        let masked = mask_key(&key);
+        let masked = crate::key::mask_key(&key);
         assert_eq!(e.actor, masked);
         assert_eq!(e.message, format!("created {masked}!"));
         assert_eq!(e.metadata["key"], masked.as_str());
@@ -1130,7 +1092,7 @@ mod tests {
         let short = format!("pg_{}", "a".repeat(47));
         assert_eq!(redact_full_keys(&short), short);
         let two = format!("pg_pg_{0} é pg_{0}", "f".repeat(48));
-        let m = mask_key(&format!("pg_{}", "f".repeat(48)));
+        let m = crate::key::mask_key(&format!("pg_{}", "f".repeat(48)));
         assert_eq!(redact_full_keys(&two), format!("pg_{m} é {m}"));
         assert_eq!(redact_full_keys("ép"), "ép");
         assert_eq!(redact_full_keys("pg_"), "pg_");

@@ -4,6 +4,7 @@
 //! shown to its owner once; stores keep only its SHA-256 [`KeyDigest`] and a masked display
 //! form, so a dump of a state file or of Redis lets nobody in.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
@@ -212,8 +213,8 @@ impl KeyRecord {
     }
 
     /// Which ACL rule refuses `tool`, if any.
-    pub(crate) fn acl_denial(&self, tool: &str) -> Option<crate::gate::DenyReason> {
-        use crate::gate::DenyReason;
+    pub(crate) fn acl_denial(&self, tool: &str) -> Option<crate::deny::DenyReason> {
+        use crate::deny::DenyReason;
         if !self.allowed_tools.is_empty() && !self.allowed_tools.iter().any(|t| t == tool) {
             return Some(DenyReason::ToolNotAllowed);
         }
@@ -237,7 +238,7 @@ impl KeyRecord {
     /// Checks the bounds every stored record keeps (for records read from outside: state
     /// files, imports). Says which field is wrong.
     pub fn validate(&self) -> Result<(), String> {
-        use crate::config::MAX_AMOUNT;
+        use crate::amount::MAX_AMOUNT;
         for (field, v) in [
             ("credits", self.credits),
             ("totalSpent", self.total_spent),
@@ -306,6 +307,44 @@ pub fn parse_ip_entry(text: &str) -> Result<IpNet, String> {
         Ok(ip) => Ok(IpNet::from(canonical_ip(ip))),
         Err(_) => Err(format!("'{text}' is not an IP address or CIDR network")),
     }
+}
+
+const KEY_HEX_LEN: usize = 48;
+/// Length of a full API key: the prefix and 48 hex digits.
+pub(crate) const FULL_KEY_LEN: usize = KEY_PREFIX.len() + KEY_HEX_LEN;
+
+/// Masks every run of `pg_` followed by 48 hex digits (a full API key) in `text`.
+pub(crate) fn redact_full_keys(text: &str) -> Cow<'_, str> {
+    let prefix = KEY_PREFIX;
+    if !text.contains(prefix) {
+        return Cow::Borrowed(text);
+    }
+    let bytes = text.as_bytes();
+    let mut out = String::new();
+    let mut copied = 0;
+    let mut search = 0;
+    while let Some(pos) = text.get(search..).and_then(|rest| rest.find(prefix)) {
+        let start = search + pos;
+        let hex_start = start + prefix.len();
+        let hex_end = hex_start + KEY_HEX_LEN;
+        let is_key = bytes
+            .get(hex_start..hex_end)
+            .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit));
+        if is_key {
+            // `start` and `hex_end` sit on ASCII bytes, so both are char boundaries.
+            out.push_str(text.get(copied..start).unwrap_or_default());
+            out.push_str(&mask_key(text.get(start..hex_end).unwrap_or_default()));
+            copied = hex_end;
+            search = hex_end;
+        } else {
+            search = hex_start;
+        }
+    }
+    if copied == 0 {
+        return Cow::Borrowed(text);
+    }
+    out.push_str(text.get(copied..).unwrap_or_default());
+    Cow::Owned(out)
 }
 
 #[cfg(test)]

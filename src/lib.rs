@@ -31,10 +31,13 @@
 
 pub mod admin;
 pub mod alerts;
+pub mod amount;
 pub mod analytics;
 pub mod audit;
+pub mod blocking;
 pub mod clock;
 pub mod config;
+pub mod deny;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gate;

@@ -55,13 +55,11 @@ pub(crate) fn clip(text: &str, max: usize) -> Cow<'_, str> {
         return Cow::Borrowed(text);
     }
     // Every key that starts before the cut ends inside this window.
-    let mut window = max
-        .saturating_add(crate::audit::FULL_KEY_LEN)
-        .min(text.len());
+    let mut window = max.saturating_add(crate::key::FULL_KEY_LEN).min(text.len());
     while window < text.len() && !text.is_char_boundary(window) {
         window += 1;
     }
-    let head = crate::audit::redact_full_keys(text.get(..window).unwrap_or_default());
+    let head = crate::key::redact_full_keys(text.get(..window).unwrap_or_default());
     let mut cut = max.saturating_sub(CUT.len()).min(head.len());
     while cut > 0 && !head.is_char_boundary(cut) {
         cut -= 1;
@@ -647,7 +645,7 @@ mod tests {
         assert_eq!(clip("abc", 0), "…");
         // A key the cut would split is masked, not left half readable.
         let key = format!("pg_{}", "0123456789ab".repeat(4));
-        for pad in 0..=crate::audit::FULL_KEY_LEN {
+        for pad in 0..=crate::key::FULL_KEY_LEN {
             let text = format!("{}{key}{}", "x".repeat(200 + pad), "y".repeat(100));
             let kept = clip(&text, 256);
             assert!(kept.len() <= 256);

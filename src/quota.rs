@@ -2,9 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::amount::whole;
 use crate::clock::{utc_day, utc_month};
-use crate::config::whole;
-use crate::gate::DenyReason;
+use crate::deny::DenyReason;
 
 /// Call and credit caps per UTC day and month. `0` means no cap on that dimension.
 ///

@@ -664,7 +664,7 @@ mod sink {
         }
         let json = serde_json::to_string(&payload).ok()?;
         Some(Bytes::from(
-            crate::audit::redact_full_keys(&json).into_owned(),
+            crate::key::redact_full_keys(&json).into_owned(),
         ))
     }
 

@@ -9,7 +9,7 @@ use ipnet::IpNet;
 
 use super::KeySnapshot;
 use crate::clock::ms_to_datetime;
-use crate::gate::DenyReason;
+use crate::deny::DenyReason;
 use crate::key::{canonical_ip, KeyDigest, KeyRecord};
 use crate::quota::{Quota, QuotaUsage};
 

@@ -12,7 +12,7 @@ use super::{
     ChargeOutcome, ChargeReceipt, ChargeRequest, KeyPage, KeySnapshot, KeyStore, KeyUpdate,
     StoreError, StoreStats,
 };
-use crate::gate::DenyReason;
+use crate::deny::DenyReason;
 use crate::key::{KeyDigest, KeyRecord};
 use crate::ratelimit::{KeyWindows, WINDOW_MS};
 
@@ -356,7 +356,7 @@ impl KeyStore for MemoryKeyStore {
             rec.credits = rec
                 .credits
                 .saturating_add(receipt.credits)
-                .min(crate::config::MAX_AMOUNT);
+                .min(crate::amount::MAX_AMOUNT);
             rec.total_spent = rec.total_spent.saturating_sub(receipt.credits);
             rec.total_calls = rec.total_calls.saturating_sub(1);
             rec.quota_usage
@@ -543,7 +543,7 @@ impl KeyStore for MemoryKeyStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gate::block_on;
+    use crate::blocking::block_on;
 
     const NOW: i64 = 1_700_000_000_000;
 

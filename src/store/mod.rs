@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use chrono::{DateTime, Utc};
 use ipnet::IpNet;
 
-use crate::gate::DenyReason;
+use crate::deny::DenyReason;
 use crate::key::{KeyDigest, KeyRecord};
 use crate::quota::{Quota, QuotaUsage};
 use crate::ratelimit::RateState;
@@ -220,7 +220,7 @@ impl KeyUpdate {
     /// [`KeyUpdate::Revoke`] applies to a revoked key, and changes nothing). Every store
     /// applies updates through this one function.
     pub fn apply(&self, rec: &mut KeyRecord) -> Result<(), StoreError> {
-        use crate::config::MAX_AMOUNT;
+        use crate::amount::MAX_AMOUNT;
         use crate::key::{MAX_LIST_LEN, MAX_TAGS, MAX_TAG_LEN};
         if !rec.active && *self != KeyUpdate::Revoke {
             return Err(StoreError::Revoked);

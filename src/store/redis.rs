@@ -36,9 +36,9 @@ use super::{
     ChargeOutcome, ChargeReceipt, ChargeRequest, KeyPage, KeySnapshot, KeyStore, KeyUpdate,
     StoreError, StoreStats,
 };
+use crate::amount::MAX_AMOUNT;
 use crate::clock::ms_to_datetime;
-use crate::config::MAX_AMOUNT;
-use crate::gate::DenyReason;
+use crate::deny::DenyReason;
 use crate::key::{canonical_ip, KeyDigest, KeyRecord};
 use crate::quota::{Quota, QuotaUsage};
 use crate::ratelimit::RateState;

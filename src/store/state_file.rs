@@ -24,7 +24,7 @@ use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess,
 use serde::Serialize;
 
 use super::{KeyStore, MemoryKeyStore};
-use crate::gate::block_on;
+use crate::blocking::block_on;
 use crate::key::KeyRecord;
 
 /// The state file format version this crate writes and reads.
