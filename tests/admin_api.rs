@@ -1234,3 +1234,35 @@ async fn tag_search_says_when_its_list_is_cut() {
     assert_eq!(r.json["count"], 0);
     assert_eq!(r.json["truncated"], false);
 }
+
+#[tokio::test]
+async fn builder_calls_on_a_cloned_admin_service_take_effect() {
+    let clock = common::clock_at(common::T0);
+    let gate = Arc::new(
+        Gate::with_store(
+            PayGateConfig::default(),
+            MemoryKeyStore::new(),
+            clock.clone(),
+        )
+        .unwrap(),
+    );
+    let admin = AdminService::new(gate, "an-admin-key-of-some-length").unwrap();
+    let _kept = admin.clone(); // a clone held elsewhere used to make the next calls no-ops
+    let admin = admin
+        .with_metrics(Arc::new(Metrics::new(clock.clone())))
+        .with_upstream_health("s", || false);
+    let get = |path: &str| {
+        http::Request::get(path)
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap()
+    };
+    let metrics = admin.clone().oneshot(get("/metrics")).await.unwrap();
+    assert_eq!(metrics.status(), StatusCode::OK, "metrics are served");
+    let text = common::body_text(metrics).await;
+    assert!(
+        text.contains("paygate_upstream_up{upstream=\"s\"} 0"),
+        "{text}"
+    );
+    let health = common::body_text(admin.oneshot(get("/")).await.unwrap()).await;
+    assert!(health.contains("degraded"), "{health}");
+}

@@ -119,6 +119,20 @@ pub(crate) struct AdminState<St> {
     pub(crate) upstreams: Vec<(String, HealthCheck)>,
 }
 
+// By hand: `Gate<St>` sits behind an `Arc`, so no `St: Clone` is needed.
+impl<St> Clone for AdminState<St> {
+    fn clone(&self) -> Self {
+        Self {
+            gate: self.gate.clone(),
+            admin_key_digest: self.admin_key_digest,
+            metrics: self.metrics.clone(),
+            audit: self.audit.clone(),
+            started_ms: self.started_ms,
+            upstreams: self.upstreams.clone(),
+        }
+    }
+}
+
 /// Says whether an upstream can take calls now (e.g. [`StdioUpstream::is_ready`]).
 ///
 /// [`StdioUpstream::is_ready`]: crate::StdioUpstream::is_ready
@@ -146,9 +160,8 @@ impl<St: KeyStore> AdminService<St> {
     /// Serves `/audit`, `/audit/export` and `/audit/stats` from `audit` (which should also be
     /// one of the gate's event sinks).
     pub fn with_audit(mut self, audit: Arc<AuditLog>) -> Self {
-        if let Some(state) = Arc::get_mut(&mut self.state) {
-            state.audit = Some(audit);
-        }
+        // On a service already cloned, the copy being built gets its own state.
+        Arc::make_mut(&mut self.state).audit = Some(audit);
         self
     }
 
@@ -169,17 +182,15 @@ impl<St: KeyStore> AdminService<St> {
         name: &str,
         check: impl Fn() -> bool + Send + Sync + 'static,
     ) -> Self {
-        if let Some(state) = Arc::get_mut(&mut self.state) {
-            state.upstreams.push((name.to_string(), Arc::new(check)));
-        }
+        Arc::make_mut(&mut self.state)
+            .upstreams
+            .push((name.to_string(), Arc::new(check)));
         self
     }
 
     /// Serves `/metrics` from `metrics` (which should also be one of the gate's event sinks).
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
-        if let Some(state) = Arc::get_mut(&mut self.state) {
-            state.metrics = Some(metrics);
-        }
+        Arc::make_mut(&mut self.state).metrics = Some(metrics);
         self
     }
 }
