@@ -9,9 +9,7 @@ use std::ops::Range;
 use bytes::BytesMut;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
-use serde_json::{json, Value};
-
-use crate::gate::Decision;
+use serde_json::Value;
 
 /// Invalid JSON.
 pub const PARSE_ERROR: i64 = -32700;
@@ -285,39 +283,6 @@ fn envelope<I: serde::Serialize + ?Sized>(
         },
     })
     .unwrap_or_default()
-}
-
-/// The JSON-RPC error response for a gate denial, with `data` carrying `reason`, `tool`,
-/// `creditsRequired`, `remainingCredits` and, for rate limits, `retryAfterSeconds`.
-pub fn denial_body(id: Option<&Value>, decision: &Decision) -> Vec<u8> {
-    let (code, message, data) = denial_parts(decision);
-    error_body(id, code, &message, data)
-}
-
-/// [`denial_body`] with the id as the client wrote it.
-pub(crate) fn denial_body_as_sent(id: Option<&str>, decision: &Decision) -> Vec<u8> {
-    let (code, message, data) = denial_parts(decision);
-    error_body_as_sent(id, code, &message, data)
-}
-
-fn denial_parts(decision: &Decision) -> (i64, String, Option<Value>) {
-    let Some(reason) = decision.reason else {
-        return (INTERNAL_ERROR, "denied".into(), None);
-    };
-    let mut data = json!({
-        "reason": reason.as_str(),
-        "tool": decision.tool,
-        "creditsRequired": decision.credits_required,
-        "remainingCredits": decision.remaining_credits,
-    });
-    if let Some(retry) = decision.retry_after_secs {
-        data["retryAfterSeconds"] = json!(retry);
-    }
-    (
-        reason.category().jsonrpc_code(),
-        decision.message(),
-        Some(data),
-    )
 }
 
 /// What a downstream JSON-RPC response says about the call, for refunds.
@@ -755,6 +720,7 @@ impl<'de> Fields<'de> for Params<'de> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn envelope_rules() {

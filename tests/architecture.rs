@@ -166,3 +166,16 @@ fn core_modules_import_no_http_or_tower() {
         offenders.join("\n")
     );
 }
+
+#[test]
+fn the_protocol_code_knows_no_policy() {
+    // JSON-RPC parsing and framing may measure JSON (pricing's `compact_json_len`), nothing
+    // else of the core: denials are written at the edge, from the gate's decision.
+    for (path, text) in sources("jsonrpc") {
+        let refs = core_refs(&text);
+        assert!(
+            refs.iter().all(|&m| m == "pricing"),
+            "{path} reaches into the core: {refs:?}"
+        );
+    }
+}

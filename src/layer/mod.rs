@@ -43,6 +43,7 @@ mod auth;
 mod billing;
 pub(crate) mod body;
 mod bundle;
+mod denial;
 mod quota;
 mod ratelimit;
 
@@ -51,6 +52,7 @@ pub use auth::AuthLayer;
 pub use billing::BillingLayer;
 pub use body::GateBody;
 pub use bundle::PayGateLayer;
+pub use denial::denial_body;
 pub use quota::QuotaLayer;
 pub use ratelimit::RateLimitLayer;
 
@@ -670,7 +672,7 @@ fn denial_response<R: Body>(
     d: &Decision,
     stages: Stages,
 ) -> Response<GateBody<R>> {
-    let mut resp = json_response(StatusCode::OK, jsonrpc::denial_body_as_sent(id, d));
+    let mut resp = json_response(StatusCode::OK, denial::denial_body_as_sent(id, d));
     if let Some(retry) = d.retry_after_secs {
         resp.headers_mut()
             .insert(http::header::RETRY_AFTER, HeaderValue::from(retry));
