@@ -6,6 +6,7 @@
 /// exact in JSON consumers that use doubles and sums cannot overflow `u64`.
 pub const MAX_AMOUNT: u64 = (1 << 53) - 1;
 
+/// Deserializers for whole amounts: fractional input is floored, negative input refused.
 pub(crate) mod whole {
     use serde::{Deserialize, Deserializer};
 

@@ -17,12 +17,12 @@
 //!
 //! Events are kept in four bounded rings, each holding at most `capacity` events:
 //!
-//! * the **admin trail**: `key.*`, `admin.*` other than `admin.auth_failed`, `billing.*`,
-//!   `alert.*` and any other type;
-//! * **gate decisions** of real keys: `gate.*` events whose actor is a key;
+//! * the **admin trail**: `key.*`, `admin.*` other than `admin.auth_failed`, `alert.*` and
+//!   any other type;
+//! * **calls** of real keys: `gate.*` and `billing.*` events whose actor is a key;
 //! * **failed admin logins**: `admin.auth_failed`;
-//! * **keyless calls**: `gate.*` events without a key (a missing or unknown key, which the
-//!   gate reports with an empty actor).
+//! * **keyless calls**: `gate.*` and `billing.*` events without a key (a missing or unknown
+//!   key, which the gate reports with an empty actor).
 //!
 //! So no number of failed admin logins or keyless calls can push a `key.created` out of the
 //! log, nor a real key's `gate.allow`, and a flood of keyless calls cannot hide earlier
@@ -190,13 +190,13 @@ pub struct AuditStats {
 /// Which ring an event is kept in; a flood of one class only evicts events of that class.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Class {
-    /// `key.*`, `admin.*` (but `admin.auth_failed`), `billing.*` and every other type.
+    /// `key.*`, `admin.*` (but `admin.auth_failed`) and every other type.
     Trail = 0,
-    /// `gate.*` events of a real key.
+    /// `gate.*` and `billing.*` events of a real key.
     Gate = 1,
     /// `admin.auth_failed`.
     AuthFailed = 2,
-    /// `gate.*` events without a key (empty actor).
+    /// `gate.*` and `billing.*` events without a key (empty actor).
     Keyless = 3,
 }
 

@@ -450,7 +450,6 @@ impl PayGateConfig {
     }
 }
 
-/// Deserializers for whole amounts: fractional input is floored, negative input refused.
 /// IPs or CIDR networks, as allowlists take them (`10.0.0.1`, `10.0.0.0/8`).
 fn ip_entries<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
     Vec::<String>::deserialize(d)?

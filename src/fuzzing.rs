@@ -59,11 +59,7 @@ pub fn sse_events(data: &[u8]) {
         )));
         let out = collect(GateBody::inner(Chunks::new(&chunks), Some(watch)));
         assert_eq!(out, stream, "a watched body passes through unchanged");
-        let watch = Watch::Rewrite(Box::new(Rewrite::new(
-            framing,
-            Box::new(|v| v),
-            bytes::Bytes::new(),
-        )));
+        let watch = Watch::Rewrite(Box::new(Rewrite::new(framing, Box::new(|v| v), None)));
         collect(GateBody::inner(Chunks::new(&chunks), Some(watch)));
     }
 }

@@ -66,8 +66,6 @@ pub struct RpcRequest {
     arguments_len: usize,
     /// Where the id's value sits in the parsed body.
     id_span: Option<Range<usize>>,
-    /// The id's JSON text as sent.
-    id_raw: Option<String>,
 }
 
 impl RpcRequest {
@@ -107,8 +105,10 @@ impl RpcRequest {
 
     /// The id exactly as the client wrote it, for answers the gateway writes itself: `1.0`
     /// stays `1.0` and a 30-digit id keeps every digit (a parsed number would not).
-    pub fn id_as_sent(&self) -> Option<&str> {
-        self.id_raw.as_deref()
+    ///
+    /// `body` is the body this request was parsed from.
+    pub fn id_as_sent<'b>(&self, body: &'b [u8]) -> Option<&'b str> {
+        std::str::from_utf8(body.get(self.id_span.clone()?)?).ok()
     }
 }
 
@@ -160,7 +160,6 @@ pub fn parse_request(body: &[u8]) -> Result<RpcRequest, RpcError> {
             "method is longer than 256 bytes",
         ));
     }
-    let id_raw = members.id.map(|raw| raw.get().to_owned());
     let (id, id_span) = match members.id {
         None => (None, None),
         Some(raw) => {
@@ -205,7 +204,6 @@ pub fn parse_request(body: &[u8]) -> Result<RpcRequest, RpcError> {
         uri: uri.map(Cow::into_owned),
         arguments_len,
         id_span,
-        id_raw,
     })
 }
 
@@ -912,8 +910,9 @@ mod tests {
         ] {
             let body = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call"}}"#);
             let req = parse_request(body.as_bytes()).unwrap();
-            assert_eq!(req.id_as_sent(), Some(id));
-            let reply = error_body_as_sent(req.id_as_sent(), INVALID_PARAMS, "m", None);
+            assert_eq!(req.id_as_sent(body.as_bytes()), Some(id));
+            let reply =
+                error_body_as_sent(req.id_as_sent(body.as_bytes()), INVALID_PARAMS, "m", None);
             let text = String::from_utf8(reply).unwrap();
             assert!(text.contains(&format!(r#""id":{id},"#)), "{text}");
             serde_json::from_str::<Value>(&text).expect("valid JSON");

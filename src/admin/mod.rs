@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_TYPE};
+use http::header::{HeaderValue, ALLOW, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::{BodyExt, Full, Limited};
@@ -407,12 +407,12 @@ where
     // An answer given before the body is read closes the connection, so a keep-alive client
     // does not send its next request into the unread rest of this one.
     let unread = !body.is_end_stream();
-    let early = |mut resp: Reply| {
+    let early = |resp: Reply| {
         if unread {
-            resp.headers_mut()
-                .insert(CONNECTION, HeaderValue::from_static("close"));
+            crate::layer::closing(resp)
+        } else {
+            resp
         }
-        resp
     };
     let path = parts.uri.path().trim_end_matches('/');
     let path = if path.is_empty() { "/" } else { path }.to_string();

@@ -13,8 +13,8 @@ use serde_json::Value;
 
 use crate::jsonrpc::{classify_response, split_event, split_event_after, sse_data, CallOutcome};
 
-/// Bytes of a JSON response or of one SSE event kept for inspection; beyond it the layer
-/// stops looking (and does not refund).
+/// Bytes of a JSON response or of one SSE event kept for inspection; beyond it the refund
+/// watch stops looking (and does not refund) and the `tools/list` rewrite fails closed.
 const INSPECT_LIMIT: usize = 8 * 1024 * 1024;
 
 /// A refund (or any follow-up) to run when the call turns out to have failed.
@@ -28,7 +28,7 @@ pub(crate) enum Framing {
 }
 
 /// Watches a response for the call's JSON-RPC response and runs `on_failure` once when it
-/// shows a failure (or never shows up).
+/// shows a failure (or, in a JSON body, never shows up).
 pub(crate) struct RefundWatch {
     framing: Framing,
     refund_tool_errors: bool,
@@ -106,7 +106,8 @@ impl RefundWatch {
             .is_none_or(|o| self.is_failure(o))
     }
 
-    /// The stream ended; returns true when the call failed or its response never came.
+    /// The stream ended; returns true when the call failed (a JSON body with no answer
+    /// counts, an SSE stream ending cleanly without one does not).
     fn finish(&mut self) -> bool {
         if self.decided || self.overflow {
             return false;
@@ -142,8 +143,8 @@ pub(crate) struct Rewrite {
     scanned: usize,
     transform: Box<dyn Fn(Value) -> Value + Send>,
     done: bool,
-    /// Sent instead of an answer too large to inspect: filtering fails closed.
-    too_large: Bytes,
+    /// The request's id as sent, for the error that replaces an answer too large to inspect.
+    id: Option<String>,
     /// The answer was too large: everything after it is dropped.
     refused: bool,
 }
@@ -152,7 +153,7 @@ impl Rewrite {
     pub(crate) fn new(
         framing: Framing,
         transform: Box<dyn Fn(Value) -> Value + Send>,
-        too_large: Bytes,
+        id: Option<String>,
     ) -> Self {
         Self {
             framing,
@@ -160,7 +161,7 @@ impl Rewrite {
             scanned: 0,
             transform,
             done: false,
-            too_large,
+            id,
             refused: false,
         }
     }
@@ -171,11 +172,18 @@ impl Rewrite {
         self.refused = true;
         self.done = true;
         self.buf = BytesMut::new();
+        // Filtering fails closed: the client gets an error, never the unfiltered list.
+        let error = crate::jsonrpc::error_body_as_sent(
+            self.id.as_deref(),
+            crate::jsonrpc::INTERNAL_ERROR,
+            "the tool list is too large to filter for this key",
+            None,
+        );
         match self.framing {
-            Framing::Json => self.too_large.clone(),
+            Framing::Json => Bytes::from(error),
             Framing::Sse => {
                 let mut event = BytesMut::from(&b"data: "[..]);
-                event.extend_from_slice(&self.too_large);
+                event.extend_from_slice(&error);
                 event.extend_from_slice(b"\n\n");
                 event.freeze()
             }
@@ -619,7 +627,7 @@ mod tests {
     fn a_listing_too_large_to_filter_fails_closed() {
         let chunk = vec![b' '; 1024 * 1024];
         for framing in [Framing::Json, Framing::Sse] {
-            let mut rw = Rewrite::new(framing, Box::new(|v| v), Bytes::from_static(b"REFUSED"));
+            let mut rw = Rewrite::new(framing, Box::new(|v| v), Some("7".into()));
             let mut out = Vec::new();
             out.extend_from_slice(
                 &rw.feed(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"tools\":["),
@@ -630,12 +638,13 @@ mod tests {
             out.extend_from_slice(&rw.feed(b"{\"name\":\"secret\"}]}}"));
             out.extend_from_slice(&rw.finish());
             let text = String::from_utf8_lossy(&out);
-            assert!(text.contains("REFUSED"), "{framing:?}");
+            assert!(text.contains("too large to filter"), "{framing:?}");
+            assert!(text.contains(r#""id":7"#), "{framing:?}");
             assert!(
                 !text.contains("secret"),
                 "nothing unfiltered passes ({framing:?})"
             );
-            assert!(out.len() < 64, "the held bytes are dropped ({framing:?})");
+            assert!(out.len() < 256, "the held bytes are dropped ({framing:?})");
         }
     }
 
@@ -647,7 +656,7 @@ mod tests {
                 v["result"]["x"] = json!(1);
                 v
             }),
-            Bytes::from_static(b"{}"),
+            None,
         );
         let mut out = Vec::new();
         out.extend_from_slice(

@@ -280,7 +280,7 @@ where
         return forward(inner, parts, &ctx, None).await;
     };
     // Answers the gateway writes carry the id exactly as sent (a parsed number may differ).
-    let id = rpc.id_as_sent();
+    let id = rpc.id_as_sent(&ctx.body);
 
     // A method a lenient downstream might read as `tools/call` is refused outright.
     if rpc.method != "tools/call"
@@ -370,8 +370,8 @@ where
             span.in_scope(|| tracing::info!("denied"));
             return Ok(denial_response(id, &d.decision, stages));
         }
-        // The layer that forwards holds the receipt: a call the downstream refuses before
-        // running a tool is refunded whatever `refundOnFailure` says.
+        // The outermost layer to get here takes the receipt and watches the answer: a call the
+        // downstream refuses before running a tool is refunded whatever `refundOnFailure` says.
         let forwarded = Forwarded {
             receipt: d.receipt.lock().take(),
             refund_on_failure: gate.config().refund_on_failure,
@@ -398,14 +398,8 @@ where
                 .await
                 .ok();
             let rewrite = tools_list_rewrite(&gate, record);
-            // What the client gets instead of a listing too large to filter.
-            let too_large = Bytes::from(jsonrpc::error_body_as_sent(
-                id,
-                jsonrpc::INTERNAL_ERROR,
-                "the tool list is too large to filter for this key",
-                None,
-            ));
-            return forward(inner, parts, &ctx, Some((rewrite, too_large))).await;
+            let id = id.map(str::to_owned);
+            return forward(inner, parts, &ctx, Some((rewrite, id))).await;
         }
         return forward(inner, parts, &ctx, None).await;
     }
@@ -603,7 +597,7 @@ fn call_span(tool: &str, d: &Decision) -> tracing::Span {
 
 /// Marks an early reply that leaves the request body unread: the connection is closed
 /// after it, so a keep-alive client does not send its next request into the unread rest.
-fn closing<R>(mut resp: Response<R>) -> Response<R> {
+pub(crate) fn closing<R>(mut resp: Response<R>) -> Response<R> {
     resp.headers_mut()
         .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     resp
@@ -723,12 +717,14 @@ fn rebuild(parts: http::request::Parts, ctx: &McpContext) -> Request<Full<Bytes>
     Request::from_parts(parts, Full::new(ctx.body.clone()))
 }
 
-/// Forwards the request; `rewrite` transforms the response to the request with that id.
+/// Forwards the request; `rewrite` transforms the first JSON-RPC response in the answer
+/// (and carries the request's id as sent, for the error that replaces an answer too large
+/// to rewrite).
 async fn forward<S, R>(
     mut inner: S,
     parts: http::request::Parts,
     ctx: &McpContext,
-    rewrite: Option<(Transform, Bytes)>,
+    rewrite: Option<(Transform, Option<String>)>,
 ) -> Answer<R, S::Error>
 where
     S: Service<Request<Full<Bytes>>, Response = Response<R>>,
@@ -737,9 +733,9 @@ where
     // `poll_ready` was driven on this service by `GateService::call`'s caller.
     let resp = inner.call(rebuild(parts, ctx)).await?;
     let (mut head, body) = resp.into_parts();
-    let watch = rewrite.map(|(f, too_large)| {
+    let watch = rewrite.map(|(f, id)| {
         head.headers.remove(CONTENT_LENGTH);
-        Watch::Rewrite(Box::new(Rewrite::new(framing(&head.headers), f, too_large)))
+        Watch::Rewrite(Box::new(Rewrite::new(framing(&head.headers), f, id)))
     });
     expose_headers(&mut head.headers);
     Ok(Response::from_parts(head, GateBody::inner(body, watch)))

@@ -342,28 +342,30 @@ impl KeyStore for MemoryKeyStore {
         now_ms: i64,
     ) -> Ready<Result<Option<KeySnapshot>, StoreError>> {
         let mut key = receipt.key;
-        // Follow rotations made while the call ran (each hop is a newer entry).
+        // Applied in one locked step on the key; only when the key is gone is a rotation
+        // made while the call ran followed (a rotation records its move before it lets go of
+        // the shard locks, so a miss here always finds the pointer).
         for _ in 0..MOVED_KEPT {
-            if self.shard(&key).lock().keys.contains_key(&key) {
-                break;
+            let applied = self.with_record(&key, |rec, _| {
+                rec.credits = rec
+                    .credits
+                    .saturating_add(receipt.credits)
+                    .min(crate::amount::MAX_AMOUNT);
+                rec.total_spent = rec.total_spent.saturating_sub(receipt.credits);
+                rec.total_calls = rec.total_calls.saturating_sub(1);
+                rec.quota_usage
+                    .remove(receipt.credits, receipt.day, receipt.month);
+                KeySnapshot::of(rec, now_ms, None)
+            });
+            if applied.is_some() {
+                return ready(Ok(applied));
             }
-            match self.moved.lock().iter().find(|(old, _)| *old == key) {
+            match self.moved.lock().iter().rev().find(|(old, _)| *old == key) {
                 Some((_, new)) => key = *new,
                 None => break,
             }
         }
-        let out = self.with_record(&key, |rec, _| {
-            rec.credits = rec
-                .credits
-                .saturating_add(receipt.credits)
-                .min(crate::amount::MAX_AMOUNT);
-            rec.total_spent = rec.total_spent.saturating_sub(receipt.credits);
-            rec.total_calls = rec.total_calls.saturating_sub(1);
-            rec.quota_usage
-                .remove(receipt.credits, receipt.day, receipt.month);
-            KeySnapshot::of(rec, now_ms, None)
-        });
-        ready(Ok(out))
+        ready(Ok(None))
     }
 
     fn insert(&self, record: KeyRecord) -> Ready<Result<(), StoreError>> {

@@ -613,7 +613,7 @@ impl RedisKeyStore {
 
     /// Owed charges that could not be settled because Redis no longer remembered them: a
     /// lost reply older than a day, or older than the key's 10,000 newest charges. Each was
-    /// reported on stderr with its key digest; none was given back or dropped silently.
+    /// logged (tracing, error level) with its key digest; none was given back or dropped silently.
     pub fn unresolved_charges(&self) -> u64 {
         self.owed.lock().unknown
     }
