@@ -7,7 +7,6 @@
 mod common;
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -176,19 +175,7 @@ async fn gateway_with_hook(
         .layer(PayGateLayer::from_gate(gate.clone()))
         .service(downstream);
     let app = axum::Router::new().nest_service("/mcp", mcp);
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("local addr");
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        let _ = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async {
-            let _ = rx.await;
-        })
-        .await;
-    });
+    let (addr, tx) = common::mcp::serve_at(app).await;
     Gateway {
         url: format!("http://{addr}/mcp"),
         gate,

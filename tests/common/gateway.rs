@@ -664,21 +664,7 @@ impl TestGateway {
             .nest_service("/mcp", mcp)
             .fallback_service(admin)
             .layer(middleware::from_fn(client_addr::client_addr));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(|e| e.to_string())?;
-        let addr = listener.local_addr().map_err(|e| e.to_string())?;
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
-            let _ = axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async {
-                let _ = rx.await;
-            })
-            .await;
-        });
+        let (addr, tx) = super::mcp::serve_at(app).await;
         Ok(Self {
             addr,
             gate,

@@ -88,6 +88,12 @@ pub fn key(running: &Running, credits: u64) -> String {
 
 /// Serves `app` on a loopback port until the returned guard is dropped.
 pub async fn serve(app: axum::Router) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let (addr, stop) = serve_at(app).await;
+    (format!("http://{addr}"), stop)
+}
+
+/// [`serve`], answering with the address (the client IP reaches the app as `ConnectInfo`).
+pub async fn serve_at(app: axum::Router) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind loopback");
@@ -103,7 +109,7 @@ pub async fn serve(app: axum::Router) -> (String, tokio::sync::oneshot::Sender<(
         })
         .await;
     });
-    (format!("http://{addr}"), tx)
+    (addr, tx)
 }
 
 /// The plain demo MCP server (no gate) at `<url>/mcp`.
