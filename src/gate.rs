@@ -20,7 +20,8 @@ use crate::meter::{AdminEvent, EventSink, UsageEvent, UsageMeter};
 use crate::pricing::Pricing;
 use crate::ratelimit::RateState;
 use crate::store::{
-    ChargeOutcome, ChargeReceipt, ChargeRequest, KeySnapshot, KeyStore, MemoryKeyStore, StoreError,
+    ChargeOutcome, ChargeReceipt, ChargeRequest, Checks, KeySnapshot, KeyStore, MemoryKeyStore,
+    StoreError,
 };
 
 /// One `tools/call` as the gate sees it.
@@ -235,7 +236,15 @@ impl<S: KeyStore> Gate<S> {
                 serde_json::json!({"keyMasked": key.key_masked, "name": key.name}),
             );
         }
-        for alert in &decision.alerts {
+        self.emit_alerts(&decision.alerts);
+    }
+
+    /// `alert.fired` for each alert.
+    fn emit_alerts(&self, alerts: &[Alert]) {
+        if self.sink.is_none() {
+            return;
+        }
+        for alert in alerts {
             self.emit(
                 "alert.fired",
                 serde_json::json!({
@@ -336,18 +345,32 @@ impl<S: KeyStore> Gate<S> {
 
     /// Runs SPEC §3 for one `tools/call`: decide, charge atomically, record, alert.
     pub async fn evaluate(&self, call: &CallRequest<'_>) -> Decision {
-        let (decision, decided_at_ms) = self.decide(call).await;
+        let (decision, decided_at_ms) = self.decide(call, Checks::ALL, true).await;
         self.record_usage(&decision, decided_at_ms);
         decision
     }
 
-    /// [`Gate::evaluate`] without recording the usage event: the caller records it with
+    /// [`Gate::evaluate`] with only `checks` applied and, with `alerts`, the alert rules
+    /// checked; the usage event is not recorded: the caller records it with
     /// [`Gate::record_usage`] and the returned time, e.g. once the call is on its way.
-    pub(crate) async fn decide(&self, call: &CallRequest<'_>) -> (Decision, i64) {
+    pub(crate) async fn decide(
+        &self,
+        call: &CallRequest<'_>,
+        checks: Checks,
+        alerts: bool,
+    ) -> (Decision, i64) {
         let now_ms = self.clock.now_ms();
         let price = self.pricing.price(call.tool, call.input_bytes);
-        let outcome = self.charge(call, price, now_ms).await;
-        (self.conclude(call, price, outcome), now_ms)
+        let outcome = self.charge(call, price, now_ms, checks).await;
+        (self.conclude(call, price, outcome, alerts), now_ms)
+    }
+
+    /// Checks the alert rules against a key's record and hands what fires to the event
+    /// sink, for a call that made no decision (alerts without billing, quota or rate limits).
+    pub(crate) fn alert_on(&self, rec: &KeyRecord) {
+        let snap = KeySnapshot::of(rec, self.clock.now_ms(), self.config.global_quota);
+        let fired = self.alerts.check(&snap, AlertContext::default());
+        self.emit_alerts(&fired);
     }
 
     /// The store's atomic check-and-charge for `call`.
@@ -356,6 +379,7 @@ impl<S: KeyStore> Gate<S> {
         call: &CallRequest<'_>,
         price: u64,
         now_ms: i64,
+        checks: Checks,
     ) -> Result<ChargeOutcome, DenyReason> {
         match call.api_key.filter(|k| !k.is_empty()) {
             None => Err(DenyReason::MissingApiKey),
@@ -370,6 +394,7 @@ impl<S: KeyStore> Gate<S> {
                     tool_rate_limit: self.pricing.tool_rate_limit(call.tool),
                     global_quota: self.config.global_quota,
                     shadow: self.config.shadow_mode,
+                    checks,
                 };
                 self.store
                     .charge(&req)
@@ -386,6 +411,7 @@ impl<S: KeyStore> Gate<S> {
         call: &CallRequest<'_>,
         price: u64,
         outcome: Result<ChargeOutcome, DenyReason>,
+        alerts: bool,
     ) -> Decision {
         let shadow = self.config.shadow_mode;
         let mut decision = match outcome {
@@ -422,7 +448,7 @@ impl<S: KeyStore> Gate<S> {
                 }
             }
         };
-        if let Some(snap) = &decision.key {
+        if let (true, Some(snap)) = (alerts, &decision.key) {
             let ctx = AlertContext {
                 rate_limit_denied: decision.reason.is_some_and(DenyReason::is_rate_limit),
             };

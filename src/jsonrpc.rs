@@ -68,6 +68,26 @@ pub struct RpcRequest {
     id_span: Option<Range<usize>>,
 }
 
+/// A request body with its parse, left in the request's extensions by the gate's layers so
+/// services behind them (the upstreams) need not parse it again.
+#[derive(Debug, Clone)]
+pub struct ParsedRequest {
+    /// The body exactly as received and forwarded.
+    pub body: bytes::Bytes,
+    /// Its parse.
+    pub rpc: std::sync::Arc<RpcRequest>,
+}
+
+impl ParsedRequest {
+    /// The parse, when it is of `body` (a service in between may have changed the body).
+    pub fn of(extensions: &http::Extensions, body: &[u8]) -> Option<std::sync::Arc<RpcRequest>> {
+        extensions
+            .get::<ParsedRequest>()
+            .filter(|p| p.body == body)
+            .map(|p| p.rpc.clone())
+    }
+}
+
 impl RpcRequest {
     /// For `tools/call`: the tool name, or an error when `params.name` is not a string.
     pub fn tool_name(&self) -> Result<&str, RpcError> {

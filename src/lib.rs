@@ -66,8 +66,8 @@ pub use config::{ConfigError, PayGateConfig, ServerSpec, ToolPricing};
 pub use gate::{block_on, CallRequest, Decision, DenyCategory, DenyReason, Gate, GateError};
 pub use key::{generate_key, mask_key, parse_ip_entry, KeyDigest, KeyRecord};
 pub use layer::{
-    AlertLayer, AuthLayer, BillingLayer, ClientAddr, GateBody, GateService, PayGateLayer,
-    QuotaLayer, RateLimitLayer,
+    AlertLayer, AuthLayer, BillingLayer, ClientAddr, DenialHandler, GateBody, GateService, PayGate,
+    PayGateLayer, QuotaLayer, RateLimitLayer,
 };
 pub use meter::{AdminEvent, EventSink, FanOut, UsageEvent, UsageMeter};
 pub use metrics::Metrics;

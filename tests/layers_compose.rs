@@ -1,5 +1,5 @@
-//! The separate layers composed by hand: one parse, one decision, one charge, whatever the
-//! subset and order.
+//! The layers of one `PayGate` handle: each alone does exactly its concern, and every subset
+//! in every order parses once, decides once and charges exactly for the stages present.
 
 mod common;
 
@@ -9,27 +9,25 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
-use paygate_mcp::{
-    block_on, AlertLayer, AuthLayer, BillingLayer, Gate, PayGateConfig, QuotaLayer, RateLimitLayer,
-};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
+use paygate_mcp::{block_on, Gate, PayGate, PayGateConfig, Quota};
 use serde_json::{json, Value};
-use tower::{service_fn, ServiceBuilder, ServiceExt};
+use tower::util::BoxCloneService;
+use tower::{service_fn, Layer, ServiceBuilder, ServiceExt};
 
 fn call(key: &str) -> Request<Full<Bytes>> {
-    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "t"}});
+    rpc(key, "tools/call", json!({"name": "t"}))
+}
+
+fn rpc(key: &str, method: &str, params: Value) -> Request<Full<Bytes>> {
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
     Request::post("http://localhost/mcp")
         .header("x-api-key", key)
         .body(Full::new(Bytes::from(body.to_string())))
         .unwrap()
 }
 
-/// The downstream's answer to every call.
-fn ok_reply() -> Response<Full<Bytes>> {
-    let body = json!({"jsonrpc": "2.0", "id": 1, "result": {}}).to_string();
-    Response::new(Full::new(Bytes::from(body)))
-}
-
+/// The downstream's answer to every request: a result, or for `tools/list` two tools.
 fn ok_downstream(
     hits: Arc<AtomicUsize>,
 ) -> impl tower::Service<
@@ -38,14 +36,23 @@ fn ok_downstream(
     Error = Infallible,
     Future = impl Send,
 > + Clone {
-    service_fn(move |_req: Request<Full<Bytes>>| {
+    service_fn(move |req: Request<Full<Bytes>>| {
         hits.fetch_add(1, Ordering::SeqCst);
-        async { Ok::<_, Infallible>(ok_reply()) }
+        async move {
+            let sent = req.into_body().collect().await.unwrap().to_bytes();
+            let sent: Value = serde_json::from_slice(&sent).unwrap_or(Value::Null);
+            let result = match sent["method"].as_str() {
+                Some("tools/list") => json!({"tools": [{"name": "t"}, {"name": "secret"}]}),
+                _ => json!({"content": []}),
+            };
+            let body = json!({"jsonrpc": "2.0", "id": 1, "result": result}).to_string();
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
+        }
     })
 }
 
-async fn body(
-    resp: Response<impl http_body::Body<Error = Infallible>>,
+async fn answer(
+    resp: Response<impl http_body::Body<Data = Bytes, Error = Infallible>>,
 ) -> (http::HeaderMap, Value) {
     let (parts, body) = resp.into_parts();
     let bytes = body.collect().await.unwrap().to_bytes();
@@ -55,50 +62,242 @@ async fn body(
     )
 }
 
-#[tokio::test]
-async fn full_hand_composed_stack_charges_once() {
-    let gate = Arc::new(
-        Gate::new(
-            PayGateConfig::default()
-                .with_tool_price("t", 4)
-                .with_rate_limit(5),
-        )
-        .unwrap(),
+type Stack =
+    BoxCloneService<Request<Full<Bytes>>, Response<UnsyncBoxBody<Bytes, Infallible>>, Infallible>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Auth,
+    RateLimit,
+    Quota,
+    Billing,
+    Alerts,
+}
+
+const STAGES: [Stage; 5] = [
+    Stage::Auth,
+    Stage::RateLimit,
+    Stage::Quota,
+    Stage::Billing,
+    Stage::Alerts,
+];
+
+/// `stages` stacked outermost first over `downstream`, from a fresh handle over `gate`.
+fn stack(gate: &Arc<Gate>, stages: &[Stage], hits: Arc<AtomicUsize>) -> Stack {
+    let pg = PayGate::from_gate(gate.clone());
+    let mut svc: Stack = BoxCloneService::new(
+        ok_downstream(hits).map_response(|r: Response<Full<Bytes>>| r.map(|b| b.boxed_unsync())),
     );
-    let key = block_on(gate.create_key("k", 10)).unwrap();
+    for stage in stages.iter().rev() {
+        svc = match stage {
+            Stage::Auth => boxed(pg.auth().layer(svc)),
+            Stage::RateLimit => boxed(pg.rate_limit().layer(svc)),
+            Stage::Quota => boxed(pg.quota().layer(svc)),
+            Stage::Billing => boxed(pg.billing().layer(svc)),
+            Stage::Alerts => boxed(pg.alerts().layer(svc)),
+        };
+    }
+    svc
+}
+
+fn boxed(svc: paygate_mcp::GateService<Stack>) -> Stack {
+    BoxCloneService::new(ServiceExt::<Request<Full<Bytes>>>::map_response(svc, |r| {
+        r.map(|b| b.boxed_unsync())
+    }))
+}
+
+/// Every ordering of every non-empty subset of the five stages (325 stacks).
+fn every_stack() -> Vec<Vec<Stage>> {
+    fn permutations(rest: Vec<Stage>, prefix: Vec<Stage>, out: &mut Vec<Vec<Stage>>) {
+        if rest.is_empty() {
+            out.push(prefix);
+            return;
+        }
+        for i in 0..rest.len() {
+            let mut rest = rest.clone();
+            let mut prefix = prefix.clone();
+            prefix.push(rest.remove(i));
+            permutations(rest, prefix, out);
+        }
+    }
+    let mut out = Vec::new();
+    for mask in 1u32..32 {
+        let subset: Vec<Stage> = (0..5)
+            .filter(|i| mask & (1 << i) != 0)
+            .map(|i| STAGES[i])
+            .collect();
+        permutations(subset, Vec::new(), &mut out);
+    }
+    out
+}
+
+#[tokio::test]
+async fn every_subset_in_every_order_charges_exactly_for_the_stages_present() {
+    let stacks = every_stack();
+    assert_eq!(stacks.len(), 325);
+    for stages in stacks {
+        let has = |s: Stage| stages.contains(&s);
+        // Rate limit 1 per minute, 3 credits a call: two calls tell every concern apart.
+        let gate = Arc::new(
+            Gate::new(
+                PayGateConfig::default()
+                    .with_tool_price("t", 3)
+                    .with_rate_limit(1),
+            )
+            .unwrap(),
+        );
+        let key = gate.create_key("k", 100).await.unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let svc = stack(&gate, &stages, hits.clone());
+
+        let (headers, first) = answer(svc.clone().oneshot(call(&key)).await.unwrap()).await;
+        assert!(first.get("result").is_some(), "{stages:?}: {first}");
+        assert_eq!(
+            headers.contains_key("x-credits-remaining"),
+            has(Stage::Billing),
+            "{stages:?}: the credits header comes with billing only"
+        );
+        assert_eq!(
+            headers.contains_key("x-ratelimit-remaining"),
+            has(Stage::RateLimit),
+            "{stages:?}: rate-limit headers come with rate limiting only"
+        );
+        let (_, second) = answer(svc.clone().oneshot(call(&key)).await.unwrap()).await;
+        let rate_limited = second["error"]["data"]["reason"] == "rate_limited";
+        assert_eq!(
+            rate_limited,
+            has(Stage::RateLimit),
+            "{stages:?}: the rate window applies with rate limiting only: {second}"
+        );
+        let allowed = if rate_limited { 1 } else { 2 };
+        assert_eq!(hits.load(Ordering::SeqCst), allowed, "{stages:?}");
+        let rec = common::record(&gate, &key);
+        let charged = if has(Stage::Billing) { 3 * allowed } else { 0 };
+        assert_eq!(
+            rec.credits,
+            100 - charged as u64,
+            "{stages:?}: credits are charged once per call, and only with billing"
+        );
+        let decides = has(Stage::RateLimit) || has(Stage::Quota) || has(Stage::Billing);
+        assert_eq!(
+            rec.total_calls,
+            if decides { allowed as u64 } else { 0 },
+            "{stages:?}: one decision per call"
+        );
+        assert_eq!(
+            gate.meter().len(),
+            if decides { 2 } else { 0 },
+            "{stages:?}: one usage event per decided call"
+        );
+
+        // A key nobody issued: refused wherever a key-checking stage is.
+        let (_, bad) = answer(
+            svc.clone()
+                .oneshot(call("pg_not_a_key_at_all_000"))
+                .await
+                .unwrap(),
+        )
+        .await;
+        let checks_keys = stages.iter().any(|s| *s != Stage::Alerts);
+        assert_eq!(
+            bad["error"]["data"]["reason"] == "invalid_api_key",
+            checks_keys,
+            "{stages:?}: {bad}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn quota_applies_only_where_the_quota_layer_is() {
+    for stages in every_stack() {
+        let quota = Quota {
+            daily_call_limit: 1,
+            ..Quota::default()
+        };
+        let gate = Arc::new(Gate::new(PayGateConfig::default().with_global_quota(quota)).unwrap());
+        let key = gate.create_key("k", 100).await.unwrap();
+        let svc = stack(&gate, &stages, Arc::new(AtomicUsize::new(0)));
+        answer(svc.clone().oneshot(call(&key)).await.unwrap()).await;
+        let (_, second) = answer(svc.oneshot(call(&key)).await.unwrap()).await;
+        assert_eq!(
+            second["error"]["data"]["reason"] == "daily_call_quota_exceeded",
+            stages.contains(&Stage::Quota),
+            "{stages:?}: {second}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn rate_limit_alone_charges_nothing() {
+    let pg = PayGate::new(
+        PayGateConfig::default()
+            .with_tool_price("t", 4)
+            .with_rate_limit(2),
+    );
+    let key = block_on(pg.gate().create_key("k", 10)).unwrap();
     let hits = Arc::new(AtomicUsize::new(0));
     let svc = ServiceBuilder::new()
-        .layer(AuthLayer::new(gate.clone()))
-        .layer(RateLimitLayer::new(gate.clone()))
-        .layer(QuotaLayer::new(gate.clone()))
-        .layer(BillingLayer::new(gate.clone()))
-        .layer(AlertLayer::new(gate.clone()))
+        .layer(pg.rate_limit())
         .service(ok_downstream(hits.clone()));
-    let (headers, v) = body(svc.clone().oneshot(call(&key)).await.unwrap()).await;
-    assert!(v.get("result").is_some(), "{v}");
-    assert_eq!(headers["x-credits-remaining"], "6");
-    assert_eq!(headers["x-ratelimit-remaining"], "4");
-    assert_eq!(
-        common::record(&gate, &key).total_calls,
-        1,
-        "one decision, one charge"
+    for _ in 0..2 {
+        let (headers, v) = answer(svc.clone().oneshot(call(&key)).await.unwrap()).await;
+        assert!(v.get("result").is_some(), "{v}");
+        assert!(headers.get("x-credits-remaining").is_none());
+    }
+    let (headers, v) = answer(svc.oneshot(call(&key)).await.unwrap()).await;
+    assert_eq!(v["error"]["data"]["reason"], "rate_limited");
+    assert!(headers.contains_key("retry-after"));
+    let rec = common::record(pg.gate(), &key);
+    assert_eq!((rec.credits, rec.total_spent), (10, 0), "nothing charged");
+}
+
+#[tokio::test]
+async fn billing_alone_applies_no_window_and_no_quota() {
+    let quota = Quota {
+        daily_call_limit: 1,
+        ..Quota::default()
+    };
+    let pg = PayGate::new(
+        PayGateConfig::default()
+            .with_tool_price("t", 2)
+            .with_rate_limit(1)
+            .with_global_quota(quota),
     );
-    assert_eq!(gate.meter().len(), 1, "one usage event");
-    body(svc.clone().oneshot(call(&key)).await.unwrap()).await;
-    let (_, v) = body(svc.oneshot(call(&key)).await.unwrap()).await;
+    let key = block_on(pg.gate().create_key("k", 5)).unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let svc = ServiceBuilder::new()
+        .layer(pg.billing())
+        .service(ok_downstream(hits.clone()));
+    for left in ["3", "1"] {
+        let (headers, v) = answer(svc.clone().oneshot(call(&key)).await.unwrap()).await;
+        assert!(v.get("result").is_some(), "{v}");
+        assert_eq!(headers["x-credits-remaining"], left);
+        assert!(headers.get("x-ratelimit-limit").is_none());
+    }
+    let (_, v) = answer(svc.clone().oneshot(call(&key)).await.unwrap()).await;
     assert_eq!(v["error"]["data"]["reason"], "insufficient_credits");
+    let (_, v) = answer(svc.oneshot(call("")).await.unwrap()).await;
+    assert_eq!(v["error"]["data"]["reason"], "missing_api_key");
     assert_eq!(hits.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test]
-async fn auth_layer_alone_checks_the_key_without_charging() {
-    let gate = Arc::new(Gate::new(PayGateConfig::default()).unwrap());
-    let key = block_on(gate.create_key("k", 10)).unwrap();
+async fn auth_alone_rejects_bad_keys_and_forwards_good_ones_uncharged() {
+    let pg = PayGate::new(PayGateConfig::default().with_tool_price("t", 1));
+    let key = block_on(pg.gate().create_key("k", 10)).unwrap();
+    common::update(
+        pg.gate(),
+        &key,
+        paygate_mcp::KeyUpdate::SetAcl {
+            allowed_tools: vec!["t".into()],
+            denied_tools: vec![],
+        },
+    );
     let hits = Arc::new(AtomicUsize::new(0));
     let svc = ServiceBuilder::new()
-        .layer(AuthLayer::new(gate.clone()))
+        .layer(pg.auth())
         .service(ok_downstream(hits.clone()));
-    let (_, v) = body(
+    let (_, v) = answer(
         svc.clone()
             .oneshot(call("pg_not_a_key_at_all_000"))
             .await
@@ -106,30 +305,128 @@ async fn auth_layer_alone_checks_the_key_without_charging() {
     )
     .await;
     assert_eq!(v["error"]["data"]["reason"], "invalid_api_key");
-    let (_, v) = body(svc.oneshot(call(&key)).await.unwrap()).await;
-    assert!(v.get("result").is_some());
-    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    let (_, v) = answer(
+        svc.clone()
+            .oneshot(rpc(&key, "tools/call", json!({"name": "secret"})))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(v["error"]["data"]["reason"], "tool_not_allowed");
+    let (headers, v) = answer(svc.clone().oneshot(call(&key)).await.unwrap()).await;
+    assert!(v.get("result").is_some(), "{v}");
+    assert!(headers.get("x-credits-remaining").is_none());
+    // The listing is filtered by the ACL but not priced: prices are billing's.
+    let (_, v) = answer(
+        svc.oneshot(rpc(&key, "tools/list", json!({})))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(v["result"]["tools"], json!([{"name": "t"}]));
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+    let rec = common::record(pg.gate(), &key);
+    assert_eq!((rec.credits, rec.total_calls), (10, 0), "nothing charged");
+}
+
+#[tokio::test]
+async fn alerts_alone_deny_nothing_and_fire_for_known_keys() {
+    let rule = paygate_mcp::AlertRule::new(paygate_mcp::AlertType::CreditsLow, 50);
+    let pg = PayGate::new(PayGateConfig::default().with_alert_rule(rule));
+    let key = block_on(pg.gate().create_key("k", 10)).unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let svc = ServiceBuilder::new()
+        .layer(pg.alerts())
+        .service(ok_downstream(hits.clone()));
+    let (_, v) = answer(svc.clone().oneshot(call("")).await.unwrap()).await;
+    assert!(v.get("result").is_some(), "no key, no check: {v}");
+    assert_eq!(pg.gate().alerts().pending_count(), 0);
+    let (_, v) = answer(svc.oneshot(call(&key)).await.unwrap()).await;
+    assert!(v.get("result").is_some(), "{v}");
+    assert_eq!(pg.gate().alerts().pending_count(), 1);
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn billing_alone_prices_the_listing() {
+    let pg = PayGate::new(PayGateConfig::default().with_tool_price("t", 7));
+    let key = block_on(pg.gate().create_key("k", 10)).unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(pg.billing())
+        .service(ok_downstream(Arc::new(AtomicUsize::new(0))));
+    let (_, v) = answer(
+        svc.oneshot(rpc(&key, "tools/list", json!({})))
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(
-        common::record(&gate, &key).credits,
-        10,
-        "authentication alone charges nothing"
+        v["result"]["tools"][0]["_pricing"]["creditsPerCall"], 7,
+        "{v}"
     );
 }
 
 #[tokio::test]
-async fn billing_layer_alone_is_a_complete_gate() {
-    let gate = Arc::new(Gate::new(PayGateConfig::default().with_rate_limit(1)).unwrap());
-    let key = block_on(gate.create_key("k", 10)).unwrap();
-    let hits = Arc::new(AtomicUsize::new(0));
+async fn a_denial_handler_shapes_denials_only() {
+    let pg = PayGate::new(PayGateConfig::default().with_tool_price("t", 5)).with_denial_response(
+        |decision, mut resp| {
+            if decision
+                .reason
+                .is_some_and(|r| r.as_str() == "insufficient_credits")
+            {
+                *resp.status_mut() = http::StatusCode::PAYMENT_REQUIRED;
+                resp.headers_mut()
+                    .insert("x-top-up", http::HeaderValue::from_static("/pay"));
+            }
+            resp
+        },
+    );
+    let key = block_on(pg.gate().create_key("k", 6)).unwrap();
     let svc = ServiceBuilder::new()
-        .layer(BillingLayer::new(gate.clone()))
-        .service(ok_downstream(hits.clone()));
-    body(svc.clone().oneshot(call(&key)).await.unwrap()).await;
-    let (_, v) = body(svc.clone().oneshot(call(&key)).await.unwrap()).await;
-    assert_eq!(v["error"]["data"]["reason"], "rate_limited");
-    let (_, v) = body(svc.oneshot(call("")).await.unwrap()).await;
-    assert_eq!(v["error"]["data"]["reason"], "missing_api_key");
-    assert_eq!(hits.load(Ordering::SeqCst), 1);
+        .layer(pg.layer())
+        .service(ok_downstream(Arc::new(AtomicUsize::new(0))));
+    let ok = svc.clone().oneshot(call(&key)).await.unwrap();
+    assert_eq!(ok.status(), 200);
+    let denied = svc.clone().oneshot(call(&key)).await.unwrap();
+    assert_eq!(denied.status(), 402);
+    assert_eq!(denied.headers()["x-top-up"], "/pay");
+    assert_eq!(
+        denied.headers()["x-credits-remaining"],
+        "1",
+        "defaults kept"
+    );
+    let (_, v) = answer(denied).await;
+    assert_eq!(v["error"]["data"]["reason"], "insufficient_credits");
+    // Another reason keeps the SPEC §4 answer.
+    let other = svc.oneshot(call("")).await.unwrap();
+    assert_eq!(other.status(), 200);
+}
+
+#[tokio::test]
+async fn two_handles_over_one_gate_each_decide_for_their_own_stages() {
+    let gate = Arc::new(
+        Gate::new(
+            PayGateConfig::default()
+                .with_tool_price("t", 2)
+                .with_rate_limit(5),
+        )
+        .unwrap(),
+    );
+    let key = gate.create_key("k", 10).await.unwrap();
+    let outer = PayGate::from_gate(gate.clone());
+    let inner = PayGate::from_gate(gate.clone());
+    let svc = ServiceBuilder::new()
+        .layer(outer.rate_limit())
+        .layer(inner.billing())
+        .service(ok_downstream(Arc::new(AtomicUsize::new(0))));
+    let (headers, v) = answer(svc.oneshot(call(&key)).await.unwrap()).await;
+    assert!(v.get("result").is_some(), "{v}");
+    assert_eq!(
+        headers["x-credits-remaining"], "8",
+        "billed once, by the inner handle"
+    );
+    assert_eq!(headers["x-ratelimit-remaining"], "4");
+    assert_eq!(common::record(&gate, &key).credits, 8);
 }
 
 #[tokio::test]
@@ -151,7 +448,7 @@ async fn bearer_resolver_maps_tokens_to_keys() {
             .body(Full::new(Bytes::from(body.to_string())))
             .unwrap()
     };
-    let (_, v) = body(
+    let (_, v) = answer(
         svc.clone()
             .oneshot(req("Bearer oauth-token-123"))
             .await
@@ -159,7 +456,7 @@ async fn bearer_resolver_maps_tokens_to_keys() {
     )
     .await;
     assert!(v.get("result").is_some(), "{v}");
-    let (_, v) = body(
+    let (_, v) = answer(
         svc.clone()
             .oneshot(req(&format!("Bearer {key}")))
             .await
@@ -188,7 +485,8 @@ fn gated_downstream(
         async move {
             reached.notify_one();
             release.notified().await;
-            Ok::<_, Infallible>(ok_reply())
+            let body = json!({"jsonrpc": "2.0", "id": 1, "result": {}}).to_string();
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
         }
     })
 }
@@ -214,7 +512,7 @@ async fn the_usage_event_is_recorded_once_while_the_tool_works() {
     assert_eq!((events[0].allowed, events[0].credits_charged), (true, 2));
     // …and only once, whenever the answer comes.
     release.notify_one();
-    let (_, v) = body(call_task.await.unwrap().unwrap()).await;
+    let (_, v) = answer(call_task.await.unwrap().unwrap()).await;
     assert!(v.get("result").is_some(), "{v}");
     assert_eq!(gate.meter().len(), 1);
 

@@ -6,7 +6,8 @@ mod common;
 use std::collections::BTreeMap;
 
 use paygate_mcp::{
-    ChargeRequest, DenyReason, KeyDigest, KeyRecord, KeyStore, KeyUpdate, Quota, StoreError,
+    store::Checks, ChargeRequest, DenyReason, KeyDigest, KeyRecord, KeyStore, KeyUpdate, Quota,
+    StoreError,
 };
 
 const NOW: i64 = 1_773_568_800_000; // 2026-03-15T10:00:00Z
@@ -30,6 +31,7 @@ fn req(k: &str, tool: &'static str, price: u64) -> ChargeRequest<'static> {
         tool_rate_limit: 0,
         global_quota: None,
         shadow: false,
+        checks: Checks::ALL,
     }
 }
 

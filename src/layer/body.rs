@@ -291,6 +291,35 @@ pub(crate) struct Deadline {
     pub(crate) reply: Bytes,
 }
 
+impl Deadline {
+    /// A deadline `after` from now that sends `reply`.
+    pub(crate) fn after(after: std::time::Duration, reply: Bytes) -> Self {
+        Self {
+            sleep: Box::pin(tokio::time::sleep(after)),
+            framing: Framing::Json,
+            reply,
+        }
+    }
+
+    /// Sets how the reply is written (known once the answer's head arrived).
+    pub(crate) fn with_framing(mut self, framing: Framing) -> Self {
+        self.framing = framing;
+        self
+    }
+
+    /// Runs `fut` until the deadline: its output, or `None` once the deadline passed.
+    pub(crate) async fn race<F: Future>(&mut self, fut: F) -> Option<F::Output> {
+        let mut fut = std::pin::pin!(fut);
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+                return Poll::Ready(Some(out));
+            }
+            self.sleep.as_mut().poll(cx).map(|()| None)
+        })
+        .await
+    }
+}
+
 /// What a [`GateBody`] does with the downstream's bytes (opaque).
 pub(crate) enum Watch {
     /// Watching for a failure to refund.

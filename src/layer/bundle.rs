@@ -1,37 +1,35 @@
-//! [`PayGateLayer`]: every stage in one service over one gate.
+//! [`PayGateLayer`]: every stage in one layer.
 
 use std::sync::Arc;
 
-use super::{shared, GateService, Shared, Stages};
+use bytes::Bytes;
+use http::Response;
+
+use super::stage::StageSet;
+use super::stage_layer::stage_layer;
+use super::PayGate;
 use crate::config::{ConfigError, PayGateConfig};
-use crate::gate::Gate;
-use crate::store::{KeyStore, MemoryKeyStore};
+use crate::gate::{Decision, Gate};
+use crate::store::MemoryKeyStore;
 
-/// The whole gate as one layer: authentication, rate limits, quotas, billing with refunds,
-/// and alerts, in that order, over one shared [`Gate`].
-///
-/// ```
-/// use paygate_mcp::{PayGateConfig, PayGateLayer};
-/// use tower::ServiceBuilder;
-/// # let mcp = tower::service_fn(|_req: http::Request<http_body_util::Full<bytes::Bytes>>| async {
-/// #     Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::new())))
-/// # });
-/// let layer = PayGateLayer::new(PayGateConfig::default().with_tool_price("search", 5));
-/// let gate = layer.gate().clone(); // for keys, analytics, alerts, the admin API
-/// let service = ServiceBuilder::new().layer(layer).service(mcp);
-/// # let _ = (service, gate);
-/// ```
-pub struct PayGateLayer<St = MemoryKeyStore> {
-    shared: Shared<St>,
-}
-
-impl<St> Clone for PayGateLayer<St> {
-    fn clone(&self) -> Self {
-        Self {
-            shared: self.shared.clone(),
-        }
-    }
-}
+stage_layer!(
+    /// The whole gate as one layer: authentication, rate limits, quotas, billing with
+    /// refunds, and alerts, over one [`Gate`].
+    ///
+    /// ```
+    /// use paygate_mcp::{PayGateConfig, PayGateLayer};
+    /// use tower::ServiceBuilder;
+    /// # let mcp = tower::service_fn(|_req: http::Request<http_body_util::Full<bytes::Bytes>>| async {
+    /// #     Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::new())))
+    /// # });
+    /// let layer = PayGateLayer::new(PayGateConfig::default().with_tool_price("search", 5));
+    /// let gate = layer.gate().clone(); // for keys, analytics, alerts, the admin API
+    /// let service = ServiceBuilder::new().layer(layer).service(mcp);
+    /// # let _ = (service, gate);
+    /// ```
+    PayGateLayer,
+    StageSet::ALL
+);
 
 impl PayGateLayer<MemoryKeyStore> {
     /// A layer over a new in-memory gate.
@@ -39,45 +37,41 @@ impl PayGateLayer<MemoryKeyStore> {
     /// # Panics
     /// When `config` is invalid; [`PayGateLayer::try_new`] returns the error instead.
     pub fn new(config: PayGateConfig) -> Self {
-        match Self::try_new(config) {
-            Ok(layer) => layer,
-            Err(e) => panic!("invalid PayGate config: {e}"),
-        }
+        PayGate::new(config).layer()
     }
 
     /// A layer over a new in-memory gate, or the config's error.
     pub fn try_new(config: PayGateConfig) -> Result<Self, ConfigError> {
-        Ok(Self::from_gate(Arc::new(Gate::new(config)?)))
+        Ok(PayGate::try_new(config)?.layer())
     }
 }
 
-impl<St: KeyStore> PayGateLayer<St> {
+impl<St> PayGateLayer<St> {
     /// A layer over an existing gate (any store).
     pub fn from_gate(gate: Arc<Gate<St>>) -> Self {
-        Self {
-            shared: shared(gate, None),
-        }
+        PayGate::from_gate(gate).layer()
     }
 
     /// The gate behind the layer.
     pub fn gate(&self) -> &Arc<Gate<St>> {
-        &self.shared.gate
+        self.pg.gate()
     }
 
-    /// Resolves `Authorization: Bearer` tokens to API keys (by default the token is the key).
+    /// Resolves `Authorization: Bearer` tokens to API keys (see
+    /// [`PayGate::with_bearer_resolver`]).
     pub fn with_bearer_resolver(
-        mut self,
+        self,
         resolve: impl Fn(&str) -> Option<String> + Send + Sync + 'static,
     ) -> Self {
-        self.shared.bearer = Some(Arc::new(resolve));
-        self
+        Self::from_handle(self.pg.with_bearer_resolver(resolve))
     }
-}
 
-impl<S, St> tower::Layer<S> for PayGateLayer<St> {
-    type Service = GateService<S, St>;
-    fn layer(&self, inner: S) -> Self::Service {
-        GateService::new(inner, self.shared.clone(), Stages::ALL)
+    /// Shapes denial responses (see [`PayGate::with_denial_response`]).
+    pub fn with_denial_response(
+        self,
+        handler: impl Fn(&Decision, Response<Bytes>) -> Response<Bytes> + Send + Sync + 'static,
+    ) -> Self {
+        Self::from_handle(self.pg.with_denial_response(handler))
     }
 }
 
@@ -94,8 +88,7 @@ mod tests {
     #[test]
     fn try_new_returns_the_error_instead() {
         let err = PayGateLayer::try_new(PayGateConfig::default().with_max_body_bytes(0))
-            .err()
-            .expect("refused");
+            .expect_err("refused");
         assert!(err.to_string().contains("maxBodyBytes"), "{err}");
     }
 }

@@ -243,33 +243,41 @@ impl MemoryKeyStore {
 
         // Rate windows, then credits, spending limit and quotas: the first failure is the
         // reason. In shadow mode evaluation continues to the end and nothing is applied.
+        // Only the checks present apply (see `Checks`).
+        let checks = req.checks;
+        let price = checks.price(req.price);
+        let global_limit = checks.rate_limit(req.global_rate_limit);
+        let tool_limit = checks.rate_limit(req.tool_rate_limit);
         let mut first: Option<(DenyReason, Option<u64>)> = None;
-        let limited = req.global_rate_limit > 0 || req.tool_rate_limit > 0;
+        let limited = global_limit > 0 || tool_limit > 0;
         let mut windows = limited.then(|| shard.windows.entry(req.key).or_default());
         if let Some(w) = windows.as_deref_mut() {
-            if req.global_rate_limit > 0 {
-                if let Err(retry) = w.global.check(req.global_rate_limit, req.now_ms) {
+            if global_limit > 0 {
+                if let Err(retry) = w.global.check(global_limit, req.now_ms) {
                     first.get_or_insert((DenyReason::RateLimited, Some(retry)));
                 }
             }
-            if req.tool_rate_limit > 0 {
-                if let Err(retry) = w.tool_mut(req.tool).check(req.tool_rate_limit, req.now_ms) {
+            if tool_limit > 0 {
+                if let Err(retry) = w.tool_mut(req.tool).check(tool_limit, req.now_ms) {
                     first.get_or_insert((DenyReason::ToolRateLimited, Some(retry)));
                 }
             }
         }
         let usage = rec.quota_usage.rolled(req.now_ms);
-        if rec.credits < req.price {
+        if checks.credits && rec.credits < price {
             first.get_or_insert((DenyReason::InsufficientCredits, None));
         }
-        if rec.spending_limit > 0 && rec.total_spent.saturating_add(req.price) > rec.spending_limit
+        if checks.credits
+            && rec.spending_limit > 0
+            && rec.total_spent.saturating_add(price) > rec.spending_limit
         {
             first.get_or_insert((DenyReason::SpendingLimitExceeded, None));
         }
         if let Some(reason) = rec
             .quota()
             .or(req.global_quota)
-            .and_then(|q| q.check(&usage, req.price))
+            .filter(|_| checks.quotas)
+            .and_then(|q| q.check(&usage, price))
         {
             first.get_or_insert((reason, None));
         }
@@ -278,25 +286,25 @@ impl MemoryKeyStore {
         let mut receipt = None;
         if denial.is_none() && !req.shadow {
             if let Some(w) = windows.as_deref_mut() {
-                if req.global_rate_limit > 0 {
+                if global_limit > 0 {
                     w.global.record(req.now_ms);
                 }
-                if req.tool_rate_limit > 0 {
+                if tool_limit > 0 {
                     w.tool_mut(req.tool).record(req.now_ms);
                 }
             }
             shard.version += 1;
             let before = contribution(rec);
-            rec.credits -= req.price;
-            rec.total_spent = rec.total_spent.saturating_add(req.price);
+            rec.credits -= price;
+            rec.total_spent = rec.total_spent.saturating_add(price);
             rec.total_calls = rec.total_calls.saturating_add(1);
             rec.quota_usage = usage;
-            rec.quota_usage.add(req.price, req.now_ms);
+            rec.quota_usage.add(price, req.now_ms);
             rec.set_last_used(req.now_ms);
             adjust(&mut shard.stats, before, contribution(rec));
             receipt = Some(ChargeReceipt {
                 key: req.key,
-                credits: req.price,
+                credits: price,
                 day: rec.quota_usage.day,
                 month: rec.quota_usage.month,
                 nonce: None,
@@ -308,10 +316,10 @@ impl MemoryKeyStore {
         let mut rate = None;
         let mut idle = false;
         if let Some(w) = windows {
-            rate = if req.tool_rate_limit > 0 {
-                Some(w.tool_mut(req.tool).state(req.tool_rate_limit, req.now_ms))
+            rate = if tool_limit > 0 {
+                Some(w.tool_mut(req.tool).state(tool_limit, req.now_ms))
             } else {
-                Some(w.global.state(req.global_rate_limit, req.now_ms))
+                Some(w.global.state(global_limit, req.now_ms))
             };
             idle = w.is_idle(req.now_ms);
         }
@@ -586,6 +594,7 @@ mod tests {
             tool_rate_limit: 0,
             global_quota: None,
             shadow: false,
+            checks: crate::store::Checks::ALL,
         }))
         .unwrap()
     }

@@ -67,6 +67,83 @@ pub struct ChargeRequest<'a> {
     pub global_quota: Option<Quota>,
     /// Evaluate every check but apply nothing.
     pub shadow: bool,
+    /// Which checks apply: the stages present in front of the tool.
+    pub checks: Checks,
+}
+
+/// Which of the gate's checks a charge applies. The key checks (known, active, not expired,
+/// IP allowlist, ACL) always apply; the rest follow the layers present, so a stack without
+/// billing deducts nothing and one without rate limiting records no window.
+///
+/// ```
+/// use paygate_mcp::store::Checks;
+/// let rate_only = Checks { rate_limits: true, ..Checks::NONE };
+/// assert!(!rate_only.credits && !rate_only.quotas);
+/// assert_eq!(Checks::default(), Checks::ALL);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checks {
+    /// Per-key rate windows (global and per tool): checked, and the call recorded in them.
+    pub rate_limits: bool,
+    /// Daily and monthly quotas: checked. The quota counters count every allowed call, so
+    /// a quota layer added later starts from the true usage.
+    pub quotas: bool,
+    /// Credits and the spending limit: checked, and the price deducted. Without it the call
+    /// costs nothing, so credit quotas count nothing for it.
+    pub credits: bool,
+}
+
+impl Checks {
+    /// Every check (the whole gate).
+    pub const ALL: Checks = Checks {
+        rate_limits: true,
+        quotas: true,
+        credits: true,
+    };
+    /// Only the key checks.
+    pub const NONE: Checks = Checks {
+        rate_limits: false,
+        quotas: false,
+        credits: false,
+    };
+
+    /// The price the call is charged (and counted in credit quotas): nothing without billing.
+    pub fn price(&self, price: u64) -> u64 {
+        if self.credits {
+            price
+        } else {
+            0
+        }
+    }
+
+    /// The rate limit applied: off (0) without the rate-limit check.
+    pub fn rate_limit(&self, limit: u64) -> u64 {
+        if self.rate_limits {
+            limit
+        } else {
+            0
+        }
+    }
+
+    /// The form the Redis script reads (`r`, `q`, `c` for each check present).
+    #[cfg(feature = "redis")]
+    pub(crate) fn letters(&self) -> String {
+        [
+            (self.rate_limits, 'r'),
+            (self.quotas, 'q'),
+            (self.credits, 'c'),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, c)| *c)
+        .collect()
+    }
+}
+
+impl Default for Checks {
+    fn default() -> Self {
+        Checks::ALL
+    }
 }
 
 /// The state of a key after a charge, refund or denial: what alerts, events and response

@@ -717,7 +717,8 @@ impl RedisKeyStore {
                 RedisTime::Server => String::new(),
                 RedisTime::Request => req.now_ms.to_string(),
             })
-            .arg(&nonce);
+            .arg(&nonce)
+            .arg(req.checks.letters());
         let reply = match inv.invoke_async::<Vec<Value>>(&mut conn).await {
             Ok(v) => {
                 self.note_answered();
@@ -786,7 +787,7 @@ impl RedisKeyStore {
         });
         let receipt = (reply.int(21)? == 1).then_some(ChargeReceipt {
             key: req.key,
-            credits: req.price,
+            credits: req.checks.price(req.price),
             day: usage.day,
             month: usage.month,
             nonce: Some(nonce),

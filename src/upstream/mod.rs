@@ -18,8 +18,7 @@ use serde_json::{json, Value};
 use tower::util::BoxCloneSyncService;
 use tower::ServiceExt;
 
-use crate::jsonrpc::{self, find_response};
-use crate::layer::McpContext;
+use crate::jsonrpc::{self, find_response, ParsedRequest};
 
 #[cfg(feature = "http-upstream")]
 mod http;
@@ -76,11 +75,7 @@ pub(crate) fn error_response(
 
 /// The request's JSON-RPC id, from the layers' parse when there was one.
 pub(crate) fn request_id(parts: &::http::request::Parts, body: &[u8]) -> Option<Value> {
-    match parts
-        .extensions
-        .get::<McpContext>()
-        .and_then(|c| c.rpc.clone())
-    {
+    match ParsedRequest::of(&parts.extensions, body) {
         Some(rpc) => rpc.id.clone(),
         None => serde_json::from_slice::<Value>(body)
             .ok()
@@ -90,11 +85,7 @@ pub(crate) fn request_id(parts: &::http::request::Parts, body: &[u8]) -> Option<
 
 /// The request's JSON-RPC method, from the layers' parse when there was one.
 pub(crate) fn request_method(parts: &::http::request::Parts, body: &[u8]) -> Option<String> {
-    match parts
-        .extensions
-        .get::<McpContext>()
-        .and_then(|c| c.rpc.clone())
-    {
+    match ParsedRequest::of(&parts.extensions, body) {
         Some(rpc) => Some(rpc.method.clone()),
         None => serde_json::from_slice::<Value>(body)
             .ok()
@@ -211,11 +202,7 @@ impl McpRouter {
             .await
             .map(|c| c.to_bytes())
             .unwrap_or_default();
-        let rpc = match parts
-            .extensions
-            .get::<McpContext>()
-            .and_then(|c| c.rpc.clone())
-        {
+        let rpc = match ParsedRequest::of(&parts.extensions, &bytes) {
             Some(rpc) => (*rpc).clone(),
             None => match jsonrpc::parse_request(&bytes) {
                 Ok(rpc) => rpc,

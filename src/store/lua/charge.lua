@@ -2,13 +2,19 @@
 --       6 tool-window set, 7 recent charges' details by nonce
 -- ARGV: 1 price, 2 tool, 3 client ip (32 hex digits, '' unknown), 4 global limit, 5 tool limit,
 --       6..9 global quota (daily calls, monthly calls, daily credits, monthly credits),
---       10 has global quota, 11 shadow, 12 time override ('' = server time), 13 nonce
+--       10 has global quota, 11 shadow, 12 time override ('' = server time), 13 nonce,
+--       14 checks present ('r' rate limits, 'q' quotas, 'c' credits; absent = all)
 local rec = KEYS[1]
-local price = tonumber(ARGV[1])
+local checks = ARGV[14] or 'rqc'
+local do_rate = string.find(checks, 'r', 1, true) ~= nil
+local do_quota = string.find(checks, 'q', 1, true) ~= nil
+local do_credits = string.find(checks, 'c', 1, true) ~= nil
+-- Without billing the call costs nothing; without rate limiting no window applies.
+local price = do_credits and tonumber(ARGV[1]) or 0
 local tool = ARGV[2]
 local ip = ARGV[3]
-local glimit = tonumber(ARGV[4])
-local tlimit = tonumber(ARGV[5])
+local glimit = do_rate and tonumber(ARGV[4]) or 0
+local tlimit = do_rate and tonumber(ARGV[5]) or 0
 local shadow = ARGV[11] == '1'
 local now = now_ms(ARGV[12])
 
@@ -101,9 +107,9 @@ if tlimit > 0 then
   local ok, r = window(KEYS[3], tlimit)
   if not ok and reason == '' then reason, retry = 'tool_rate_limited', r end
 end
-if reason == '' and credits < price then reason = 'insufficient_credits' end
-if reason == '' and limit > 0 and spent + price > limit then reason = 'spending_limit_exceeded' end
-if reason == '' and quota then
+if do_credits and reason == '' and credits < price then reason = 'insufficient_credits' end
+if do_credits and reason == '' and limit > 0 and spent + price > limit then reason = 'spending_limit_exceeded' end
+if do_quota and reason == '' and quota then
   local function cap(v) return v and v > 0 end
   if cap(quota.dailyCallLimit) and qdc >= quota.dailyCallLimit then reason = 'daily_call_quota_exceeded'
   elseif cap(quota.monthlyCallLimit) and qmc >= quota.monthlyCallLimit then reason = 'monthly_call_quota_exceeded'

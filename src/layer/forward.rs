@@ -1,0 +1,232 @@
+//! Sending a request on: plain, with its answer rewritten, or as an allowed `tools/call`
+//! under the call timeout with refunds for calls that did not run or failed.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::task::Poll;
+
+use bytes::Bytes;
+use http::header::CONTENT_LENGTH;
+use http::{Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::Full;
+use serde_json::json;
+use tower::Service;
+
+use super::body::{self, Deadline, Framing, RefundWatch, Rewrite, Watch};
+use super::paygate::Traversal;
+use super::request::McpContext;
+use super::respond::{expose_headers, json_response};
+use super::tools_list::Transform;
+use super::GateBody;
+use crate::gate::{Decision, Gate};
+use crate::jsonrpc;
+use crate::store::{ChargeReceipt, KeyStore};
+
+pub(crate) type Answer<R, E> = Result<Response<GateBody<R>>, E>;
+
+pub(crate) fn framing(headers: &http::HeaderMap) -> Framing {
+    let sse = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if sse {
+        Framing::Sse
+    } else {
+        Framing::Json
+    }
+}
+
+fn rebuild(parts: http::request::Parts, ctx: &McpContext) -> Request<Full<Bytes>> {
+    Request::from_parts(parts, Full::new(ctx.body.clone()))
+}
+
+/// Forwards the request; `rewrite` transforms the first JSON-RPC response in the answer
+/// (and carries the request's id as sent, for the error that replaces an answer too large
+/// to rewrite).
+pub(crate) async fn forward<S, R>(
+    mut inner: S,
+    parts: http::request::Parts,
+    ctx: &McpContext,
+    traversal: &Traversal,
+    rewrite: Option<(Transform, Option<String>)>,
+) -> Answer<R, S::Error>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<R>>,
+    R: Body<Data = Bytes>,
+{
+    // `poll_ready` was driven on this service by `GateService::call`'s caller.
+    let resp = inner.call(rebuild(parts, ctx)).await?;
+    traversal.done();
+    let (mut head, body) = resp.into_parts();
+    let watch = rewrite.map(|(f, id)| {
+        head.headers.remove(CONTENT_LENGTH);
+        Watch::Rewrite(Box::new(Rewrite::new(framing(&head.headers), f, id)))
+    });
+    expose_headers(&mut head.headers);
+    Ok(Response::from_parts(head, GateBody::inner(body, watch)))
+}
+
+/// The usage event of a call this layer decided, and with the alert stage the events the
+/// decision fired. They are recorded once the call is on its way to the tool, so the
+/// bookkeeping overlaps the tool's work instead of delaying the call; dropping this (a
+/// denial, an abandoned request) records them at once. Recorded exactly once.
+pub(crate) struct PendingUsage<St: KeyStore> {
+    pub(crate) gate: Arc<Gate<St>>,
+    pub(crate) decision: Arc<Decision>,
+    pub(crate) decided_at_ms: i64,
+    pub(crate) dispatch_events: bool,
+    pub(crate) recorded: bool,
+}
+
+impl<St: KeyStore> PendingUsage<St> {
+    fn record(&mut self) {
+        if !std::mem::replace(&mut self.recorded, true) {
+            self.gate.record_usage(&self.decision, self.decided_at_ms);
+            if self.dispatch_events {
+                self.gate.dispatch_events(&self.decision);
+            }
+        }
+    }
+}
+
+impl<St: KeyStore> Drop for PendingUsage<St> {
+    fn drop(&mut self) {
+        self.record();
+    }
+}
+
+/// Polls the downstream call once so the request starts on its way, lets the tasks that
+/// carry it run (a connection's writer, a child's stdin), then records `usage` while the
+/// tool works.
+async fn after_dispatch<F: Future, St: KeyStore>(
+    call: F,
+    usage: Option<PendingUsage<St>>,
+) -> F::Output {
+    let Some(mut usage) = usage else {
+        return call.await;
+    };
+    let mut call = std::pin::pin!(call);
+    match std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await {
+        Poll::Ready(out) => {
+            usage.record();
+            out
+        }
+        Poll::Pending => {
+            tokio::task::yield_now().await;
+            usage.record();
+            call.await
+        }
+    }
+}
+
+/// What [`forward_call`] carries for an allowed call besides the request.
+pub(crate) struct Forwarded<St: KeyStore> {
+    /// Undone if the downstream refuses the request, and with `refund_on_failure` refunded
+    /// if the call fails, times out or never answers.
+    pub(crate) receipt: Option<ChargeReceipt>,
+    /// `refundOnFailure`, with billing present.
+    pub(crate) refund_on_failure: bool,
+    /// Recorded once the call is dispatched.
+    pub(crate) usage: Option<PendingUsage<St>>,
+    /// The request's id as sent, for the replies the gateway writes.
+    pub(crate) id: Option<String>,
+}
+
+/// Forwards an allowed `tools/call` under the call timeout: one [`Deadline`] covers the
+/// answer's head and then its body. A receipt is undone if the downstream refuses the
+/// request (4xx, 503) or the transport fails, and with `refund_on_failure` also if the
+/// call fails, times out or never answers.
+pub(crate) async fn forward_call<S, St, R>(
+    mut inner: S,
+    parts: http::request::Parts,
+    ctx: &McpContext,
+    gate: &Arc<Gate<St>>,
+    traversal: &Traversal,
+    forwarded: Forwarded<St>,
+) -> Answer<R, S::Error>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<R>>,
+    St: KeyStore,
+    R: Body<Data = Bytes>,
+{
+    let Forwarded {
+        mut receipt,
+        refund_on_failure,
+        usage,
+        id,
+    } = forwarded;
+    let mut refund = |reason: &'static str| -> Option<body::FollowUp> {
+        let receipt = receipt.take()?;
+        let gate = gate.clone();
+        Some(Box::pin(async move {
+            // Once begun, a refund runs to the end on its own task: a client that hangs up
+            // while the store is slow drops the response, not the money owed to it.
+            let refund = tokio::spawn(async move { gate.refund_and_record(receipt, reason).await });
+            let _ = refund.await;
+        }))
+    };
+    let mut deadline = call_deadline(gate.config().call_timeout_ms, id.as_deref());
+    let call = after_dispatch(inner.call(rebuild(parts, ctx)), usage);
+    let result = match deadline.as_mut() {
+        Some(d) => match d.race(call).await {
+            Some(result) => result,
+            None => {
+                if let Some(r) = refund("timeout").filter(|_| refund_on_failure) {
+                    r.await;
+                }
+                let reply = deadline.map(|d| d.reply.to_vec()).unwrap_or_default();
+                return Ok(json_response(StatusCode::OK, reply));
+            }
+        },
+        None => call.await,
+    };
+    let resp = match result {
+        Ok(resp) => resp,
+        Err(e) => {
+            if let Some(r) = refund("transport_error") {
+                r.await;
+            }
+            return Err(e);
+        }
+    };
+    traversal.done();
+    let (mut head, body) = resp.into_parts();
+    expose_headers(&mut head.headers);
+    // A 4xx means the downstream refused the request itself (406 without `Accept`, 415,
+    // 403 for a foreign `Host`, ...) and a 503 that it could not take it (an upstream down
+    // or restarting): no tool ran, so nothing is owed.
+    let refused = head.status.is_client_error() || head.status == StatusCode::SERVICE_UNAVAILABLE;
+    if refused || (head.status.is_server_error() && refund_on_failure) {
+        let reason = if refused { "not_run" } else { "http_5xx" };
+        if let Some(r) = refund(reason) {
+            r.await;
+        }
+        return Ok(Response::from_parts(head, GateBody::inner(body, None)));
+    }
+    let framing = framing(&head.headers);
+    let watch = refund("tool_failed")
+        .filter(|_| refund_on_failure)
+        .map(|on_failure| {
+            let w = RefundWatch::new(framing, gate.config().refund_on_tool_error, on_failure);
+            Watch::Refund(Box::new(w))
+        });
+    let deadline = deadline.map(|d| d.with_framing(framing));
+    Ok(Response::from_parts(
+        head,
+        GateBody::with_deadline(body, watch, deadline),
+    ))
+}
+
+/// The call's deadline and the JSON-RPC error sent when it passes (none with timeout 0).
+fn call_deadline(timeout_ms: u64, id: Option<&str>) -> Option<Deadline> {
+    (timeout_ms > 0).then(|| {
+        let reply = jsonrpc::error_body_as_sent(
+            id,
+            jsonrpc::INTERNAL_ERROR,
+            &format!("Tool call timed out after {timeout_ms} ms"),
+            Some(json!({"reason": "upstream_timeout"})),
+        );
+        Deadline::after(std::time::Duration::from_millis(timeout_ms), reply.into())
+    })
+}

@@ -1,0 +1,254 @@
+//! [`PayGate`]: the handle every layer is made from.
+
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::Response;
+
+use super::stage::StageSet;
+use super::{
+    AlertLayer, AuthLayer, BearerResolver, BillingLayer, PayGateLayer, QuotaLayer, RateLimitLayer,
+};
+use crate::config::{ConfigError, PayGateConfig};
+use crate::gate::{Decision, Gate};
+use crate::store::MemoryKeyStore;
+
+/// Shapes the response to a denied call: given the gate's decision and the default answer
+/// (SPEC §4: HTTP 200, a JSON-RPC error with `data.reason`, credit and rate-limit headers),
+/// returns the answer to send.
+pub type DenialHandler = Arc<dyn Fn(&Decision, Response<Bytes>) -> Response<Bytes> + Send + Sync>;
+
+/// The stack the layers of one handle form: which stages were layered, shared by them all.
+#[derive(Default)]
+struct Stack {
+    stages: AtomicU8,
+    /// The mismatch of a misused handle was logged.
+    warned: AtomicBool,
+}
+
+/// The handle the layers are made from: one [`Gate`] and the set of stages its layers add.
+///
+/// Each layer does only its concern ([`PayGate::auth`] checks keys, [`PayGate::rate_limit`]
+/// applies rate windows, [`PayGate::quota`] quotas, [`PayGate::billing`] credits and
+/// refunds, [`PayGate::alerts`] fires alert rules). Composed in any order, the outermost
+/// one reads and parses the request once and makes **one** atomic store call covering
+/// exactly the stages the handle's layers add; the others see its work in the request's
+/// extensions and pass the request on. Use one handle per stack: two stacks with different
+/// stages need two handles (they may share the gate, see [`PayGate::from_gate`]).
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use bytes::Bytes;
+/// use http_body_util::{BodyExt, Full};
+/// use paygate_mcp::{PayGate, PayGateConfig};
+/// use tower::{ServiceBuilder, ServiceExt};
+///
+/// let pg = PayGate::new(PayGateConfig::default().with_tool_price("search", 5).with_rate_limit(100));
+/// let key = pg.gate().create_key("alice", 10).await.unwrap();
+/// # let mcp = tower::service_fn(|_req: http::Request<Full<Bytes>>| async {
+/// #     let body = r#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#;
+/// #     Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from(body))))
+/// # });
+/// // Keys and rate limits, no billing: the call costs nothing.
+/// let svc = ServiceBuilder::new().layer(pg.auth()).layer(pg.rate_limit()).service(mcp);
+/// let call = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search"}}"#;
+/// let req = http::Request::post("/mcp").header("x-api-key", &key).body(Full::new(Bytes::from(call))).unwrap();
+/// let resp = svc.oneshot(req).await.unwrap();
+/// assert_eq!(resp.headers()["x-ratelimit-remaining"], "99");
+/// assert!(resp.headers().get("x-credits-remaining").is_none());
+/// let record = pg.gate().store().get(&paygate_mcp::KeyDigest::of(&key)).await.unwrap().unwrap();
+/// assert_eq!(record.credits, 10);
+/// # });
+/// ```
+pub struct PayGate<St = MemoryKeyStore> {
+    pub(crate) gate: Arc<Gate<St>>,
+    pub(crate) bearer: Option<BearerResolver>,
+    pub(crate) denial: Option<DenialHandler>,
+    stack: Arc<Stack>,
+}
+
+impl<St> Clone for PayGate<St> {
+    fn clone(&self) -> Self {
+        Self {
+            gate: self.gate.clone(),
+            bearer: self.bearer.clone(),
+            denial: self.denial.clone(),
+            stack: self.stack.clone(),
+        }
+    }
+}
+
+impl<St> std::fmt::Debug for PayGate<St> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PayGate")
+            .field("gate", &self.gate)
+            .field("stages", &self.stages())
+            .field("bearer_resolver", &self.bearer.is_some())
+            .field("denial_handler", &self.denial.is_some())
+            .finish()
+    }
+}
+
+impl PayGate<MemoryKeyStore> {
+    /// A handle over a new in-memory gate.
+    ///
+    /// # Panics
+    /// When `config` is invalid; [`PayGate::try_new`] returns the error instead.
+    pub fn new(config: PayGateConfig) -> Self {
+        match Self::try_new(config) {
+            Ok(pg) => pg,
+            Err(e) => panic!("invalid PayGate config: {e}"),
+        }
+    }
+
+    /// A handle over a new in-memory gate, or the config's error.
+    pub fn try_new(config: PayGateConfig) -> Result<Self, ConfigError> {
+        Ok(Self::from_gate(Arc::new(Gate::new(config)?)))
+    }
+}
+
+impl<St> PayGate<St> {
+    /// A handle over an existing gate (any store). Handles over one gate share its keys,
+    /// meter and analytics; each one is its own stack of layers.
+    pub fn from_gate(gate: Arc<Gate<St>>) -> Self {
+        Self {
+            gate,
+            bearer: None,
+            denial: None,
+            stack: Arc::default(),
+        }
+    }
+
+    /// The gate behind the layers: keys, analytics, alerts, the admin API.
+    pub fn gate(&self) -> &Arc<Gate<St>> {
+        &self.gate
+    }
+
+    /// Resolves `Authorization: Bearer` tokens to API keys (by default the token is the
+    /// key). Set it before making the layers.
+    pub fn with_bearer_resolver(
+        mut self,
+        resolve: impl Fn(&str) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.bearer = Some(Arc::new(resolve));
+        self
+    }
+
+    /// Shapes denial responses (see [`DenialHandler`]), like `tower_governor`'s error
+    /// handler. Set it before making the layers.
+    ///
+    /// ```
+    /// use paygate_mcp::{PayGate, PayGateConfig};
+    /// let pg = PayGate::new(PayGateConfig::default()).with_denial_response(|decision, mut resp| {
+    ///     if decision.reason.is_some_and(|r| r.as_str() == "insufficient_credits") {
+    ///         *resp.status_mut() = http::StatusCode::PAYMENT_REQUIRED;
+    ///     }
+    ///     resp
+    /// });
+    /// # let _ = pg;
+    /// ```
+    pub fn with_denial_response(
+        mut self,
+        handler: impl Fn(&Decision, Response<Bytes>) -> Response<Bytes> + Send + Sync + 'static,
+    ) -> Self {
+        self.denial = Some(Arc::new(handler));
+        self
+    }
+
+    /// Authentication: a valid key (`X-API-Key` or bearer) for every method but the free
+    /// ones, `tools/list` filtered by the key's ACL; charges nothing.
+    pub fn auth(&self) -> AuthLayer<St> {
+        AuthLayer::from_handle(self.clone())
+    }
+
+    /// Per-key rate windows (global and per tool) with `X-RateLimit-*` and `Retry-After`;
+    /// charges nothing.
+    pub fn rate_limit(&self) -> RateLimitLayer<St> {
+        RateLimitLayer::from_handle(self.clone())
+    }
+
+    /// Daily and monthly quotas; charges nothing.
+    pub fn quota(&self) -> QuotaLayer<St> {
+        QuotaLayer::from_handle(self.clone())
+    }
+
+    /// Credits and spending limits: charges the price, reports `X-Credits-Remaining`,
+    /// refunds calls that fail, adds `_pricing` to `tools/list`.
+    pub fn billing(&self) -> BillingLayer<St> {
+        BillingLayer::from_handle(self.clone())
+    }
+
+    /// Alert rules, fired to the gate's event sink with `key.expired`; denies nothing.
+    pub fn alerts(&self) -> AlertLayer<St> {
+        AlertLayer::from_handle(self.clone())
+    }
+
+    /// Every stage in one layer.
+    pub fn layer(&self) -> PayGateLayer<St> {
+        PayGateLayer::from_handle(self.clone())
+    }
+
+    /// The stages layered so far.
+    pub(crate) fn stages(&self) -> StageSet {
+        StageSet::from_bits(self.stack.stages.load(Ordering::Acquire))
+    }
+
+    /// Notes that a layer of `stage` was put in the stack.
+    pub(crate) fn register(&self, stage: StageSet) {
+        self.stack.stages.fetch_or(stage.bits(), Ordering::AcqRel);
+    }
+
+    /// Starts a request's way through the stack: the outermost layer `first` acts for
+    /// `decided_for`, and the layers further in mark themselves as they pass it on.
+    pub(crate) fn traversal(
+        &self,
+        decided_for: StageSet,
+        first: StageSet,
+        body: Bytes,
+    ) -> Traversal {
+        Traversal {
+            stack: self.stack.clone(),
+            decided_for,
+            seen: Arc::new(AtomicU8::new(first.bits())),
+            body,
+        }
+    }
+}
+
+/// The layers of one handle a request passed, carried in its extensions.
+#[derive(Clone)]
+pub(crate) struct Traversal {
+    stack: Arc<Stack>,
+    decided_for: StageSet,
+    seen: Arc<AtomicU8>,
+    /// The request body as read by the outermost layer, for the layers further in.
+    pub(crate) body: Bytes,
+}
+
+impl Traversal {
+    /// Whether the request belongs to `pg`'s stack (and was handled already).
+    pub(crate) fn is_of<St>(&self, pg: &PayGate<St>) -> bool {
+        Arc::ptr_eq(&self.stack, &pg.stack)
+    }
+
+    /// A layer further in passed the request on.
+    pub(crate) fn pass(&self, stage: StageSet) {
+        self.seen.fetch_or(stage.bits(), Ordering::AcqRel);
+    }
+
+    /// Called once the request passed every layer: when fewer stages than the handle knows
+    /// saw it, the handle is shared by stacks with different layers, which it cannot tell
+    /// apart. Logged once; one handle per stack is the fix.
+    pub(crate) fn done(&self) {
+        let seen = StageSet::from_bits(self.seen.load(Ordering::Acquire));
+        if seen != self.decided_for && !self.stack.warned.swap(true, Ordering::Relaxed) {
+            tracing::error!(
+                decided_for = ?self.decided_for,
+                layers_in_this_stack = ?seen,
+                "one PayGate handle is used in stacks with different layers; calls were \
+                 decided for every stage of the handle. Make one PayGate per stack."
+            );
+        }
+    }
+}
