@@ -346,7 +346,7 @@ impl<S: KeyStore> Gate<S> {
     /// Runs SPEC §3 for one `tools/call`: decide, charge atomically, record, alert.
     pub async fn evaluate(&self, call: &CallRequest<'_>) -> Decision {
         let (decision, decided_at_ms) = self.decide(call, Checks::ALL, true).await;
-        self.record_usage(&decision, decided_at_ms);
+        self.record_usage(&decision, decided_at_ms, None);
         decision
     }
 
@@ -494,7 +494,7 @@ impl<S: KeyStore> Gate<S> {
     pub fn deny(&self, reason: DenyReason, tool: &str, call: &CallRequest<'_>) -> Decision {
         let detail = self.detail(reason, call, 0, None, None);
         let decision = Decision::denied(reason, detail, tool, 0, self.config.shadow_mode);
-        self.record_usage(&decision, self.clock.now_ms());
+        self.record_usage(&decision, self.clock.now_ms(), None);
         decision
     }
 
@@ -503,9 +503,10 @@ impl<S: KeyStore> Gate<S> {
         self.store.refund(receipt, self.clock.now_ms()).await
     }
 
-    /// Records the usage event of a decision made at `now_ms` (analytics, meter, sink).
+    /// Records the usage event of a decision made at `now_ms` (analytics, meter, sink), with
+    /// the time the call took when it ran.
     #[inline]
-    pub(crate) fn record_usage(&self, d: &Decision, now_ms: i64) {
+    pub(crate) fn record_usage(&self, d: &Decision, now_ms: i64, duration_ms: Option<u64>) {
         let deny_reason = d.reason.map(|r| {
             if d.shadow {
                 format!("shadow:{r}")
@@ -524,7 +525,7 @@ impl<S: KeyStore> Gate<S> {
             credits_charged: d.credits_charged,
             allowed: d.allowed,
             deny_reason,
-            duration_ms: None,
+            duration_ms,
         };
         self.analytics.record(&event);
         if let Some(sink) = &self.sink {

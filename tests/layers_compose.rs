@@ -492,8 +492,16 @@ fn gated_downstream(
 }
 
 #[tokio::test]
-async fn the_usage_event_is_recorded_once_while_the_tool_works() {
-    let gate = Arc::new(Gate::new(PayGateConfig::default().with_tool_price("t", 2)).unwrap());
+async fn the_usage_event_is_recorded_once_when_the_call_is_over_with_its_duration() {
+    let clock = common::clock_at("2026-03-15T10:00:00Z");
+    let gate = Arc::new(
+        Gate::with_store(
+            PayGateConfig::default().with_tool_price("t", 2),
+            paygate_mcp::MemoryKeyStore::new(),
+            clock.clone(),
+        )
+        .unwrap(),
+    );
     let key = gate.create_key("k", 10).await.unwrap();
     let (reached, release) = (
         Arc::new(tokio::sync::Notify::new()),
@@ -503,20 +511,27 @@ async fn the_usage_event_is_recorded_once_while_the_tool_works() {
         .layer(paygate_mcp::PayGateLayer::from_gate(gate.clone()))
         .service(gated_downstream(reached.clone(), release.clone()));
 
-    // The event is in before the tool answers (the bookkeeping overlaps the call)…
+    // While the tool works nothing is recorded yet…
     let call_task = tokio::spawn(svc.clone().oneshot(call(&key)));
     reached.notified().await;
-    tokio::task::yield_now().await;
-    let events = gate.meter().since(None);
-    assert_eq!(events.len(), 1, "recorded while the tool works");
-    assert_eq!((events[0].allowed, events[0].credits_charged), (true, 2));
-    // …and only once, whenever the answer comes.
+    assert_eq!(gate.meter().len(), 0, "the call is not over");
+    clock.advance_ms(250);
     release.notify_one();
     let (_, v) = answer(call_task.await.unwrap().unwrap()).await;
     assert!(v.get("result").is_some(), "{v}");
-    assert_eq!(gate.meter().len(), 1);
+    // …and once it is, the event is in, once, with the time the call took.
+    let events = gate.meter().since(None);
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        (
+            events[0].allowed,
+            events[0].credits_charged,
+            events[0].duration_ms
+        ),
+        (true, 2, Some(250))
+    );
 
-    // A request abandoned right after it was sent on still leaves its event.
+    // A request abandoned while the tool works still leaves its event.
     let mut abandoned = Box::pin(svc.clone().oneshot(call(&key)));
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     assert!(std::future::Future::poll(abandoned.as_mut(), &mut cx).is_pending());
@@ -527,4 +542,8 @@ async fn the_usage_event_is_recorded_once_while_the_tool_works() {
         6,
         "both calls were charged"
     );
+    // A denial is recorded at once, without a duration.
+    svc.oneshot(call("")).await.unwrap();
+    let events = gate.meter().since(None);
+    assert_eq!((events.len(), events[2].duration_ms), (3, None));
 }

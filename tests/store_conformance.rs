@@ -417,6 +417,276 @@ async fn search_and_stats<S: KeyStore>(s: &S) {
     assert_eq!(stats.total_credits, 200 - 4 - 10 + 5);
 }
 
+/// One line of what a charge answered, for comparing stores: everything but the receipt's
+/// store-private nonce.
+fn outcome_line(label: &str, out: &paygate_mcp::store::ChargeOutcome) -> String {
+    format!(
+        "{label}: denial={:?} retry={:?} rate={:?} receipt={:?} newly_expired={} snapshot={:?}",
+        out.denial,
+        out.retry_after_secs,
+        out.rate,
+        out.receipt.as_ref().map(|r| r.credits()),
+        out.newly_expired,
+        out.snapshot,
+    )
+}
+
+/// `Checks` at the store: each check applies only when present, the key checks always.
+/// Returns a transcript of every outcome so two stores can be compared line by line.
+async fn checks_apply_only_where_present<S: KeyStore>(s: &S) -> Vec<String> {
+    let mut log = Vec::new();
+    let rate_only = Checks {
+        rate_limits: true,
+        ..Checks::NONE
+    };
+    let credits_only = Checks {
+        credits: true,
+        ..Checks::NONE
+    };
+    let quotas_only = Checks {
+        quotas: true,
+        ..Checks::NONE
+    };
+    let one_call_a_day = Quota {
+        daily_call_limit: 1,
+        ..Default::default()
+    };
+
+    // Rate limits only: the window applies, credits never move.
+    s.insert(rec(1, 10)).await.unwrap();
+    let d1 = KeyDigest::of(&key(1));
+    let mut r = req(&key(1), "t", 4);
+    r.global_rate_limit = 1;
+    r.checks = rate_only;
+    let out = s.charge(&r).await.unwrap();
+    log.push(outcome_line("rate-only 1", &out));
+    assert_eq!(out.denial, None);
+    assert_eq!(out.receipt.as_ref().map(|r| r.credits()), Some(0));
+    assert_eq!(out.rate.map(|w| (w.limit, w.remaining)), Some((1, 0)));
+    let snap = out.snapshot.unwrap();
+    assert_eq!(
+        (snap.credits, snap.total_spent, snap.total_calls),
+        (10, 0, 1)
+    );
+    r.now_ms += 1_000;
+    let out = s.charge(&r).await.unwrap();
+    log.push(outcome_line("rate-only 2", &out));
+    assert_eq!(out.denial, Some(DenyReason::RateLimited));
+    assert_eq!(out.retry_after_secs, Some(59));
+    assert!(out.receipt.is_none());
+    let got = s.get(&d1).await.unwrap().unwrap();
+    assert_eq!(
+        (got.credits, got.total_spent, got.total_calls),
+        (10, 0, 1),
+        "rate limits alone never move credits"
+    );
+    assert_eq!(got.quota_usage.rolled(NOW).daily_credits, 0);
+
+    // Credits only: rate limits and quotas are ignored; the price and the spending limit
+    // apply. No window is recorded, the quota counters still count.
+    s.insert(rec(2, 10)).await.unwrap();
+    let d2 = KeyDigest::of(&key(2));
+    s.update(&d2, &KeyUpdate::SetSpendingLimit(7))
+        .await
+        .unwrap();
+    let mut r = req(&key(2), "t", 3);
+    r.global_rate_limit = 1;
+    r.tool_rate_limit = 1;
+    r.global_quota = Some(one_call_a_day);
+    r.checks = credits_only;
+    for (n, left) in [(1, 7), (2, 4)] {
+        let out = s.charge(&r).await.unwrap();
+        log.push(outcome_line(&format!("credits-only {n}"), &out));
+        assert_eq!(out.denial, None, "call {n}: no window, no quota");
+        assert_eq!(out.rate, None, "call {n}: no window reported");
+        assert_eq!(out.receipt.as_ref().map(|r| r.credits()), Some(3));
+        assert_eq!(out.snapshot.unwrap().credits, left);
+        r.now_ms += 1_000;
+    }
+    let out = s.charge(&r).await.unwrap();
+    log.push(outcome_line("credits-only spending limit", &out));
+    assert_eq!(out.denial, Some(DenyReason::SpendingLimitExceeded));
+    assert!(out.receipt.is_none());
+    s.update(&d2, &KeyUpdate::SetSpendingLimit(0))
+        .await
+        .unwrap();
+    let out = s.charge(&r).await.unwrap();
+    log.push(outcome_line("credits-only 3", &out));
+    assert_eq!(out.denial, None);
+    assert_eq!(out.snapshot.unwrap().credits, 1);
+    let out = s.charge(&r).await.unwrap();
+    log.push(outcome_line("credits-only insufficient", &out));
+    assert_eq!(out.denial, Some(DenyReason::InsufficientCredits));
+    let got = s.get(&d2).await.unwrap().unwrap();
+    assert_eq!((got.credits, got.total_spent, got.total_calls), (1, 9, 3));
+    let usage = got.quota_usage.rolled(r.now_ms);
+    assert_eq!(
+        (usage.daily_calls, usage.daily_credits),
+        (3, 9),
+        "quota counters count allowed calls even without the quota check"
+    );
+    // The credits-only calls left no window behind: a rate-checked call now passes.
+    let mut rated = r.clone();
+    rated.checks = rate_only;
+    let out = s.charge(&rated).await.unwrap();
+    log.push(outcome_line("credits-only then rate", &out));
+    assert_eq!(out.denial, None, "no window was recorded without the check");
+    assert_eq!(out.rate.map(|w| (w.limit, w.remaining)), Some((1, 0)));
+
+    // Quotas only: the daily call quota denies the second call, credits never move, and a
+    // credit quota counts nothing (the call costs nothing).
+    s.insert(rec(3, 10)).await.unwrap();
+    let d3 = KeyDigest::of(&key(3));
+    let mut r = req(&key(3), "t", 5);
+    r.global_rate_limit = 1;
+    r.global_quota = Some(one_call_a_day);
+    r.checks = quotas_only;
+    let out = s.charge(&r).await.unwrap();
+    log.push(outcome_line("quota-only 1", &out));
+    assert_eq!(out.denial, None);
+    assert_eq!(out.rate, None);
+    assert_eq!(out.receipt.as_ref().map(|r| r.credits()), Some(0));
+    let out = s.charge(&r).await.unwrap();
+    log.push(outcome_line("quota-only 2", &out));
+    assert_eq!(out.denial, Some(DenyReason::DailyCallQuotaExceeded));
+    assert!(out.receipt.is_none());
+    let got = s.get(&d3).await.unwrap().unwrap();
+    assert_eq!((got.credits, got.total_spent, got.total_calls), (10, 0, 1));
+    s.insert(rec(4, 10)).await.unwrap();
+    let mut r = req(&key(4), "t", 5);
+    r.global_quota = Some(Quota {
+        daily_credit_limit: 1,
+        ..Default::default()
+    });
+    r.checks = quotas_only;
+    for n in 1..=2 {
+        let out = s.charge(&r).await.unwrap();
+        log.push(outcome_line(&format!("credit-quota-only {n}"), &out));
+        assert_eq!(out.denial, None, "call {n} costs 0 credits of the quota");
+    }
+    let got = s.get(&KeyDigest::of(&key(4))).await.unwrap().unwrap();
+    assert_eq!(got.credits, 10);
+    assert_eq!(got.quota_usage.rolled(NOW).daily_credits, 0);
+    assert_eq!(got.quota_usage.rolled(NOW).daily_calls, 2);
+
+    // A receipt of a charge without credits refunds 0 credits and takes the call back.
+    s.insert(rec(5, 10)).await.unwrap();
+    let d5 = KeyDigest::of(&key(5));
+    let mut r = req(&key(5), "t", 4);
+    r.checks = rate_only;
+    r.global_rate_limit = 5;
+    let out = s.charge(&r).await.unwrap();
+    log.push(outcome_line("refund charge", &out));
+    let receipt = out.receipt.expect("an allowed call has a receipt");
+    assert_eq!(receipt.credits(), 0);
+    let snap = s.refund(receipt, NOW).await.unwrap().expect("key exists");
+    log.push(format!("refund: {snap:?}"));
+    assert_eq!(
+        (snap.credits, snap.total_spent, snap.total_calls),
+        (10, 0, 0)
+    );
+    let got = s.get(&d5).await.unwrap().unwrap();
+    assert_eq!((got.credits, got.total_spent, got.total_calls), (10, 0, 0));
+    assert_eq!(got.quota_usage.rolled(NOW).daily_calls, 0);
+    assert_eq!(
+        s.stats().await.unwrap().total_credits,
+        10 + 1 + 10 + 10 + 10
+    );
+
+    // Key checks apply under `Checks::NONE` too; nothing else does.
+    let none = |k: &str, tool: &'static str| {
+        let mut r = req(k, tool, 5);
+        r.checks = Checks::NONE;
+        r.global_rate_limit = 1;
+        r.global_quota = Some(one_call_a_day);
+        r
+    };
+    let out = s.charge(&none(&key(99), "t")).await.unwrap();
+    log.push(outcome_line("none unknown", &out));
+    assert_eq!(out.denial, Some(DenyReason::InvalidApiKey));
+    assert!(out.snapshot.is_none());
+
+    s.insert(rec(6, 0)).await.unwrap();
+    let d6 = KeyDigest::of(&key(6));
+    for n in 1..=2 {
+        let out = s.charge(&none(&key(6), "t")).await.unwrap();
+        log.push(outcome_line(&format!("none allowed {n}"), &out));
+        assert_eq!(
+            out.denial, None,
+            "call {n}: no credits, rate or quota check"
+        );
+        assert_eq!(out.receipt.as_ref().map(|r| r.credits()), Some(0));
+    }
+    s.update(&d6, &KeyUpdate::Revoke).await.unwrap();
+    let out = s.charge(&none(&key(6), "t")).await.unwrap();
+    log.push(outcome_line("none revoked", &out));
+    assert_eq!(out.denial, Some(DenyReason::InvalidApiKey));
+    let got = s.get(&d6).await.unwrap().unwrap();
+    assert_eq!((got.credits, got.total_spent, got.total_calls), (0, 0, 2));
+
+    s.insert(rec(7, 10)).await.unwrap();
+    let d7 = KeyDigest::of(&key(7));
+    let acl = |allowed: &[&str], denied: &[&str]| KeyUpdate::SetAcl {
+        allowed_tools: allowed.iter().map(|t| t.to_string()).collect(),
+        denied_tools: denied.iter().map(|t| t.to_string()).collect(),
+    };
+    s.update(&d7, &acl(&["a"], &[])).await.unwrap();
+    let out = s.charge(&none(&key(7), "b")).await.unwrap();
+    log.push(outcome_line("none not allowed", &out));
+    assert_eq!(out.denial, Some(DenyReason::ToolNotAllowed));
+    let out = s.charge(&none(&key(7), "a")).await.unwrap();
+    log.push(outcome_line("none allowed tool", &out));
+    assert_eq!(out.denial, None);
+    s.update(&d7, &acl(&[], &["a"])).await.unwrap();
+    let out = s.charge(&none(&key(7), "a")).await.unwrap();
+    log.push(outcome_line("none denied tool", &out));
+    assert_eq!(out.denial, Some(DenyReason::ToolDenied));
+
+    s.insert(rec(8, 10)).await.unwrap();
+    let d8 = KeyDigest::of(&key(8));
+    s.update(
+        &d8,
+        &KeyUpdate::SetIpAllowlist(vec!["10.0.0.1/32".parse().unwrap()]),
+    )
+    .await
+    .unwrap();
+    for (ip, want) in [
+        (None, Some(DenyReason::IpNotAllowed)),
+        (Some("10.0.0.2"), Some(DenyReason::IpNotAllowed)),
+        (Some("10.0.0.1"), None),
+    ] {
+        let mut r = none(&key(8), "t");
+        r.client_ip = ip.map(|ip| ip.parse().unwrap());
+        let out = s.charge(&r).await.unwrap();
+        log.push(outcome_line(&format!("none ip {ip:?}"), &out));
+        assert_eq!(out.denial, want, "{ip:?}");
+    }
+
+    s.insert(rec(9, 10)).await.unwrap();
+    let d9 = KeyDigest::of(&key(9));
+    s.update(
+        &d9,
+        &KeyUpdate::SetExpiry(chrono::DateTime::from_timestamp_millis(NOW - 1)),
+    )
+    .await
+    .unwrap();
+    for newly in [true, false] {
+        let out = s.charge(&none(&key(9), "t")).await.unwrap();
+        log.push(outcome_line("none expired", &out));
+        assert_eq!(out.denial, Some(DenyReason::ApiKeyExpired));
+        assert_eq!(out.newly_expired, newly);
+    }
+    for d in [d7, d8, d9] {
+        let got = s.get(&d).await.unwrap().unwrap();
+        assert_eq!(
+            (got.credits, got.total_spent),
+            (10, 0),
+            "no credits move without billing"
+        );
+    }
+    log
+}
+
 macro_rules! conformance_suite {
     ($backend:ident, $make:expr, $run:path) => {
         mod $backend {
@@ -499,6 +769,13 @@ macro_rules! conformance_suite {
                     super::search_and_stats(&store).await
                 });
             }
+            #[test]
+            fn checks_apply_only_where_present() {
+                $run(async {
+                    let store = $make;
+                    super::checks_apply_only_where_present(&store).await;
+                });
+            }
         }
     };
 }
@@ -544,3 +821,18 @@ mod redis_backend {
 
 #[cfg(feature = "redis")]
 conformance_suite!(redis, redis_backend::store().await, redis_backend::run);
+
+/// Not only does each store pass the `Checks` suite: both answer every step of it alike,
+/// field for field (denial, retry, rate window, receipt, snapshot).
+#[cfg(feature = "redis")]
+#[test]
+fn memory_and_redis_agree_on_checks() {
+    redis_backend::run(async {
+        let memory = checks_apply_only_where_present(&paygate_mcp::MemoryKeyStore::new()).await;
+        let redis = checks_apply_only_where_present(&redis_backend::store().await).await;
+        assert_eq!(memory.len(), redis.len());
+        for (m, r) in memory.iter().zip(&redis) {
+            assert_eq!(m, r, "memory (left) and Redis (right) disagree");
+        }
+    });
+}

@@ -57,7 +57,7 @@ async fn gated_calls_refunds_and_denials_are_traced() {
     let subscriber = tracing_subscriber::fmt()
         .json()
         .with_current_span(true)
-        .with_max_level(tracing::Level::INFO)
+        .with_max_level(tracing::Level::DEBUG)
         .with_writer(move || writer.clone())
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
@@ -105,6 +105,14 @@ async fn gated_calls_refunds_and_denials_are_traced() {
         .unwrap_or_else(|| panic!("a refund event: {lines:?}"));
     assert_eq!(refunded["fields"]["credits"], 3);
     assert_eq!(refunded["fields"]["reason"], "tool_failed");
+    let finished = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "call finished")
+        .unwrap_or_else(|| panic!("the call's end: {lines:?}"));
+    assert_eq!(finished["span"]["name"], "paygate_call");
+    assert_eq!(finished["span"]["credits"], 3);
+    assert!(finished["span"]["duration_ms"].is_u64(), "{finished}");
+    assert!(finished["fields"]["duration_ms"].is_u64(), "{finished}");
     let denied = lines
         .iter()
         .find(|l| l["fields"]["message"] == "denied")

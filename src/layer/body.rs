@@ -17,6 +17,9 @@ use crate::jsonrpc::{classify_response, split_event, split_event_after, sse_data
 /// watch stops looking (and does not refund) and the `tools/list` rewrite fails closed.
 const INSPECT_LIMIT: usize = 8 * 1024 * 1024;
 
+/// Something dropped when a body ends: the record of the call it answers.
+pub(crate) type OnEnd = Box<dyn std::any::Any + Send>;
+
 /// A refund (or any follow-up) to run when the call turns out to have failed.
 pub(crate) type FollowUp = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -356,6 +359,8 @@ pin_project! {
             held: Option<Option<Result<Frame<Bytes>, B::Error>>>,
             // When the call must have answered, and what to send if it has not.
             deadline: Option<Deadline>,
+            // Dropped when the body ends (or with the body): what records the call as over.
+            on_end: Option<OnEnd>,
             sent_any: bool,
             ended: bool,
         },
@@ -378,10 +383,19 @@ impl<B: Body> GateBody<B> {
                 pending: None,
                 held: None,
                 deadline,
+                on_end: None,
                 sent_any: false,
                 ended: false,
             },
         }
+    }
+
+    /// Holds `guard` until the body ends or is dropped.
+    pub(crate) fn finishing(mut self, guard: OnEnd) -> Self {
+        if let Kind::Inner { on_end, .. } = &mut self.kind {
+            *on_end = Some(guard);
+        }
+        self
     }
 
     /// A body of `bytes`.
@@ -429,6 +443,7 @@ where
                 pending,
                 held,
                 deadline,
+                on_end,
                 sent_any,
                 ended,
             } => loop {
@@ -442,6 +457,7 @@ where
                     return Poll::Ready(frame);
                 }
                 if *ended {
+                    drop(on_end.take());
                     return Poll::Ready(None);
                 }
                 if let Some(d) = deadline.as_mut() {
@@ -474,6 +490,9 @@ where
                 let polled = ready!(body.as_mut().poll_frame(cx));
                 if polled.is_none() {
                     *deadline = None;
+                }
+                if polled.as_ref().is_none_or(Result::is_err) {
+                    drop(on_end.take());
                 }
                 let Some(w) = watch.as_mut() else {
                     return Poll::Ready(polled);

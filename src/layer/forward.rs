@@ -1,9 +1,7 @@
 //! Sending a request on: plain, with its answer rewritten, or as an allowed `tools/call`
 //! under the call timeout with refunds for calls that did not run or failed.
 
-use std::future::Future;
 use std::sync::Arc;
-use std::task::Poll;
 
 use bytes::Bytes;
 use http::header::CONTENT_LENGTH;
@@ -67,55 +65,33 @@ where
     Ok(Response::from_parts(head, GateBody::inner(body, watch)))
 }
 
-/// The usage event of a call this layer decided, and with the alert stage the events the
-/// decision fired. They are recorded once the call is on its way to the tool, so the
-/// bookkeeping overlaps the tool's work instead of delaying the call; dropping this (a
-/// denial, an abandoned request) records them at once. Recorded exactly once.
+/// The usage event of a decided call, with the events the decision fired when the alert
+/// stage is present. Recorded exactly once, when the call is over: its answer's body ended
+/// or was dropped, or the call was denied, refused, cut off or abandoned (this is dropped);
+/// its duration is the time from the decision on, read from the gate's clock.
 pub(crate) struct PendingUsage<St: KeyStore> {
     pub(crate) gate: Arc<Gate<St>>,
     pub(crate) decision: Arc<Decision>,
     pub(crate) decided_at_ms: i64,
     pub(crate) dispatch_events: bool,
-    pub(crate) recorded: bool,
-}
-
-impl<St: KeyStore> PendingUsage<St> {
-    fn record(&mut self) {
-        if !std::mem::replace(&mut self.recorded, true) {
-            self.gate.record_usage(&self.decision, self.decided_at_ms);
-            if self.dispatch_events {
-                self.gate.dispatch_events(&self.decision);
-            }
-        }
-    }
+    /// The call's span, given its duration and closed with the record.
+    pub(crate) span: tracing::Span,
 }
 
 impl<St: KeyStore> Drop for PendingUsage<St> {
     fn drop(&mut self) {
-        self.record();
-    }
-}
-
-/// Polls the downstream call once so the request starts on its way, lets the tasks that
-/// carry it run (a connection's writer, a child's stdin), then records `usage` while the
-/// tool works.
-async fn after_dispatch<F: Future, St: KeyStore>(
-    call: F,
-    usage: Option<PendingUsage<St>>,
-) -> F::Output {
-    let Some(mut usage) = usage else {
-        return call.await;
-    };
-    let mut call = std::pin::pin!(call);
-    match std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await {
-        Poll::Ready(out) => {
-            usage.record();
-            out
+        let duration = self.decision.allowed.then(|| {
+            let elapsed = self.gate.clock().now_ms() - self.decided_at_ms;
+            u64::try_from(elapsed).unwrap_or(0)
+        });
+        if let Some(ms) = duration {
+            self.span.record("duration_ms", ms);
+            tracing::debug!(parent: &self.span, duration_ms = ms, "call finished");
         }
-        Poll::Pending => {
-            tokio::task::yield_now().await;
-            usage.record();
-            call.await
+        self.gate
+            .record_usage(&self.decision, self.decided_at_ms, duration);
+        if self.dispatch_events {
+            self.gate.dispatch_events(&self.decision);
         }
     }
 }
@@ -127,8 +103,8 @@ pub(crate) struct Forwarded<St: KeyStore> {
     pub(crate) receipt: Option<ChargeReceipt>,
     /// `refundOnFailure`, with billing present.
     pub(crate) refund_on_failure: bool,
-    /// Recorded once the call is dispatched.
-    pub(crate) usage: Option<PendingUsage<St>>,
+    /// Recorded once the call is over.
+    pub(crate) usage: PendingUsage<St>,
     /// The request's id as sent, for the replies the gateway writes.
     pub(crate) id: Option<String>,
 }
@@ -167,7 +143,7 @@ where
         }))
     };
     let mut deadline = call_deadline(gate.config().call_timeout_ms, id.as_deref());
-    let call = after_dispatch(inner.call(rebuild(parts, ctx)), usage);
+    let call = inner.call(rebuild(parts, ctx));
     let result = match deadline.as_mut() {
         Some(d) => match d.race(call).await {
             Some(result) => result,
@@ -214,7 +190,7 @@ where
     let deadline = deadline.map(|d| d.with_framing(framing));
     Ok(Response::from_parts(
         head,
-        GateBody::with_deadline(body, watch, deadline),
+        GateBody::with_deadline(body, watch, deadline).finishing(Box::new(usage)),
     ))
 }
 

@@ -126,22 +126,38 @@ where
         }
         return forward(inner, parts, r.ctx, r.traversal, None).await;
     }
+    decide_and_forward(inner, parts, r, &call).await
+}
+
+/// The one atomic decision for the stages present; an allowed call goes on, watched for
+/// the refunds billing owes.
+async fn decide_and_forward<S, St, R>(
+    inner: S,
+    parts: http::request::Parts,
+    r: &Routed<'_, St>,
+    call: &CallRequest<'_>,
+) -> Answer<R, S::Error>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<R>>,
+    St: KeyStore,
+    R: Body<Data = Bytes>,
+{
     let gate = &r.pg.gate;
     let alerts = r.stages.contains(StageSet::ALERTS);
-    let (mut decision, decided_at_ms) = gate.decide(&call, r.stages.checks(), alerts).await;
+    let (mut decision, decided_at_ms) = gate.decide(call, r.stages.checks(), alerts).await;
     let receipt = decision.receipt.take();
     let decision = Arc::new(decision);
+    let span = call_span(call.tool, &decision);
     let usage = PendingUsage {
         gate: gate.clone(),
         decision: decision.clone(),
         decided_at_ms,
         dispatch_events: alerts,
-        recorded: false,
+        span: span.clone(),
     };
-    let span = call_span(tool, &decision);
     if !decision.allowed {
-        drop(usage);
         span.in_scope(|| tracing::info!("denied"));
+        drop(usage);
         return Ok(denial_response(
             r.id,
             &decision,
@@ -156,7 +172,7 @@ where
     let forwarded = Forwarded {
         receipt: receipt.filter(|_| undoable),
         refund_on_failure: billing && gate.config().refund_on_failure,
-        usage: Some(usage),
+        usage,
         id: r.id.map(str::to_owned),
     };
     let mut resp = tracing::Instrument::instrument(
@@ -259,8 +275,8 @@ where
     forward(inner, parts, r.ctx, r.traversal, None).await
 }
 
-/// The span of one gated `tools/call`: the tool, the key (masked), the decision and the
-/// credits charged; its lifetime is the time to the answer's head.
+/// The span of one gated `tools/call`: the tool, the key (masked), the decision, the
+/// credits charged and, once it is over, the call's duration.
 fn call_span(tool: &str, d: &Decision) -> tracing::Span {
     tracing::info_span!(
         "paygate_call",
@@ -269,5 +285,6 @@ fn call_span(tool: &str, d: &Decision) -> tracing::Span {
         allowed = d.allowed,
         reason = d.reason.map(|r| r.as_str()),
         credits = d.credits_charged,
+        duration_ms = tracing::field::Empty,
     )
 }

@@ -1,0 +1,296 @@
+//! The layers of one `PayGate` handle over the Redis store: whatever stages are stacked and
+//! in whatever order, a `tools/call` costs exactly one `EVALSHA` (the atomic decision), and
+//! credits move only where billing is. Counted by Redis itself (`INFO commandstats`).
+#![cfg(feature = "redis")]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use common::redis_server::RedisServer;
+use http::{Request, Response};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
+use paygate_mcp::store::redis::{RedisConfig, RedisKeyStore};
+use paygate_mcp::{CallRequest, Gate, KeyDigest, KeyStore, PayGate, PayGateConfig, Quota};
+use serde_json::{json, Value};
+use tower::util::BoxCloneService;
+use tower::{service_fn, Layer, ServiceExt};
+
+type Stack =
+    BoxCloneService<Request<Full<Bytes>>, Response<UnsyncBoxBody<Bytes, Infallible>>, Infallible>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Auth,
+    RateLimit,
+    Quota,
+    Billing,
+    Alerts,
+}
+
+const STAGES: [Stage; 5] = [
+    Stage::Auth,
+    Stage::RateLimit,
+    Stage::Quota,
+    Stage::Billing,
+    Stage::Alerts,
+];
+
+const PRICE: u64 = 3;
+const CREDITS: u64 = 100;
+const CALLS: u64 = 3;
+
+fn call(key: &str) -> Request<Full<Bytes>> {
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "t"}});
+    Request::post("http://localhost/mcp")
+        .header("x-api-key", key)
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap()
+}
+
+/// A downstream that answers every call with a result.
+fn downstream() -> Stack {
+    BoxCloneService::new(service_fn(|_req: Request<Full<Bytes>>| async {
+        let body = json!({"jsonrpc": "2.0", "id": 1, "result": {"content": []}}).to_string();
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body)).boxed_unsync()))
+    }))
+}
+
+fn boxed(svc: paygate_mcp::GateService<Stack, RedisKeyStore>) -> Stack {
+    BoxCloneService::new(ServiceExt::<Request<Full<Bytes>>>::map_response(svc, |r| {
+        r.map(|b| b.boxed_unsync())
+    }))
+}
+
+/// `stages` stacked outermost first, from a fresh handle over `gate`.
+fn stack(gate: &Arc<Gate<RedisKeyStore>>, stages: &[Stage]) -> Stack {
+    let pg = PayGate::from_gate(gate.clone());
+    let mut svc = downstream();
+    for stage in stages.iter().rev() {
+        svc = match stage {
+            Stage::Auth => boxed(pg.auth().layer(svc)),
+            Stage::RateLimit => boxed(pg.rate_limit().layer(svc)),
+            Stage::Quota => boxed(pg.quota().layer(svc)),
+            Stage::Billing => boxed(pg.billing().layer(svc)),
+            Stage::Alerts => boxed(pg.alerts().layer(svc)),
+        };
+    }
+    svc
+}
+
+/// Every ordering of every non-empty subset of the five stages (325 stacks).
+fn every_stack() -> Vec<Vec<Stage>> {
+    fn permutations(rest: Vec<Stage>, prefix: Vec<Stage>, out: &mut Vec<Vec<Stage>>) {
+        if rest.is_empty() {
+            out.push(prefix);
+            return;
+        }
+        for i in 0..rest.len() {
+            let mut rest = rest.clone();
+            let mut prefix = prefix.clone();
+            prefix.push(rest.remove(i));
+            permutations(rest, prefix, out);
+        }
+    }
+    let mut out = Vec::new();
+    for mask in 1u32..32 {
+        let subset: Vec<Stage> = (0..5)
+            .filter(|i| mask & (1 << i) != 0)
+            .map(|i| STAGES[i])
+            .collect();
+        permutations(subset, Vec::new(), &mut out);
+    }
+    out
+}
+
+fn decides(stages: &[Stage]) -> bool {
+    stages
+        .iter()
+        .any(|s| matches!(s, Stage::RateLimit | Stage::Quota | Stage::Billing))
+}
+
+/// A gate over the Redis store, with a price, a rate limit and a quota that all leave
+/// room for the calls sent; its charge script is loaded once (a `NOSCRIPT` retry would
+/// show up as a second `EVALSHA`).
+async fn gate(server: &RedisServer, prefix: &str) -> Arc<Gate<RedisKeyStore>> {
+    let store = RedisKeyStore::connect(RedisConfig::new(server.url()).with_prefix(prefix))
+        .await
+        .expect("connect to the test redis-server");
+    let cfg = PayGateConfig::default()
+        .with_tool_price("t", PRICE)
+        .with_rate_limit(100)
+        .with_global_quota(Quota {
+            daily_call_limit: 100,
+            ..Quota::default()
+        });
+    let gate =
+        Arc::new(Gate::with_store(cfg, store, Arc::new(paygate_mcp::SystemClock)).expect("config"));
+    let warm = gate.create_key("warm-up", 10).await.unwrap();
+    assert!(gate.evaluate(&CallRequest::new(&warm, "t")).await.allowed);
+    gate
+}
+
+/// A connection of the test's own, to reset and read Redis's command statistics.
+struct Stats(redis::aio::MultiplexedConnection);
+
+impl Stats {
+    async fn connect(server: &RedisServer) -> Self {
+        let client = redis::Client::open(server.url()).expect("redis url");
+        Self(
+            client
+                .get_multiplexed_async_connection()
+                .await
+                .expect("connect"),
+        )
+    }
+
+    async fn reset(&mut self) {
+        let _: () = redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .query_async(&mut self.0)
+            .await
+            .expect("CONFIG RESETSTAT");
+    }
+
+    /// Calls per command since the last reset, from `INFO commandstats`, without the
+    /// test's own `CONFIG` and `INFO`; failed and rejected calls are listed as
+    /// `<name>:failed_calls` and `<name>:rejected_calls`. Redis counts the commands a
+    /// script runs here too.
+    async fn commands(&mut self) -> BTreeMap<String, u64> {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut self.0)
+            .await
+            .expect("INFO commandstats");
+        let mut out = BTreeMap::new();
+        for line in info.lines() {
+            let Some((name, fields)) = line
+                .strip_prefix("cmdstat_")
+                .and_then(|l| l.split_once(':'))
+            else {
+                continue;
+            };
+            if name.starts_with("config") || name == "info" {
+                continue;
+            }
+            for field in fields.split(',') {
+                let (k, v) = field.split_once('=').expect("field=value");
+                let v: u64 = v.parse().unwrap_or(0);
+                match k {
+                    "calls" => {
+                        out.insert(name.to_string(), v);
+                    }
+                    "failed_calls" | "rejected_calls" if v > 0 => {
+                        out.insert(format!("{name}:{k}"), v);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Sends `CALLS` calls through `svc` and checks each was answered with a result.
+async fn send_calls(svc: &Stack, key: &str, stages: &[Stage]) {
+    for n in 0..CALLS {
+        let resp = svc.clone().oneshot(call(key)).await.unwrap();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        assert!(v.get("result").is_some(), "{stages:?} call {n}: {v}");
+    }
+}
+
+// Every ordering of every subset (321 stacks, 963 calls) runs in a few seconds in debug
+// mode, so no orderings are skipped.
+#[tokio::test]
+async fn one_evalsha_per_call_through_every_composition() {
+    let server = RedisServer::start();
+    let gate = gate(&server, "compose:").await;
+    let mut stats = Stats::connect(&server).await;
+    let stacks: Vec<_> = every_stack().into_iter().filter(|s| decides(s)).collect();
+    assert_eq!(stacks.len(), 321);
+    for stages in stacks {
+        let key = gate.create_key("k", CREDITS).await.unwrap();
+        let svc = stack(&gate, &stages);
+        stats.reset().await;
+        send_calls(&svc, &key, &stages).await;
+        let commands = stats.commands().await;
+        // The commands the charge script runs inside Redis are counted too, so only the
+        // ones a client sends are compared: script calls (`EVALSHA`, a fallback `EVAL`, a
+        // `SCRIPT LOAD` after `NOSCRIPT`, functions) and `HGETALL`, the store's read, which
+        // no script uses.
+        let sent: BTreeMap<String, u64> = commands
+            .into_iter()
+            .filter(|(name, _)| {
+                let name = name.split(':').next().unwrap_or_default();
+                name.starts_with("eval")
+                    || name.starts_with("script")
+                    || name.starts_with("fcall")
+                    || name == "hgetall"
+            })
+            .collect();
+        assert_eq!(
+            sent,
+            BTreeMap::from([("evalsha".to_string(), CALLS)]),
+            "{stages:?}: one EVALSHA per call, none failed, and no other script or read"
+        );
+        let rec = gate
+            .store()
+            .get(&KeyDigest::of(&key))
+            .await
+            .unwrap()
+            .unwrap();
+        let billed = stages.contains(&Stage::Billing);
+        assert_eq!(
+            (rec.credits, rec.total_spent),
+            if billed {
+                (CREDITS - CALLS * PRICE, CALLS * PRICE)
+            } else {
+                (CREDITS, 0)
+            },
+            "{stages:?}: credits move with billing only"
+        );
+        assert_eq!(rec.total_calls, CALLS, "{stages:?}: each call decided once");
+    }
+}
+
+#[tokio::test]
+async fn auth_and_alerts_alone_issue_no_evalsha() {
+    let server = RedisServer::start();
+    let gate = gate(&server, "read:").await;
+    let mut stats = Stats::connect(&server).await;
+    let stacks: Vec<_> = every_stack().into_iter().filter(|s| !decides(s)).collect();
+    assert_eq!(stacks.len(), 4, "auth, alerts, and both in either order");
+    for stages in stacks {
+        let key = gate.create_key("k", CREDITS).await.unwrap();
+        let svc = stack(&gate, &stages);
+        stats.reset().await;
+        send_calls(&svc, &key, &stages).await;
+        let commands = stats.commands().await;
+        assert_eq!(
+            commands.get("evalsha"),
+            None,
+            "{stages:?}: no decision, no script: {commands:?}"
+        );
+        assert_eq!(
+            commands,
+            BTreeMap::from([("hgetall".to_string(), CALLS)]),
+            "{stages:?}: one read of the key per call"
+        );
+        let rec = gate
+            .store()
+            .get(&KeyDigest::of(&key))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (rec.credits, rec.total_spent, rec.total_calls),
+            (CREDITS, 0, 0),
+            "{stages:?}: nothing charged or counted"
+        );
+    }
+}
