@@ -98,6 +98,45 @@ struct Args {
     /// Log as JSON lines (the level comes from RUST_LOG, default info).
     #[arg(long)]
     log_json: bool,
+    /// Browser origins allowed to call the gateway, e.g. "https://app.example" (repeatable);
+    /// any origin when not given. Keys travel in headers, never cookies.
+    #[arg(long = "cors-origin", value_name = "ORIGIN", value_parser = cors_origin)]
+    cors_origins: Vec<http::HeaderValue>,
+}
+
+fn cors_origin(v: &str) -> Result<http::HeaderValue, String> {
+    let ok = (v.starts_with("https://") || v.starts_with("http://")) && !v.ends_with('/');
+    match http::HeaderValue::from_str(v) {
+        Ok(value) if ok => Ok(value),
+        _ => Err(format!("'{v}' is not an origin like https://app.example")),
+    }
+}
+
+/// CORS for browser MCP clients: the MCP and PayGate request headers are allowed, and the
+/// headers the gate sets are exposed (the layers name them on every answer).
+fn cors(origins: &[http::HeaderValue]) -> tower_http::cors::CorsLayer {
+    use http::header::{HeaderName, AUTHORIZATION, CONTENT_TYPE};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let allow = if origins.is_empty() {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().cloned())
+    };
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([http::Method::GET, http::Method::POST, http::Method::DELETE])
+        .allow_headers([
+            CONTENT_TYPE,
+            AUTHORIZATION,
+            HeaderName::from_static("last-event-id"),
+            HeaderName::from_static("x-api-key"),
+            HeaderName::from_static("x-admin-key"),
+            HeaderName::from_static("mcp-session-id"),
+            HeaderName::from_static("mcp-protocol-version"),
+            HeaderName::from_static("mcp-method"),
+            HeaderName::from_static("mcp-name"),
+        ])
+        .max_age(Duration::from_secs(600))
 }
 
 fn whole(v: &str) -> Result<u64, String> {
@@ -447,7 +486,8 @@ async fn serve<St: KeyStore>(
     let app = axum::Router::new()
         .nest_service("/mcp", mcp)
         .fallback_service(admin)
-        .layer(middleware::from_fn(client_addr));
+        .layer(middleware::from_fn(client_addr))
+        .layer(cors(&args.cors_origins));
 
     let port = args.port.unwrap_or(3402);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))

@@ -39,4 +39,9 @@ while IFS= read -r line; do
   admin=$((admin + 1))
 done < <(sed -n '/^## Admin API/,/^## /p' README.md | grep '^curl ')
 [ "$admin" -ge 15 ] || { echo "expected at least 15 README admin lines, ran $admin"; exit 1; }
+# A browser's preflight is answered (CORS, any origin by default).
+preflight=$(curl -si -X OPTIONS http://127.0.0.1:3402/mcp -H 'Origin: https://app.example' \
+  -H 'Access-Control-Request-Method: POST' -H 'Access-Control-Request-Headers: x-api-key, content-type' | tr -d '\r')
+grep -qi '^access-control-allow-origin: \*' <<<"$preflight" || { echo "no CORS preflight answer: $preflight"; exit 1; }
+grep -qi '^access-control-allow-headers:.*x-api-key' <<<"$preflight" || { echo "preflight does not allow X-API-Key: $preflight"; exit 1; }
 echo "gateway smoke: $ran MCP and $admin admin README commands ok, balance $balance"

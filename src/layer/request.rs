@@ -1,7 +1,7 @@
 //! Reading a request: the bounded body, its one parse, the key, the client IP, and the
 //! protocol checks every stage relies on.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -204,7 +204,7 @@ pub(crate) fn client_ip(
 fn connect_info(parts: &http::request::Parts) -> Option<IpAddr> {
     parts
         .extensions
-        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0.ip())
 }
 

@@ -137,7 +137,8 @@ if reason == '' and not shadow then
   qdc, qdcr, qmc, qmcr = qdc + 1, qdcr + price, qmc + 1, qmcr + price
   redis.call('HSET', rec, 'credits', credits, 'spent', spent, 'calls', calls, 'lu', now,
     'qd', qd, 'qdc', qdc, 'qdcr', qdcr, 'qm', qm, 'qmc', qmc, 'qmcr', qmcr)
-  redis.call('HINCRBY', KEYS[5], 'credits', -price)
+  -- '0 - x', not '-x': Lua writes a negated zero as '-0', which HINCRBY refuses.
+  if price > 0 then redis.call('HINCRBY', KEYS[5], 'credits', 0 - price) end
   -- Remember the charge for a day, so one whose reply was lost (or whose refund comes late)
   -- can be undone exactly. A busy key keeps its newest RECENT_KEPT; the time of the newest
   -- one let go is kept in 'cev', so a late undo can tell "never charged" from "forgotten".
