@@ -75,7 +75,7 @@ pub use pricing::{compact_json_len, Pricing, PricingModel, ToolPriceTag};
 pub use quota::{Quota, QuotaLevel, QuotaUsage};
 pub use ratelimit::{RateState, RateWindow};
 pub use store::{
-    ChargeOutcome, ChargeReceipt, ChargeRequest, KeyPage, KeySnapshot, KeyStore, KeyUpdate,
+    ChargeOutcome, ChargeReceipt, ChargeRequest, Checks, KeyPage, KeySnapshot, KeyStore, KeyUpdate,
     LoadReport, MemoryKeyStore, StateFileError, StoreError, StoreStats,
 };
 pub use upstream::McpRouter;
