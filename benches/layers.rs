@@ -10,7 +10,7 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
-use paygate_mcp::{block_on, Gate, PayGateConfig, PayGateLayer};
+use paygate_mcp::{block_on, Gate, PayGate, PayGateConfig, PayGateLayer};
 use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
 
 const CALL: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"q":"hello"}}}"#;
@@ -77,6 +77,18 @@ fn bench(c: &mut Criterion) {
     });
     group.bench_function("free_method", |b| {
         b.iter(|| drive(&gated, request(LIST, &rich)))
+    });
+    // The five layers stacked by hand from one handle: one decision, four pass-throughs.
+    let pg = PayGate::from_gate(gate.clone());
+    let composed = ServiceBuilder::new()
+        .layer(pg.auth())
+        .layer(pg.rate_limit())
+        .layer(pg.quota())
+        .layer(pg.billing())
+        .layer(pg.alerts())
+        .service(noop());
+    group.bench_function("tools_call_allowed_five_layers", |b| {
+        b.iter(|| drive(&composed, request(CALL, &rich)))
     });
     group.finish();
 }
