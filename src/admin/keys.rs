@@ -13,7 +13,7 @@ use super::{
 };
 use crate::config::whole;
 use crate::gate::DenyReason;
-use crate::key::{generate_key, mask_key, parse_ip_entry, KeyDigest, KeyRecord, MAX_NAME_LEN};
+use crate::key::{mask_key, parse_ip_entry, KeyDigest, KeyRecord, MAX_NAME_LEN};
 use crate::quota::Quota;
 use crate::store::{KeyStore, KeyUpdate};
 
@@ -79,13 +79,6 @@ pub(crate) struct KeyOnly {
     key: String,
 }
 
-fn digest_of(key: &str) -> Result<KeyDigest, ApiError> {
-    if key.is_empty() || key.len() > 256 {
-        return Err(bad_request("'key' must be the full API key"));
-    }
-    Ok(KeyDigest::of(key))
-}
-
 /// Parses the expiry fields shared by create and `/keys/expiry`.
 fn parse_expiry(
     now_ms: i64,
@@ -124,16 +117,9 @@ fn ip_list(entries: &[String]) -> Result<Vec<ipnet::IpNet>, ApiError> {
         .collect()
 }
 
-async fn apply<St: KeyStore>(
-    state: &AdminState<St>,
-    key: &KeyDigest,
-    change: &KeyUpdate,
-) -> Result<KeyRecord, ApiError> {
-    match state.gate.store().update(key, change).await {
-        Ok(Some(rec)) => Ok(rec),
-        Ok(None) => Err(not_found()),
-        Err(e) => Err(e.into()),
-    }
+/// What a key operation returned, or 404 when there was no such key.
+fn found<T>(result: Option<T>) -> Result<T, ApiError> {
+    result.ok_or_else(not_found)
 }
 
 #[derive(Deserialize)]
@@ -155,10 +141,6 @@ pub(crate) struct CreateKey {
     spending_limit: Option<u64>,
 }
 
-fn new_key() -> Result<String, ApiError> {
-    generate_key().map_err(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "cannot generate a key"))
-}
-
 pub(crate) async fn create<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Handled {
     let body: CreateKey = req.json()?;
     let now_ms = state.gate.clock().now_ms();
@@ -170,16 +152,14 @@ pub(crate) async fn create<St: KeyStore>(state: &AdminState<St>, req: &AdminRequ
     }
     let expires_at = parse_expiry(now_ms, body.expires_in, body.expires_at)?.flatten();
     let ips = ip_list(body.ip_allowlist.as_deref().unwrap_or_default())?;
-    let key = new_key()?;
-    let mut rec = KeyRecord::new(&key, &name, body.credits.unwrap_or(100), now_ms);
-    rec.expires_at = expires_at;
-    rec.quota = body.quota;
     let tags = body
         .tags
         .unwrap_or_default()
         .into_iter()
         .map(|(k, v)| (k, Some(v)));
-    let changes = [
+    let setup = [
+        KeyUpdate::SetExpiry(expires_at),
+        KeyUpdate::SetQuota(body.quota),
         KeyUpdate::SetAcl {
             allowed_tools: body.allowed_tools.unwrap_or_default(),
             denied_tools: body.denied_tools.unwrap_or_default(),
@@ -188,10 +168,9 @@ pub(crate) async fn create<St: KeyStore>(state: &AdminState<St>, req: &AdminRequ
         KeyUpdate::SetIpAllowlist(ips),
         KeyUpdate::SetSpendingLimit(body.spending_limit.unwrap_or(0)),
     ];
-    for change in &changes {
-        change.apply(&mut rec)?;
-    }
-    state.gate.store().insert(rec.clone()).await?;
+    let credits = body.credits.unwrap_or(100);
+    let issued = state.gate.create_key_with(&name, credits, &setup).await?;
+    let (key, rec) = (issued.key, issued.record);
     state.gate.emit(
         "key.created",
         json!({"actor": "admin", "keyMasked": rec.key_masked, "name": rec.name, "credits": rec.credits}),
@@ -227,7 +206,7 @@ pub(crate) async fn list<St: KeyStore>(state: &AdminState<St>, req: &AdminReques
                 .ok_or_else(|| bad_request("'cursor' is not a cursor this API returned"))?,
         ),
     };
-    let page = state.gate.store().list(after, limit).await?;
+    let page = state.gate.list_keys(after, limit).await?;
     let keys: Vec<KeyView<'_>> = page.keys.iter().map(KeyView::from).collect();
     Ok(json_reply(
         StatusCode::OK,
@@ -250,15 +229,7 @@ pub(crate) struct TopUp {
 
 pub(crate) async fn topup<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Handled {
     let body: TopUp = req.json()?;
-    if body.credits == 0 {
-        return Err(bad_request("'credits' must be at least 1"));
-    }
-    let rec = apply(
-        state,
-        &digest_of(&body.key)?,
-        &KeyUpdate::TopUp(body.credits),
-    )
-    .await?;
+    let rec = found(state.gate.top_up(&body.key, body.credits).await?)?;
     state.gate.emit(
         "key.topup",
         json!({"actor": "admin", "keyMasked": rec.key_masked, "creditsAdded": body.credits, "newBalance": rec.credits}),
@@ -271,7 +242,7 @@ pub(crate) async fn topup<St: KeyStore>(state: &AdminState<St>, req: &AdminReque
 
 pub(crate) async fn revoke<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Handled {
     let body: KeyOnly = req.json()?;
-    let rec = apply(state, &digest_of(&body.key)?, &KeyUpdate::Revoke).await?;
+    let rec = found(state.gate.revoke(&body.key).await?)?;
     state.gate.emit(
         "key.revoked",
         json!({"actor": "admin", "keyMasked": rec.key_masked}),
@@ -284,15 +255,9 @@ pub(crate) async fn revoke<St: KeyStore>(state: &AdminState<St>, req: &AdminRequ
 
 pub(crate) async fn rotate<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Handled {
     let body: KeyOnly = req.json()?;
-    let old = digest_of(&body.key)?;
-    let new_key = new_key()?;
     let old_masked = mask_key(&body.key);
-    let rec = state
-        .gate
-        .store()
-        .rotate(&old, KeyDigest::of(&new_key), mask_key(&new_key))
-        .await?
-        .ok_or_else(not_found)?;
+    let rotated = found(state.gate.rotate(&body.key).await?)?;
+    let (new_key, rec) = (rotated.key, rotated.record);
     state.gate.emit(
         "key.rotated",
         json!({"actor": "admin", "oldKeyMasked": old_masked, "newKeyMasked": rec.key_masked}),
@@ -310,15 +275,14 @@ pub(crate) async fn rotate<St: KeyStore>(state: &AdminState<St>, req: &AdminRequ
     Ok(json_reply(StatusCode::OK, &view))
 }
 
-/// Applies `change` (one atomic store update) to the key named `key` and answers with its
-/// view.
+/// Applies `change` (one atomic update) to the key named `key` and answers with its view.
 async fn update_and_reply<St: KeyStore>(
     state: &AdminState<St>,
     key: &str,
-    change: &KeyUpdate,
+    change: KeyUpdate,
     event: &str,
 ) -> Handled {
-    let rec = apply(state, &digest_of(key)?, change).await?;
+    let rec = found(state.gate.update_key(key, change).await?)?;
     state.gate.emit(
         event,
         json!({"actor": "admin", "keyMasked": rec.key_masked}),
@@ -344,7 +308,7 @@ pub(crate) async fn acl<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest
         allowed_tools: body.allowed_tools,
         denied_tools: body.denied_tools,
     };
-    update_and_reply(state, &body.key, &change, "key.acl_updated").await
+    update_and_reply(state, &body.key, change, "key.acl_updated").await
 }
 
 #[derive(Deserialize)]
@@ -370,7 +334,7 @@ pub(crate) async fn expiry<St: KeyStore>(state: &AdminState<St>, req: &AdminRequ
     update_and_reply(
         state,
         &body.key,
-        &KeyUpdate::SetExpiry(at),
+        KeyUpdate::SetExpiry(at),
         "key.expiry_updated",
     )
     .await
@@ -403,7 +367,7 @@ pub(crate) async fn quota<St: KeyStore>(state: &AdminState<St>, req: &AdminReque
     update_and_reply(
         state,
         &body.key,
-        &KeyUpdate::SetQuota(q),
+        KeyUpdate::SetQuota(q),
         "key.quota_updated",
     )
     .await
@@ -420,7 +384,7 @@ pub(crate) async fn tags<St: KeyStore>(state: &AdminState<St>, req: &AdminReques
     update_and_reply(
         state,
         &body.key,
-        &KeyUpdate::MergeTags(body.tags),
+        KeyUpdate::MergeTags(body.tags),
         "key.tags_updated",
     )
     .await
@@ -439,7 +403,7 @@ pub(crate) async fn ip<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest)
     update_and_reply(
         state,
         &body.key,
-        &KeyUpdate::SetIpAllowlist(nets),
+        KeyUpdate::SetIpAllowlist(nets),
         "key.ip_updated",
     )
     .await
@@ -456,7 +420,7 @@ pub(crate) struct Limits {
 pub(crate) async fn limits<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Handled {
     let body: Limits = req.json()?;
     let change = KeyUpdate::SetSpendingLimit(body.spending_limit);
-    update_and_reply(state, &body.key, &change, "key.limit_updated").await
+    update_and_reply(state, &body.key, change, "key.limit_updated").await
 }
 
 #[derive(Deserialize)]
@@ -470,14 +434,10 @@ pub(crate) async fn search<St: KeyStore>(state: &AdminState<St>, req: &AdminRequ
         return Err(bad_request("'tags' must hold 1 to 50 tags to match"));
     }
     // One more than a page is asked for, so a cut list says so instead of passing as whole.
-    let mut found = state
-        .gate
-        .store()
-        .search_by_tags(&body.tags, MAX_PAGE + 1)
-        .await?;
-    let truncated = found.len() > MAX_PAGE;
-    found.truncate(MAX_PAGE);
-    let keys: Vec<KeyView<'_>> = found.iter().map(KeyView::from).collect();
+    let mut matches = state.gate.search_keys(&body.tags, MAX_PAGE + 1).await?;
+    let truncated = matches.len() > MAX_PAGE;
+    matches.truncate(MAX_PAGE);
+    let keys: Vec<KeyView<'_>> = matches.iter().map(KeyView::from).collect();
     Ok(json_reply(
         StatusCode::OK,
         &json!({"keys": keys, "count": keys.len(), "truncated": truncated}),
@@ -510,18 +470,13 @@ pub(crate) async fn balance<St: KeyStore>(
                 DenyReason::MissingApiKey,
             )
         })?;
-    let rec = state
-        .gate
-        .store()
-        .get(&KeyDigest::of(key))
-        .await?
-        .ok_or_else(|| {
-            refused(
-                StatusCode::NOT_FOUND,
-                "key not found",
-                DenyReason::InvalidApiKey,
-            )
-        })?;
+    let rec = state.gate.get_key(key).await?.ok_or_else(|| {
+        refused(
+            StatusCode::NOT_FOUND,
+            "key not found",
+            DenyReason::InvalidApiKey,
+        )
+    })?;
     if !rec.active {
         return Err(refused(
             StatusCode::UNAUTHORIZED,

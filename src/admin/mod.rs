@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -28,7 +29,7 @@ use subtle::ConstantTimeEq;
 use tower::Service;
 
 use crate::audit::AuditLog;
-use crate::gate::Gate;
+use crate::gate::{Gate, GateError};
 use crate::metrics::Metrics;
 use crate::store::{KeyStore, MemoryKeyStore, StoreError};
 
@@ -227,7 +228,7 @@ where
         AdminFuture {
             inner: Box::pin(async move {
                 let method = req.method().clone();
-                let resp = route(&state, req).await;
+                let resp = route_request(&state, req).await;
                 if let Some(m) = &state.metrics {
                     m.observe_http(method.as_str(), resp.status().as_u16());
                 }
@@ -240,20 +241,24 @@ where
 /// An admin response.
 pub type Reply = Response<Full<Bytes>>;
 
-pub(crate) fn json_reply(status: StatusCode, body: &impl Serialize) -> Reply {
-    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
-    let mut resp = Response::new(Full::new(Bytes::from(bytes)));
+/// An answer with `status`, `content_type` and `body`: every admin answer is made here.
+fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Reply {
+    let mut resp = Response::new(Full::new(body.into()));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp
-}
-
-pub(crate) fn text_reply(content_type: &'static str, body: String) -> Reply {
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     resp
+}
+
+/// A JSON answer: the one way the admin API answers in JSON (errors included).
+pub(crate) fn json_reply(status: StatusCode, body: &impl Serialize) -> Reply {
+    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    reply(status, "application/json", bytes)
+}
+
+/// A `200 OK` answer in another format (CSV, the metrics exposition).
+pub(crate) fn text_reply(content_type: &'static str, body: String) -> Reply {
+    reply(StatusCode::OK, content_type, body)
 }
 
 /// A refused admin request: its status and a message safe to show.
@@ -322,7 +327,20 @@ impl From<StoreError> for ApiError {
     }
 }
 
-/// The parsed request: method, path, query, headers and body bytes.
+/// A refusal of the gate's key lifecycle, said as the store's are.
+impl From<GateError> for ApiError {
+    fn from(e: GateError) -> Self {
+        match e {
+            GateError::Store(e) => e.into(),
+            GateError::Random(_) => {
+                error(StatusCode::INTERNAL_SERVER_ERROR, "cannot generate a key")
+            }
+            GateError::Invalid(msg) => bad_request(msg),
+        }
+    }
+}
+
+/// The parsed request: method, path (without a trailing `/`), query, headers and body bytes.
 pub(crate) struct AdminRequest {
     pub(crate) method: Method,
     pub(crate) path: String,
@@ -369,35 +387,117 @@ fn without_position(e: &serde_json::Error) -> String {
     }
 }
 
-/// Every endpoint with the methods it takes; `public` ones need no admin key.
-const ROUTES: &[(&str, &[Method], bool)] = &[
-    ("/", &[Method::GET], true),
-    ("/health", &[Method::GET], true),
-    ("/metrics", &[Method::GET], true),
-    ("/pricing", &[Method::GET], true),
-    ("/.well-known/mcp-payment", &[Method::GET], true),
-    ("/balance", &[Method::GET], true),
-    ("/keys", &[Method::GET, Method::POST], false),
-    ("/topup", &[Method::POST], false),
-    ("/keys/revoke", &[Method::POST], false),
-    ("/keys/rotate", &[Method::POST], false),
-    ("/keys/acl", &[Method::POST], false),
-    ("/keys/expiry", &[Method::POST], false),
-    ("/keys/quota", &[Method::POST], false),
-    ("/keys/tags", &[Method::POST], false),
-    ("/keys/ip", &[Method::POST], false),
-    ("/keys/search", &[Method::POST], false),
-    ("/limits", &[Method::POST], false),
-    ("/usage", &[Method::GET], false),
-    ("/status", &[Method::GET], false),
-    ("/analytics", &[Method::GET], false),
-    ("/alerts", &[Method::GET, Method::POST], false),
-    ("/audit", &[Method::GET], false),
-    ("/audit/export", &[Method::GET], false),
-    ("/audit/stats", &[Method::GET], false),
-];
+/// Who may call an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Anyone: no admin key is asked for.
+    Public,
+    /// Only a caller sending the admin key in `X-Admin-Key`.
+    Admin,
+}
 
-async fn route<St, B>(state: &AdminState<St>, req: Request<B>) -> Reply
+/// A handler's answer, boxed so that every handler fits one table.
+type HandlerFuture<'a> = Pin<Box<dyn Future<Output = Handled> + Send + 'a>>;
+
+/// What answers an endpoint, given the request and the client's address. The address is
+/// found the way the gated endpoint finds it (peer address, `X-Forwarded-For` only from
+/// configured proxies), so `/balance` honours a key's IP allowlist like a call does.
+type Handler<St> =
+    for<'a> fn(&'a AdminState<St>, &'a AdminRequest, Option<IpAddr>) -> HandlerFuture<'a>;
+
+/// One endpoint: a method on a path, who may call it, and its handler.
+struct Route<St: 'static> {
+    method: Method,
+    path: &'static str,
+    access: Access,
+    handler: Handler<St>,
+}
+
+/// A row of [`AdminState::ROUTES`].
+const fn route<St>(
+    method: Method,
+    path: &'static str,
+    access: Access,
+    handler: Handler<St>,
+) -> Route<St> {
+    Route {
+        method,
+        path,
+        access,
+        handler,
+    }
+}
+
+/// The answer of a handler that does not wait.
+fn now<'a>(handled: Handled) -> HandlerFuture<'a> {
+    Box::pin(std::future::ready(handled))
+}
+
+impl<St: KeyStore> AdminState<St> {
+    /// Every endpoint, the one place routing reads: a path answers the methods listed for it
+    /// (any other gets 405 with `Allow` naming them, in this order), an unlisted path 404.
+    /// `Admin` routes need `X-Admin-Key`.
+    #[rustfmt::skip]
+    const ROUTES: &'static [Route<St>] = {
+        use Access::{Admin, Public};
+        use Method as M;
+        &[
+            route(M::GET, "/", Public, |s, _, _| now(reports::health(s))),
+            route(M::GET, "/health", Public, |s, _, _| now(reports::health(s))),
+            route(M::GET, "/metrics", Public, |s, _, _| Box::pin(reports::metrics(s))),
+            route(M::GET, "/pricing", Public, |s, _, _| now(reports::pricing(s))),
+            route(M::GET, "/.well-known/mcp-payment", Public, |s, _, _| now(reports::discovery(s))),
+            route(M::GET, "/balance", Public, |s, r, ip| Box::pin(keys::balance(s, r, ip))),
+            route(M::GET, "/keys", Admin, |s, r, _| Box::pin(keys::list(s, r))),
+            route(M::POST, "/keys", Admin, |s, r, _| Box::pin(keys::create(s, r))),
+            route(M::POST, "/topup", Admin, |s, r, _| Box::pin(keys::topup(s, r))),
+            route(M::POST, "/keys/revoke", Admin, |s, r, _| Box::pin(keys::revoke(s, r))),
+            route(M::POST, "/keys/rotate", Admin, |s, r, _| Box::pin(keys::rotate(s, r))),
+            route(M::POST, "/keys/acl", Admin, |s, r, _| Box::pin(keys::acl(s, r))),
+            route(M::POST, "/keys/expiry", Admin, |s, r, _| Box::pin(keys::expiry(s, r))),
+            route(M::POST, "/keys/quota", Admin, |s, r, _| Box::pin(keys::quota(s, r))),
+            route(M::POST, "/keys/tags", Admin, |s, r, _| Box::pin(keys::tags(s, r))),
+            route(M::POST, "/keys/ip", Admin, |s, r, _| Box::pin(keys::ip(s, r))),
+            route(M::POST, "/keys/search", Admin, |s, r, _| Box::pin(keys::search(s, r))),
+            route(M::POST, "/limits", Admin, |s, r, _| Box::pin(keys::limits(s, r))),
+            route(M::GET, "/usage", Admin, |s, r, _| now(reports::usage(s, r))),
+            route(M::GET, "/status", Admin, |s, _, _| Box::pin(reports::status(s))),
+            route(M::GET, "/analytics", Admin, |s, r, _| now(reports::analytics(s, r))),
+            route(M::GET, "/alerts", Admin, |s, _, _| now(reports::alerts(s))),
+            route(M::POST, "/alerts", Admin, |s, r, _| now(reports::configure_alerts(s, r))),
+            route(M::GET, "/audit", Admin, |s, r, _| now(reports::audit(s, r))),
+            route(M::GET, "/audit/export", Admin, |s, r, _| now(reports::audit_export(s, r))),
+            route(M::GET, "/audit/stats", Admin, |s, _, _| now(reports::audit_stats(s))),
+        ]
+    };
+
+    /// The route for `method` on `path`, or else the methods `path` takes (none when no
+    /// route has it).
+    fn find_route(path: &str, method: &Method) -> Result<&'static Route<St>, Vec<&'static str>> {
+        let at_path = || Self::ROUTES.iter().filter(move |r| r.path == path);
+        match at_path().find(|r| r.method == *method) {
+            Some(found) => Ok(found),
+            None => Err(at_path().map(|r| r.method.as_str()).collect()),
+        }
+    }
+}
+
+/// The answer to a request no route takes: 404 when its path takes no method, else 405 with
+/// `Allow` naming those it takes.
+fn no_route(allow: &[&str]) -> Reply {
+    if allow.is_empty() {
+        return error(StatusCode::NOT_FOUND, "not found").into_reply();
+    }
+    let mut resp = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed").into_reply();
+    if let Ok(v) = HeaderValue::from_str(&allow.join(", ")) {
+        resp.headers_mut().insert(ALLOW, v);
+    }
+    resp
+}
+
+/// Routes one request through [`AdminState::ROUTES`]: method, then the admin key for routes
+/// that need it, then the body (at most [`MAX_ADMIN_BODY`] bytes), then the handler.
+async fn route_request<St, B>(state: &AdminState<St>, req: Request<B>) -> Reply
 where
     St: KeyStore,
     B: Body,
@@ -415,28 +515,34 @@ where
         }
     };
     let path = parts.uri.path().trim_end_matches('/');
-    let path = if path.is_empty() { "/" } else { path }.to_string();
-    let Some((_, methods, public)) = ROUTES.iter().find(|(p, _, _)| *p == path) else {
-        return early(error(StatusCode::NOT_FOUND, "not found").into_reply());
+    let cfg = state.gate.config();
+    let client_ip = crate::layer::client_ip(&parts, cfg.trusted_proxy_hops, &cfg.trusted_proxies);
+    let mut req = AdminRequest {
+        method: parts.method,
+        path: if path.is_empty() { "/" } else { path }.to_string(),
+        query: parts
+            .uri
+            .query()
+            .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+            .unwrap_or_default(),
+        headers: parts.headers,
+        // Read below, once the request has passed the method and admin-key checks.
+        body: Bytes::new(),
     };
-    if !methods.contains(&parts.method) {
-        let mut resp = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed").into_reply();
-        let allow: Vec<&str> = methods.iter().map(Method::as_str).collect();
-        if let Ok(v) = HeaderValue::from_str(&allow.join(", ")) {
-            resp.headers_mut().insert(ALLOW, v);
-        }
-        return early(resp);
-    }
-    if !public && !state.admin_key_ok(&parts.headers) {
+    let route = match AdminState::<St>::find_route(&req.path, &req.method) {
+        Ok(route) => route,
+        Err(allow) => return early(no_route(&allow)),
+    };
+    if route.access == Access::Admin && !state.admin_key_ok(&req.headers) {
         state.gate.emit(
             "admin.auth_failed",
-            json!({"actor": "unknown", "path": path, "method": parts.method.as_str()}),
+            json!({"actor": "unknown", "path": req.path, "method": req.method.as_str()}),
         );
         return early(
             error(StatusCode::UNAUTHORIZED, "missing or invalid X-Admin-Key").into_reply(),
         );
     }
-    let body = match Limited::new(body, MAX_ADMIN_BODY).collect().await {
+    req.body = match Limited::new(body, MAX_ADMIN_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => {
             return early(
@@ -448,51 +554,9 @@ where
             )
         }
     };
-    // Found the way the gated endpoint finds it (peer address, X-Forwarded-For only from
-    // configured proxies), so `/balance` honours a key's IP allowlist like a call does.
-    let cfg = state.gate.config();
-    let client_ip = crate::layer::client_ip(&parts, cfg.trusted_proxy_hops, &cfg.trusted_proxies);
-    let query = parts
-        .uri
-        .query()
-        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-        .unwrap_or_default();
-    let req = AdminRequest {
-        method: parts.method,
-        path,
-        query,
-        headers: parts.headers,
-        body,
-    };
-    let handled = match (req.method.clone(), req.path.as_str()) {
-        (_, "/" | "/health") => reports::health(state),
-        (_, "/metrics") => reports::metrics(state).await,
-        (_, "/pricing") => reports::pricing(state),
-        (_, "/.well-known/mcp-payment") => reports::discovery(state),
-        (_, "/balance") => keys::balance(state, &req, client_ip).await,
-        (Method::POST, "/keys") => keys::create(state, &req).await,
-        (_, "/keys") => keys::list(state, &req).await,
-        (_, "/topup") => keys::topup(state, &req).await,
-        (_, "/keys/revoke") => keys::revoke(state, &req).await,
-        (_, "/keys/rotate") => keys::rotate(state, &req).await,
-        (_, "/keys/acl") => keys::acl(state, &req).await,
-        (_, "/keys/expiry") => keys::expiry(state, &req).await,
-        (_, "/keys/quota") => keys::quota(state, &req).await,
-        (_, "/keys/tags") => keys::tags(state, &req).await,
-        (_, "/keys/ip") => keys::ip(state, &req).await,
-        (_, "/keys/search") => keys::search(state, &req).await,
-        (_, "/limits") => keys::limits(state, &req).await,
-        (_, "/usage") => reports::usage(state, &req),
-        (_, "/status") => reports::status(state).await,
-        (_, "/analytics") => reports::analytics(state, &req),
-        (Method::POST, "/alerts") => reports::configure_alerts(state, &req),
-        (_, "/alerts") => reports::alerts(state),
-        (_, "/audit") => reports::audit(state, &req),
-        (_, "/audit/export") => reports::audit_export(state, &req),
-        (_, "/audit/stats") => reports::audit_stats(state),
-        _ => Err(error(StatusCode::NOT_FOUND, "not found")),
-    };
-    handled.unwrap_or_else(ApiError::into_reply)
+    (route.handler)(state, &req, client_ip)
+        .await
+        .unwrap_or_else(ApiError::into_reply)
 }
 
 impl<St> AdminState<St> {

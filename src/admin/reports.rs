@@ -72,7 +72,7 @@ pub(crate) async fn metrics<St: KeyStore>(state: &AdminState<St>) -> Handled {
         .metrics
         .as_ref()
         .ok_or_else(|| error(StatusCode::NOT_FOUND, "metrics are not enabled"))?;
-    let stats = state.gate.store().stats().await?;
+    let stats = state.gate.key_stats().await?;
     let mut text = m.render(stats, state.gate.alerts().pending_count());
     let gauges = upstream_gauges(state);
     match text.rfind("# EOF") {
@@ -132,7 +132,7 @@ pub(crate) fn discovery<St: KeyStore>(state: &AdminState<St>) -> Handled {
 }
 
 pub(crate) async fn status<St: KeyStore>(state: &AdminState<St>) -> Handled {
-    let stats = state.gate.store().stats().await?;
+    let stats = state.gate.key_stats().await?;
     let cfg = state.gate.config();
     Ok(json_reply(
         StatusCode::OK,

@@ -3,6 +3,10 @@
 //! [`Gate::evaluate`] resolves the price, asks the store to check and charge atomically,
 //! records the usage event, feeds analytics and checks alert rules. It knows nothing of HTTP;
 //! the tower layers translate requests into [`CallRequest`]s and [`Decision`]s into responses.
+//!
+//! This file holds the decision (`evaluate`, `decide`, `authorize`, refunds, usage
+//! recording); `keys.rs` holds the key lifecycle (create, read, list, change, rotate,
+//! revoke), which every caller, the admin API included, goes through instead of the store.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -10,12 +14,15 @@ use std::sync::Arc;
 
 pub use crate::blocking::block_on;
 pub use crate::deny::{DenyCategory, DenyReason};
+pub use keys::{GateError, IssuedKey};
+
+mod keys;
 
 use crate::alerts::{Alert, AlertContext, AlertEngine};
 use crate::analytics::AnalyticsEngine;
 use crate::clock::{ms_to_datetime, SharedClock, SystemClock};
 use crate::config::{ConfigError, PayGateConfig};
-use crate::key::{generate_key, KeyDigest, KeyRecord};
+use crate::key::{KeyDigest, KeyRecord};
 use crate::meter::{AdminEvent, EventSink, UsageEvent, UsageMeter};
 use crate::pricing::Pricing;
 use crate::ratelimit::RateState;
@@ -128,20 +135,6 @@ impl Decision {
     }
 }
 
-/// Why a key could not be created.
-#[derive(Debug, thiserror::Error)]
-pub enum GateError {
-    /// The store refused or failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// The OS random source failed.
-    #[error("cannot generate a key: {0}")]
-    Random(String),
-    /// The input is not acceptable.
-    #[error("{0}")]
-    Invalid(String),
-}
-
 /// The gate over a store `S` (in memory by default).
 ///
 /// ```
@@ -160,6 +153,32 @@ pub enum GateError {
 /// let second = gate.evaluate_blocking(&CallRequest::new(&key, "search"));
 /// assert_eq!(second.reason, Some(DenyReason::InsufficientCredits));
 /// assert_eq!(second.message(), "Payment required: insufficient_credits: need 5, have 2");
+/// ```
+///
+/// Keys are created, read, changed, rotated and revoked through the gate too, never the
+/// store directly, so the core's rules hold however keys are managed:
+///
+/// ```
+/// use paygate_mcp::{block_on, Gate, KeyUpdate, PayGateConfig};
+///
+/// let gate = Gate::new(PayGateConfig::default()).unwrap();
+/// let key = gate.create_key_blocking("alice", 10).unwrap();
+/// block_on(async {
+///     let rec = gate.top_up(&key, 5).await.unwrap().expect("a known key");
+///     assert_eq!(rec.credits, 15);
+///     assert!(gate.top_up(&key, 0).await.is_err(), "a top-up adds at least one credit");
+///
+///     let change = KeyUpdate::SetSpendingLimit(12);
+///     assert_eq!(gate.update_key(&key, change).await.unwrap().unwrap().spending_limit, 12);
+///
+///     let rotated = gate.rotate(&key).await.unwrap().expect("a known key");
+///     assert!(gate.get_key(&key).await.unwrap().is_none(), "the old key is gone");
+///     assert_eq!(rotated.record.credits, 15, "the new key has everything the old one had");
+///
+///     gate.revoke(&rotated.key).await.unwrap();
+///     assert!(!gate.get_key(&rotated.key).await.unwrap().unwrap().active);
+///     assert_eq!(gate.key_stats().await.unwrap().active_keys, 0);
+/// });
 /// ```
 pub struct Gate<S = MemoryKeyStore> {
     store: S,
@@ -287,7 +306,10 @@ impl<S: KeyStore> Gate<S> {
         }
     }
 
-    /// The store.
+    /// The store, for what is particular to one backend (saving a state file, a Redis
+    /// store's unsettled charges). Keys are created, read and changed through the gate's
+    /// own methods ([`Gate::create_key_with`], [`Gate::update_key`], …), which keep its
+    /// rules.
     pub fn store(&self) -> &S {
         &self.store
     }
@@ -319,28 +341,6 @@ impl<S: KeyStore> Gate<S> {
     /// Whether `method` passes without a key and without billing.
     pub fn is_free_method(&self, method: &str) -> bool {
         self.config.free_methods.iter().any(|m| m == method)
-    }
-
-    /// Creates a key with `credits` and returns the plaintext key (shown once).
-    pub async fn create_key(&self, name: &str, credits: u64) -> Result<String, GateError> {
-        let key = generate_key().map_err(|e| GateError::Random(e.to_string()))?;
-        self.import_key(&key, name, credits).await?;
-        Ok(key)
-    }
-
-    /// Stores an existing plaintext key (e.g. migrated from another gateway).
-    pub async fn import_key(&self, key: &str, name: &str, credits: u64) -> Result<(), GateError> {
-        if key.len() < 16 || key.len() > 256 || !key.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(GateError::Invalid(
-                "a key must be 16 to 256 printable ASCII characters".into(),
-            ));
-        }
-        if credits > crate::config::MAX_AMOUNT {
-            return Err(GateError::Invalid("credits too large".into()));
-        }
-        let rec = KeyRecord::new(key, name, credits, self.clock.now_ms());
-        self.store.insert(rec).await?;
-        Ok(())
     }
 
     /// Runs SPEC §3 for one `tools/call`: decide, charge atomically, record, alert.
@@ -594,11 +594,6 @@ impl Gate<MemoryKeyStore> {
     /// [`Gate::evaluate`] without an async runtime (the memory store never waits).
     pub fn evaluate_blocking(&self, call: &CallRequest<'_>) -> Decision {
         block_on(self.evaluate(call))
-    }
-
-    /// [`Gate::create_key`] without an async runtime.
-    pub fn create_key_blocking(&self, name: &str, credits: u64) -> Result<String, GateError> {
-        block_on(self.create_key(name, credits))
     }
 
     /// [`Gate::refund`] without an async runtime.

@@ -1,0 +1,211 @@
+//! The key lifecycle: creating, reading, listing, changing, rotating and revoking keys.
+//!
+//! Every caller goes through these methods rather than the store, so the rules that belong to
+//! the core (amount bounds, what a key looks like) hold however a key is managed: from the
+//! admin API, from a program embedding the gate, or from a test. They stay thin: each
+//! checks its input and makes one store call; events and answers are the caller's business.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use super::Gate;
+use crate::amount::MAX_AMOUNT;
+use crate::blocking::block_on;
+use crate::key::{generate_key, mask_key, KeyDigest, KeyRecord};
+use crate::store::{KeyPage, KeyStore, KeyUpdate, MemoryKeyStore, StoreError, StoreStats};
+
+/// The longest key the gate accepts, to store or to look up.
+const MAX_KEY_LEN: usize = 256;
+/// The shortest key [`Gate::import_key`] stores.
+const MIN_IMPORTED_KEY_LEN: usize = 16;
+
+/// Why a key could not be created, changed or read.
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    /// The store refused or failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The OS random source failed.
+    #[error("cannot generate a key: {0}")]
+    Random(String),
+    /// The input is not acceptable.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A key just created or rotated: the plaintext key, to be shown once, and its record as
+/// stored (which holds only the key's digest and masked form). `Debug` masks the key.
+#[derive(Clone)]
+pub struct IssuedKey {
+    /// The full API key. Only its holder has it from now on.
+    pub key: String,
+    /// The key's record as stored.
+    pub record: KeyRecord,
+}
+
+impl fmt::Debug for IssuedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IssuedKey")
+            .field("key", &mask_key(&self.key))
+            .field("record", &self.record)
+            .finish()
+    }
+}
+
+/// A fresh key from the OS random source.
+fn new_key() -> Result<String, GateError> {
+    generate_key().map_err(|e| GateError::Random(e.to_string()))
+}
+
+/// The digest of a key presented to change it, refusing text that cannot be a key.
+fn presented(key: &str) -> Result<KeyDigest, GateError> {
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        return Err(GateError::Invalid("'key' must be the full API key".into()));
+    }
+    Ok(KeyDigest::of(key))
+}
+
+/// Refuses a balance no figure may reach.
+fn check_credits(credits: u64) -> Result<(), GateError> {
+    if credits > MAX_AMOUNT {
+        return Err(GateError::Invalid("credits too large".into()));
+    }
+    Ok(())
+}
+
+impl<S: KeyStore> Gate<S> {
+    /// Creates a key named `name` with `credits` and returns the plaintext key (shown once).
+    pub async fn create_key(&self, name: &str, credits: u64) -> Result<String, GateError> {
+        Ok(self.create_key_with(name, credits, &[]).await?.key)
+    }
+
+    /// Creates a key named `name` with `credits`, set up by `setup` (tool lists, expiry,
+    /// quota, tags, IP allowlist, spending limit, …) before it is stored, so it never exists
+    /// without them. A change the key's bounds refuse fails the whole creation
+    /// ([`StoreError::Invalid`]) and nothing is stored.
+    ///
+    /// ```
+    /// use paygate_mcp::{block_on, Gate, KeyUpdate, PayGateConfig};
+    ///
+    /// let gate = Gate::new(PayGateConfig::default()).unwrap();
+    /// let acl = |tool: &str| KeyUpdate::SetAcl {
+    ///     allowed_tools: vec![tool.to_string()],
+    ///     denied_tools: Vec::new(),
+    /// };
+    /// let issued = block_on(gate.create_key_with("alice", 50, &[acl("search")])).unwrap();
+    /// assert_eq!(issued.record.allowed_tools, ["search"]);
+    /// assert!(block_on(gate.create_key_with("bob", 50, &[acl("")])).is_err(), "no empty names");
+    /// assert_eq!(block_on(gate.key_stats()).unwrap().total_keys, 1, "bob was never stored");
+    /// ```
+    pub async fn create_key_with(
+        &self,
+        name: &str,
+        credits: u64,
+        setup: &[KeyUpdate],
+    ) -> Result<IssuedKey, GateError> {
+        check_credits(credits)?;
+        let key = new_key()?;
+        let mut record = KeyRecord::new(&key, name, credits, self.clock.now_ms());
+        for change in setup {
+            change.apply(&mut record)?;
+        }
+        self.store.insert(record.clone()).await?;
+        Ok(IssuedKey { key, record })
+    }
+
+    /// Stores an existing plaintext key (e.g. migrated from another gateway): 16 to 256
+    /// printable ASCII characters.
+    pub async fn import_key(&self, key: &str, name: &str, credits: u64) -> Result<(), GateError> {
+        let len_ok = (MIN_IMPORTED_KEY_LEN..=MAX_KEY_LEN).contains(&key.len());
+        if !len_ok || !key.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(GateError::Invalid(format!(
+                "a key must be {MIN_IMPORTED_KEY_LEN} to {MAX_KEY_LEN} printable ASCII characters"
+            )));
+        }
+        check_credits(credits)?;
+        let rec = KeyRecord::new(key, name, credits, self.clock.now_ms());
+        self.store.insert(rec).await?;
+        Ok(())
+    }
+
+    /// The record of `key` (the full API key), revoked or not; `None` when there is no such
+    /// key. Any text may be asked for: what is not a key is simply not found.
+    pub async fn get_key(&self, key: &str) -> Result<Option<KeyRecord>, GateError> {
+        Ok(self.store.get(&KeyDigest::of(key)).await?)
+    }
+
+    /// Up to `limit` keys after the cursor `after` (a [`KeyPage::next_cursor`]), in the
+    /// store's stable order.
+    pub async fn list_keys(
+        &self,
+        after: Option<KeyDigest>,
+        limit: usize,
+    ) -> Result<KeyPage, GateError> {
+        Ok(self.store.list(after, limit).await?)
+    }
+
+    /// Up to `limit` keys whose tags hold every pair in `tags`.
+    pub async fn search_keys(
+        &self,
+        tags: &BTreeMap<String, String>,
+        limit: usize,
+    ) -> Result<Vec<KeyRecord>, GateError> {
+        Ok(self.store.search_by_tags(tags, limit).await?)
+    }
+
+    /// How many keys there are, how many are active, and the credits they hold.
+    pub async fn key_stats(&self) -> Result<StoreStats, GateError> {
+        Ok(self.store.stats().await?)
+    }
+
+    /// Applies `change` to `key` (the full API key) in one atomic step and returns the
+    /// record afterwards; `None` when there is no such key. A revoked key takes no change
+    /// but [`KeyUpdate::Revoke`] ([`StoreError::Revoked`]); a change that would break a
+    /// bound is refused ([`StoreError::Invalid`]) and changes nothing.
+    pub async fn update_key(
+        &self,
+        key: &str,
+        change: KeyUpdate,
+    ) -> Result<Option<KeyRecord>, GateError> {
+        let digest = presented(key)?;
+        Ok(self.store.update(&digest, &change).await?)
+    }
+
+    /// Adds `credits` (at least 1) to `key`'s balance; the balance stays within
+    /// [`MAX_AMOUNT`]. `None` when there is no such key.
+    pub async fn top_up(&self, key: &str, credits: u64) -> Result<Option<KeyRecord>, GateError> {
+        if credits == 0 {
+            return Err(GateError::Invalid("'credits' must be at least 1".into()));
+        }
+        self.update_key(key, KeyUpdate::TopUp(credits)).await
+    }
+
+    /// Deactivates `key` for good: its calls are refused from now on, and its record stays
+    /// for reports. Revoking a revoked key changes nothing. `None` when there is no such key.
+    pub async fn revoke(&self, key: &str) -> Result<Option<KeyRecord>, GateError> {
+        self.update_key(key, KeyUpdate::Revoke).await
+    }
+
+    /// Replaces `key` by a new key that takes over all of its state (balance, limits,
+    /// counters, tags); the old key stops working at once. `None` when there is no such key;
+    /// a revoked key cannot be rotated ([`StoreError::Revoked`]).
+    pub async fn rotate(&self, key: &str) -> Result<Option<IssuedKey>, GateError> {
+        let old = presented(key)?;
+        let new_key = new_key()?;
+        let record = self
+            .store
+            .rotate(&old, KeyDigest::of(&new_key), mask_key(&new_key))
+            .await?;
+        Ok(record.map(|record| IssuedKey {
+            key: new_key,
+            record,
+        }))
+    }
+}
+
+impl Gate<MemoryKeyStore> {
+    /// [`Gate::create_key`] without an async runtime.
+    pub fn create_key_blocking(&self, name: &str, credits: u64) -> Result<String, GateError> {
+        block_on(self.create_key(name, credits))
+    }
+}
