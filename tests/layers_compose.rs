@@ -150,7 +150,14 @@ async fn every_subset_in_every_order_charges_exactly_for_the_stages_present() {
         let hits = Arc::new(AtomicUsize::new(0));
         let svc = stack(&gate, &stages, hits.clone());
 
+        let deciding = stages
+            .iter()
+            .filter(|s| matches!(s, Stage::RateLimit | Stage::Quota | Stage::Billing))
+            .count();
         let (headers, first) = answer(svc.clone().oneshot(call(&key)).await.unwrap()).await;
+        // The first call on a route: each deciding layer not decided further out decides
+        // its own stage (and records its event); then the outermost knows the route.
+        assert_eq!(gate.meter().len(), deciding, "{stages:?}: first call");
         assert!(first.get("result").is_some(), "{stages:?}: {first}");
         assert_eq!(
             headers.contains_key("x-credits-remaining"),
@@ -178,16 +185,25 @@ async fn every_subset_in_every_order_charges_exactly_for_the_stages_present() {
             100 - charged as u64,
             "{stages:?}: credits are charged once per call, and only with billing"
         );
-        let decides = has(Stage::RateLimit) || has(Stage::Quota) || has(Stage::Billing);
+        let decides = deciding > 0;
         assert_eq!(
             rec.total_calls,
-            if decides { allowed as u64 } else { 0 },
-            "{stages:?}: one decision per call"
+            if has(Stage::Billing) {
+                allowed as u64
+            } else {
+                0
+            },
+            "{stages:?}: billing counts each call once"
+        );
+        assert_eq!(
+            rec.quota_usage.daily_calls,
+            if has(Stage::Quota) { allowed as u64 } else { 0 },
+            "{stages:?}: quotas count each call once"
         );
         assert_eq!(
             gate.meter().len(),
-            if decides { 2 } else { 0 },
-            "{stages:?}: one usage event per decided call"
+            deciding + usize::from(decides),
+            "{stages:?}: from the second call on, one decision (one usage event) per call"
         );
 
         // A key nobody issued: refused wherever a key-checking stage is.

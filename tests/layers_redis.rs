@@ -194,6 +194,14 @@ impl Stats {
     }
 }
 
+/// Sends one call through `svc` and checks it was answered with a result.
+async fn send_one(svc: &Stack, key: &str, stages: &[Stage]) {
+    let resp = svc.clone().oneshot(call(key)).await.unwrap();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    assert!(v.get("result").is_some(), "{stages:?} first call: {v}");
+}
+
 /// Sends `CALLS` calls through `svc` and checks each was answered with a result.
 async fn send_calls(svc: &Stack, key: &str, stages: &[Stage]) {
     for n in 0..CALLS {
@@ -204,7 +212,7 @@ async fn send_calls(svc: &Stack, key: &str, stages: &[Stage]) {
     }
 }
 
-// Every ordering of every subset (321 stacks, 963 calls) runs in a few seconds in debug
+// Every ordering of every subset (321 stacks, 1,284 calls) runs in a few seconds in debug
 // mode, so no orderings are skipped.
 #[tokio::test]
 async fn one_evalsha_per_call_through_every_composition() {
@@ -216,6 +224,20 @@ async fn one_evalsha_per_call_through_every_composition() {
     for stages in stacks {
         let key = gate.create_key("k", CREDITS).await.unwrap();
         let svc = stack(&gate, &stages);
+        // A route's first call: each deciding layer the outermost did not decide for yet
+        // decides its own stage, one EVALSHA each.
+        stats.reset().await;
+        send_one(&svc, &key, &stages).await;
+        let deciding = stages
+            .iter()
+            .filter(|s| matches!(s, Stage::RateLimit | Stage::Quota | Stage::Billing))
+            .count() as u64;
+        assert_eq!(
+            stats.commands().await.get("evalsha").copied(),
+            Some(deciding),
+            "{stages:?}: the first call"
+        );
+        // From then on the outermost layer knows the route: one EVALSHA per call.
         stats.reset().await;
         send_calls(&svc, &key, &stages).await;
         let commands = stats.commands().await;
@@ -245,16 +267,25 @@ async fn one_evalsha_per_call_through_every_composition() {
             .unwrap()
             .unwrap();
         let billed = stages.contains(&Stage::Billing);
+        let calls = CALLS + 1;
         assert_eq!(
-            (rec.credits, rec.total_spent),
+            (rec.credits, rec.total_spent, rec.total_calls),
             if billed {
-                (CREDITS - CALLS * PRICE, CALLS * PRICE)
+                (CREDITS - calls * PRICE, calls * PRICE, calls)
             } else {
-                (CREDITS, 0)
+                (CREDITS, 0, 0)
             },
-            "{stages:?}: credits move with billing only"
+            "{stages:?}: credits and calls counted once per call, with billing only"
         );
-        assert_eq!(rec.total_calls, CALLS, "{stages:?}: each call decided once");
+        assert_eq!(
+            rec.quota_usage.daily_calls,
+            if stages.contains(&Stage::Quota) {
+                calls
+            } else {
+                0
+            },
+            "{stages:?}: quota counters count once per call, with quotas only"
+        );
     }
 }
 
@@ -268,6 +299,7 @@ async fn auth_and_alerts_alone_issue_no_evalsha() {
     for stages in stacks {
         let key = gate.create_key("k", CREDITS).await.unwrap();
         let svc = stack(&gate, &stages);
+        send_one(&svc, &key, &stages).await;
         stats.reset().await;
         send_calls(&svc, &key, &stages).await;
         let commands = stats.commands().await;

@@ -281,6 +281,8 @@ impl<S: KeyStore> Gate<S> {
     pub async fn refund_and_record(&self, receipt: ChargeReceipt, reason: &str) {
         let credits = receipt.credits;
         match self.refund(receipt).await {
+            // Undoing a count (a quota-only charge) gives nothing back: no refund event.
+            Ok(Some(_)) if credits == 0 => {}
             Ok(Some(snap)) => {
                 tracing::info!(key = %snap.key_masked, credits, reason, "refunded");
                 self.emit(
@@ -346,7 +348,7 @@ impl<S: KeyStore> Gate<S> {
     /// Runs SPEC §3 for one `tools/call`: decide, charge atomically, record, alert.
     pub async fn evaluate(&self, call: &CallRequest<'_>) -> Decision {
         let (decision, decided_at_ms) = self.decide(call, Checks::ALL, true).await;
-        self.record_usage(&decision, decided_at_ms, None);
+        self.record_usage(&decision, decided_at_ms, None, false);
         decision
     }
 
@@ -360,7 +362,8 @@ impl<S: KeyStore> Gate<S> {
         alerts: bool,
     ) -> (Decision, i64) {
         let now_ms = self.clock.now_ms();
-        let price = self.pricing.price(call.tool, call.input_bytes);
+        // Without billing the call costs nothing, and says so in a denial.
+        let price = checks.price(self.pricing.price(call.tool, call.input_bytes));
         let outcome = self.charge(call, price, now_ms, checks).await;
         (self.conclude(call, price, outcome, alerts), now_ms)
     }
@@ -390,8 +393,10 @@ impl<S: KeyStore> Gate<S> {
                     price,
                     client_ip: call.client_ip,
                     now_ms,
-                    global_rate_limit: self.config.global_rate_limit_per_min,
-                    tool_rate_limit: self.pricing.tool_rate_limit(call.tool),
+                    // Applied here as well as by the store, so a store that does not
+                    // know `checks` yet still charges and limits only what is present.
+                    global_rate_limit: checks.rate_limit(self.config.global_rate_limit_per_min),
+                    tool_rate_limit: checks.rate_limit(self.pricing.tool_rate_limit(call.tool)),
                     global_quota: self.config.global_quota,
                     shadow: self.config.shadow_mode,
                     checks,
@@ -494,7 +499,7 @@ impl<S: KeyStore> Gate<S> {
     pub fn deny(&self, reason: DenyReason, tool: &str, call: &CallRequest<'_>) -> Decision {
         let detail = self.detail(reason, call, 0, None, None);
         let decision = Decision::denied(reason, detail, tool, 0, self.config.shadow_mode);
-        self.record_usage(&decision, self.clock.now_ms(), None);
+        self.record_usage(&decision, self.clock.now_ms(), None, false);
         decision
     }
 
@@ -503,10 +508,16 @@ impl<S: KeyStore> Gate<S> {
         self.store.refund(receipt, self.clock.now_ms()).await
     }
 
-    /// Records the usage event of a decision made at `now_ms` (analytics, meter, sink), with
-    /// the time the call took when it ran.
+    /// Records the usage event of a decision at `now_ms` (analytics, meter, sink), with the
+    /// time the call took when it ran; a refunded call shows nothing charged.
     #[inline]
-    pub(crate) fn record_usage(&self, d: &Decision, now_ms: i64, duration_ms: Option<u64>) {
+    pub(crate) fn record_usage(
+        &self,
+        d: &Decision,
+        now_ms: i64,
+        duration_ms: Option<u64>,
+        refunded: bool,
+    ) {
         let deny_reason = d.reason.map(|r| {
             if d.shadow {
                 format!("shadow:{r}")
@@ -522,7 +533,7 @@ impl<S: KeyStore> Gate<S> {
                 .map_or_else(String::new, |k| k.key_masked.clone()),
             key_name: d.key.as_ref().map_or_else(String::new, |k| k.name.clone()),
             tool: d.tool.clone(),
-            credits_charged: d.credits_charged,
+            credits_charged: if refunded { 0 } else { d.credits_charged },
             allowed: d.allowed,
             deny_reason,
             duration_ms,

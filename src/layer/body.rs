@@ -64,6 +64,18 @@ impl RefundWatch {
         }
     }
 
+    /// A watch that refunds nothing and only tells when the call's answer came.
+    pub(crate) fn answer_only(framing: Framing) -> Self {
+        let mut watch = Self::new(framing, false, Box::pin(async {}));
+        watch.on_failure = None;
+        watch
+    }
+
+    /// The call's answer was seen (or the watch gave up on it).
+    fn answered(&self) -> bool {
+        self.decided || self.overflow
+    }
+
     /// Feeds a chunk; returns true when a failure was seen.
     fn feed(&mut self, chunk: &[u8]) -> bool {
         if self.decided || self.overflow {
@@ -452,6 +464,11 @@ where
                     ready!(fut.as_mut().poll(cx));
                     *pending = None;
                 }
+                // The call is over once its answer came (and any refund it owed was made),
+                // even if the stream stays open.
+                if matches!(watch, Some(Watch::Refund(r)) if r.answered()) {
+                    drop(on_end.take());
+                }
                 if let Some(frame) = held.take() {
                     *sent_any = true;
                     return Poll::Ready(frame);
@@ -494,6 +511,10 @@ where
                 if polled.as_ref().is_none_or(Result::is_err) {
                     drop(on_end.take());
                 }
+                // A JSON body under way takes no second document at the deadline.
+                if matches!(&polled, Some(Ok(f)) if f.data_ref().is_some_and(|d| !d.is_empty())) {
+                    *sent_any = true;
+                }
                 let Some(w) = watch.as_mut() else {
                     return Poll::Ready(polled);
                 };
@@ -503,6 +524,11 @@ where
                             if r.feed(data) {
                                 *pending = r.on_failure.take();
                             }
+                        }
+                        // Answered with nothing to refund: the call is over now (with a
+                        // refund, once it is made, at the top of the loop).
+                        if r.answered() && pending.is_none() {
+                            drop(on_end.take());
                         }
                         Some(Ok(frame))
                     }

@@ -1,6 +1,7 @@
 //! Sending a request on: plain, with its answer rewritten, or as an allowed `tools/call`
 //! under the call timeout with refunds for calls that did not run or failed.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -12,9 +13,10 @@ use serde_json::json;
 use tower::Service;
 
 use super::body::{self, Deadline, Framing, RefundWatch, Rewrite, Watch};
-use super::paygate::Traversal;
 use super::request::McpContext;
 use super::respond::{expose_headers, json_response};
+use super::stack::Traversal;
+use super::stage::StageSet;
 use super::tools_list::Transform;
 use super::GateBody;
 use crate::gate::{Decision, Gate};
@@ -46,7 +48,7 @@ pub(crate) async fn forward<S, R>(
     mut inner: S,
     parts: http::request::Parts,
     ctx: &McpContext,
-    traversal: &Traversal,
+    done: Option<&Traversal>,
     rewrite: Option<(Transform, Option<String>)>,
 ) -> Answer<R, S::Error>
 where
@@ -55,7 +57,9 @@ where
 {
     // `poll_ready` was driven on this service by `GateService::call`'s caller.
     let resp = inner.call(rebuild(parts, ctx)).await?;
-    traversal.done();
+    if let Some(t) = done {
+        t.done();
+    }
     let (mut head, body) = resp.into_parts();
     let watch = rewrite.map(|(f, id)| {
         head.headers.remove(CONTENT_LENGTH);
@@ -76,6 +80,8 @@ pub(crate) struct PendingUsage<St: KeyStore> {
     pub(crate) dispatch_events: bool,
     /// The call's span, given its duration and closed with the record.
     pub(crate) span: tracing::Span,
+    /// Set when a refund of the call began: the event then shows nothing charged.
+    pub(crate) refunded: Arc<AtomicBool>,
 }
 
 impl<St: KeyStore> Drop for PendingUsage<St> {
@@ -88,8 +94,14 @@ impl<St: KeyStore> Drop for PendingUsage<St> {
             self.span.record("duration_ms", ms);
             tracing::debug!(parent: &self.span, duration_ms = ms, "call finished");
         }
-        self.gate
-            .record_usage(&self.decision, self.decided_at_ms, duration);
+        // Stamped when it is recorded, so a reader paging by time never skips a slow call.
+        let refunded = self.refunded.load(Ordering::Acquire);
+        self.gate.record_usage(
+            &self.decision,
+            self.gate.clock().now_ms(),
+            duration,
+            refunded,
+        );
         if self.dispatch_events {
             self.gate.dispatch_events(&self.decision);
         }
@@ -118,7 +130,7 @@ pub(crate) async fn forward_call<S, St, R>(
     parts: http::request::Parts,
     ctx: &McpContext,
     gate: &Arc<Gate<St>>,
-    traversal: &Traversal,
+    done: Option<&Traversal>,
     forwarded: Forwarded<St>,
 ) -> Answer<R, S::Error>
 where
@@ -132,10 +144,13 @@ where
         usage,
         id,
     } = forwarded;
+    let refunded = usage.refunded.clone();
     let mut refund = |reason: &'static str| -> Option<body::FollowUp> {
         let receipt = receipt.take()?;
         let gate = gate.clone();
+        let refunded = refunded.clone();
         Some(Box::pin(async move {
+            refunded.store(true, Ordering::Release);
             // Once begun, a refund runs to the end on its own task: a client that hangs up
             // while the store is slow drops the response, not the money owed to it.
             let refund = tokio::spawn(async move { gate.refund_and_record(receipt, reason).await });
@@ -166,9 +181,24 @@ where
             return Err(e);
         }
     };
-    traversal.done();
     let (mut head, body) = resp.into_parts();
     expose_headers(&mut head.headers);
+    if let Some(t) = done {
+        let undecided_here = t.done();
+        // A layer further in denied the call: nothing ran.
+        if t.denied_inside() {
+            if let Some(r) = refund("not_run") {
+                r.await;
+            }
+            return Ok(Response::from_parts(head, GateBody::inner(body, None)));
+        }
+        // Charged for a stage learned on another request that is not on this one's route.
+        if undecided_here.intersects(StageSet::BILLING | StageSet::QUOTA) {
+            if let Some(r) = refund("not_in_stack") {
+                r.await;
+            }
+        }
+    }
     // A 4xx means the downstream refused the request itself (406 without `Accept`, 415,
     // 403 for a foreign `Host`, ...) and a 503 that it could not take it (an upstream down
     // or restarting): no tool ran, so nothing is owed.
@@ -181,12 +211,23 @@ where
         return Ok(Response::from_parts(head, GateBody::inner(body, None)));
     }
     let framing = framing(&head.headers);
-    let watch = refund("tool_failed")
-        .filter(|_| refund_on_failure)
-        .map(|on_failure| {
-            let w = RefundWatch::new(framing, gate.config().refund_on_tool_error, on_failure);
-            Watch::Refund(Box::new(w))
-        });
+    let on_failure = if refund_on_failure {
+        refund("tool_failed")
+    } else {
+        None
+    };
+    let watch = match on_failure {
+        Some(on_failure) => Some(RefundWatch::new(
+            framing,
+            gate.config().refund_on_tool_error,
+            on_failure,
+        )),
+        // An SSE stream may stay open after the answer: watch for it to know when the
+        // call is over. A JSON body ends with its answer.
+        None if framing == Framing::Sse => Some(RefundWatch::answer_only(framing)),
+        None => None,
+    }
+    .map(|w| Watch::Refund(Box::new(w)));
     let deadline = deadline.map(|d| d.with_framing(framing));
     Ok(Response::from_parts(
         head,

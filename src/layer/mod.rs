@@ -58,6 +58,7 @@ mod request;
 mod respond;
 mod route;
 mod service;
+mod stack;
 mod stage;
 mod stage_layer;
 mod tools_list;

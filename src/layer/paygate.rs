@@ -1,12 +1,10 @@
 //! [`PayGate`]: the handle every layer is made from.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::Response;
 
-use super::stage::StageSet;
 use super::{
     AlertLayer, AuthLayer, BearerResolver, BillingLayer, PayGateLayer, QuotaLayer, RateLimitLayer,
 };
@@ -19,23 +17,16 @@ use crate::store::MemoryKeyStore;
 /// returns the answer to send.
 pub type DenialHandler = Arc<dyn Fn(&Decision, Response<Bytes>) -> Response<Bytes> + Send + Sync>;
 
-/// The stack the layers of one handle form: which stages were layered, shared by them all.
-#[derive(Default)]
-struct Stack {
-    stages: AtomicU8,
-    /// The mismatch of a misused handle was logged.
-    warned: AtomicBool,
-}
-
-/// The handle the layers are made from: one [`Gate`] and the set of stages its layers add.
+/// The handle the layers are made from: one [`Gate`] with the options its layers share.
 ///
 /// Each layer does only its concern ([`PayGate::auth`] checks keys, [`PayGate::rate_limit`]
 /// applies rate windows, [`PayGate::quota`] quotas, [`PayGate::billing`] credits and
-/// refunds, [`PayGate::alerts`] fires alert rules). Composed in any order, the outermost
-/// one reads and parses the request once and makes **one** atomic store call covering
-/// exactly the stages the handle's layers add; the others see its work in the request's
-/// extensions and pass the request on. Use one handle per stack: two stacks with different
-/// stages need two handles (they may share the gate, see [`PayGate::from_gate`]).
+/// refunds, [`PayGate::alerts`] fires alert rules). Stacked in any order, the layers over
+/// one gate read and parse a request once and, from the second call on a route, make **one**
+/// atomic store call covering exactly the stages on it: the outermost layer decides for the
+/// stages it learned are further in and the others pass the request on (on a route's first
+/// call, a layer whose stage was not decided yet decides for it itself). Configure the
+/// handle (`with_*`) before making its layers.
 ///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -57,15 +48,13 @@ struct Stack {
 /// let resp = svc.oneshot(req).await.unwrap();
 /// assert_eq!(resp.headers()["x-ratelimit-remaining"], "99");
 /// assert!(resp.headers().get("x-credits-remaining").is_none());
-/// let record = pg.gate().store().get(&paygate_mcp::KeyDigest::of(&key)).await.unwrap().unwrap();
-/// assert_eq!(record.credits, 10);
+/// assert_eq!(pg.gate().get_key(&key).await.unwrap().unwrap().credits, 10);
 /// # });
 /// ```
 pub struct PayGate<St = MemoryKeyStore> {
     pub(crate) gate: Arc<Gate<St>>,
     pub(crate) bearer: Option<BearerResolver>,
     pub(crate) denial: Option<DenialHandler>,
-    stack: Arc<Stack>,
 }
 
 impl<St> Clone for PayGate<St> {
@@ -74,7 +63,6 @@ impl<St> Clone for PayGate<St> {
             gate: self.gate.clone(),
             bearer: self.bearer.clone(),
             denial: self.denial.clone(),
-            stack: self.stack.clone(),
         }
     }
 }
@@ -83,7 +71,6 @@ impl<St> std::fmt::Debug for PayGate<St> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PayGate")
             .field("gate", &self.gate)
-            .field("stages", &self.stages())
             .field("bearer_resolver", &self.bearer.is_some())
             .field("denial_handler", &self.denial.is_some())
             .finish()
@@ -116,7 +103,6 @@ impl<St> PayGate<St> {
             gate,
             bearer: None,
             denial: None,
-            stack: Arc::default(),
         }
     }
 
@@ -187,68 +173,5 @@ impl<St> PayGate<St> {
     /// Every stage in one layer.
     pub fn layer(&self) -> PayGateLayer<St> {
         PayGateLayer::from_handle(self.clone())
-    }
-
-    /// The stages layered so far.
-    pub(crate) fn stages(&self) -> StageSet {
-        StageSet::from_bits(self.stack.stages.load(Ordering::Acquire))
-    }
-
-    /// Notes that a layer of `stage` was put in the stack.
-    pub(crate) fn register(&self, stage: StageSet) {
-        self.stack.stages.fetch_or(stage.bits(), Ordering::AcqRel);
-    }
-
-    /// Starts a request's way through the stack: the outermost layer `first` acts for
-    /// `decided_for`, and the layers further in mark themselves as they pass it on.
-    pub(crate) fn traversal(
-        &self,
-        decided_for: StageSet,
-        first: StageSet,
-        body: Bytes,
-    ) -> Traversal {
-        Traversal {
-            stack: self.stack.clone(),
-            decided_for,
-            seen: Arc::new(AtomicU8::new(first.bits())),
-            body,
-        }
-    }
-}
-
-/// The layers of one handle a request passed, carried in its extensions.
-#[derive(Clone)]
-pub(crate) struct Traversal {
-    stack: Arc<Stack>,
-    decided_for: StageSet,
-    seen: Arc<AtomicU8>,
-    /// The request body as read by the outermost layer, for the layers further in.
-    pub(crate) body: Bytes,
-}
-
-impl Traversal {
-    /// Whether the request belongs to `pg`'s stack (and was handled already).
-    pub(crate) fn is_of<St>(&self, pg: &PayGate<St>) -> bool {
-        Arc::ptr_eq(&self.stack, &pg.stack)
-    }
-
-    /// A layer further in passed the request on.
-    pub(crate) fn pass(&self, stage: StageSet) {
-        self.seen.fetch_or(stage.bits(), Ordering::AcqRel);
-    }
-
-    /// Called once the request passed every layer: when fewer stages than the handle knows
-    /// saw it, the handle is shared by stacks with different layers, which it cannot tell
-    /// apart. Logged once; one handle per stack is the fix.
-    pub(crate) fn done(&self) {
-        let seen = StageSet::from_bits(self.seen.load(Ordering::Acquire));
-        if seen != self.decided_for && !self.stack.warned.swap(true, Ordering::Relaxed) {
-            tracing::error!(
-                decided_for = ?self.decided_for,
-                layers_in_this_stack = ?seen,
-                "one PayGate handle is used in stacks with different layers; calls were \
-                 decided for every stage of the handle. Make one PayGate per stack."
-            );
-        }
     }
 }

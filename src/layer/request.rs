@@ -45,6 +45,17 @@ where
     R: Body,
 {
     let bytes = read_body(cfg.max_body_bytes, parts, body).await?;
+    context_of(cfg, bearer, parts, bytes)
+}
+
+/// The context of a request whose body was read: method and header checks, the parse (or
+/// the one a layer further out made of these bytes), the key and the client IP.
+pub(crate) fn context_of<R: Body>(
+    cfg: &PayGateConfig,
+    bearer: Option<&BearerResolver>,
+    parts: &http::request::Parts,
+    bytes: Bytes,
+) -> Result<McpContext, Refusal<R>> {
     // Only POST carries JSON-RPC; a body on any other method is refused, never passed on
     // ungated to a downstream that might read it anyway.
     if parts.method != Method::POST && !bytes.is_empty() {
@@ -89,7 +100,7 @@ where
 }
 
 /// The whole body, refused early when its declared or actual size passes `max`.
-async fn read_body<B, R>(
+pub(crate) async fn read_body<B, R>(
     max: u64,
     parts: &http::request::Parts,
     body: B,

@@ -10,17 +10,21 @@ use http_body_util::Full;
 use tower::Service;
 
 use super::forward::{forward, forward_call, Answer, Forwarded, PendingUsage};
-use super::paygate::{PayGate, Traversal};
-use super::request::{check_mcp_headers, check_method, read_context, McpContext};
+use super::paygate::PayGate;
+use super::request::{
+    check_mcp_headers, check_method, context_of, read_body, read_context, McpContext,
+};
 use super::respond::{decorate, denial_response, rpc_error};
+use super::stack::{Learned, Traversal};
 use super::stage::StageSet;
 use super::tools_list::tools_list_rewrite;
-use super::BoxError;
+use super::{BoxError, GateBody};
 use crate::gate::{CallRequest, Decision};
 use crate::jsonrpc::{self, ParsedRequest, RpcRequest};
 use crate::store::KeyStore;
 
-/// One JSON-RPC request on its way through the stack of `pg`, which has `stages`.
+/// One JSON-RPC request on its way through the layers over a gate, as one layer handles it
+/// for `stages`.
 struct Routed<'a, St> {
     pg: &'a PayGate<St>,
     stages: StageSet,
@@ -29,13 +33,18 @@ struct Routed<'a, St> {
     /// The request's id as the client wrote it, for the answers the layer writes.
     id: Option<&'a str>,
     traversal: &'a Traversal,
+    /// The layer is the outermost one: it learns the route and settles what was decided
+    /// for stages the request never passed.
+    outermost: bool,
 }
 
-/// Handles `req` for every stage of `pg`'s stack; `first` is the layer it arrived at.
+/// Handles `req` at the layer of `stage`: as the outermost layer over the gate, or as one
+/// further in (passing it on, or deciding for its stage when nobody did yet).
 pub(crate) async fn handle<S, St, B, R>(
     inner: S,
     pg: PayGate<St>,
-    first: StageSet,
+    stage: StageSet,
+    learned: Arc<Learned>,
     req: Request<B>,
 ) -> Answer<R, S::Error>
 where
@@ -47,30 +56,106 @@ where
     B::Error: Into<BoxError>,
     R: Body<Data = Bytes> + Send + 'static,
 {
-    let stages = pg.stages();
     let (mut parts, body) = req.into_parts();
-    let ctx = match read_context(pg.gate.config(), pg.bearer.as_ref(), &parts, body).await {
-        Ok(ctx) => ctx,
-        Err(resp) => return Ok(*resp),
+    let cfg = pg.gate.config();
+    let joined = parts
+        .extensions
+        .get::<Traversal>()
+        .filter(|t| t.is_over(&pg.gate))
+        .cloned();
+    let Some(t) = joined else {
+        return match read_context(cfg, pg.bearer.as_ref(), &parts, body).await {
+            Ok(ctx) => outermost(inner, parts, &pg, stage, learned, ctx).await,
+            Err(refusal) => Ok(*refusal),
+        };
     };
-    let traversal = pg.traversal(stages, first, ctx.body.clone());
-    parts.extensions.insert(traversal.clone());
+    let bytes = match read_body(cfg.max_body_bytes, &parts, body).await {
+        Ok(bytes) => bytes,
+        Err(refusal) => return Ok(*refusal),
+    };
+    if bytes == t.ctx().body && t.enter(&learned, stage) {
+        let undecided = t.claim_undecided(stage);
+        let ctx = t.ctx().clone();
+        if undecided == StageSet::default() {
+            return forward(inner, parts, &ctx, None, None).await;
+        }
+        // This stage was not decided further out (a route's first call): decide it here.
+        return route(inner, parts, &pg, undecided, &ctx, &t, false).await;
+    }
+    // The body changed on the way in, or the request passes this layer a second time (a
+    // retry, a copy): here it is a new request.
+    parts.extensions.remove::<Traversal>();
+    match context_of(cfg, pg.bearer.as_ref(), &parts, bytes) {
+        Ok(ctx) => outermost(inner, parts, &pg, stage, learned, ctx).await,
+        Err(refusal) => Ok(*refusal),
+    }
+}
+
+/// The outermost layer: decides for its stage and those it learned are further in on this
+/// route, and starts the request's [`Traversal`].
+async fn outermost<S, St, R>(
+    inner: S,
+    mut parts: http::request::Parts,
+    pg: &PayGate<St>,
+    stage: StageSet,
+    learned: Arc<Learned>,
+    ctx: McpContext,
+) -> Answer<R, S::Error>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<R>>,
+    St: KeyStore,
+    R: Body<Data = Bytes>,
+{
+    let route_key = ctx.rpc.as_ref().map(|rpc| {
+        let tool = (rpc.method == "tools/call")
+            .then(|| rpc.tool_name().ok().map(str::to_owned))
+            .flatten();
+        (parts.uri.path().to_owned(), rpc.method.clone(), tool)
+    });
+    let stages = stage
+        | route_key
+            .as_ref()
+            .map_or_else(StageSet::default, |k| learned.get(k));
+    let t = Traversal::start(&pg.gate, stage, stages, ctx.clone(), learned, route_key);
+    parts.extensions.insert(t.clone());
     let Some(rpc) = ctx.rpc.clone() else {
-        return forward(inner, parts, &ctx, &traversal, None).await;
+        return forward(inner, parts, &ctx, Some(&t), None).await;
     };
     parts.extensions.insert(ParsedRequest {
         body: ctx.body.clone(),
-        rpc: rpc.clone(),
+        rpc,
     });
-    let routed = Routed {
-        pg: &pg,
-        stages,
-        ctx: &ctx,
-        rpc: &rpc,
-        id: rpc.id_as_sent(&ctx.body),
-        traversal: &traversal,
+    route(inner, parts, pg, stages, &ctx, &t, true).await
+}
+
+/// The protocol checks, then the request by method, for `stages`.
+async fn route<S, St, R>(
+    inner: S,
+    parts: http::request::Parts,
+    pg: &PayGate<St>,
+    stages: StageSet,
+    ctx: &McpContext,
+    traversal: &Traversal,
+    outermost: bool,
+) -> Answer<R, S::Error>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<R>>,
+    St: KeyStore,
+    R: Body<Data = Bytes>,
+{
+    let Some(rpc) = ctx.rpc.as_deref() else {
+        return forward(inner, parts, ctx, outermost.then_some(traversal), None).await;
     };
-    if let Err(refusal) = check_method(&rpc, routed.id) {
+    let routed = Routed {
+        pg,
+        stages,
+        ctx,
+        rpc,
+        id: rpc.id_as_sent(&ctx.body),
+        traversal,
+        outermost,
+    };
+    if let Err(refusal) = check_method(rpc, routed.id) {
         return Ok(*refusal);
     }
     if rpc.method == "tools/call" {
@@ -117,14 +202,9 @@ where
     };
     if !r.stages.decides() {
         if let Err(denied) = check_key(r, &call).await {
-            return Ok(denial_response(
-                r.id,
-                &denied,
-                r.stages,
-                r.pg.denial.as_ref(),
-            ));
+            return Ok(r.denial(&denied));
         }
-        return forward(inner, parts, r.ctx, r.traversal, None).await;
+        return forward(inner, parts, r.ctx, r.done_by(), None).await;
     }
     decide_and_forward(inner, parts, r, &call).await
 }
@@ -154,34 +234,44 @@ where
         decided_at_ms,
         dispatch_events: alerts,
         span: span.clone(),
+        refunded: Arc::default(),
     };
     if !decision.allowed {
         span.in_scope(|| tracing::info!("denied"));
         drop(usage);
-        return Ok(denial_response(
-            r.id,
-            &decision,
-            r.stages,
-            r.pg.denial.as_ref(),
-        ));
+        return Ok(r.denial(&decision));
     }
     // A charge is undone when the downstream refuses the call (no tool ran); a failed call
     // is refunded only where billing is.
     let billing = r.stages.contains(StageSet::BILLING);
-    let undoable = billing || r.stages.contains(StageSet::QUOTA);
     let forwarded = Forwarded {
-        receipt: receipt.filter(|_| undoable),
+        receipt,
         refund_on_failure: billing && gate.config().refund_on_failure,
         usage,
         id: r.id.map(str::to_owned),
     };
     let mut resp = tracing::Instrument::instrument(
-        forward_call(inner, parts, r.ctx, gate, r.traversal, forwarded),
+        forward_call(inner, parts, r.ctx, gate, r.done_by(), forwarded),
         span,
     )
     .await?;
     decorate(resp.headers_mut(), &decision, r.stages);
     Ok(resp)
+}
+
+impl<St> Routed<'_, St> {
+    /// The traversal to settle once the downstream answered: the outermost layer's only.
+    fn done_by(&self) -> Option<&Traversal> {
+        self.outermost.then_some(self.traversal)
+    }
+
+    /// The answer to a denied call; a layer further in tells the outer ones nothing ran.
+    fn denial<R: Body>(&self, decision: &Decision) -> Response<GateBody<R>> {
+        if !self.outermost {
+            self.traversal.deny_inside();
+        }
+        denial_response(self.id, decision, self.stages, self.pg.denial.as_ref())
+    }
 }
 
 /// Without a deciding stage: the key checked (with the auth stage) and the alert rules run
@@ -225,7 +315,7 @@ where
         return Ok(*refusal);
     }
     if r.rpc.method != "tools/list" || !r.stages.needs_key() {
-        return forward(inner, parts, r.ctx, r.traversal, None).await;
+        return forward(inner, parts, r.ctx, r.done_by(), None).await;
     }
     let acl =
         r.pg.gate
@@ -235,7 +325,7 @@ where
     let priced = r.stages.contains(StageSet::BILLING);
     let rewrite = tools_list_rewrite(&r.pg.gate, acl, priced);
     let id = r.id.map(str::to_owned);
-    forward(inner, parts, r.ctx, r.traversal, Some((rewrite, id))).await
+    forward(inner, parts, r.ctx, r.done_by(), Some((rewrite, id))).await
 }
 
 /// Any other method: not billed, but it needs a valid key where a key-checking stage is.
@@ -263,16 +353,11 @@ where
         if let Err(reason) = gate.authorize(call.api_key, call.client_ip, None).await {
             let decision = gate.deny(reason, &r.rpc.method, &call);
             if !decision.allowed {
-                return Ok(denial_response(
-                    r.id,
-                    &decision,
-                    r.stages,
-                    r.pg.denial.as_ref(),
-                ));
+                return Ok(r.denial(&decision));
             }
         }
     }
-    forward(inner, parts, r.ctx, r.traversal, None).await
+    forward(inner, parts, r.ctx, r.done_by(), None).await
 }
 
 /// The span of one gated `tools/call`: the tool, the key (masked), the decision, the

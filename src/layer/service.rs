@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -12,13 +13,14 @@ use pin_project_lite::pin_project;
 use tower::Service;
 
 use super::forward::Answer;
-use super::paygate::{PayGate, Traversal};
+use super::paygate::PayGate;
+use super::stack::Learned;
 use super::stage::StageSet;
 use super::{route, BoxError, GateBody};
 use crate::store::{KeyStore, MemoryKeyStore};
 
-/// The service a PayGate layer produces: the outermost one of a [`PayGate`] handle reads,
-/// checks and decides the request for every stage of the handle; the others pass it on.
+/// The service a PayGate layer produces: the outermost one over a gate reads, checks and
+/// decides the request for the stages on its route; the others pass it on.
 ///
 /// ```
 /// use paygate_mcp::{PayGate, PayGateConfig};
@@ -35,6 +37,8 @@ pub struct GateService<S, St = MemoryKeyStore> {
     inner: S,
     pg: PayGate<St>,
     stage: StageSet,
+    /// The stages found further in, per route (shared by clones).
+    learned: Arc<Learned>,
 }
 
 impl<S: Clone, St> Clone for GateService<S, St> {
@@ -43,6 +47,7 @@ impl<S: Clone, St> Clone for GateService<S, St> {
             inner: self.inner.clone(),
             pg: self.pg.clone(),
             stage: self.stage,
+            learned: self.learned.clone(),
         }
     }
 }
@@ -59,7 +64,12 @@ impl<S: std::fmt::Debug, St> std::fmt::Debug for GateService<S, St> {
 
 impl<S, St> GateService<S, St> {
     pub(crate) fn new(inner: S, pg: PayGate<St>, stage: StageSet) -> Self {
-        Self { inner, pg, stage }
+        Self {
+            inner,
+            pg,
+            stage,
+            learned: Arc::default(),
+        }
     }
 
     /// The wrapped service.
@@ -82,52 +92,25 @@ type BoxAnswer<R, E> = Pin<Box<dyn Future<Output = Answer<R, E>> + Send>>;
 
 pin_project! {
     /// The response future of [`GateService`].
-    pub struct ResponseFuture<F, R, E>
+    pub struct ResponseFuture<R, E>
     where
         R: Body,
     {
-        #[pin]
-        state: State<F, R, E>,
+        fut: BoxAnswer<R, E>,
     }
 }
 
-pin_project! {
-    #[project = StateProj]
-    enum State<F, R, E>
-    where
-        R: Body,
-    {
-        // A layer further in: the request was handled by the outermost one.
-        PassedOn { #[pin] fut: F },
-        // The outermost layer: reading, deciding, forwarding, watching.
-        Handled { fut: BoxAnswer<R, E> },
-    }
-}
-
-impl<F, R, E> Future for ResponseFuture<F, R, E>
-where
-    F: Future<Output = Result<Response<R>, E>>,
-    R: Body,
-{
+impl<R: Body, E> Future for ResponseFuture<R, E> {
     type Output = Answer<R, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().state.project() {
-            StateProj::PassedOn { fut } => fut
-                .poll(cx)
-                .map(|r| r.map(|resp| resp.map(|b| GateBody::inner(b, None)))),
-            StateProj::Handled { fut } => fut.as_mut().poll(cx),
-        }
+        self.project().fut.as_mut().poll(cx)
     }
 }
 
-impl<F, R: Body, E> std::fmt::Debug for ResponseFuture<F, R, E> {
+impl<R: Body, E> std::fmt::Debug for ResponseFuture<R, E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let role = match self.state {
-            State::PassedOn { .. } => "passed on",
-            State::Handled { .. } => "handled",
-        };
-        f.debug_tuple("ResponseFuture").field(&role).finish()
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
 }
 
@@ -145,37 +128,23 @@ where
 {
     type Response = Response<GateBody<ResBody>>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future, ResBody, S::Error>;
+    type Future = ResponseFuture<ResBody, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let passed = req
-            .extensions()
-            .get::<Traversal>()
-            .filter(|t| t.is_of(&self.pg))
-            .cloned();
-        if let Some(traversal) = passed {
-            // A layer further out handled this request for the whole stack; the body it read
-            // is passed on as it was.
-            traversal.pass(self.stage);
-            let (parts, _) = req.into_parts();
-            let req = Request::from_parts(parts, Full::new(traversal.body));
-            return ResponseFuture {
-                state: State::PassedOn {
-                    fut: self.inner.call(req),
-                },
-            };
-        }
         // The clone that was driven to readiness serves this request.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture {
-            state: State::Handled {
-                fut: Box::pin(route::handle(inner, self.pg.clone(), self.stage, req)),
-            },
-        }
+        let fut = route::handle(
+            inner,
+            self.pg.clone(),
+            self.stage,
+            self.learned.clone(),
+            req,
+        );
+        ResponseFuture { fut: Box::pin(fut) }
     }
 }

@@ -35,6 +35,10 @@ impl StageSet {
         self.0 & other.0 == other.0
     }
 
+    pub(crate) fn intersects(self, other: StageSet) -> bool {
+        self.0 & other.0 != 0
+    }
+
     /// Rate limits, quotas or billing: a stage that needs the store's atomic decision.
     pub(crate) fn decides(self) -> bool {
         self.0 & (Self::RATE_LIMIT.0 | Self::QUOTA.0 | Self::BILLING.0) != 0

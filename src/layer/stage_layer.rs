@@ -1,7 +1,6 @@
 //! The shape shared by the five stage layers and [`super::PayGateLayer`].
 
-/// Defines a layer that adds `$stage` to its handle's stack and builds a
-/// [`super::GateService`] for it.
+/// Defines a layer that builds a [`super::GateService`] for `$stage`.
 macro_rules! stage_layer {
     ($(#[$doc:meta])* $name:ident, $stage:expr) => {
         $(#[$doc])*
@@ -35,7 +34,6 @@ macro_rules! stage_layer {
         impl<S, St> tower::Layer<S> for $name<St> {
             type Service = $crate::layer::GateService<S, St>;
             fn layer(&self, inner: S) -> Self::Service {
-                self.pg.register($stage);
                 $crate::layer::GateService::new(inner, self.pg.clone(), $stage)
             }
         }

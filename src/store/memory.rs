@@ -295,18 +295,26 @@ impl MemoryKeyStore {
             }
             shard.version += 1;
             let before = contribution(rec);
-            rec.credits -= price;
-            rec.total_spent = rec.total_spent.saturating_add(price);
-            rec.total_calls = rec.total_calls.saturating_add(1);
+            // Each check counts its own: billing the balance and the key's totals, quotas
+            // their counters.
+            if checks.credits {
+                rec.credits -= price;
+                rec.total_spent = rec.total_spent.saturating_add(price);
+                rec.total_calls = rec.total_calls.saturating_add(1);
+            }
             rec.quota_usage = usage;
-            rec.quota_usage.add(price, req.now_ms);
+            if checks.quotas {
+                rec.quota_usage.add(price, req.now_ms);
+            }
             rec.set_last_used(req.now_ms);
             adjust(&mut shard.stats, before, contribution(rec));
-            receipt = Some(ChargeReceipt {
+            receipt = (checks.credits || checks.quotas).then_some(ChargeReceipt {
                 key: req.key,
                 credits: price,
                 day: rec.quota_usage.day,
                 month: rec.quota_usage.month,
+                billed: checks.credits,
+                counted: checks.quotas,
                 nonce: None,
                 charged_at_ms: req.now_ms,
             });
@@ -355,14 +363,18 @@ impl KeyStore for MemoryKeyStore {
         // the shard locks, so a miss here always finds the pointer).
         for _ in 0..MOVED_KEPT {
             let applied = self.with_record(&key, |rec, _| {
-                rec.credits = rec
-                    .credits
-                    .saturating_add(receipt.credits)
-                    .min(crate::amount::MAX_AMOUNT);
-                rec.total_spent = rec.total_spent.saturating_sub(receipt.credits);
-                rec.total_calls = rec.total_calls.saturating_sub(1);
-                rec.quota_usage
-                    .remove(receipt.credits, receipt.day, receipt.month);
+                if receipt.billed {
+                    rec.credits = rec
+                        .credits
+                        .saturating_add(receipt.credits)
+                        .min(crate::amount::MAX_AMOUNT);
+                    rec.total_spent = rec.total_spent.saturating_sub(receipt.credits);
+                    rec.total_calls = rec.total_calls.saturating_sub(1);
+                }
+                if receipt.counted {
+                    rec.quota_usage
+                        .remove(receipt.credits, receipt.day, receipt.month);
+                }
                 KeySnapshot::of(rec, now_ms, None)
             });
             if applied.is_some() {

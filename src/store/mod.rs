@@ -73,7 +73,8 @@ pub struct ChargeRequest<'a> {
 
 /// Which of the gate's checks a charge applies. The key checks (known, active, not expired,
 /// IP allowlist, ACL) always apply; the rest follow the layers present, so a stack without
-/// billing deducts nothing and one without rate limiting records no window.
+/// billing deducts nothing and one without rate limiting records no window. Each check owns
+/// what it counts, so two charges for different checks of one call never count it twice.
 ///
 /// ```
 /// use paygate_mcp::store::Checks;
@@ -85,11 +86,12 @@ pub struct ChargeRequest<'a> {
 pub struct Checks {
     /// Per-key rate windows (global and per tool): checked, and the call recorded in them.
     pub rate_limits: bool,
-    /// Daily and monthly quotas: checked. The quota counters count every allowed call, so
-    /// a quota layer added later starts from the true usage.
+    /// Daily and monthly quotas: checked, and the call (and the credits it was charged)
+    /// counted in the quota counters.
     pub quotas: bool,
-    /// Credits and the spending limit: checked, and the price deducted. Without it the call
-    /// costs nothing, so credit quotas count nothing for it.
+    /// Credits and the spending limit: checked, the price deducted, and the call counted in
+    /// the key's spent credits and calls. Without it the call costs nothing, so credit
+    /// quotas count nothing for it.
     pub credits: bool,
 }
 
@@ -199,6 +201,10 @@ pub struct ChargeReceipt {
     pub(crate) credits: u64,
     pub(crate) day: i64,
     pub(crate) month: i64,
+    /// The charge counted the call in the key's credits, spent and calls (billing).
+    pub(crate) billed: bool,
+    /// The charge counted the call in the quota counters.
+    pub(crate) counted: bool,
     /// The store's own identifier of the charge, if it keeps one.
     pub(crate) nonce: Option<String>,
     /// When the charge was made (the request's time), in milliseconds.

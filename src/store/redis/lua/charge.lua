@@ -120,7 +120,8 @@ end
 
 local charged = 0
 if reason == '' and not shadow then
-  charged = 1
+  -- A receipt when something can be undone: billing's totals or the quota counters.
+  if do_credits or do_quota then charged = 1 end
   local seq = redis.call('HINCRBY', rec, 'seq', 1)
   if glimit > 0 then
     redis.call('ZADD', KEYS[2], now, 'g' .. seq)
@@ -131,10 +132,15 @@ if reason == '' and not shadow then
     redis.call('PEXPIRE', KEYS[3], MIN + 1000)
     redis.call('SADD', KEYS[6], tool)
   end
-  credits = credits - price
-  spent = spent + price
-  calls = calls + 1
-  qdc, qdcr, qmc, qmcr = qdc + 1, qdcr + price, qmc + 1, qmcr + price
+  -- Each check counts its own: billing the balance and the key's totals, quotas their counters.
+  if do_credits then
+    credits = credits - price
+    spent = spent + price
+    calls = calls + 1
+  end
+  if do_quota then
+    qdc, qdcr, qmc, qmcr = qdc + 1, qdcr + price, qmc + 1, qmcr + price
+  end
   redis.call('HSET', rec, 'credits', credits, 'spent', spent, 'calls', calls, 'lu', now,
     'qd', qd, 'qdc', qdc, 'qdcr', qdcr, 'qm', qm, 'qmc', qmc, 'qmcr', qmcr)
   -- '0 - x', not '-x': Lua writes a negated zero as '-0', which HINCRBY refuses.
@@ -142,15 +148,18 @@ if reason == '' and not shadow then
   -- Remember the charge for a day, so one whose reply was lost (or whose refund comes late)
   -- can be undone exactly. A busy key keeps its newest RECENT_KEPT; the time of the newest
   -- one let go is kept in 'cev', so a late undo can tell "never charged" from "forgotten".
-  redis.call('ZADD', KEYS[4], now, ARGV[13])
-  redis.call('HSET', KEYS[7], ARGV[13], price .. ':' .. qd .. ':' .. qm)
-  while redis.call('ZCARD', KEYS[4]) > RECENT_KEPT do
-    local oldest = redis.call('ZPOPMIN', KEYS[4])
-    redis.call('HDEL', KEYS[7], oldest[1])
-    redis.call('HSET', rec, 'cev', math.max(num(redis.call('HGET', rec, 'cev')), tonumber(oldest[2])))
+  if charged == 1 then
+    local counted = (do_credits and 'b' or '') .. (do_quota and 'q' or '')
+    redis.call('ZADD', KEYS[4], now, ARGV[13])
+    redis.call('HSET', KEYS[7], ARGV[13], price .. ':' .. qd .. ':' .. qm .. ':' .. counted)
+    while redis.call('ZCARD', KEYS[4]) > RECENT_KEPT do
+      local oldest = redis.call('ZPOPMIN', KEYS[4])
+      redis.call('HDEL', KEYS[7], oldest[1])
+      redis.call('HSET', rec, 'cev', math.max(num(redis.call('HGET', rec, 'cev')), tonumber(oldest[2])))
+    end
+    redis.call('PEXPIRE', KEYS[4], RECENT_MS)
+    redis.call('PEXPIRE', KEYS[7], RECENT_MS)
   end
-  redis.call('PEXPIRE', KEYS[4], RECENT_MS)
-  redis.call('PEXPIRE', KEYS[7], RECENT_MS)
 end
 
 -- Headers report the tool's window when it has one, else the global one.

@@ -1,6 +1,7 @@
 -- KEYS: 1 record, 2 recent charges (nonces by time), 3 stats, 4 recent charges' details by nonce
 -- ARGV: 1 price, 2 day, 3 month, 4 nonce, 5 only if still recent ('1' = compensation),
---       6 when the charge was made or tried (ms), 7 time override ('' = server time)
+--       6 when the charge was made or tried (ms), 7 time override ('' = server time),
+--       8 what the charge counted ('b' billing's totals, 'q' quota counters; absent = both)
 -- Returns 1 undone, 0 nothing to undo, -1 no such key, -2 not on record and too old to tell.
 local rec = KEYS[1]
 local price = tonumber(ARGV[1])
@@ -30,16 +31,24 @@ if ARGV[5] == '1' then
   for p in string.gmatch(member, '[^:]+') do table.insert(parts, p) end
   price = tonumber(parts[1])
   ARGV[2], ARGV[3] = parts[2], parts[3]
+  -- Records made before the checks were split counted both.
+  ARGV[8] = parts[4] or 'bq'
 end
+local counted = ARGV[8] or 'bq'
+local billed = string.find(counted, 'b', 1, true) ~= nil
+local quota = string.find(counted, 'q', 1, true) ~= nil
 local f = redis.call('HMGET', rec, 'active', 'credits', 'spent', 'calls', 'qd', 'qdc', 'qdcr', 'qm', 'qmc', 'qmcr')
-local spent = math.max(num(f[3]) - price, 0)
-local calls = math.max(num(f[4]) - 1, 0)
-local credits = math.min(num(f[2]) + price, 9007199254740991)
-redis.call('HSET', rec, 'credits', credits, 'spent', spent, 'calls', calls)
-if f[5] == ARGV[2] then
+local credits = num(f[2])
+if billed then
+  local spent = math.max(num(f[3]) - price, 0)
+  local calls = math.max(num(f[4]) - 1, 0)
+  credits = math.min(credits + price, 9007199254740991)
+  redis.call('HSET', rec, 'credits', credits, 'spent', spent, 'calls', calls)
+end
+if quota and f[5] == ARGV[2] then
   redis.call('HSET', rec, 'qdc', math.max(num(f[6]) - 1, 0), 'qdcr', math.max(num(f[7]) - price, 0))
 end
-if f[8] == ARGV[3] then
+if quota and f[8] == ARGV[3] then
   redis.call('HSET', rec, 'qmc', math.max(num(f[9]) - 1, 0), 'qmcr', math.max(num(f[10]) - price, 0))
 end
 if f[1] == '1' then redis.call('HINCRBY', KEYS[3], 'credits', credits - num(f[2])) end
