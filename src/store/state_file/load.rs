@@ -1,110 +1,25 @@
-//! Snapshots of the in-memory store in a JSON state file.
-//!
-//! A state file is never overwritten with less than it held:
-//! - Saving writes a temporary file beside the target, flushes it to disk and renames it over
-//!   the target, so a crash at any moment leaves either the previous or the new snapshot,
-//!   never a torn one. The snapshot it replaces is kept as `<file>.bak` (a hard link made
-//!   before the rename, so the target itself is never missing).
-//! - Loading refuses a file it cannot read as a whole, or whose shape is not what this crate
-//!   writes (an object with exactly `version`, `savedAt` and a `keys` list), and leaves it
-//!   untouched, so a damaged or hand-edited file is never silently replaced by an empty
-//!   store.
-//! - Records that break a bound (negative or huge balances, oversized lists, duplicates) are
-//!   skipped with a reason and kept aside in `<file>.rejected` (JSON Lines, one
-//!   `{rejectedAt, source, index, reason, record}` object per skipped record, appended, never
-//!   rewritten), so the next save does not drop them silently. After such a load the original
-//!   file stays as `<file>.bak` until a save holds at least as many records as it did.
+//! Loading a state file: read record by record, refused whole (and left untouched) when its
+//! shape is wrong, records that break a bound skipped with a reason and kept aside in
+//! `<file>.rejected`.
 
 use std::collections::HashSet;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
 use serde::Serialize;
 
-use super::{KeyStore, MemoryKeyStore};
+use super::save::sync_dir;
+use super::{io_err, rejected_path, LoadReport, OriginalPin, StateFileError, STATE_FILE_VERSION};
 use crate::blocking::block_on;
 use crate::key::KeyRecord;
+use crate::store::{KeyStore, MemoryKeyStore};
 
-/// The state file format version this crate writes and reads.
-pub const STATE_FILE_VERSION: u32 = 1;
 /// Most skip reasons kept in a [`LoadReport`].
 const MAX_REASONS: usize = 100;
 /// Longest field name quoted in an error message.
 const MAX_QUOTED: usize = 40;
-
-/// Why a state file could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum StateFileError {
-    /// The file could not be read or written.
-    #[error("state file {path}: {source}")]
-    Io {
-        /// The file.
-        path: String,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The file is not a state file this crate can read; it was left untouched.
-    #[error("state file {path} is unreadable ({reason}); it was left untouched: move it aside to start empty")]
-    Corrupt {
-        /// The file.
-        path: String,
-        /// What is wrong.
-        reason: String,
-    },
-}
-
-/// What loading a state file found.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LoadReport {
-    /// Whether a file was there (a missing file means a first start).
-    pub found: bool,
-    /// Records loaded.
-    pub loaded: usize,
-    /// Records skipped.
-    pub skipped: usize,
-    /// Why records were skipped (the first 100).
-    pub reasons: Vec<String>,
-    /// Where the skipped records were kept, with their reasons (`<file>.rejected`); `None`
-    /// when nothing was skipped.
-    pub rejected_file: Option<PathBuf>,
-}
-
-/// `<file>.bak`: the snapshot a save replaced.
-pub fn backup_path(path: &Path) -> PathBuf {
-    with_suffix(path, ".bak")
-}
-
-/// `<file>.rejected`: the records loading skipped, with the reason for each.
-pub fn rejected_path(path: &Path) -> PathBuf {
-    with_suffix(path, ".rejected")
-}
-
-fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(suffix);
-    PathBuf::from(name)
-}
-
-/// After a load that skipped records: the file it came from and how many records that file
-/// held. Until a save holds as many, the original stays as `<file>.bak`.
-#[derive(Debug)]
-pub(crate) struct OriginalPin {
-    path: PathBuf,
-    held: usize,
-    /// Whether `<file>.bak` is the original already.
-    kept: bool,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct FileOut<'a> {
-    version: u32,
-    saved_at: chrono::DateTime<chrono::Utc>,
-    keys: &'a [KeyRecord],
-}
 
 /// A record loading skipped.
 struct Rejected {
@@ -244,50 +159,6 @@ impl<'de> Visitor<'de> for KeysSeed<'_> {
     }
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StateFileError + '_ {
-    move |source| StateFileError::Io {
-        path: path.display().to_string(),
-        source,
-    }
-}
-
-/// Makes the parent directory's entries (renames, new files) durable.
-fn sync_dir(path: &Path) -> std::io::Result<()> {
-    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        Some(dir) => File::open(dir)?.sync_all(),
-        None => File::open(".")?.sync_all(),
-    }
-}
-
-/// Points `<file>.bak` at the current content of `path` (when there is one). A hard link when
-/// the file system has them, else a flushed copy; either way made under a temporary name and
-/// renamed, so `.bak` is always a whole snapshot.
-fn keep_backup(path: &Path) -> std::io::Result<()> {
-    let bak = backup_path(path);
-    let tmp = temp_path(&bak);
-    match fs::hard_link(path, &tmp) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(_) => {
-            let copied = fs::copy(path, &tmp).and_then(|_| File::open(&tmp)?.sync_all());
-            match copied {
-                Ok(()) => {}
-                Err(e) => {
-                    let _ = fs::remove_file(&tmp);
-                    return if e.kind() == std::io::ErrorKind::NotFound && !path.exists() {
-                        Ok(())
-                    } else {
-                        Err(e)
-                    };
-                }
-            }
-        }
-    }
-    fs::rename(&tmp, &bak).inspect_err(|_| {
-        let _ = fs::remove_file(&tmp);
-    })
-}
-
 /// Appends the skipped records to `<file>.rejected`, leaving every line already there and
 /// not repeating a record already kept (a restart before the next save loads them again).
 fn keep_rejected(path: &Path, rejected: &[Rejected]) -> std::io::Result<PathBuf> {
@@ -349,50 +220,6 @@ fn keep_rejected(path: &Path, rejected: &[Rejected]) -> std::io::Result<PathBuf>
 }
 
 impl MemoryKeyStore {
-    /// Writes every record to `path` atomically; returns how many were written. The snapshot
-    /// it replaces is kept as `<file>.bak` (after a load that skipped records, the original
-    /// file stays there until a save holds at least as many records as it did).
-    pub fn save_to(&self, path: impl AsRef<Path>) -> Result<usize, StateFileError> {
-        let path = path.as_ref();
-        // One save at a time, so backups and the pin follow the order of the snapshots.
-        let mut pin = self.original.lock();
-        let keys = self.export();
-        let tmp = temp_path(path);
-        let pinned = pin.as_mut().filter(|p| p.path == path);
-        let keep_previous = !pinned.as_ref().is_some_and(|p| p.kept);
-        let write = || -> std::io::Result<()> {
-            let file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-            let mut out = BufWriter::new(file);
-            let doc = FileOut {
-                version: STATE_FILE_VERSION,
-                saved_at: chrono::Utc::now(),
-                keys: &keys,
-            };
-            serde_json::to_writer(&mut out, &doc)?;
-            out.flush()?;
-            out.get_ref().sync_all()?;
-            if keep_previous {
-                keep_backup(path)?;
-            }
-            fs::rename(&tmp, path)?;
-            // Make the renames themselves durable.
-            sync_dir(path)
-        };
-        let result = write();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result.map_err(io_err(path))?;
-        let unpin = pinned.is_some_and(|p| {
-            p.kept = true;
-            keys.len() >= p.held
-        });
-        if unpin {
-            *pin = None;
-        }
-        Ok(keys.len())
-    }
-
     /// Loads a store from `path`. A missing file gives an empty store; a file that cannot
     /// be read as a whole, or whose shape is wrong, is refused and left untouched; records
     /// that break a bound are skipped, reported, and kept in `<file>.rejected`.
@@ -445,95 +272,13 @@ impl MemoryKeyStore {
     }
 }
 
-/// A temporary file beside `path`, unique to this process and call.
-fn temp_path(path: &Path) -> PathBuf {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let unique = format!(
-        ".{name}.tmp-{}-{}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    );
-    path.with_file_name(unique)
-}
-
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::*;
-    use crate::store::{KeyStore, KeyUpdate};
-
-    fn dir() -> PathBuf {
-        let d = std::env::temp_dir().join(format!(
-            "paygate-state-{}-{}",
-            std::process::id(),
-            crate::generate_key().unwrap()
-        ));
-        fs::create_dir_all(&d).unwrap();
-        d
-    }
-
-    fn rec(n: u32, credits: u64) -> KeyRecord {
-        KeyRecord::new(
-            &format!("pg_{n:048x}"),
-            &format!("k{n}"),
-            credits,
-            1_700_000_000_000,
-        )
-    }
-
-    #[test]
-    fn round_trip_keeps_every_field() {
-        let d = dir();
-        let path = d.join("state.json");
-        let store = MemoryKeyStore::new();
-        for n in 0..50 {
-            block_on(store.insert(rec(n, u64::from(n)))).unwrap();
-        }
-        let tags = [("team".to_string(), Some("x".to_string()))].into();
-        block_on(store.update(&rec(3, 0).key_hash, &KeyUpdate::MergeTags(tags))).unwrap();
-        assert_eq!(store.save_to(&path).unwrap(), 50);
-        let (loaded, report) = MemoryKeyStore::load_from(&path).unwrap();
-        assert_eq!((report.found, report.loaded, report.skipped), (true, 50, 0));
-        let mut a = store.export();
-        let mut b = loaded.export();
-        a.sort_by_key(|r| r.key_hash);
-        b.sort_by_key(|r| r.key_hash);
-        assert_eq!(a, b);
-        assert_eq!(
-            block_on(loaded.stats()).unwrap(),
-            block_on(store.stats()).unwrap()
-        );
-        let text = fs::read_to_string(&path).unwrap();
-        assert!(
-            !text.contains(&format!("pg_{:048x}", 3)),
-            "no plaintext key at rest"
-        );
-        fs::remove_dir_all(d).unwrap();
-    }
-
-    #[test]
-    fn a_crash_before_the_rename_leaves_the_previous_snapshot() {
-        let d = dir();
-        let path = d.join("state.json");
-        let store = MemoryKeyStore::new();
-        block_on(store.insert(rec(1, 7))).unwrap();
-        store.save_to(&path).unwrap();
-        // A writer killed mid-write leaves a torn temporary file and never renames it.
-        let mut next = fs::read(&path).unwrap();
-        next.truncate(next.len() / 3);
-        fs::write(temp_path(&path), &next).unwrap();
-        let (loaded, report) = MemoryKeyStore::load_from(&path).unwrap();
-        assert_eq!((report.loaded, report.skipped), (1, 0));
-        assert_eq!(loaded.export()[0].credits, 7);
-        // The next save still succeeds beside the leftover.
-        block_on(store.insert(rec(2, 1))).unwrap();
-        assert_eq!(store.save_to(&path).unwrap(), 2);
-        fs::remove_dir_all(d).unwrap();
-    }
+    use crate::store::state_file::backup_path;
+    use crate::store::state_file::test_support::{dir, rec};
 
     #[test]
     fn missing_file_is_a_first_start() {
@@ -747,67 +492,6 @@ mod tests {
         let three = fs::read(&path).unwrap();
         store.save_to(&path).unwrap();
         assert_eq!(fs::read(backup_path(&path)).unwrap(), three);
-        fs::remove_dir_all(d).unwrap();
-    }
-
-    #[test]
-    fn every_save_keeps_the_previous_snapshot_as_bak() {
-        let d = dir();
-        let path = d.join("state.json");
-        let store = MemoryKeyStore::new();
-        block_on(store.insert(rec(1, 1))).unwrap();
-        store.save_to(&path).unwrap();
-        assert!(
-            !backup_path(&path).exists(),
-            "nothing to keep on the first save"
-        );
-        let mut previous = fs::read(&path).unwrap();
-        for n in 2..6 {
-            block_on(store.insert(rec(n, 1))).unwrap();
-            store.save_to(&path).unwrap();
-            assert_eq!(fs::read(backup_path(&path)).unwrap(), previous);
-            let (from_bak, _) = MemoryKeyStore::load_from(backup_path(&path)).unwrap();
-            assert_eq!(from_bak.export().len(), n as usize - 1);
-            previous = fs::read(&path).unwrap();
-        }
-        fs::remove_dir_all(d).unwrap();
-    }
-
-    #[test]
-    fn concurrent_readers_only_ever_see_whole_snapshots() {
-        let d = dir();
-        let path = d.join("state.json");
-        let store = std::sync::Arc::new(MemoryKeyStore::new());
-        block_on(store.insert(rec(0, 0))).unwrap();
-        store.save_to(&path).unwrap();
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let reader = {
-            let (path, stop) = (path.clone(), stop.clone());
-            std::thread::spawn(move || {
-                let mut reads = 0;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let (s, report) =
-                        MemoryKeyStore::load_from(&path).expect("always a whole snapshot");
-                    assert_eq!(report.skipped, 0);
-                    assert!(!s.export().is_empty());
-                    reads += 1;
-                }
-                reads
-            })
-        };
-        for n in 1..200 {
-            block_on(store.insert(rec(n, u64::from(n)))).unwrap();
-            store.save_to(&path).unwrap();
-        }
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        assert!(reader.join().unwrap() > 0);
-        // No temporary files are left behind.
-        let leftovers: Vec<_> = fs::read_dir(&d)
-            .unwrap()
-            .filter_map(Result::ok)
-            .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
-            .collect();
-        assert!(leftovers.is_empty());
         fs::remove_dir_all(d).unwrap();
     }
 }
