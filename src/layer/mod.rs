@@ -75,7 +75,6 @@ pub use ratelimit::RateLimitLayer;
 pub use service::{GateService, ResponseFuture};
 
 pub(crate) use request::client_ip;
-pub(crate) use request::McpContext;
 pub(crate) use respond::closing;
 
 /// Boxed error type of the request body.

@@ -17,7 +17,6 @@ use http_body_util::{BodyExt, Full};
 use super::message::Call;
 use super::StdioUpstream;
 use crate::jsonrpc;
-use crate::layer::McpContext;
 
 impl StdioUpstream {
     /// Answers one HTTP request.
@@ -40,12 +39,7 @@ impl StdioUpstream {
             Err(never) => match never {},
         };
         // Behind the gate's layers the body was parsed already; reuse it when it matches.
-        let parsed = parts
-            .extensions
-            .get::<McpContext>()
-            .filter(|ctx| ctx.body == body)
-            .and_then(|ctx| ctx.rpc.clone());
-        let rpc = match parsed {
+        let rpc = match jsonrpc::ParsedRequest::of(&parts.extensions, &body) {
             Some(rpc) => rpc,
             None => match jsonrpc::parse_request(&body) {
                 Ok(rpc) => Arc::new(rpc),
