@@ -461,12 +461,12 @@ async fn checks_apply_only_where_present<S: KeyStore>(s: &S) -> Vec<String> {
     let out = s.charge(&r).await.unwrap();
     log.push(outcome_line("rate-only 1", &out));
     assert_eq!(out.denial, None);
-    assert_eq!(out.receipt.as_ref().map(|r| r.credits()), Some(0));
+    assert!(out.receipt.is_none(), "a rate window alone counts nothing to undo");
     assert_eq!(out.rate.map(|w| (w.limit, w.remaining)), Some((1, 0)));
     let snap = out.snapshot.unwrap();
     assert_eq!(
         (snap.credits, snap.total_spent, snap.total_calls),
-        (10, 0, 1)
+        (10, 0, 0)
     );
     r.now_ms += 1_000;
     let out = s.charge(&r).await.unwrap();
@@ -477,13 +477,13 @@ async fn checks_apply_only_where_present<S: KeyStore>(s: &S) -> Vec<String> {
     let got = s.get(&d1).await.unwrap().unwrap();
     assert_eq!(
         (got.credits, got.total_spent, got.total_calls),
-        (10, 0, 1),
-        "rate limits alone never move credits"
+        (10, 0, 0),
+        "rate limits alone never move credits or billing's totals"
     );
-    assert_eq!(got.quota_usage.rolled(NOW).daily_credits, 0);
+    assert_eq!(got.quota_usage.rolled(NOW).daily_calls, 0);
 
     // Credits only: rate limits and quotas are ignored; the price and the spending limit
-    // apply. No window is recorded, the quota counters still count.
+    // apply. No window is recorded, and the quota counters count nothing.
     s.insert(rec(2, 10)).await.unwrap();
     let d2 = KeyDigest::of(&key(2));
     s.update(&d2, &KeyUpdate::SetSpendingLimit(7))
@@ -522,8 +522,8 @@ async fn checks_apply_only_where_present<S: KeyStore>(s: &S) -> Vec<String> {
     let usage = got.quota_usage.rolled(r.now_ms);
     assert_eq!(
         (usage.daily_calls, usage.daily_credits),
-        (3, 9),
-        "quota counters count allowed calls even without the quota check"
+        (0, 0),
+        "quota counters count only with the quota check"
     );
     // The credits-only calls left no window behind: a rate-checked call now passes.
     let mut rated = r.clone();
@@ -551,7 +551,8 @@ async fn checks_apply_only_where_present<S: KeyStore>(s: &S) -> Vec<String> {
     assert_eq!(out.denial, Some(DenyReason::DailyCallQuotaExceeded));
     assert!(out.receipt.is_none());
     let got = s.get(&d3).await.unwrap().unwrap();
-    assert_eq!((got.credits, got.total_spent, got.total_calls), (10, 0, 1));
+    assert_eq!((got.credits, got.total_spent, got.total_calls), (10, 0, 0));
+    assert_eq!(got.quota_usage.rolled(NOW).daily_calls, 1);
     s.insert(rec(4, 10)).await.unwrap();
     let mut r = req(&key(4), "t", 5);
     r.global_quota = Some(Quota {
@@ -569,25 +570,35 @@ async fn checks_apply_only_where_present<S: KeyStore>(s: &S) -> Vec<String> {
     assert_eq!(got.quota_usage.rolled(NOW).daily_credits, 0);
     assert_eq!(got.quota_usage.rolled(NOW).daily_calls, 2);
 
-    // A receipt of a charge without credits refunds 0 credits and takes the call back.
+    // A receipt of a quota-only charge refunds 0 credits and takes back only the quota
+    // count, leaving billing's totals (counted by a billed charge of the same call) alone.
     s.insert(rec(5, 10)).await.unwrap();
     let d5 = KeyDigest::of(&key(5));
+    let mut billed = req(&key(5), "t", 4);
+    billed.checks = credits_only;
+    let out = s.charge(&billed).await.unwrap();
+    log.push(outcome_line("billed charge", &out));
+    let billed_receipt = out.receipt.expect("a billed call has a receipt");
     let mut r = req(&key(5), "t", 4);
-    r.checks = rate_only;
-    r.global_rate_limit = 5;
+    r.checks = quotas_only;
     let out = s.charge(&r).await.unwrap();
     log.push(outcome_line("refund charge", &out));
-    let receipt = out.receipt.expect("an allowed call has a receipt");
+    let receipt = out.receipt.expect("a counted call has a receipt");
     assert_eq!(receipt.credits(), 0);
     let snap = s.refund(receipt, NOW).await.unwrap().expect("key exists");
     log.push(format!("refund: {snap:?}"));
     assert_eq!(
         (snap.credits, snap.total_spent, snap.total_calls),
-        (10, 0, 0)
+        (6, 4, 1)
     );
     let got = s.get(&d5).await.unwrap().unwrap();
-    assert_eq!((got.credits, got.total_spent, got.total_calls), (10, 0, 0));
     assert_eq!(got.quota_usage.rolled(NOW).daily_calls, 0);
+    let snap = s.refund(billed_receipt, NOW).await.unwrap().expect("key exists");
+    log.push(format!("refund billed: {snap:?}"));
+    assert_eq!(
+        (snap.credits, snap.total_spent, snap.total_calls),
+        (10, 0, 0)
+    );
     assert_eq!(
         s.stats().await.unwrap().total_credits,
         10 + 1 + 10 + 10 + 10
@@ -615,14 +626,14 @@ async fn checks_apply_only_where_present<S: KeyStore>(s: &S) -> Vec<String> {
             out.denial, None,
             "call {n}: no credits, rate or quota check"
         );
-        assert_eq!(out.receipt.as_ref().map(|r| r.credits()), Some(0));
+        assert!(out.receipt.is_none(), "call {n}: nothing counted");
     }
     s.update(&d6, &KeyUpdate::Revoke).await.unwrap();
     let out = s.charge(&none(&key(6), "t")).await.unwrap();
     log.push(outcome_line("none revoked", &out));
     assert_eq!(out.denial, Some(DenyReason::InvalidApiKey));
     let got = s.get(&d6).await.unwrap().unwrap();
-    assert_eq!((got.credits, got.total_spent, got.total_calls), (0, 0, 2));
+    assert_eq!((got.credits, got.total_spent, got.total_calls), (0, 0, 0));
 
     s.insert(rec(7, 10)).await.unwrap();
     let d7 = KeyDigest::of(&key(7));
