@@ -38,6 +38,7 @@ pub mod blocking;
 pub mod clock;
 pub mod config;
 pub mod deny;
+pub mod edge;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gate;

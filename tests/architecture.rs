@@ -183,11 +183,14 @@ fn the_protocol_code_knows_no_policy() {
 #[test]
 fn the_edges_do_not_reach_into_each_other() {
     // The upstreams read the layers' parse through the protocol module (`ParsedRequest`),
-    // never through the layers themselves.
-    for (path, text) in sources("upstream") {
-        assert!(
-            !text.contains("crate::layer"),
-            "{path} reaches into the layers"
-        );
+    // and the admin API shares what it needs of a connection through `edge`, never through
+    // the layers themselves.
+    for module in ["upstream", "admin"] {
+        for (path, text) in sources(module) {
+            assert!(
+                !text.contains("crate::layer"),
+                "{path} reaches into the layers"
+            );
+        }
     }
 }

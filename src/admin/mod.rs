@@ -509,14 +509,14 @@ where
     let unread = !body.is_end_stream();
     let early = |resp: Reply| {
         if unread {
-            crate::layer::closing(resp)
+            crate::edge::closing(resp)
         } else {
             resp
         }
     };
     let path = parts.uri.path().trim_end_matches('/');
     let cfg = state.gate.config();
-    let client_ip = crate::layer::client_ip(&parts, cfg.trusted_proxy_hops, &cfg.trusted_proxies);
+    let client_ip = crate::edge::client_ip(&parts, cfg.trusted_proxy_hops, &cfg.trusted_proxies);
     let mut req = AdminRequest {
         method: parts.method,
         path: if path.is_empty() { "/" } else { path }.to_string(),

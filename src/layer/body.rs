@@ -9,13 +9,8 @@ use std::task::{ready, Context, Poll};
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
-use serde_json::Value;
 
-use crate::jsonrpc::{classify_response, split_event, split_event_after, sse_data, CallOutcome};
-
-/// Bytes of a JSON response or of one SSE event kept for inspection; beyond it the refund
-/// watch stops looking (and does not refund) and the `tools/list` rewrite fails closed.
-const INSPECT_LIMIT: usize = 8 * 1024 * 1024;
+pub(crate) use super::watch::{RefundWatch, Rewrite};
 
 /// Something dropped when a body ends: the record of the call it answers.
 pub(crate) type OnEnd = Box<dyn std::any::Any + Send>;
@@ -28,272 +23,6 @@ pub(crate) type FollowUp = Pin<Box<dyn Future<Output = ()> + Send>>;
 pub(crate) enum Framing {
     Json,
     Sse,
-}
-
-/// Watches a response for the call's JSON-RPC response and runs `on_failure` once when it
-/// shows a failure (or, in a JSON body, never shows up).
-pub(crate) struct RefundWatch {
-    framing: Framing,
-    refund_tool_errors: bool,
-    buf: BytesMut,
-    /// Bytes at the front of `buf` already searched for an event's end.
-    scanned: usize,
-    overflow: bool,
-    decided: bool,
-    on_failure: Option<FollowUp>,
-}
-
-impl RefundWatch {
-    pub(crate) fn new(framing: Framing, refund_tool_errors: bool, on_failure: FollowUp) -> Self {
-        Self {
-            framing,
-            refund_tool_errors,
-            buf: BytesMut::new(),
-            scanned: 0,
-            overflow: false,
-            decided: false,
-            on_failure: Some(on_failure),
-        }
-    }
-
-    fn is_failure(&self, outcome: CallOutcome) -> bool {
-        match outcome {
-            CallOutcome::Success => false,
-            CallOutcome::ToolError => self.refund_tool_errors,
-            CallOutcome::RpcError => true,
-        }
-    }
-
-    /// A watch that refunds nothing and only tells when the call's answer came.
-    pub(crate) fn answer_only(framing: Framing) -> Self {
-        let mut watch = Self::new(framing, false, Box::pin(async {}));
-        watch.on_failure = None;
-        watch
-    }
-
-    /// The call's answer was seen (or the watch gave up on it).
-    fn answered(&self) -> bool {
-        self.decided || self.overflow
-    }
-
-    /// Feeds a chunk; returns true when a failure was seen.
-    fn feed(&mut self, chunk: &[u8]) -> bool {
-        if self.decided || self.overflow {
-            return false;
-        }
-        self.buf.extend_from_slice(chunk);
-        if self.framing == Framing::Sse {
-            while let Some(event) = split_event_after(&mut self.buf, &mut self.scanned) {
-                if let Some(outcome) = sse_event_outcome(&event) {
-                    self.decided = true;
-                    self.buf = BytesMut::new();
-                    return self.is_failure(outcome);
-                }
-            }
-        }
-        if self.buf.len() > INSPECT_LIMIT {
-            self.overflow = true;
-            self.buf = BytesMut::new();
-        }
-        false
-    }
-
-    /// The deadline passed before the body ended; returns true when the call is to be
-    /// refunded. A JSON answer already held whole is judged on what it says: the client has
-    /// it, even if the body's end was not read in time.
-    fn at_deadline(&mut self) -> bool {
-        if self.decided || self.overflow {
-            return false;
-        }
-        self.decided = true;
-        match self.framing {
-            Framing::Json => self.json_failed(),
-            // SSE answers are judged as soon as their event is complete: none came.
-            Framing::Sse => true,
-        }
-    }
-
-    /// Whether the JSON body held is anything but a successful answer.
-    fn json_failed(&self) -> bool {
-        serde_json::from_slice::<Value>(&self.buf)
-            .ok()
-            .and_then(|v| classify_response(&v))
-            .is_none_or(|o| self.is_failure(o))
-    }
-
-    /// The stream ended; returns true when the call failed (a JSON body with no answer
-    /// counts, an SSE stream ending cleanly without one does not).
-    fn finish(&mut self) -> bool {
-        if self.decided || self.overflow {
-            return false;
-        }
-        self.decided = true;
-        match self.framing {
-            // A JSON body is the whole answer: one that is not a response means the call
-            // failed.
-            Framing::Json => self.json_failed(),
-            // An SSE stream that ends cleanly without the answer proves nothing: a session
-            // server may have moved the answer to a resumed stream (`Last-Event-ID`), or the
-            // client cancelled while the tool ran on. Refunding it would hand out the result
-            // for free, so only an error answer, a broken stream or the deadline refunds.
-            Framing::Sse => {
-                let mut rest = std::mem::take(&mut self.buf);
-                rest.extend_from_slice(b"\n\n");
-                let mut found = None;
-                while let Some(event) = split_event(&mut rest) {
-                    found = found.or_else(|| sse_event_outcome(&event));
-                }
-                found.is_some_and(|o| self.is_failure(o))
-            }
-        }
-    }
-}
-
-/// Rewrites the call's JSON-RPC response (`tools/list`) inside a JSON or SSE body: the first
-/// response in the body, whatever its id (see [`classify_response`]).
-pub(crate) struct Rewrite {
-    framing: Framing,
-    buf: BytesMut,
-    /// Bytes at the front of `buf` already searched for an event's end.
-    scanned: usize,
-    transform: Box<dyn Fn(Value) -> Value + Send>,
-    done: bool,
-    /// The request's id as sent, for the error that replaces an answer too large to inspect.
-    id: Option<String>,
-    /// The answer was too large: everything after it is dropped.
-    refused: bool,
-}
-
-impl Rewrite {
-    pub(crate) fn new(
-        framing: Framing,
-        transform: Box<dyn Fn(Value) -> Value + Send>,
-        id: Option<String>,
-    ) -> Self {
-        Self {
-            framing,
-            buf: BytesMut::new(),
-            scanned: 0,
-            transform,
-            done: false,
-            id,
-            refused: false,
-        }
-    }
-
-    /// Gives up on an answer past [`INSPECT_LIMIT`]: what was held is dropped and the
-    /// client gets an error, never a listing the key's ACL was not applied to.
-    fn refuse(&mut self) -> Bytes {
-        self.refused = true;
-        self.done = true;
-        self.buf = BytesMut::new();
-        // Filtering fails closed: the client gets an error, never the unfiltered list.
-        let error = crate::jsonrpc::error_body_as_sent(
-            self.id.as_deref(),
-            crate::jsonrpc::INTERNAL_ERROR,
-            "the tool list is too large to filter for this key",
-            None,
-        );
-        match self.framing {
-            Framing::Json => Bytes::from(error),
-            Framing::Sse => {
-                let mut event = BytesMut::from(&b"data: "[..]);
-                event.extend_from_slice(&error);
-                event.extend_from_slice(b"\n\n");
-                event.freeze()
-            }
-        }
-    }
-
-    fn rewrite_message(&self, text: &[u8]) -> Option<Vec<u8>> {
-        let value: Value = serde_json::from_slice(text).ok()?;
-        if value.get("method").is_some() || value.get("result").is_none() {
-            return None;
-        }
-        serde_json::to_vec(&(self.transform)(value)).ok()
-    }
-
-    /// Takes a chunk and returns what can be passed on now.
-    fn feed(&mut self, chunk: &[u8]) -> Bytes {
-        if self.refused {
-            return Bytes::new();
-        }
-        if self.done {
-            return Bytes::copy_from_slice(chunk);
-        }
-        self.buf.extend_from_slice(chunk);
-        match self.framing {
-            Framing::Json => {
-                if self.buf.len() > INSPECT_LIMIT {
-                    return self.refuse();
-                }
-                Bytes::new()
-            }
-            Framing::Sse => {
-                let mut out = BytesMut::new();
-                while let Some(event) = split_event_after(&mut self.buf, &mut self.scanned) {
-                    out.extend_from_slice(&self.rewrite_event(&event));
-                }
-                if !self.done && self.buf.len() > INSPECT_LIMIT {
-                    out.extend_from_slice(&self.refuse());
-                } else if self.done {
-                    // The answer went by: the rest passes as it comes.
-                    out.extend_from_slice(&std::mem::take(&mut self.buf));
-                }
-                out.freeze()
-            }
-        }
-    }
-
-    fn rewrite_event(&mut self, event: &[u8]) -> Vec<u8> {
-        let data = sse_data(event);
-        if !self.done && !data.is_empty() {
-            if let Some(new) = self.rewrite_message(&data) {
-                self.done = true;
-                let mut out = Vec::with_capacity(new.len() + 16);
-                // Keep the event's other fields (id, event, retry) and replace its data.
-                for line in event.split(|&b| b == b'\n') {
-                    let line = line.strip_suffix(b"\r").unwrap_or(line);
-                    if !line.starts_with(b"data:") && !line.is_empty() {
-                        out.extend_from_slice(line);
-                        out.push(b'\n');
-                    }
-                }
-                out.extend_from_slice(b"data: ");
-                out.extend_from_slice(&new);
-                out.extend_from_slice(b"\n\n");
-                return out;
-            }
-        }
-        event.to_vec()
-    }
-
-    fn finish(&mut self) -> Bytes {
-        let rest = std::mem::take(&mut self.buf);
-        if self.refused {
-            return Bytes::new();
-        }
-        if self.done || rest.is_empty() {
-            return rest.freeze();
-        }
-        self.done = true;
-        match self.framing {
-            Framing::Json => match self.rewrite_message(&rest) {
-                Some(new) => Bytes::from(new),
-                None => rest.freeze(),
-            },
-            Framing::Sse => rest.freeze(),
-        }
-    }
-}
-
-fn sse_event_outcome(event: &[u8]) -> Option<CallOutcome> {
-    let data = sse_data(event);
-    if data.iter().all(u8::is_ascii_whitespace) {
-        return None; // priming or keep-alive event
-    }
-    let value: Value = serde_json::from_slice(&data).ok()?;
-    classify_response(&value)
 }
 
 /// A call's time limit inside its response body: when it passes before the body ends, the
@@ -436,6 +165,97 @@ impl<B: Body> std::fmt::Debug for GateBody<B> {
     }
 }
 
+/// What a watch made of one frame of the downstream's body.
+enum Through<E> {
+    /// Pass this on (`None`: the body ended).
+    Out(Option<Result<Frame<Bytes>, E>>),
+    /// Nothing to pass on yet (a rewrite holding bytes back).
+    Skip,
+    /// Pass this on, then end (the rest of a rewrite).
+    OutThenEnd(Result<Frame<Bytes>, E>),
+}
+
+/// Runs one polled frame through the body's watch; a refund the watch calls for is put in
+/// `pending`.
+fn through_watch<E>(
+    watch: &mut Option<Watch>,
+    polled: Option<Result<Frame<Bytes>, E>>,
+    pending: &mut Option<FollowUp>,
+) -> Through<E> {
+    let Some(w) = watch.as_mut() else {
+        return Through::Out(polled);
+    };
+    match (w, polled) {
+        (Watch::Refund(r), Some(Ok(frame))) => {
+            if let Some(data) = frame.data_ref() {
+                if r.feed(data) {
+                    *pending = r.on_failure.take();
+                }
+            }
+            Through::Out(Some(Ok(frame)))
+        }
+        (Watch::Refund(r), Some(Err(e))) => {
+            // The stream broke: unless the call's answer was already seen, refund.
+            if r.broke() {
+                *pending = r.on_failure.take();
+            }
+            Through::Out(Some(Err(e)))
+        }
+        (Watch::Refund(r), None) => {
+            if r.finish() {
+                *pending = r.on_failure.take();
+            }
+            Through::Out(None)
+        }
+        (Watch::Rewrite(rw), Some(Ok(frame))) => match frame.into_data() {
+            Ok(data) => {
+                let out = rw.feed(&data);
+                if out.is_empty() {
+                    Through::Skip
+                } else {
+                    Through::Out(Some(Ok(Frame::data(out))))
+                }
+            }
+            Err(frame) => Through::Out(Some(Ok(frame))),
+        },
+        (Watch::Rewrite(rw), None) => {
+            let rest = rw.finish();
+            *watch = None;
+            if rest.is_empty() {
+                Through::Out(None)
+            } else {
+                Through::OutThenEnd(Ok(Frame::data(rest)))
+            }
+        }
+        (Watch::Rewrite(_), Some(Err(e))) => Through::Out(Some(Err(e))),
+    }
+}
+
+/// The deadline passed: the reply to end the body with (none for a JSON body already under
+/// way, which cannot take a second document), and any refund the watch owes in `pending`.
+fn expire(
+    d: &Deadline,
+    sent_any: bool,
+    watch: &mut Option<Watch>,
+    pending: &mut Option<FollowUp>,
+) -> Option<Bytes> {
+    if let Some(Watch::Refund(r)) = watch.as_mut() {
+        if r.at_deadline() {
+            *pending = r.on_failure.take();
+        }
+    }
+    match d.framing {
+        Framing::Json if sent_any => None,
+        Framing::Json => Some(d.reply.clone()),
+        Framing::Sse => {
+            let mut event = BytesMut::from(&b"data: "[..]);
+            event.extend_from_slice(&d.reply);
+            event.extend_from_slice(b"\n\n");
+            Some(event.freeze())
+        }
+    }
+}
+
 impl<B> Body for GateBody<B>
 where
     B: Body<Data = Bytes>,
@@ -479,22 +299,7 @@ where
                 }
                 if let Some(d) = deadline.as_mut() {
                     if d.sleep.as_mut().poll(cx).is_ready() {
-                        let reply = match d.framing {
-                            // A JSON body already under way cannot take a second document.
-                            Framing::Json if *sent_any => None,
-                            Framing::Json => Some(d.reply.clone()),
-                            Framing::Sse => {
-                                let mut event = BytesMut::from(&b"data: "[..]);
-                                event.extend_from_slice(&d.reply);
-                                event.extend_from_slice(b"\n\n");
-                                Some(event.freeze())
-                            }
-                        };
-                        if let Some(Watch::Refund(r)) = watch.as_mut() {
-                            if r.at_deadline() {
-                                *pending = r.on_failure.take();
-                            }
-                        }
+                        let reply = expire(d, *sent_any, watch, pending);
                         *deadline = None;
                         *watch = None;
                         *ended = true;
@@ -515,59 +320,19 @@ where
                 if matches!(&polled, Some(Ok(f)) if f.data_ref().is_some_and(|d| !d.is_empty())) {
                     *sent_any = true;
                 }
-                let Some(w) = watch.as_mut() else {
-                    return Poll::Ready(polled);
+                let out = match through_watch(watch, polled, pending) {
+                    Through::Out(out) => out,
+                    Through::Skip => continue,
+                    Through::OutThenEnd(frame) => {
+                        *held = Some(None);
+                        Some(frame)
+                    }
                 };
-                let out = match (w, polled) {
-                    (Watch::Refund(r), Some(Ok(frame))) => {
-                        if let Some(data) = frame.data_ref() {
-                            if r.feed(data) {
-                                *pending = r.on_failure.take();
-                            }
-                        }
-                        // Answered with nothing to refund: the call is over now (with a
-                        // refund, once it is made, at the top of the loop).
-                        if r.answered() && pending.is_none() {
-                            drop(on_end.take());
-                        }
-                        Some(Ok(frame))
-                    }
-                    (Watch::Refund(r), Some(Err(e))) => {
-                        // The stream broke: unless the call's answer was already seen, refund.
-                        if !r.decided {
-                            r.decided = true;
-                            *pending = r.on_failure.take();
-                        }
-                        Some(Err(e))
-                    }
-                    (Watch::Refund(r), None) => {
-                        if r.finish() {
-                            *pending = r.on_failure.take();
-                        }
-                        None
-                    }
-                    (Watch::Rewrite(rw), Some(Ok(frame))) => match frame.into_data() {
-                        Ok(data) => {
-                            let out = rw.feed(&data);
-                            if out.is_empty() {
-                                continue;
-                            }
-                            Some(Ok(Frame::data(out)))
-                        }
-                        Err(frame) => Some(Ok(frame)),
-                    },
-                    (Watch::Rewrite(rw), None) => {
-                        let rest = rw.finish();
-                        *watch = None;
-                        if rest.is_empty() {
-                            None
-                        } else {
-                            *held = Some(None);
-                            Some(Ok(Frame::data(rest)))
-                        }
-                    }
-                    (Watch::Rewrite(_), Some(Err(e))) => Some(Err(e)),
-                };
+                // Answered with nothing to refund: the call is over now (with a refund,
+                // once it is made, at the top of the loop).
+                if pending.is_none() && matches!(watch, Some(Watch::Refund(r)) if r.answered()) {
+                    drop(on_end.take());
+                }
                 if pending.is_some() {
                     *held = Some(out);
                     continue;
@@ -614,6 +379,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jsonrpc::{split_event, split_event_after};
+    use crate::layer::watch::INSPECT_LIMIT;
     use serde_json::json;
 
     #[test]

@@ -121,6 +121,36 @@ pub(crate) struct Forwarded<St: KeyStore> {
     pub(crate) id: Option<String>,
 }
 
+/// Refunds one call's charge at most once, marking its usage event as refunded.
+struct Refunder<St: KeyStore> {
+    receipt: Option<ChargeReceipt>,
+    gate: Arc<Gate<St>>,
+    refunded: Arc<AtomicBool>,
+}
+
+impl<St: KeyStore> Refunder<St> {
+    /// The refund for `reason`, to run when the caller decides (none once taken).
+    fn follow_up(&mut self, reason: &'static str) -> Option<body::FollowUp> {
+        let receipt = self.receipt.take()?;
+        let gate = self.gate.clone();
+        let refunded = self.refunded.clone();
+        Some(Box::pin(async move {
+            refunded.store(true, Ordering::Release);
+            // Once begun, a refund runs to the end on its own task: a client that hangs up
+            // while the store is slow drops the response, not the money owed to it.
+            let refund = tokio::spawn(async move { gate.refund_and_record(receipt, reason).await });
+            let _ = refund.await;
+        }))
+    }
+
+    /// Refunds now, for `reason`.
+    async fn now(&mut self, reason: &'static str) {
+        if let Some(refund) = self.follow_up(reason) {
+            refund.await;
+        }
+    }
+}
+
 /// Forwards an allowed `tools/call` under the call timeout: one [`Deadline`] covers the
 /// answer's head and then its body. A receipt is undone if the downstream refuses the
 /// request (4xx, 503) or the transport fails, and with `refund_on_failure` also if the
@@ -138,33 +168,19 @@ where
     St: KeyStore,
     R: Body<Data = Bytes>,
 {
-    let Forwarded {
-        mut receipt,
-        refund_on_failure,
-        usage,
-        id,
-    } = forwarded;
-    let refunded = usage.refunded.clone();
-    let mut refund = |reason: &'static str| -> Option<body::FollowUp> {
-        let receipt = receipt.take()?;
-        let gate = gate.clone();
-        let refunded = refunded.clone();
-        Some(Box::pin(async move {
-            refunded.store(true, Ordering::Release);
-            // Once begun, a refund runs to the end on its own task: a client that hangs up
-            // while the store is slow drops the response, not the money owed to it.
-            let refund = tokio::spawn(async move { gate.refund_and_record(receipt, reason).await });
-            let _ = refund.await;
-        }))
+    let mut refunder = Refunder {
+        receipt: forwarded.receipt,
+        gate: gate.clone(),
+        refunded: forwarded.usage.refunded.clone(),
     };
-    let mut deadline = call_deadline(gate.config().call_timeout_ms, id.as_deref());
+    let mut deadline = call_deadline(gate.config().call_timeout_ms, forwarded.id.as_deref());
     let call = inner.call(rebuild(parts, ctx));
     let result = match deadline.as_mut() {
         Some(d) => match d.race(call).await {
             Some(result) => result,
             None => {
-                if let Some(r) = refund("timeout").filter(|_| refund_on_failure) {
-                    r.await;
+                if forwarded.refund_on_failure {
+                    refunder.now("timeout").await;
                 }
                 let reply = deadline.map(|d| d.reply.to_vec()).unwrap_or_default();
                 return Ok(json_response(StatusCode::OK, reply));
@@ -175,28 +191,41 @@ where
     let resp = match result {
         Ok(resp) => resp,
         Err(e) => {
-            if let Some(r) = refund("transport_error") {
-                r.await;
-            }
+            refunder.now("transport_error").await;
             return Err(e);
         }
     };
     let (mut head, body) = resp.into_parts();
     expose_headers(&mut head.headers);
+    let watched = answer_watch(&head, done, &mut refunder, forwarded.refund_on_failure).await;
+    let Some(watch) = watched else {
+        return Ok(Response::from_parts(head, GateBody::inner(body, None)));
+    };
+    let deadline = deadline.map(|d| d.with_framing(framing(&head.headers)));
+    Ok(Response::from_parts(
+        head,
+        GateBody::with_deadline(body, watch, deadline).finishing(Box::new(forwarded.usage)),
+    ))
+}
+
+/// What the answer's head says: `None` when the call is settled already (nothing ran, so
+/// the charge was undone, and the body passes as it is); otherwise the watch its body gets.
+async fn answer_watch<St: KeyStore>(
+    head: &http::response::Parts,
+    done: Option<&Traversal>,
+    refunder: &mut Refunder<St>,
+    refund_on_failure: bool,
+) -> Option<Option<Watch>> {
     if let Some(t) = done {
         let undecided_here = t.done();
         // A layer further in denied the call: nothing ran.
         if t.denied_inside() {
-            if let Some(r) = refund("not_run") {
-                r.await;
-            }
-            return Ok(Response::from_parts(head, GateBody::inner(body, None)));
+            refunder.now("not_run").await;
+            return None;
         }
         // Charged for a stage learned on another request that is not on this one's route.
         if undecided_here.intersects(StageSet::BILLING | StageSet::QUOTA) {
-            if let Some(r) = refund("not_in_stack") {
-                r.await;
-            }
+            refunder.now("not_in_stack").await;
         }
     }
     // A 4xx means the downstream refused the request itself (406 without `Accept`, 415,
@@ -204,35 +233,29 @@ where
     // or restarting): no tool ran, so nothing is owed.
     let refused = head.status.is_client_error() || head.status == StatusCode::SERVICE_UNAVAILABLE;
     if refused || (head.status.is_server_error() && refund_on_failure) {
-        let reason = if refused { "not_run" } else { "http_5xx" };
-        if let Some(r) = refund(reason) {
-            r.await;
-        }
-        return Ok(Response::from_parts(head, GateBody::inner(body, None)));
+        refunder
+            .now(if refused { "not_run" } else { "http_5xx" })
+            .await;
+        return None;
     }
     let framing = framing(&head.headers);
     let on_failure = if refund_on_failure {
-        refund("tool_failed")
+        refunder.follow_up("tool_failed")
     } else {
         None
     };
     let watch = match on_failure {
         Some(on_failure) => Some(RefundWatch::new(
             framing,
-            gate.config().refund_on_tool_error,
+            refunder.gate.config().refund_on_tool_error,
             on_failure,
         )),
         // An SSE stream may stay open after the answer: watch for it to know when the
         // call is over. A JSON body ends with its answer.
         None if framing == Framing::Sse => Some(RefundWatch::answer_only(framing)),
         None => None,
-    }
-    .map(|w| Watch::Refund(Box::new(w)));
-    let deadline = deadline.map(|d| d.with_framing(framing));
-    Ok(Response::from_parts(
-        head,
-        GateBody::with_deadline(body, watch, deadline).finishing(Box::new(usage)),
-    ))
+    };
+    Some(watch.map(|w| Watch::Refund(Box::new(w))))
 }
 
 /// The call's deadline and the JSON-RPC error sent when it passes (none with timeout 0).

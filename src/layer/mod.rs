@@ -41,7 +41,6 @@
 //! # });
 //! ```
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 mod alert;
@@ -62,6 +61,7 @@ mod stack;
 mod stage;
 mod stage_layer;
 mod tools_list;
+mod watch;
 
 pub use alert::AlertLayer;
 pub use auth::AuthLayer;
@@ -74,21 +74,10 @@ pub use quota::QuotaLayer;
 pub use ratelimit::RateLimitLayer;
 pub use service::{GateService, ResponseFuture};
 
-pub(crate) use request::client_ip;
-pub(crate) use respond::closing;
-
 /// Boxed error type of the request body.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The client's socket address, for servers that do not use axum's `ConnectInfo`: insert it
-/// into request extensions and the layers read it.
-///
-/// ```
-/// let mut req = http::Request::new(());
-/// req.extensions_mut().insert(paygate_mcp::ClientAddr(([203, 0, 113, 7], 4711).into()));
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientAddr(pub SocketAddr);
+pub use crate::edge::ClientAddr;
 
 /// Turns a bearer token into an API key (`None` rejects it).
 pub type BearerResolver = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;

@@ -11,8 +11,9 @@ use http_body::Body;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use super::respond::{closing, json_response, rpc_error};
-use super::{BearerResolver, BoxError, ClientAddr, GateBody};
+use super::{BearerResolver, BoxError, GateBody};
 use crate::config::PayGateConfig;
+use crate::edge::client_ip;
 use crate::jsonrpc::{self, ParsedRequest, RpcRequest};
 
 /// What the deciding layer learned about a request.
@@ -168,61 +169,6 @@ fn api_key(parts: &http::request::Parts, bearer: Option<&BearerResolver>) -> Opt
 static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 static MCP_METHOD: HeaderName = HeaderName::from_static("mcp-method");
 static MCP_NAME: HeaderName = HeaderName::from_static("mcp-name");
-
-/// The peer address, or with `hops` trusted proxies the address they saw. The header is
-/// believed only on a connection from a proxy in `proxies`, and only through proxies listed
-/// there: the client is the rightmost address no trusted proxy could have written.
-pub(crate) fn client_ip(
-    parts: &http::request::Parts,
-    hops: u64,
-    proxies: &[ipnet::IpNet],
-) -> Option<IpAddr> {
-    let peer = parts
-        .extensions
-        .get::<ClientAddr>()
-        .map(|a| a.0.ip())
-        .or_else(|| connect_info(parts));
-    let trusted = |ip: &IpAddr| proxies.iter().any(|net| net.contains(ip));
-    if hops == 0 || !peer.as_ref().is_some_and(trusted) {
-        return peer;
-    }
-    // Each trusted proxy appends the address it received from; the client is `hops` from the end.
-    let forwarded: Vec<IpAddr> = parts
-        .headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|s| s.trim().parse::<IpAddr>())
-        .collect::<Result<_, _>>()
-        .ok()?;
-    let hops = usize::try_from(hops).ok()?;
-    if forwarded.len() < hops {
-        return None;
-    }
-    // Walking left from the peer, every hop but the client's must be a trusted proxy.
-    let client_at = forwarded.len() - hops;
-    match forwarded[client_at + 1..]
-        .iter()
-        .rposition(|ip| !trusted(ip))
-    {
-        Some(untrusted) => forwarded.get(client_at + 1 + untrusted).copied(),
-        None => forwarded.get(client_at).copied(),
-    }
-}
-
-#[cfg(feature = "axum")]
-fn connect_info(parts: &http::request::Parts) -> Option<IpAddr> {
-    parts
-        .extensions
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip())
-}
-
-#[cfg(not(feature = "axum"))]
-fn connect_info(_parts: &http::request::Parts) -> Option<IpAddr> {
-    None
-}
 
 /// Refuses a method a lenient downstream might read as `tools/call`.
 pub(crate) fn check_method<R: Body>(rpc: &RpcRequest, id: Option<&str>) -> Result<(), Refusal<R>> {

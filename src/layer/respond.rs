@@ -7,6 +7,7 @@ use http_body::Body;
 
 use super::stage::StageSet;
 use super::{denial, DenialHandler, GateBody};
+pub(crate) use crate::edge::closing;
 use crate::gate::Decision;
 use crate::jsonrpc;
 
@@ -37,14 +38,6 @@ pub(crate) fn rpc_error<R: Body>(
         status,
         jsonrpc::error_body_as_sent(id, e.code, &e.message, None),
     )
-}
-
-/// Marks an early reply that leaves the request body unread: the connection is closed
-/// after it, so a keep-alive client does not send its next request into the unread rest.
-pub(crate) fn closing<R>(mut resp: Response<R>) -> Response<R> {
-    resp.headers_mut()
-        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-    resp
 }
 
 /// The answer to a denied call (SPEC §4), shaped by the handle's [`DenialHandler`] if any.
