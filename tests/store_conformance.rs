@@ -461,7 +461,10 @@ async fn checks_apply_only_where_present<S: KeyStore>(s: &S) -> Vec<String> {
     let out = s.charge(&r).await.unwrap();
     log.push(outcome_line("rate-only 1", &out));
     assert_eq!(out.denial, None);
-    assert!(out.receipt.is_none(), "a rate window alone counts nothing to undo");
+    assert!(
+        out.receipt.is_none(),
+        "a rate window alone counts nothing to undo"
+    );
     assert_eq!(out.rate.map(|w| (w.limit, w.remaining)), Some((1, 0)));
     let snap = out.snapshot.unwrap();
     assert_eq!(
@@ -593,7 +596,11 @@ async fn checks_apply_only_where_present<S: KeyStore>(s: &S) -> Vec<String> {
     );
     let got = s.get(&d5).await.unwrap().unwrap();
     assert_eq!(got.quota_usage.rolled(NOW).daily_calls, 0);
-    let snap = s.refund(billed_receipt, NOW).await.unwrap().expect("key exists");
+    let snap = s
+        .refund(billed_receipt, NOW)
+        .await
+        .unwrap()
+        .expect("key exists");
     log.push(format!("refund billed: {snap:?}"));
     assert_eq!(
         (snap.credits, snap.total_spent, snap.total_calls),
@@ -698,11 +705,55 @@ async fn checks_apply_only_where_present<S: KeyStore>(s: &S) -> Vec<String> {
     log
 }
 
+/// A charge refunded in two parts (the quota count, then the billing), each once.
+async fn a_charge_refunds_in_parts<S: KeyStore>(s: &S) {
+    s.insert(rec(40, 10)).await.unwrap();
+    let d = KeyDigest::of(&key(40));
+    let mut r = req(&key(40), "t", 3);
+    r.global_quota = Some(Quota {
+        daily_call_limit: 100,
+        ..Default::default()
+    });
+    let receipt = s.charge(&r).await.unwrap().receipt.expect("charged");
+    let (quota_part, billing_part) = receipt.split(false, true);
+    let (quota_part, billing_part) = (quota_part.unwrap(), billing_part.unwrap());
+    assert!(!quota_part.billed() && quota_part.counted());
+    s.refund(quota_part, NOW).await.unwrap().unwrap();
+    let got = s.get(&d).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            got.credits,
+            got.total_calls,
+            got.quota_usage.rolled(NOW).daily_calls
+        ),
+        (7, 1, 0),
+        "the quota count alone is undone"
+    );
+    s.refund(billing_part, NOW).await.unwrap().unwrap();
+    let got = s.get(&d).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            got.credits,
+            got.total_calls,
+            got.quota_usage.rolled(NOW).daily_calls
+        ),
+        (10, 0, 0),
+        "then the billing, once"
+    );
+}
+
 macro_rules! conformance_suite {
     ($backend:ident, $make:expr, $run:path) => {
         mod $backend {
             #[allow(unused_imports)]
             use super::*;
+            #[test]
+            fn a_charge_refunds_in_parts() {
+                $run(async {
+                    let store = $make;
+                    super::a_charge_refunds_in_parts(&store).await
+                });
+            }
             #[test]
             fn insert_get_duplicate() {
                 $run(async {

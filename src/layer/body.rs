@@ -102,6 +102,8 @@ pin_project! {
             deadline: Option<Deadline>,
             // Dropped when the body ends (or with the body): what records the call as over.
             on_end: Option<OnEnd>,
+            // The call's answer came, or the stream ended or broke.
+            over: bool,
             sent_any: bool,
             ended: bool,
         },
@@ -125,6 +127,7 @@ impl<B: Body> GateBody<B> {
                 held: None,
                 deadline,
                 on_end: None,
+                over: false,
                 sent_any: false,
                 ended: false,
             },
@@ -276,6 +279,7 @@ where
                 held,
                 deadline,
                 on_end,
+                over,
                 sent_any,
                 ended,
             } => loop {
@@ -284,9 +288,9 @@ where
                     ready!(fut.as_mut().poll(cx));
                     *pending = None;
                 }
-                // The call is over once its answer came (and any refund it owed was made),
-                // even if the stream stays open.
-                if matches!(watch, Some(Watch::Refund(r)) if r.answered()) {
+                // The call is over (its answer came, or the stream ended or broke) and any
+                // refund it owed was made: record it, even if the stream stays open.
+                if *over {
                     drop(on_end.take());
                 }
                 if let Some(frame) = held.take() {
@@ -313,9 +317,7 @@ where
                 if polled.is_none() {
                     *deadline = None;
                 }
-                if polled.as_ref().is_none_or(Result::is_err) {
-                    drop(on_end.take());
-                }
+                let stream_over = polled.as_ref().is_none_or(Result::is_err);
                 // A JSON body under way takes no second document at the deadline.
                 if matches!(&polled, Some(Ok(f)) if f.data_ref().is_some_and(|d| !d.is_empty())) {
                     *sent_any = true;
@@ -328,9 +330,10 @@ where
                         Some(frame)
                     }
                 };
-                // Answered with nothing to refund: the call is over now (with a refund,
-                // once it is made, at the top of the loop).
-                if pending.is_none() && matches!(watch, Some(Watch::Refund(r)) if r.answered()) {
+                *over |= stream_over || matches!(watch, Some(Watch::Refund(r)) if r.answered());
+                // Over with nothing to refund: record it now (with a refund, once it is made,
+                // at the top of the loop).
+                if *over && pending.is_none() {
                     drop(on_end.take());
                 }
                 if pending.is_some() {

@@ -58,7 +58,7 @@ where
     // `poll_ready` was driven on this service by `GateService::call`'s caller.
     let resp = inner.call(rebuild(parts, ctx)).await?;
     if let Some(t) = done {
-        t.done();
+        t.done(resp.status().is_success());
     }
     let (mut head, body) = resp.into_parts();
     let watch = rewrite.map(|(f, id)| {
@@ -133,14 +133,50 @@ impl<St: KeyStore> Refunder<St> {
     fn follow_up(&mut self, reason: &'static str) -> Option<body::FollowUp> {
         let receipt = self.receipt.take()?;
         let gate = self.gate.clone();
-        let refunded = self.refunded.clone();
+        // The usage event shows nothing charged once the credits are given back.
+        let refunded = receipt.billed().then(|| self.refunded.clone());
         Some(Box::pin(async move {
-            refunded.store(true, Ordering::Release);
+            if let Some(refunded) = refunded {
+                refunded.store(true, Ordering::Release);
+            }
             // Once begun, a refund runs to the end on its own task: a client that hangs up
             // while the store is slow drops the response, not the money owed to it.
             let refund = tokio::spawn(async move { gate.refund_and_record(receipt, reason).await });
             let _ = refund.await;
         }))
+    }
+
+    /// Undoes now what the charge counted for the `unseen` stages (billing, quotas) and
+    /// keeps the rest for a later refund.
+    async fn undo_unseen(&mut self, unseen: StageSet) {
+        let Some(receipt) = self.receipt.take() else {
+            return;
+        };
+        let (undo, rest) = receipt.split(
+            unseen.contains(StageSet::BILLING),
+            unseen.contains(StageSet::QUOTA),
+        );
+        self.receipt = undo;
+        self.now("not_in_stack").await;
+        self.receipt = rest;
+    }
+
+    /// The stages the charge still to refund counted for.
+    fn stages(&self) -> StageSet {
+        let Some(r) = &self.receipt else {
+            return StageSet::default();
+        };
+        let billing = if r.billed() {
+            StageSet::BILLING
+        } else {
+            StageSet::default()
+        };
+        let quota = if r.counted() {
+            StageSet::QUOTA
+        } else {
+            StageSet::default()
+        };
+        billing | quota
     }
 
     /// Refunds now, for `reason`.
@@ -160,7 +196,7 @@ pub(crate) async fn forward_call<S, St, R>(
     parts: http::request::Parts,
     ctx: &McpContext,
     gate: &Arc<Gate<St>>,
-    done: Option<&Traversal>,
+    traversal: (&Traversal, bool),
     forwarded: Forwarded<St>,
 ) -> Answer<R, S::Error>
 where
@@ -197,7 +233,7 @@ where
     };
     let (mut head, body) = resp.into_parts();
     expose_headers(&mut head.headers);
-    let watched = answer_watch(&head, done, &mut refunder, forwarded.refund_on_failure).await;
+    let watched = answer_watch(&head, traversal, &mut refunder, forwarded.refund_on_failure).await;
     let Some(watch) = watched else {
         return Ok(Response::from_parts(head, GateBody::inner(body, None)));
     };
@@ -212,20 +248,21 @@ where
 /// the charge was undone, and the body passes as it is); otherwise the watch its body gets.
 async fn answer_watch<St: KeyStore>(
     head: &http::response::Parts,
-    done: Option<&Traversal>,
+    (traversal, outermost): (&Traversal, bool),
     refunder: &mut Refunder<St>,
     refund_on_failure: bool,
 ) -> Option<Option<Watch>> {
-    if let Some(t) = done {
-        let undecided_here = t.done();
-        // A layer further in denied the call: nothing ran.
-        if t.denied_inside() {
-            refunder.now("not_run").await;
-            return None;
-        }
-        // Charged for a stage learned on another request that is not on this one's route.
-        if undecided_here.intersects(StageSet::BILLING | StageSet::QUOTA) {
-            refunder.now("not_in_stack").await;
+    // A layer further in denied the call: nothing ran.
+    if traversal.denied_inside() {
+        refunder.now("not_run").await;
+        return None;
+    }
+    if outermost {
+        // Charged for a stage learned on another call that this one never passed: undo
+        // what was counted for it.
+        let unseen = traversal.done(head.status.is_success());
+        if unseen.intersects(StageSet::BILLING | StageSet::QUOTA) {
+            refunder.undo_unseen(unseen).await;
         }
     }
     // A 4xx means the downstream refused the request itself (406 without `Accept`, 415,
@@ -233,9 +270,11 @@ async fn answer_watch<St: KeyStore>(
     // or restarting): no tool ran, so nothing is owed.
     let refused = head.status.is_client_error() || head.status == StatusCode::SERVICE_UNAVAILABLE;
     if refused || (head.status.is_server_error() && refund_on_failure) {
+        let undone = refunder.stages();
         refunder
             .now(if refused { "not_run" } else { "http_5xx" })
             .await;
+        traversal.release(undone);
         return None;
     }
     let framing = framing(&head.headers);

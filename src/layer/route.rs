@@ -110,7 +110,7 @@ where
         let tool = (rpc.method == "tools/call")
             .then(|| rpc.tool_name().ok().map(str::to_owned))
             .flatten();
-        (parts.uri.path().to_owned(), rpc.method.clone(), tool)
+        (rpc.method.clone(), tool)
     });
     let stages = stage
         | route_key
@@ -251,7 +251,14 @@ where
         id: r.id.map(str::to_owned),
     };
     let mut resp = tracing::Instrument::instrument(
-        forward_call(inner, parts, r.ctx, gate, r.done_by(), forwarded),
+        forward_call(
+            inner,
+            parts,
+            r.ctx,
+            gate,
+            (r.traversal, r.outermost),
+            forwarded,
+        ),
         span,
     )
     .await?;

@@ -18,13 +18,14 @@ use parking_lot::RwLock;
 use super::request::McpContext;
 use super::stage::StageSet;
 
-/// Routes remembered per outermost layer; past it the memory starts over (a hostile client
-/// inventing paths or tool names costs speed, never correctness).
+/// Routes remembered per outermost layer; past it one is forgotten for each new one.
 const ROUTES_KEPT: usize = 1024;
 
-/// A route through a stack: the request path, the JSON-RPC method and, for `tools/call`,
-/// the tool (a router may send tools through different layers).
-pub(crate) type RouteKey = (String, String, Option<String>);
+/// A route through a stack: the JSON-RPC method and, for `tools/call`, the tool (a router
+/// may send tools through different layers). Not the URL path, which a client can vary at
+/// will: routes that differ in layers by path get their layers per route (axum's
+/// `Router::layer` makes a layer per route).
+pub(crate) type RouteKey = (String, Option<String>);
 
 /// The stages found further in, per route, shared by the clones of one outermost layer.
 #[derive(Default)]
@@ -45,7 +46,9 @@ impl Learned {
         }
         let mut routes = self.routes.write();
         if routes.len() >= ROUTES_KEPT && !routes.contains_key(&route) {
-            routes.clear();
+            if let Some(any) = routes.keys().next().cloned() {
+                routes.remove(&any);
+            }
         }
         routes.insert(route, stages);
     }
@@ -130,6 +133,13 @@ impl Traversal {
         StageSet::from_bits(stage.bits() & !before)
     }
 
+    /// A charge for `stages` was undone because nothing ran (a refusal, an upstream down):
+    /// the stages count as undecided again, so a later attempt on another way through (a
+    /// failover) is decided afresh rather than let through.
+    pub(crate) fn release(&self, stages: StageSet) {
+        self.0.decided.fetch_and(!stages.bits(), Ordering::AcqRel);
+    }
+
     /// A layer further in denied the call.
     pub(crate) fn deny_inside(&self) {
         self.0.denied_inside.store(true, Ordering::Release);
@@ -140,13 +150,15 @@ impl Traversal {
         self.0.denied_inside.load(Ordering::Acquire)
     }
 
-    /// Called by the outermost layer once the downstream answered: learns the route's
-    /// stages, and says which decided stages the request never passed (decided from what
-    /// was learned on another request, they are not on this route).
-    pub(crate) fn done(&self) -> StageSet {
+    /// Called by the outermost layer once the downstream answered: says which decided
+    /// stages the request never passed (decided from what was learned on another request,
+    /// they are not on this route), and with `learn` (a call the downstream took) learns
+    /// the route's stages. Refused or unknown requests teach nothing, so a client cannot
+    /// fill the memory with invented routes.
+    pub(crate) fn done(&self, learn: bool) -> StageSet {
         let seen = StageSet::from_bits(self.0.seen.load(Ordering::Acquire));
         let decided = StageSet::from_bits(self.0.decided.load(Ordering::Acquire));
-        if let Some(route) = &self.0.route {
+        if let (true, Some(route)) = (learn, &self.0.route) {
             self.0.learned.set(route.clone(), seen);
         }
         StageSet::from_bits(decided.bits() & !seen.bits())
@@ -170,7 +182,7 @@ mod tests {
     fn each_layer_enters_once_and_claims_only_what_is_undecided() {
         let gate = Arc::new(());
         let learned = Arc::new(Learned::default());
-        let route = ("/mcp".to_string(), "tools/call".to_string(), None);
+        let route = ("tools/call".to_string(), None);
         let t = Traversal::start(
             &gate,
             StageSet::AUTH,
@@ -199,7 +211,7 @@ mod tests {
         assert_eq!(t.claim_undecided(StageSet::QUOTA), StageSet::QUOTA);
         assert_eq!(t.claim_undecided(StageSet::QUOTA), StageSet::default());
         // Quota was decided but its layer never saw the request.
-        assert_eq!(t.done(), StageSet::QUOTA);
+        assert_eq!(t.done(true), StageSet::QUOTA);
         assert_eq!(learned.get(&route), StageSet::AUTH | StageSet::BILLING);
     }
 
@@ -207,7 +219,7 @@ mod tests {
     fn the_route_memory_is_bounded() {
         let learned = Learned::default();
         for n in 0..ROUTES_KEPT + 10 {
-            learned.set((format!("/{n}"), "m".into(), None), StageSet::AUTH);
+            learned.set((format!("m{n}"), None), StageSet::AUTH);
         }
         assert!(learned.routes.read().len() <= ROUTES_KEPT);
     }

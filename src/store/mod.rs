@@ -212,9 +212,42 @@ pub struct ChargeReceipt {
 }
 
 impl ChargeReceipt {
+    /// Splits off the part of the charge that counted for billing (`billing`) and for the
+    /// quota counters (`quota`), to refund it alone: (that part, the rest), either `None`
+    /// when empty. Each part undoes only what it names, once.
+    pub fn split(self, billing: bool, quota: bool) -> (Option<Self>, Option<Self>) {
+        let part = |billed: bool, counted: bool| {
+            (billed || counted).then(|| ChargeReceipt {
+                key: self.key,
+                credits: self.credits,
+                day: self.day,
+                month: self.month,
+                billed,
+                counted,
+                nonce: self.nonce.clone(),
+                charged_at_ms: self.charged_at_ms,
+            })
+        };
+        (
+            part(self.billed && billing, self.counted && quota),
+            part(self.billed && !billing, self.counted && !quota),
+        )
+    }
+
     /// The key charged.
     pub fn key(&self) -> KeyDigest {
         self.key
+    }
+
+    /// Whether the charge counted for billing (credits, spent, calls), as opposed to the
+    /// quota counters only.
+    pub fn billed(&self) -> bool {
+        self.billed
+    }
+
+    /// Whether the charge counted the call in the quota counters.
+    pub fn counted(&self) -> bool {
+        self.counted
     }
 
     /// Credits charged.

@@ -9,9 +9,29 @@ if redis.call('EXISTS', rec) == 0 then return -1 end
 -- Found by nonce in constant time, whatever the number of charges remembered.
 local member = redis.call('HGET', KEYS[4], ARGV[4])
 local found = member ~= false and member ~= nil
+local parts = {}
+-- What to undo: the receipt's part ('b', 'q'), or for a lost reply all the record holds.
+local undo = ARGV[8] or 'bq'
 if found then
-  redis.call('HDEL', KEYS[4], ARGV[4])
-  redis.call('ZREM', KEYS[2], ARGV[4])
+  for p in string.gmatch(member, '[^:]+') do table.insert(parts, p) end
+  -- Records made before the checks were split counted both.
+  local recorded = parts[4] or 'bq'
+  if ARGV[5] == '1' then undo = recorded end
+  -- Only what the record still holds is undone, once; a part not undone stays on record
+  -- for its own refund.
+  local take, rest = '', ''
+  for _, c in ipairs({'b', 'q'}) do
+    local has = string.find(recorded, c, 1, true) ~= nil
+    if has and string.find(undo, c, 1, true) then take = take .. c elseif has then rest = rest .. c end
+  end
+  undo = take
+  if rest == '' then
+    redis.call('HDEL', KEYS[4], ARGV[4])
+    redis.call('ZREM', KEYS[2], ARGV[4])
+  else
+    redis.call('HSET', KEYS[4], ARGV[4], parts[1] .. ':' .. parts[2] .. ':' .. parts[3] .. ':' .. rest)
+  end
+  if undo == '' then return 0 end
 end
 -- Only a charge on record is undone, and only once: a second refund of the same receipt,
 -- or one for a charge that never happened, finds nothing. A charge made before the newest
@@ -27,16 +47,11 @@ if not found then
 end
 if ARGV[5] == '1' then
   -- Compensation for a charge whose reply was lost: the record says what was charged.
-  local parts = {}
-  for p in string.gmatch(member, '[^:]+') do table.insert(parts, p) end
   price = tonumber(parts[1])
   ARGV[2], ARGV[3] = parts[2], parts[3]
-  -- Records made before the checks were split counted both.
-  ARGV[8] = parts[4] or 'bq'
 end
-local counted = ARGV[8] or 'bq'
-local billed = string.find(counted, 'b', 1, true) ~= nil
-local quota = string.find(counted, 'q', 1, true) ~= nil
+local billed = string.find(undo, 'b', 1, true) ~= nil
+local quota = string.find(undo, 'q', 1, true) ~= nil
 local f = redis.call('HMGET', rec, 'active', 'credits', 'spent', 'calls', 'qd', 'qdc', 'qdcr', 'qm', 'qmc', 'qmcr')
 local credits = num(f[2])
 if billed then
