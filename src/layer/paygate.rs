@@ -1,10 +1,12 @@
 //! [`PayGate`]: the handle every layer is made from.
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::Response;
 
+use super::stage::StageSet;
 use super::{
     AlertLayer, AuthLayer, BearerResolver, BillingLayer, PayGateLayer, QuotaLayer, RateLimitLayer,
 };
@@ -55,6 +57,8 @@ pub struct PayGate<St = MemoryKeyStore> {
     pub(crate) gate: Arc<Gate<St>>,
     pub(crate) bearer: Option<BearerResolver>,
     pub(crate) denial: Option<DenialHandler>,
+    /// The stages of the layers made into services from this handle (see [`PayGate::layered`]).
+    layered: Arc<AtomicU8>,
 }
 
 impl<St> Clone for PayGate<St> {
@@ -63,6 +67,7 @@ impl<St> Clone for PayGate<St> {
             gate: self.gate.clone(),
             bearer: self.bearer.clone(),
             denial: self.denial.clone(),
+            layered: self.layered.clone(),
         }
     }
 }
@@ -103,6 +108,7 @@ impl<St> PayGate<St> {
             gate,
             bearer: None,
             denial: None,
+            layered: Arc::default(),
         }
     }
 
@@ -173,5 +179,16 @@ impl<St> PayGate<St> {
     /// Every stage in one layer.
     pub fn layer(&self) -> PayGateLayer<St> {
         PayGateLayer::from_handle(self.clone())
+    }
+
+    /// Notes that a layer of `stage` made from this handle was put in front of a service.
+    pub(crate) fn register(&self, stage: StageSet) {
+        self.layered.fetch_or(stage.bits(), Ordering::AcqRel);
+    }
+
+    /// The stages of the layers made from this handle: what a route's first call is
+    /// decided for, before the route's own stages are known.
+    pub(crate) fn layered(&self) -> StageSet {
+        StageSet::from_bits(self.layered.load(Ordering::Acquire))
     }
 }

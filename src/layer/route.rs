@@ -112,10 +112,13 @@ where
             .flatten();
         (rpc.method.clone(), tool)
     });
-    let stages = stage
-        | route_key
-            .as_ref()
-            .map_or_else(StageSet::default, |k| learned.get(k));
+    // What is further in: as learned on this route, else (its first call) the stages of the
+    // layers made from this handle, which one handle per stack makes exact.
+    let inside = route_key
+        .as_ref()
+        .and_then(|k| learned.get(k))
+        .unwrap_or_else(|| pg.layered());
+    let stages = stage | inside;
     let t = Traversal::start(&pg.gate, stage, stages, ctx.clone(), learned, route_key);
     parts.extensions.insert(t.clone());
     let Some(rpc) = ctx.rpc.clone() else {

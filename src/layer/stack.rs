@@ -2,7 +2,8 @@
 //! about itself (the stages each route's stack holds, [`Learned`]).
 //!
 //! The outermost layer over a gate reads the request and makes the one decision, for its own
-//! stage and the stages it learned are further in on this route. A layer further in over the
+//! stage and the stages it learned are further in on this route (on a route's first call,
+//! the stages of the layers made from its handle: one handle per stack makes that exact). A layer further in over the
 //! same gate passes the request on when its stage was decided; when it was not (the first
 //! call on a route, or a stack that changed), it decides for its own stage itself, so a
 //! stage is never skipped. Once the call reached the downstream the outermost layer learns
@@ -34,9 +35,9 @@ pub(crate) struct Learned {
 }
 
 impl Learned {
-    /// The stages last seen on `route` (none when it is new).
-    pub(crate) fn get(&self, route: &RouteKey) -> StageSet {
-        self.routes.read().get(route).copied().unwrap_or_default()
+    /// The stages last seen on `route`, if it is known.
+    pub(crate) fn get(&self, route: &RouteKey) -> Option<StageSet> {
+        self.routes.read().get(route).copied()
     }
 
     /// Remembers the stages a request on `route` passed.
@@ -212,7 +213,10 @@ mod tests {
         assert_eq!(t.claim_undecided(StageSet::QUOTA), StageSet::default());
         // Quota was decided but its layer never saw the request.
         assert_eq!(t.done(true), StageSet::QUOTA);
-        assert_eq!(learned.get(&route), StageSet::AUTH | StageSet::BILLING);
+        assert_eq!(
+            learned.get(&route),
+            Some(StageSet::AUTH | StageSet::BILLING)
+        );
     }
 
     #[test]

@@ -34,6 +34,7 @@ macro_rules! stage_layer {
         impl<S, St> tower::Layer<S> for $name<St> {
             type Service = $crate::layer::GateService<S, St>;
             fn layer(&self, inner: S) -> Self::Service {
+                self.pg.register($stage);
                 $crate::layer::GateService::new(inner, self.pg.clone(), $stage)
             }
         }
