@@ -108,12 +108,10 @@ where
 {
     let route_key = ctx.rpc.as_ref().map(|rpc| {
         let tool = (rpc.method == "tools/call")
-            .then(|| rpc.tool_name().ok().map(str::to_owned))
+            .then(|| rpc.tool_name().ok())
             .flatten();
-        (rpc.method.clone(), tool)
+        learned.route(&rpc.method, tool)
     });
-    // What is further in: as learned on this route, else (its first call) the stages of the
-    // layers made from this handle, which one handle per stack makes exact.
     let inside = route_key
         .as_ref()
         .and_then(|k| learned.get(k))

@@ -23,18 +23,26 @@ use super::stage::StageSet;
 const ROUTES_KEPT: usize = 1024;
 
 /// A route through a stack: the JSON-RPC method and, for `tools/call`, the tool (a router
-/// may send tools through different layers). Not the URL path, which a client can vary at
-/// will: routes that differ in layers by path get their layers per route (axum's
-/// `Router::layer` makes a layer per route).
-pub(crate) type RouteKey = (String, Option<String>);
+/// may send tools through different layers), hashed with keys random to the process (so no
+/// client can aim two routes at one entry; a collision would only cost an undo). Not the
+/// URL path, which a client can vary at will: routes that differ in layers by path get
+/// their layers per route (axum's `Router::layer` makes a layer per route).
+pub(crate) type RouteKey = u64;
 
 /// The stages found further in, per route, shared by the clones of one outermost layer.
 #[derive(Default)]
 pub(crate) struct Learned {
     routes: RwLock<HashMap<RouteKey, StageSet>>,
+    hasher: std::hash::RandomState,
 }
 
 impl Learned {
+    /// The key of the route of a call to `method` (and `tool`).
+    pub(crate) fn route(&self, method: &str, tool: Option<&str>) -> RouteKey {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one((method, tool))
+    }
+
     /// The stages last seen on `route`, if it is known.
     pub(crate) fn get(&self, route: &RouteKey) -> Option<StageSet> {
         self.routes.read().get(route).copied()
@@ -60,6 +68,33 @@ fn layer_id(learned: &Arc<Learned>) -> usize {
     Arc::as_ptr(learned) as usize
 }
 
+/// The layers a request entered, without an allocation for the stacks people build.
+struct Entered {
+    ids: [usize; 8],
+    len: usize,
+}
+
+impl Entered {
+    fn first(id: usize) -> Self {
+        let mut ids = [0; 8];
+        ids[0] = id;
+        Self { ids, len: 1 }
+    }
+
+    /// False when `id` entered before. Past eight layers over one gate in one stack, the
+    /// ninth and later are let in without being told apart from a second pass.
+    fn enter(&mut self, id: usize) -> bool {
+        if self.ids[..self.len].contains(&id) {
+            return false;
+        }
+        if let Some(slot) = self.ids.get_mut(self.len) {
+            *slot = id;
+            self.len += 1;
+        }
+        true
+    }
+}
+
 /// One request's way through the layers over one gate, carried in its extensions.
 #[derive(Clone)]
 pub(crate) struct Traversal(Arc<Inner>);
@@ -72,7 +107,7 @@ struct Inner {
     /// Stages whose layer the request passed.
     seen: AtomicU8,
     /// The layers (by the address of their [`Learned`]) the request entered.
-    entered: parking_lot::Mutex<Vec<usize>>,
+    entered: parking_lot::Mutex<Entered>,
     /// A layer further in denied the call: nothing ran.
     denied_inside: AtomicBool,
     /// What the outermost layer read: body, parse, key, client IP.
@@ -96,7 +131,7 @@ impl Traversal {
             gate: Arc::as_ptr(gate) as *const () as usize,
             decided: AtomicU8::new((first | decided).bits()),
             seen: AtomicU8::new(first.bits()),
-            entered: parking_lot::Mutex::new(vec![layer_id(&learned)]),
+            entered: parking_lot::Mutex::new(Entered::first(layer_id(&learned))),
             denied_inside: AtomicBool::new(false),
             ctx,
             learned,
@@ -118,12 +153,9 @@ impl Traversal {
     /// time (a request sent through one layer twice, by a retry or a copy, is a new request
     /// there).
     pub(crate) fn enter(&self, layer: &Arc<Learned>, stage: StageSet) -> bool {
-        let id = layer_id(layer);
-        let mut entered = self.0.entered.lock();
-        if entered.contains(&id) {
+        if !self.0.entered.lock().enter(layer_id(layer)) {
             return false;
         }
-        entered.push(id);
         self.0.seen.fetch_or(stage.bits(), Ordering::AcqRel);
         true
     }
@@ -160,7 +192,7 @@ impl Traversal {
         let seen = StageSet::from_bits(self.0.seen.load(Ordering::Acquire));
         let decided = StageSet::from_bits(self.0.decided.load(Ordering::Acquire));
         if let (true, Some(route)) = (learn, &self.0.route) {
-            self.0.learned.set(route.clone(), seen);
+            self.0.learned.set(*route, seen);
         }
         StageSet::from_bits(decided.bits() & !seen.bits())
     }
@@ -183,14 +215,14 @@ mod tests {
     fn each_layer_enters_once_and_claims_only_what_is_undecided() {
         let gate = Arc::new(());
         let learned = Arc::new(Learned::default());
-        let route = ("tools/call".to_string(), None);
+        let route = learned.route("tools/call", None);
         let t = Traversal::start(
             &gate,
             StageSet::AUTH,
             StageSet::BILLING,
             ctx(),
             learned.clone(),
-            Some(route.clone()),
+            Some(route),
         );
         assert!(t.is_over(&gate) && !t.is_over(&Arc::new(())));
         assert!(
@@ -223,7 +255,8 @@ mod tests {
     fn the_route_memory_is_bounded() {
         let learned = Learned::default();
         for n in 0..ROUTES_KEPT + 10 {
-            learned.set((format!("m{n}"), None), StageSet::AUTH);
+            let route = learned.route(&format!("m{n}"), None);
+            learned.set(route, StageSet::AUTH);
         }
         assert!(learned.routes.read().len() <= ROUTES_KEPT);
     }
