@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct UsageEvent {
-    /// When the decision was made.
+    /// When the event was recorded: for a call through the layers, when it was over (so
+    /// events arrive in time order); for a denial, when it was decided.
     pub timestamp: DateTime<Utc>,
     /// The key's display form (never the key itself).
     pub api_key: String,
@@ -32,7 +33,8 @@ pub struct UsageEvent {
     /// The machine reason for a denial; `shadow:<reason>` for a shadow-mode would-be denial.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deny_reason: Option<String>,
-    /// How long the downstream took, when known.
+    /// For a call that ran: milliseconds from the gate's decision until the call was over
+    /// (its answer seen, or its response ended or dropped). `None` for a denial.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
 }

@@ -3,17 +3,18 @@
 
 mod common;
 
+use common::stacks::{self, boxed_downstream, every_stack, Stack, Stage};
+
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
+use http_body_util::{BodyExt, Full};
 use paygate_mcp::{block_on, Gate, PayGate, PayGateConfig, Quota};
 use serde_json::{json, Value};
-use tower::util::BoxCloneService;
-use tower::{service_fn, Layer, ServiceBuilder, ServiceExt};
+use tower::{service_fn, ServiceBuilder, ServiceExt};
 
 fn call(key: &str) -> Request<Full<Bytes>> {
     rpc(key, "tools/call", json!({"name": "t"}))
@@ -62,73 +63,9 @@ async fn answer(
     )
 }
 
-type Stack =
-    BoxCloneService<Request<Full<Bytes>>, Response<UnsyncBoxBody<Bytes, Infallible>>, Infallible>;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stage {
-    Auth,
-    RateLimit,
-    Quota,
-    Billing,
-    Alerts,
-}
-
-const STAGES: [Stage; 5] = [
-    Stage::Auth,
-    Stage::RateLimit,
-    Stage::Quota,
-    Stage::Billing,
-    Stage::Alerts,
-];
-
-/// `stages` stacked outermost first over `downstream`, from a fresh handle over `gate`.
+/// `stages` stacked outermost first over [`ok_downstream`], from a fresh handle over `gate`.
 fn stack(gate: &Arc<Gate>, stages: &[Stage], hits: Arc<AtomicUsize>) -> Stack {
-    let pg = PayGate::from_gate(gate.clone());
-    let mut svc: Stack = BoxCloneService::new(
-        ok_downstream(hits).map_response(|r: Response<Full<Bytes>>| r.map(|b| b.boxed_unsync())),
-    );
-    for stage in stages.iter().rev() {
-        svc = match stage {
-            Stage::Auth => boxed(pg.auth().layer(svc)),
-            Stage::RateLimit => boxed(pg.rate_limit().layer(svc)),
-            Stage::Quota => boxed(pg.quota().layer(svc)),
-            Stage::Billing => boxed(pg.billing().layer(svc)),
-            Stage::Alerts => boxed(pg.alerts().layer(svc)),
-        };
-    }
-    svc
-}
-
-fn boxed(svc: paygate_mcp::GateService<Stack>) -> Stack {
-    BoxCloneService::new(ServiceExt::<Request<Full<Bytes>>>::map_response(svc, |r| {
-        r.map(|b| b.boxed_unsync())
-    }))
-}
-
-/// Every ordering of every non-empty subset of the five stages (325 stacks).
-fn every_stack() -> Vec<Vec<Stage>> {
-    fn permutations(rest: Vec<Stage>, prefix: Vec<Stage>, out: &mut Vec<Vec<Stage>>) {
-        if rest.is_empty() {
-            out.push(prefix);
-            return;
-        }
-        for i in 0..rest.len() {
-            let mut rest = rest.clone();
-            let mut prefix = prefix.clone();
-            prefix.push(rest.remove(i));
-            permutations(rest, prefix, out);
-        }
-    }
-    let mut out = Vec::new();
-    for mask in 1u32..32 {
-        let subset: Vec<Stage> = (0..5)
-            .filter(|i| mask & (1 << i) != 0)
-            .map(|i| STAGES[i])
-            .collect();
-        permutations(subset, Vec::new(), &mut out);
-    }
-    out
+    stacks::stack(gate, stages, boxed_downstream(ok_downstream(hits)))
 }
 
 #[tokio::test]

@@ -11,33 +11,13 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use common::redis_server::RedisServer;
+use common::stacks::{self, boxed_downstream, decides, every_stack, Stack, Stage};
 use http::{Request, Response};
-use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
+use http_body_util::{BodyExt, Full};
 use paygate_mcp::store::redis::{RedisConfig, RedisKeyStore};
-use paygate_mcp::{CallRequest, Gate, KeyDigest, KeyStore, PayGate, PayGateConfig, Quota};
+use paygate_mcp::{CallRequest, Gate, KeyDigest, KeyStore, PayGateConfig, Quota};
 use serde_json::{json, Value};
-use tower::util::BoxCloneService;
-use tower::{service_fn, Layer, ServiceExt};
-
-type Stack =
-    BoxCloneService<Request<Full<Bytes>>, Response<UnsyncBoxBody<Bytes, Infallible>>, Infallible>;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stage {
-    Auth,
-    RateLimit,
-    Quota,
-    Billing,
-    Alerts,
-}
-
-const STAGES: [Stage; 5] = [
-    Stage::Auth,
-    Stage::RateLimit,
-    Stage::Quota,
-    Stage::Billing,
-    Stage::Alerts,
-];
+use tower::{service_fn, ServiceExt};
 
 const PRICE: u64 = 3;
 const CREDITS: u64 = 100;
@@ -51,65 +31,13 @@ fn call(key: &str) -> Request<Full<Bytes>> {
         .unwrap()
 }
 
-/// A downstream that answers every call with a result.
-fn downstream() -> Stack {
-    BoxCloneService::new(service_fn(|_req: Request<Full<Bytes>>| async {
-        let body = json!({"jsonrpc": "2.0", "id": 1, "result": {"content": []}}).to_string();
-        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body)).boxed_unsync()))
-    }))
-}
-
-fn boxed(svc: paygate_mcp::GateService<Stack, RedisKeyStore>) -> Stack {
-    BoxCloneService::new(ServiceExt::<Request<Full<Bytes>>>::map_response(svc, |r| {
-        r.map(|b| b.boxed_unsync())
-    }))
-}
-
-/// `stages` stacked outermost first, from a fresh handle over `gate`.
+/// `stages` over a downstream that answers every call with a result.
 fn stack(gate: &Arc<Gate<RedisKeyStore>>, stages: &[Stage]) -> Stack {
-    let pg = PayGate::from_gate(gate.clone());
-    let mut svc = downstream();
-    for stage in stages.iter().rev() {
-        svc = match stage {
-            Stage::Auth => boxed(pg.auth().layer(svc)),
-            Stage::RateLimit => boxed(pg.rate_limit().layer(svc)),
-            Stage::Quota => boxed(pg.quota().layer(svc)),
-            Stage::Billing => boxed(pg.billing().layer(svc)),
-            Stage::Alerts => boxed(pg.alerts().layer(svc)),
-        };
-    }
-    svc
-}
-
-/// Every ordering of every non-empty subset of the five stages (325 stacks).
-fn every_stack() -> Vec<Vec<Stage>> {
-    fn permutations(rest: Vec<Stage>, prefix: Vec<Stage>, out: &mut Vec<Vec<Stage>>) {
-        if rest.is_empty() {
-            out.push(prefix);
-            return;
-        }
-        for i in 0..rest.len() {
-            let mut rest = rest.clone();
-            let mut prefix = prefix.clone();
-            prefix.push(rest.remove(i));
-            permutations(rest, prefix, out);
-        }
-    }
-    let mut out = Vec::new();
-    for mask in 1u32..32 {
-        let subset: Vec<Stage> = (0..5)
-            .filter(|i| mask & (1 << i) != 0)
-            .map(|i| STAGES[i])
-            .collect();
-        permutations(subset, Vec::new(), &mut out);
-    }
-    out
-}
-
-fn decides(stages: &[Stage]) -> bool {
-    stages
-        .iter()
-        .any(|s| matches!(s, Stage::RateLimit | Stage::Quota | Stage::Billing))
+    let downstream = service_fn(|_req: Request<Full<Bytes>>| async {
+        let body = json!({"jsonrpc": "2.0", "id": 1, "result": {"content": []}}).to_string();
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
+    });
+    stacks::stack(gate, stages, boxed_downstream(downstream))
 }
 
 /// A gate over the Redis store, with a price, a rate limit and a quota that all leave

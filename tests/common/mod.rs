@@ -53,6 +53,8 @@ pub mod mcp;
 
 pub mod redis_server;
 
+pub mod stacks;
+
 /// A whole response body as text.
 pub async fn body_text(
     resp: http::Response<impl http_body::Body<Data = bytes::Bytes, Error = impl std::fmt::Debug>>,
