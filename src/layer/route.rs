@@ -106,12 +106,13 @@ where
     St: KeyStore,
     R: Body<Data = Bytes>,
 {
-    let route_key = ctx.rpc.as_ref().map(|rpc| {
-        let tool = (rpc.method == "tools/call")
-            .then(|| rpc.tool_name().ok())
-            .flatten();
-        learned.route(&rpc.method, tool)
-    });
+    // Routes are learned for tool calls, the one method whose stages decide what is
+    // charged; other methods go by the layers made from the handle.
+    let route_key = ctx
+        .rpc
+        .as_ref()
+        .filter(|rpc| rpc.method == "tools/call")
+        .map(|rpc| learned.route(&rpc.method, rpc.tool_name().ok()));
     let inside = route_key
         .as_ref()
         .and_then(|k| learned.get(k))

@@ -22,8 +22,8 @@ use super::stage::StageSet;
 /// Routes remembered per outermost layer; past it one is forgotten for each new one.
 const ROUTES_KEPT: usize = 1024;
 
-/// A route through a stack: the JSON-RPC method and, for `tools/call`, the tool (a router
-/// may send tools through different layers), hashed with keys random to the process (so no
+/// A route through a stack: a `tools/call` and its tool (a router may send tools through
+/// different layers), hashed with keys random to the process (so no
 /// client can aim two routes at one entry; a collision would only cost an undo). Not the
 /// URL path, which a client can vary at will: routes that differ in layers by path get
 /// their layers per route (axum's `Router::layer` makes a layer per route).
