@@ -112,13 +112,7 @@ async fn a_conditional_rewrite_between_layers_keeps_the_charge_that_was_due() {
     assert_eq!(rec(&gate, &key).await.credits, 98);
     // Call 2: no tenant (rewritten): outer decides billing+quota, quota layer sees a "new"
     // request, outer undoes the whole receipt "not_in_stack".
-    let out = drain(
-        svc.clone()
-            .oneshot(call_at("/mcp", &key, json!({})))
-            .await
-            .unwrap(),
-    )
-    .await;
+    let out = send(&svc, "/mcp", &key).await;
     assert!(out.contains("result"), "{out}");
     let r = rec(&gate, &key).await;
     assert_eq!(
@@ -141,8 +135,9 @@ fn futures_lite_block_full(b: Full<Bytes>) -> Bytes {
     }
 }
 
-/// Auth outside, then billing, then quota, on a route's first call: each layer decides
-/// its own stage; when quota denies, the billing charge made further out is undone.
+/// Auth and billing from one handle outside, quota from another handle inside: the quota
+/// layer decides its own stage, and when it denies, the billing charge made further out is
+/// undone.
 #[tokio::test]
 async fn a_denial_further_in_undoes_every_charge_made_further_out() {
     let gate = Arc::new(
@@ -157,35 +152,56 @@ async fn a_denial_further_in_undoes_every_charge_made_further_out() {
         .unwrap(),
     );
     let key = gate.create_key("k", 100).await.unwrap();
-    let pg = PayGate::from_gate(gate.clone());
+    let (outer, inner) = (
+        PayGate::from_gate(gate.clone()),
+        PayGate::from_gate(gate.clone()),
+    );
     let svc = ServiceBuilder::new()
-        .layer(pg.auth())
-        .layer(pg.billing())
-        .layer(pg.quota())
+        .layer(outer.auth())
+        .layer(outer.billing())
+        .layer(inner.quota())
         .service(ok());
-    let first = drain(
-        svc.clone()
-            .oneshot(call_at("/a", &key, json!({})))
-            .await
-            .unwrap(),
-    )
-    .await;
+    let first = send(&svc, "/mcp", &key).await;
     assert!(first.contains("result"), "{first}");
     assert_eq!(rec(&gate, &key).await.credits, 98);
-    // A new path: every layer further in decides itself; quota denies.
-    let second = drain(
-        svc.clone()
-            .oneshot(call_at("/b", &key, json!({})))
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert!(second.contains("quota"), "{second}");
+    // The route is learned now: the outermost decides billing and quota in one step.
+    let second = send(&svc, "/mcp", &key).await;
+    assert!(second.contains("daily_call_quota_exceeded"), "{second}");
     assert_eq!(
         rec(&gate, &key).await.credits,
         98,
-        "charged for a call the quota layer denied"
+        "a denied call costs nothing"
     );
+    // A fresh stack of the same layers (nothing learned): the inner quota layer decides
+    // its own stage and denies; the charge the outer layers made is undone.
+    let fresh = ServiceBuilder::new()
+        .layer(outer.auth())
+        .layer(outer.billing())
+        .layer(inner.quota())
+        .service(ok());
+    let third = send(&fresh, "/mcp", &key).await;
+    assert!(third.contains("daily_call_quota_exceeded"), "{third}");
+    assert_eq!(
+        rec(&gate, &key).await.credits,
+        98,
+        "charged for a call the quota layer further in denied"
+    );
+}
+
+/// Sends a `tools/call` of `t` to `path` and reads the answer.
+async fn send<S, B>(svc: &S, path: &str, key: &str) -> String
+where
+    S: tower::Service<Request<Full<Bytes>>, Response = Response<B>, Error = Infallible> + Clone,
+    B: http_body::Body<Data = Bytes>,
+    B::Error: std::fmt::Debug,
+{
+    drain(
+        svc.clone()
+            .oneshot(call_at(path, key, json!({})))
+            .await
+            .unwrap(),
+    )
+    .await
 }
 
 /// A JSON tool failure with refundOnFailure: the refund is made before the call is
@@ -285,20 +301,8 @@ async fn invented_routes_teach_the_layers_nothing() {
         .layer(pg.billing())
         .layer(pg.rate_limit())
         .service(ok());
-    let _ = drain(
-        svc.clone()
-            .oneshot(call_at("/mcp", &key, json!({})))
-            .await
-            .unwrap(),
-    )
-    .await;
-    let _ = drain(
-        svc.clone()
-            .oneshot(call_at("/mcp", &key, json!({})))
-            .await
-            .unwrap(),
-    )
-    .await;
+    let _ = send(&svc, "/mcp", &key).await;
+    let _ = send(&svc, "/mcp", &key).await;
     let before = gate.meter().since(None).len();
     for n in 0..1030 {
         let req = Request::post(format!("http://localhost/x{n}"))
@@ -308,13 +312,7 @@ async fn invented_routes_teach_the_layers_nothing() {
             .unwrap();
         let _ = drain(svc.clone().oneshot(req).await.unwrap()).await;
     }
-    let _ = drain(
-        svc.clone()
-            .oneshot(call_at("/mcp", &key, json!({})))
-            .await
-            .unwrap(),
-    )
-    .await;
+    let _ = send(&svc, "/mcp", &key).await;
     let after = gate.meter().since(None).len();
     assert_eq!(
         after - before,
