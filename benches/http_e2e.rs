@@ -81,7 +81,7 @@ fn main() {
         let cfg = PayGateConfig::default().with_rate_limit(0);
         let gate = Arc::new(Gate::new(cfg).expect("config"));
         let key = gate
-            .create_key("bench", paygate_mcp::config::MAX_AMOUNT)
+            .create_key("bench", paygate_mcp::amount::MAX_AMOUNT)
             .await
             .expect("key");
         let noop =

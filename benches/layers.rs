@@ -58,7 +58,7 @@ fn bench(c: &mut Criterion) {
     // Generous limits so the allowed case stays allowed for the whole run.
     let cfg = PayGateConfig::default().with_rate_limit(0);
     let gate = Arc::new(Gate::new(cfg).expect("valid config"));
-    let rich = block_on(gate.create_key("bench", paygate_mcp::config::MAX_AMOUNT)).expect("key");
+    let rich = block_on(gate.create_key("bench", paygate_mcp::amount::MAX_AMOUNT)).expect("key");
     let broke = block_on(gate.create_key("broke", 0)).expect("key");
     let gated = ServiceBuilder::new()
         .layer(PayGateLayer::from_gate(gate.clone()))

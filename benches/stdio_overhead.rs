@@ -219,7 +219,7 @@ fn run(calls: u64) -> Medians {
         let gate =
             Arc::new(Gate::new(PayGateConfig::default().with_rate_limit(0)).expect("config"));
         let key = gate
-            .create_key("bench", paygate_mcp::config::MAX_AMOUNT)
+            .create_key("bench", paygate_mcp::amount::MAX_AMOUNT)
             .await
             .expect("key");
         let svc = ServiceBuilder::new()

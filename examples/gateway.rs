@@ -216,17 +216,17 @@ fn load_store(path: Option<&PathBuf>) -> Result<MemoryKeyStore, String> {
     };
     let (store, report) = MemoryKeyStore::load_from(path).map_err(|e| e.to_string())?;
     if report.found {
-        eprintln!(
-            "state file {}: loaded {} keys, skipped {}",
-            path.display(),
-            report.loaded,
-            report.skipped
+        tracing::info!(
+            path = %path.display(),
+            loaded = report.loaded,
+            skipped = report.skipped,
+            "state file loaded"
         );
         for reason in &report.reasons {
-            eprintln!("  skipped {reason}");
+            tracing::warn!(path = %path.display(), "state file record skipped: {reason}");
         }
         if let Some(kept) = &report.rejected_file {
-            eprintln!("  skipped records are kept in {}", kept.display());
+            tracing::warn!(kept = %kept.display(), "skipped state file records kept aside");
         }
     }
     Ok(store)
@@ -245,8 +245,9 @@ fn spawn_snapshots(gate: Arc<Gate<MemoryKeyStore>>, path: PathBuf) {
             let (g, p) = (gate.clone(), path.clone());
             match tokio::task::spawn_blocking(move || g.store().save_to(&p)).await {
                 Ok(Ok(_)) => saved = now,
-                Ok(Err(e)) => eprintln!("error: snapshot failed: {e}"),
-                Err(e) => eprintln!("error: snapshot task failed: {e}"),
+                // The store logs the failed save; the next round tries again.
+                Ok(Err(_)) => {}
+                Err(e) => tracing::error!(error = %e, "state file snapshot task failed"),
             }
         }
     });
@@ -317,7 +318,7 @@ async fn run(args: Args) -> Result<(), String> {
         serve(gate.clone(), &args, observers, downstream).await?;
         if let Some(path) = &args.state_file {
             let saved = gate.store().save_to(path).map_err(|e| e.to_string())?;
-            eprintln!("state file {}: saved {saved} keys", path.display());
+            tracing::info!(path = %path.display(), keys = saved, "state file saved on shutdown");
         }
     }
     if let Some(handle) = webhook {
@@ -406,7 +407,7 @@ async fn stdio(
         .await
         .map_err(|e| e.to_string())?;
     if !upstream.is_ready() {
-        eprintln!("warning: MCP server `{command}` is not up; retrying in the background");
+        tracing::warn!(command, "MCP server is not up; retrying in the background");
     }
     let probe = upstream.clone();
     health.push((name.to_string(), Arc::new(move || probe.is_ready())));

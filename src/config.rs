@@ -11,8 +11,6 @@ pub(crate) use crate::amount::whole;
 use crate::key::MAX_NAME_LEN;
 use crate::quota::Quota;
 
-pub use crate::amount::MAX_AMOUNT;
-
 /// The methods that pass without a key and without billing unless configured otherwise.
 pub const DEFAULT_FREE_METHODS: [&str; 7] = [
     "initialize",

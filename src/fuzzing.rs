@@ -19,7 +19,7 @@ use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 
 use crate::admin::{keys, reports, AdminRequest};
-use crate::gate::block_on;
+use crate::blocking::block_on;
 use crate::jsonrpc::{parse_request, split_event, sse_data};
 use crate::layer::body::{Framing, GateBody, RefundWatch, Rewrite, Watch};
 use crate::store::MemoryKeyStore;

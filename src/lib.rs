@@ -62,12 +62,15 @@ pub use analytics::{
     TrendComparison,
 };
 pub use audit::{AuditEvent, AuditLog, AuditPage, AuditQuery, AuditStats};
+pub use blocking::block_on;
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use config::{ConfigError, PayGateConfig, ServerSpec, ToolPricing};
-pub use gate::{block_on, CallRequest, Decision, DenyCategory, DenyReason, Gate, GateError};
+pub use deny::{DenyCategory, DenyReason};
+pub use edge::ClientAddr;
+pub use gate::{CallRequest, Decision, Gate, GateError, IssuedKey};
 pub use key::{generate_key, mask_key, parse_ip_entry, KeyDigest, KeyRecord};
 pub use layer::{
-    AlertLayer, AuthLayer, BillingLayer, ClientAddr, DenialHandler, GateBody, GateService, PayGate,
+    AlertLayer, AuthLayer, BillingLayer, DenialHandler, GateBody, GateService, PayGate,
     PayGateLayer, QuotaLayer, RateLimitLayer,
 };
 pub use meter::{AdminEvent, EventSink, FanOut, UsageEvent, UsageMeter};

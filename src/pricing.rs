@@ -5,7 +5,8 @@ use std::io;
 
 use serde::Serialize;
 
-use crate::config::{PayGateConfig, ToolPricing, MAX_AMOUNT};
+use crate::amount::MAX_AMOUNT;
+use crate::config::{PayGateConfig, ToolPricing};
 
 impl ToolPricing {
     /// Price of one call whose arguments serialize to `input_bytes` of compact JSON:

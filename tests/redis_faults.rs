@@ -17,7 +17,7 @@ use common::redis_server::RedisServer;
 use http::{HeaderValue, Request, Response};
 use http_body_util::{BodyExt, Full};
 use parking_lot::Mutex;
-use paygate_mcp::config::MAX_AMOUNT;
+use paygate_mcp::amount::MAX_AMOUNT;
 use paygate_mcp::store::redis::{RedisConfig, RedisKeyStore};
 use paygate_mcp::{
     generate_key, mask_key, AdminEvent, CallRequest, DenyReason, EventSink, Gate, KeyDigest,

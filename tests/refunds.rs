@@ -312,7 +312,7 @@ async fn layers_emit_usage_alert_and_expiry_events() {
 /// lifts a balance above the largest amount.
 mod store_rules {
     use super::common;
-    use paygate_mcp::config::MAX_AMOUNT;
+    use paygate_mcp::amount::MAX_AMOUNT;
     use paygate_mcp::{
         block_on, generate_key, mask_key, CallRequest, DenyReason, KeyDigest, KeyStore, KeyUpdate,
         PayGateConfig,

@@ -19,7 +19,7 @@ pub fn client_ip() -> IpAddr {
 
 /// A gate whose config turns every check on.
 pub fn gate() -> Arc<Gate> {
-    let big = paygate_mcp::config::MAX_AMOUNT;
+    let big = paygate_mcp::amount::MAX_AMOUNT;
     let cfg = PayGateConfig::default()
         .with_rate_limit(1_000_000_000)
         .with_tool_pricing(
@@ -43,7 +43,7 @@ pub fn gate() -> Arc<Gate> {
 
 /// A key with an ACL, an IP allowlist and a spending limit.
 pub fn key(gate: &Gate) -> String {
-    let big = paygate_mcp::config::MAX_AMOUNT;
+    let big = paygate_mcp::amount::MAX_AMOUNT;
     let key = block_on(gate.create_key("bench", big)).expect("key");
     let d = KeyDigest::of(&key);
     for change in [

@@ -12,7 +12,7 @@ use super::{
     bad_request, error, json_reply, not_found, AdminRequest, AdminState, ApiError, Handled,
 };
 use crate::config::whole;
-use crate::gate::DenyReason;
+use crate::deny::DenyReason;
 use crate::key::{mask_key, parse_ip_entry, KeyDigest, KeyRecord, MAX_NAME_LEN};
 use crate::quota::Quota;
 use crate::store::{KeyStore, KeyUpdate};

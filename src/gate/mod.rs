@@ -12,8 +12,8 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-pub use crate::blocking::block_on;
-pub use crate::deny::{DenyCategory, DenyReason};
+use crate::blocking::block_on;
+use crate::deny::{DenyCategory, DenyReason};
 pub use keys::{GateError, IssuedKey};
 
 mod keys;

@@ -77,7 +77,5 @@ pub use service::{GateService, ResponseFuture};
 /// Boxed error type of the request body.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-pub use crate::edge::ClientAddr;
-
 /// Turns a bearer token into an API key (`None` rejects it).
 pub type BearerResolver = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;

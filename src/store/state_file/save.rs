@@ -87,10 +87,12 @@ impl MemoryKeyStore {
             sync_dir(path)
         };
         let result = write();
-        if result.is_err() {
+        if let Err(e) = &result {
             let _ = fs::remove_file(&tmp);
+            tracing::error!(path = %path.display(), error = %e, "state file not saved");
         }
         result.map_err(io_err(path))?;
+        tracing::debug!(path = %path.display(), keys = keys.len(), "state file saved");
         let unpin = pinned.is_some_and(|p| {
             p.kept = true;
             keys.len() >= p.held

@@ -395,7 +395,7 @@ mod tests {
     #[test]
     fn spawn_outside_a_runtime_is_an_error() {
         let fut = StdioUpstream::spawn(StdioConfig::new("true", Vec::<String>::new()));
-        let err = crate::gate::block_on(fut).unwrap_err();
+        let err = crate::blocking::block_on(fut).unwrap_err();
         assert!(matches!(err, StdioError::NoRuntime));
     }
 }

@@ -7,14 +7,17 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use parking_lot::Mutex;
 
+mod charge;
+
 use super::compact::StoredKey;
 use super::{
-    ChargeOutcome, ChargeReceipt, ChargeRequest, Checks, KeyPage, KeySnapshot, KeyStore, KeyUpdate,
+    ChargeOutcome, ChargeReceipt, ChargeRequest, KeyPage, KeySnapshot, KeyStore, KeyUpdate,
     StoreError, StoreStats,
 };
 use crate::deny::DenyReason;
 use crate::key::{KeyDigest, KeyRecord};
 use crate::ratelimit::{KeyWindows, WINDOW_MS};
+use charge::{denied, key_denial, Limits};
 
 /// Shards are chosen by the digest's first byte, so iterating shards in order walks keys in
 /// digest order: listing needs no merge.
@@ -246,160 +249,6 @@ impl MemoryKeyStore {
             rate,
             receipt,
             newly_expired: false,
-        }
-    }
-}
-
-/// A denial with nothing applied (its snapshot filled in by the caller).
-fn denied(reason: DenyReason, snapshot: Option<KeySnapshot>) -> ChargeOutcome {
-    ChargeOutcome {
-        denial: Some(reason),
-        retry_after_secs: None,
-        snapshot,
-        rate: None,
-        receipt: None,
-        newly_expired: false,
-    }
-}
-
-/// The key checks, which apply whatever the stages: active, not expired (noted the first
-/// time, bumping `version`), IP allowlist, ACL.
-fn key_denial(
-    rec: &mut StoredKey,
-    req: &ChargeRequest<'_>,
-    version: &mut u64,
-) -> Option<ChargeOutcome> {
-    if !rec.active {
-        return Some(denied(DenyReason::InvalidApiKey, None));
-    }
-    if rec.is_expired_at(req.now_ms) {
-        let newly_expired = !rec.expiry_notified;
-        rec.expiry_notified = true;
-        *version += u64::from(newly_expired);
-        return Some(ChargeOutcome {
-            newly_expired,
-            ..denied(DenyReason::ApiKeyExpired, None)
-        });
-    }
-    if !rec.permits_ip(req.client_ip) {
-        return Some(denied(DenyReason::IpNotAllowed, None));
-    }
-    rec.acl_denial(req.tool).map(|reason| denied(reason, None))
-}
-
-/// The limits a charge applies, as its checks leave them: no price without billing, no
-/// windows without rate limiting.
-struct Limits {
-    checks: Checks,
-    price: u64,
-    global: u64,
-    tool: u64,
-}
-
-impl Limits {
-    fn of(req: &ChargeRequest<'_>) -> Self {
-        let checks = req.checks;
-        Self {
-            checks,
-            price: checks.price(req.price),
-            global: checks.rate_limit(req.global_rate_limit),
-            tool: checks.rate_limit(req.tool_rate_limit),
-        }
-    }
-
-    fn any_window(&self) -> bool {
-        self.global > 0 || self.tool > 0
-    }
-
-    /// Rate windows, then credits, spending limit and quotas: the first failure is the
-    /// reason. In shadow mode evaluation runs to the end and nothing is applied.
-    fn first_denial(
-        &self,
-        rec: &StoredKey,
-        windows: Option<&mut KeyWindows>,
-        req: &ChargeRequest<'_>,
-    ) -> Option<(DenyReason, Option<u64>)> {
-        let mut first: Option<(DenyReason, Option<u64>)> = None;
-        if let Some(w) = windows {
-            if self.global > 0 {
-                if let Err(retry) = w.global.check(self.global, req.now_ms) {
-                    first.get_or_insert((DenyReason::RateLimited, Some(retry)));
-                }
-            }
-            if self.tool > 0 {
-                if let Err(retry) = w.tool_mut(req.tool).check(self.tool, req.now_ms) {
-                    first.get_or_insert((DenyReason::ToolRateLimited, Some(retry)));
-                }
-            }
-        }
-        let price = self.price;
-        if self.checks.credits && rec.credits < price {
-            first.get_or_insert((DenyReason::InsufficientCredits, None));
-        }
-        if self.checks.credits
-            && rec.spending_limit > 0
-            && rec.total_spent.saturating_add(price) > rec.spending_limit
-        {
-            first.get_or_insert((DenyReason::SpendingLimitExceeded, None));
-        }
-        let usage = rec.quota_usage.rolled(req.now_ms);
-        if let Some(reason) = rec
-            .quota()
-            .or(req.global_quota)
-            .filter(|_| self.checks.quotas)
-            .and_then(|q| q.check(&usage, price))
-        {
-            first.get_or_insert((reason, None));
-        }
-        first
-    }
-
-    /// Applies an allowed call: each check counts its own (windows their entry, billing the
-    /// balance and the key's totals, quotas their counters). A receipt when something can
-    /// be undone.
-    fn apply(
-        &self,
-        rec: &mut StoredKey,
-        windows: Option<&mut KeyWindows>,
-        req: &ChargeRequest<'_>,
-    ) -> Option<ChargeReceipt> {
-        if let Some(w) = windows {
-            if self.global > 0 {
-                w.global.record(req.now_ms);
-            }
-            if self.tool > 0 {
-                w.tool_mut(req.tool).record(req.now_ms);
-            }
-        }
-        let price = self.price;
-        if self.checks.credits {
-            rec.credits -= price;
-            rec.total_spent = rec.total_spent.saturating_add(price);
-            rec.total_calls = rec.total_calls.saturating_add(1);
-        }
-        rec.quota_usage = rec.quota_usage.rolled(req.now_ms);
-        if self.checks.quotas {
-            rec.quota_usage.add(price, req.now_ms);
-        }
-        rec.set_last_used(req.now_ms);
-        (self.checks.credits || self.checks.quotas).then_some(ChargeReceipt {
-            key: req.key,
-            credits: price,
-            day: rec.quota_usage.day,
-            month: rec.quota_usage.month,
-            billed: self.checks.credits,
-            counted: self.checks.quotas,
-            nonce: None,
-            charged_at_ms: req.now_ms,
-        })
-    }
-
-    /// The window the headers report: the tool's when it has one, else the global one.
-    fn reported(&self, w: &mut KeyWindows, req: &ChargeRequest<'_>) -> crate::ratelimit::RateState {
-        if self.tool > 0 {
-            w.tool_mut(req.tool).state(self.tool, req.now_ms)
-        } else {
-            w.global.state(self.global, req.now_ms)
         }
     }
 }
