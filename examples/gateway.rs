@@ -74,6 +74,9 @@ struct Args {
     /// Keep keys across restarts in this JSON file.
     #[arg(long, value_name = "FILE")]
     state_file: Option<PathBuf>,
+    /// Import the keys of a paygate-mcp 1.8 (TypeScript) state file at start.
+    #[arg(long, value_name = "FILE")]
+    import_state: Option<PathBuf>,
     /// POST usage and admin events here.
     #[arg(long, value_name = "URL")]
     webhook_url: Option<String>,
@@ -443,6 +446,21 @@ async fn serve<St: KeyStore>(
             .map(|k| format!("admin_{}", &k[3..]))
             .map_err(|e| e.to_string())?,
     };
+    if let Some(path) = &args.import_state {
+        let report = gate
+            .import_ts18_state(path)
+            .await
+            .map_err(|e| format!("--import-state: {e}"))?;
+        tracing::info!(
+            path = %path.display(),
+            imported = report.imported,
+            skipped = report.skipped,
+            "paygate-mcp 1.8 state imported"
+        );
+        for reason in &report.reasons {
+            tracing::warn!("--import-state skipped {reason}");
+        }
+    }
     let mut shown_key = None;
     for (key, credits) in &args.import_keys {
         if *key == admin_key {

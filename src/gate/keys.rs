@@ -203,6 +203,31 @@ impl<S: KeyStore> Gate<S> {
     }
 }
 
+impl<S: KeyStore> Gate<S> {
+    /// Imports the state file of paygate-mcp 1.8 (its plaintext keys become digest
+    /// records with their balances, counters, ACL, quota, tags, allowlist and expiry), and
+    /// says what it skipped. Keys already in the store are left as they are.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// use paygate_mcp::{Gate, PayGateConfig};
+    /// let file = std::env::temp_dir().join(format!("ts18-doc-{}.json", std::process::id()));
+    /// std::fs::write(&file, r#"[["pg_0123456789abcdef0123", {"name": "alice", "credits": 40}]]"#).unwrap();
+    /// let gate = Gate::new(PayGateConfig::default()).unwrap();
+    /// let report = gate.import_ts18_state(&file).await.unwrap();
+    /// assert_eq!((report.imported, report.skipped), (1, 0));
+    /// assert_eq!(gate.get_key("pg_0123456789abcdef0123").await.unwrap().unwrap().credits, 40);
+    /// # std::fs::remove_file(&file).unwrap();
+    /// # });
+    /// ```
+    pub async fn import_ts18_state(
+        &self,
+        path: &std::path::Path,
+    ) -> Result<crate::store::state_file::ImportReport, crate::store::StateFileError> {
+        crate::store::state_file::import_ts18(&self.store, path, self.clock.now_ms()).await
+    }
+}
+
 impl Gate<MemoryKeyStore> {
     /// [`Gate::create_key`] without an async runtime.
     pub fn create_key_blocking(&self, name: &str, credits: u64) -> Result<String, GateError> {

@@ -19,6 +19,9 @@ use std::path::{Path, PathBuf};
 
 mod load;
 mod save;
+mod ts18;
+
+pub use ts18::{import_ts18, ImportReport};
 #[cfg(test)]
 mod test_support;
 
