@@ -501,6 +501,11 @@ async fn acl_expiry_quota_tags_ip_and_limits() {
             .status,
         StatusCode::BAD_REQUEST
     );
+    // The field as paygate-mcp 1.8 names it.
+    let r = app
+        .post("/keys/ip", json!({"key": key, "ips": ["192.0.2.9"]}))
+        .await;
+    assert_eq!(r.json["ipAllowlist"], json!(["192.0.2.9/32"]), "{}", r.text);
     app.post("/keys/ip", json!({"key": key, "ipAllowlist": []}))
         .await;
 
@@ -600,10 +605,15 @@ async fn usage_json_and_csv_escape_hostile_names() {
     );
     assert_eq!(&rows[1][3], "'@SUM(A1)");
     assert!(!r.text.contains(&key));
+    // As in paygate-mcp 1.8: an unknown format is JSON, a date alone is its start.
+    let xml = app.get("/usage?format=xml").await;
+    assert_eq!(xml.status, StatusCode::OK);
+    assert!(xml.json["events"].is_array(), "{}", xml.text);
     assert_eq!(
-        app.get("/usage?format=xml").await.status,
-        StatusCode::BAD_REQUEST
+        app.get("/usage?since=2020-01-01").await.json["count"],
+        app.get("/usage").await.json["count"]
     );
+    assert_eq!(app.get("/usage?since=2030-01-01").await.json["count"], 0);
     assert_eq!(
         app.get("/usage?since=yesterday").await.status,
         StatusCode::BAD_REQUEST

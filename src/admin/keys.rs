@@ -394,6 +394,8 @@ pub(crate) async fn tags<St: KeyStore>(state: &AdminState<St>, req: &AdminReques
 #[serde(rename_all = "camelCase")]
 pub(crate) struct Ip {
     key: String,
+    /// `ips` is the name paygate-mcp 1.8 sends.
+    #[serde(alias = "ips")]
     ip_allowlist: Vec<String>,
 }
 

@@ -165,13 +165,20 @@ pub(crate) fn query_time(
     req.query
         .get(name)
         .map(|text| {
-            DateTime::parse_from_rfc3339(text)
-                .map(|t| t.with_timezone(&Utc))
-                .map_err(|_| {
-                    bad_request(format!(
-                        "'{name}' must be an RFC 3339 time, e.g. 2026-02-25T00:00:00Z"
-                    ))
-                })
+            // A date alone (as paygate-mcp 1.8 takes it) means its start, UTC.
+            let date = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+                .ok()
+                .and_then(|d| d.and_hms_opt(0, 0, 0))
+                .map(|t| t.and_utc());
+            date.map(Ok).unwrap_or_else(|| {
+                DateTime::parse_from_rfc3339(text)
+                    .map(|t| t.with_timezone(&Utc))
+                    .map_err(|_| {
+                        bad_request(format!(
+                            "'{name}' must be a date or an RFC 3339 time, e.g. 2026-02-25 or 2026-02-25T00:00:00Z"
+                        ))
+                    })
+            })
         })
         .transpose()
 }
@@ -195,12 +202,14 @@ pub(crate) fn csv_reply(header: &[&str], rows: impl Iterator<Item = Vec<String>>
 pub(crate) fn usage<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Handled {
     let since = query_time(req, "since")?;
     let events = state.gate.meter().since(since);
-    match req.query.get("format").map(String::as_str) {
-        None | Some("json") => Ok(json_reply(
+    // Any format but CSV is JSON, as in paygate-mcp 1.8.
+    let csv = req.query.get("format").is_some_and(|f| f == "csv");
+    match csv.then_some(()) {
+        None => Ok(json_reply(
             StatusCode::OK,
             &json!({"events": events, "count": events.len()}),
         )),
-        Some("csv") => csv_reply(
+        Some(()) => csv_reply(
             &[
                 "timestamp",
                 "apiKey",
@@ -224,7 +233,6 @@ pub(crate) fn usage<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) ->
                 ]
             }),
         ),
-        Some(_) => Err(bad_request("'format' must be json or csv")),
     }
 }
 
