@@ -203,7 +203,7 @@ where
         client_ip: r.ctx.client_ip,
     };
     if !r.stages.decides() {
-        if let Err(denied) = check_key(r, &call).await {
+        if let Err(denied) = check_key(r, &call, Some(call.tool)).await {
             return Ok(r.denial(&denied));
         }
         return forward(inner, parts, r.ctx, r.done_by(), None).await;
@@ -283,20 +283,19 @@ impl<St> Routed<'_, St> {
     }
 }
 
-/// Without a deciding stage: the key checked (with the auth stage) and the alert rules run
-/// on its record (with the alert stage). A denial comes back as `Err`.
+/// Without a deciding stage: the key checked (where a key-checking stage is) with the ACL
+/// of `acl_tool`, and for a tool call the alert rules run on its record (with the alert
+/// stage). A denial comes back as `Err`.
 async fn check_key<St: KeyStore>(
     r: &Routed<'_, St>,
     call: &CallRequest<'_>,
+    acl_tool: Option<&str>,
 ) -> Result<(), Decision> {
     let gate = &r.pg.gate;
-    match gate
-        .authorize(call.api_key, call.client_ip, Some(call.tool))
-        .await
-    {
-        Ok(rec) if r.stages.contains(StageSet::ALERTS) => gate.alert_on(&rec),
+    match gate.authorize(call.api_key, call.client_ip, acl_tool).await {
+        Ok(rec) if acl_tool.is_some() && r.stages.contains(StageSet::ALERTS) => gate.alert_on(&rec),
         Ok(_) => {}
-        Err(reason) if r.stages.contains(StageSet::AUTH) => {
+        Err(reason) if r.stages.needs_key() => {
             // Recorded as a usage event; in shadow mode it lets the call through.
             let decision = gate.deny(reason, call.tool, call);
             if !decision.allowed {
@@ -352,18 +351,14 @@ where
         return Ok(*refusal);
     }
     if r.stages.needs_key() {
-        let gate = &r.pg.gate;
         let call = CallRequest {
             api_key: r.ctx.api_key.as_deref(),
             tool: &r.rpc.method,
             input_bytes: 0,
             client_ip: r.ctx.client_ip,
         };
-        if let Err(reason) = gate.authorize(call.api_key, call.client_ip, None).await {
-            let decision = gate.deny(reason, &r.rpc.method, &call);
-            if !decision.allowed {
-                return Ok(r.denial(&decision));
-            }
+        if let Err(denied) = check_key(r, &call, None).await {
+            return Ok(r.denial(&denied));
         }
     }
     forward(inner, parts, r.ctx, r.done_by(), None).await
