@@ -11,6 +11,10 @@
 //! `--redis-url` needs `--features redis`; without it keys live in memory (and in the
 //! `--state-file`, when given).
 //! ```
+//!
+//! A paygate-mcp 1.8 config file loads unchanged with `--config`: its `port`, `adminKey`,
+//! `stateFile` and `importKeys` are used when the matching flag is absent (a flag wins), and
+//! its `oauth` and `stripeWebhookSecret`, not supported yet, are refused by name.
 
 #[path = "common/client_addr.rs"]
 mod client_addr;
@@ -44,10 +48,11 @@ const SNAPSHOT_EVERY: Duration = Duration::from_secs(5);
 #[derive(Debug, Parser)]
 #[command(name = "gateway", version)]
 struct Args {
-    /// Port to listen on (127.0.0.1).
+    /// Port to listen on (127.0.0.1); else the config's port, else 3402.
     #[arg(long, value_name = "N")]
     port: Option<u16>,
-    /// Admin API key (16+ printable characters); else PAYGATE_ADMIN_KEY, else generated.
+    /// Admin API key (16+ printable characters); else PAYGATE_ADMIN_KEY, else the config's
+    /// adminKey, else generated.
     #[arg(long, value_name = "KEY", value_parser = admin_key)]
     admin_key: Option<String>,
     /// A JSON PayGateConfig file.
@@ -68,10 +73,11 @@ struct Args {
     /// Refund calls whose tool fails.
     #[arg(long)]
     refund_on_failure: bool,
-    /// Import an existing key with its credits, "pg_...:100" (repeatable).
+    /// Import an existing key with its credits, "pg_...:100" (repeatable); imported with the
+    /// config's importKeys, and wins for the same key.
     #[arg(long = "import-key", value_name = "KEY:CREDITS", value_parser = import_key)]
     import_keys: Vec<(String, u64)>,
-    /// Keep keys across restarts in this JSON file.
+    /// Keep keys across restarts in this JSON file; else the config's stateFile.
     #[arg(long, value_name = "FILE")]
     state_file: Option<PathBuf>,
     /// Import the keys of a paygate-mcp 1.8 (TypeScript) state file at start.
@@ -212,6 +218,55 @@ fn config_from(args: &Args) -> Result<PayGateConfig, String> {
     Ok(cfg)
 }
 
+/// Where an API key to import comes from, to name it when it is refused.
+#[derive(Debug, Clone, Copy)]
+enum ImportSource {
+    Flag,
+    Config,
+}
+
+impl ImportSource {
+    fn refused(self, key: &str, why: impl std::fmt::Display) -> String {
+        match self {
+            Self::Flag => format!("--import-key: {why}"),
+            Self::Config => format!(
+                "invalid config at 'importKeys': {}: {why}",
+                paygate_mcp::mask_key(key)
+            ),
+        }
+    }
+}
+
+/// The gateway settings a flag or the config file gives: the flag wins.
+struct Settings {
+    port: u16,
+    state_file: Option<PathBuf>,
+    /// `--import-key` flags first, then the config's `importKeys` the flags do not name.
+    import_keys: Vec<(String, u64, ImportSource)>,
+}
+
+impl Settings {
+    fn resolve(args: &Args, cfg: &PayGateConfig) -> Self {
+        let flagged = |key: &str| args.import_keys.iter().any(|(k, _)| k == key);
+        let mut import_keys: Vec<_> = args
+            .import_keys
+            .iter()
+            .map(|(key, credits)| (key.clone(), *credits, ImportSource::Flag))
+            .collect();
+        import_keys.extend(
+            cfg.import_keys
+                .iter()
+                .filter(|(key, _)| !flagged(key))
+                .map(|(key, credits)| (key.clone(), *credits, ImportSource::Config)),
+        );
+        Self {
+            port: args.port.or(cfg.port).unwrap_or(3402),
+            state_file: args.state_file.clone().or_else(|| cfg.state_file.clone()),
+            import_keys,
+        }
+    }
+}
+
 /// Loads the state file, if any, saying what was skipped.
 fn load_store(path: Option<&PathBuf>) -> Result<MemoryKeyStore, String> {
     let Some(path) = path else {
@@ -274,6 +329,7 @@ async fn shutdown_signal() {
 
 async fn run(args: Args) -> Result<(), String> {
     let cfg = config_from(&args)?;
+    let settings = Settings::resolve(&args, &cfg);
     let metrics = Arc::new(Metrics::new(Arc::new(SystemClock)));
     let audit = Arc::new(AuditLog::new(Arc::new(SystemClock)));
     let mut sinks: Vec<Arc<dyn EventSink>> = vec![metrics.clone(), audit.clone()];
@@ -295,10 +351,15 @@ async fn run(args: Args) -> Result<(), String> {
     };
 
     if let Some(url) = &args.redis_url {
-        if args.state_file.is_some() {
-            return Err(
-                "--state-file and --redis-url exclude each other: Redis keeps the state".into(),
-            );
+        if settings.state_file.is_some() {
+            let state_file = if args.state_file.is_some() {
+                "--state-file"
+            } else {
+                "the config's stateFile"
+            };
+            return Err(format!(
+                "{state_file} and --redis-url exclude each other: Redis keeps the state"
+            ));
         }
         let store = redis_store(url, args.owed_file.as_deref()).await?;
         let gate =
@@ -306,20 +367,21 @@ async fn run(args: Args) -> Result<(), String> {
         serve(
             Arc::new(gate.with_event_sink(sinks)),
             &args,
+            &settings,
             observers,
             downstream,
         )
         .await?;
     } else {
-        let store = load_store(args.state_file.as_ref())?;
+        let store = load_store(settings.state_file.as_ref())?;
         let gate =
             Gate::with_store(cfg, store, Arc::new(SystemClock)).map_err(|e| e.to_string())?;
         let gate = Arc::new(gate.with_event_sink(sinks));
-        if let Some(path) = &args.state_file {
+        if let Some(path) = &settings.state_file {
             spawn_snapshots(gate.clone(), path.clone());
         }
-        serve(gate.clone(), &args, observers, downstream).await?;
-        if let Some(path) = &args.state_file {
+        serve(gate.clone(), &args, &settings, observers, downstream).await?;
+        if let Some(path) = &settings.state_file {
             let saved = gate.store().save_to(path).map_err(|e| e.to_string())?;
             tracing::info!(path = %path.display(), keys = saved, "state file saved on shutdown");
         }
@@ -428,6 +490,7 @@ struct Observers {
 async fn serve<St: KeyStore>(
     gate: Arc<Gate<St>>,
     args: &Args,
+    settings: &Settings,
     observers: Observers,
     downstream: UpstreamService,
 ) -> Result<(), String> {
@@ -440,7 +503,11 @@ async fn serve<St: KeyStore>(
         }
         _ => None,
     };
-    let admin_key = match args.admin_key.clone().or(from_env) {
+    let from_config = gate.config().admin_key.clone();
+    if from_env.is_some() && from_config.is_some() && from_env != from_config {
+        tracing::warn!("PAYGATE_ADMIN_KEY is used, not the config file's adminKey");
+    }
+    let admin_key = match args.admin_key.clone().or(from_env).or(from_config) {
         Some(k) => k,
         None => generate_key()
             .map(|k| format!("admin_{}", &k[3..]))
@@ -462,15 +529,15 @@ async fn serve<St: KeyStore>(
         }
     }
     let mut shown_key = None;
-    for (key, credits) in &args.import_keys {
+    for (key, credits, source) in &settings.import_keys {
         if *key == admin_key {
-            return Err("--import-key: an API key cannot be the admin key".into());
+            return Err(source.refused(key, "an API key cannot be the admin key"));
         }
         match gate.import_key(key, "imported", *credits).await {
             Ok(()) => {}
             // Already stored: keep its balance.
             Err(paygate_mcp::GateError::Store(paygate_mcp::StoreError::Duplicate)) => {}
-            Err(e) => return Err(format!("--import-key: {e}")),
+            Err(e) => return Err(source.refused(key, e)),
         }
         shown_key.get_or_insert((key.clone(), *credits));
     }
@@ -508,7 +575,7 @@ async fn serve<St: KeyStore>(
         .layer(middleware::from_fn(client_addr))
         .layer(cors(&args.cors_origins));
 
-    let port = args.port.unwrap_or(3402);
+    let port = settings.port;
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .map_err(|e| format!("cannot listen on 127.0.0.1:{port}: {e}"))?;

@@ -2,13 +2,13 @@
 //! construction with errors that name the offending field.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::alerts::{AlertRule, AlertType};
 pub(crate) use crate::amount::whole;
-use crate::key::MAX_NAME_LEN;
+use crate::key::{mask_key, MAX_NAME_LEN};
 use crate::quota::Quota;
 
 /// The methods that pass without a key and without billing unless configured otherwise.
@@ -21,6 +21,50 @@ pub const DEFAULT_FREE_METHODS: [&str; 7] = [
     "resources/list",
     "prompts/list",
 ];
+
+/// The shortest admin key accepted (by [`check_admin_key`], so by the config's `adminKey` and
+/// by `AdminService::new`).
+pub const MIN_ADMIN_KEY_LEN: usize = 16;
+
+/// Why an admin key was refused. The messages never repeat the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdminKeyError {
+    /// No key at all: anyone could administer the gateway.
+    #[error("the admin key is empty; it must be at least {MIN_ADMIN_KEY_LEN} characters")]
+    Empty,
+    /// Too short to withstand guessing.
+    #[error(
+        "the admin key is {0} characters long; it must be at least {MIN_ADMIN_KEY_LEN} characters"
+    )]
+    TooShort(usize),
+    /// A character no `X-Admin-Key` header could carry as sent.
+    #[error("the admin key must be printable ASCII without spaces (it is sent in the X-Admin-Key header)")]
+    NotPrintable,
+}
+
+/// Checks that `admin_key` can guard the admin API: at least [`MIN_ADMIN_KEY_LEN`] printable
+/// ASCII characters, no spaces. `AdminService::new` refuses any other, and so does
+/// [`PayGateConfig::validate`] for `adminKey`; call this to check a key before starting
+/// anything else. A pure rule of the core, re-exported as `paygate_mcp::admin::check_admin_key`.
+///
+/// ```
+/// use paygate_mcp::admin::{check_admin_key, AdminKeyError};
+/// assert_eq!(check_admin_key(""), Err(AdminKeyError::Empty));
+/// assert_eq!(check_admin_key("secret"), Err(AdminKeyError::TooShort(6)));
+/// assert!(check_admin_key("admin-secret-123").is_ok());
+/// ```
+pub fn check_admin_key(admin_key: &str) -> Result<(), AdminKeyError> {
+    if admin_key.is_empty() {
+        return Err(AdminKeyError::Empty);
+    }
+    if !admin_key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(AdminKeyError::NotPrintable);
+    }
+    if admin_key.len() < MIN_ADMIN_KEY_LEN {
+        return Err(AdminKeyError::TooShort(admin_key.len()));
+    }
+    Ok(())
+}
 
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -153,6 +197,32 @@ pub struct PayGateConfig {
     /// Gateway: several MCP servers behind one endpoint, tools named `prefix:tool`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub servers: Vec<ServerSpec>,
+    /// Gateway: the port to listen on (`--port` wins; 3402 when neither is given).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Gateway: the admin API key, checked by [`check_admin_key`] (`--admin-key` and
+    /// `PAYGATE_ADMIN_KEY` win; generated when none is given).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_key: Option<String>,
+    /// Gateway: keep keys across restarts in this JSON file (`--state-file` wins).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_file: Option<PathBuf>,
+    /// Gateway: existing API keys to import at start with their credits, 1.8's
+    /// `{"pg_...": 100}`; a key already stored keeps its balance, and `--import-key` wins for
+    /// the same key.
+    #[serde(
+        deserialize_with = "import_key_credits",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub import_keys: BTreeMap<String, u64>,
+    /// 1.8's OAuth 2.1 settings. Accepted so a 1.8 file parses, but refused by
+    /// [`validate`](Self::validate) when present: OAuth is not supported by this gateway yet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oauth: Option<serde_json::Value>,
+    /// 1.8's Stripe webhook signing secret. Accepted so a 1.8 file parses, but refused by
+    /// [`validate`](Self::validate) when present: Stripe payments are not supported yet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stripe_webhook_secret: Option<String>,
 }
 
 /// One MCP server behind a multi-server gateway: a command over stdio or a remote URL.
@@ -209,6 +279,12 @@ impl Default for PayGateConfig {
             server_args: Vec::new(),
             remote_url: None,
             servers: Vec::new(),
+            port: None,
+            admin_key: None,
+            state_file: None,
+            import_keys: BTreeMap::new(),
+            oauth: None,
+            stripe_webhook_secret: None,
         }
     }
 }
@@ -304,7 +380,49 @@ impl PayGateConfig {
                 "must list the proxies' addresses when trustedProxyHops is set, or any client could forge X-Forwarded-For",
             ));
         }
-        self.validate_servers()
+        self.validate_servers()?;
+        self.validate_gateway()
+    }
+
+    /// The gateway's own settings, and the 1.8 fields this gateway refuses by name.
+    fn validate_gateway(&self) -> Result<(), ConfigError> {
+        if self.port == Some(0) {
+            return Err(ConfigError::invalid("port", "must be between 1 and 65535"));
+        }
+        if let Some(key) = &self.admin_key {
+            check_admin_key(key).map_err(|e| ConfigError::invalid("adminKey", e.to_string()))?;
+        }
+        if self
+            .state_file
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return Err(ConfigError::invalid(
+                "stateFile",
+                "must name a file; remove the field to keep keys in memory only",
+            ));
+        }
+        for key in self.import_keys.keys() {
+            if self.admin_key.as_deref() == Some(key.as_str()) {
+                return Err(ConfigError::invalid(
+                    "importKeys",
+                    format!("{} is the admin key; an API key cannot be", mask_key(key)),
+                ));
+            }
+        }
+        if self.oauth.is_some() {
+            return Err(ConfigError::invalid(
+                "oauth",
+                "OAuth is not supported by this gateway yet; remove the field (keys sent as X-API-Key keep working)",
+            ));
+        }
+        if self.stripe_webhook_secret.is_some() {
+            return Err(ConfigError::invalid(
+                "stripeWebhookSecret",
+                "Stripe payments are not supported by this gateway yet; remove the field (credits are added with POST /topup)",
+            ));
+        }
+        Ok(())
     }
 
     fn validate_servers(&self) -> Result<(), ConfigError> {
@@ -448,6 +566,25 @@ impl PayGateConfig {
     }
 }
 
+/// 1.8's `importKeys`: `{"pg_...": credits}`, whole amounts as everywhere (`null` = none).
+/// Values are read as JSON first, so neither an error nor its path ever shows a full key.
+fn import_key_credits<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, u64>, D::Error> {
+    let raw = Option::<BTreeMap<String, serde_json::Value>>::deserialize(d)?.unwrap_or_default();
+    raw.into_iter()
+        .map(|(key, value)| {
+            let credits = match &value {
+                serde_json::Value::Number(n) => whole::from_number(n),
+                _ => Err("must be a number".to_string()),
+            };
+            credits.map(|c| (key.clone(), c)).map_err(|e| {
+                serde::de::Error::custom(format!("the credits of {}: {e}", mask_key(&key)))
+            })
+        })
+        .collect()
+}
+
 /// IPs or CIDR networks, as allowlists take them (`10.0.0.1`, `10.0.0.0/8`).
 fn ip_entries<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
     Vec::<String>::deserialize(d)?
@@ -579,6 +716,186 @@ mod tests {
         assert_eq!(cfg.global_rate_limit_per_min, 0);
         assert!(cfg.shadow_mode);
         cfg.validate().unwrap();
+    }
+
+    fn message_of(json: &str) -> (String, String) {
+        match PayGateConfig::from_json_str(json) {
+            Err(ConfigError::Invalid { field, message }) => (field, message),
+            other => panic!("expected an invalid config, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn port_is_a_gateway_setting() {
+        let cfg = PayGateConfig::from_json_str(r#"{"port": 4020}"#).unwrap();
+        assert_eq!(cfg.port, Some(4020));
+        assert_eq!(PayGateConfig::default().port, None);
+        assert_eq!(
+            PayGateConfig::from_json_str(r#"{"port": null}"#)
+                .unwrap()
+                .port,
+            None
+        );
+        for bad in [
+            r#"{"port": 0}"#,
+            r#"{"port": 70000}"#,
+            r#"{"port": -1}"#,
+            r#"{"port": "3402"}"#,
+        ] {
+            assert_eq!(field_of(bad), "port", "{bad}");
+        }
+    }
+
+    #[test]
+    fn admin_key_follows_the_admin_api_rule() {
+        let cfg = PayGateConfig::from_json_str(r#"{"adminKey": "admin-secret-1234"}"#).unwrap();
+        assert_eq!(cfg.admin_key.as_deref(), Some("admin-secret-1234"));
+        for (bad, why) in [
+            (r#"{"adminKey": ""}"#, AdminKeyError::Empty),
+            (r#"{"adminKey": "short-key"}"#, AdminKeyError::TooShort(9)),
+            (
+                r#"{"adminKey": "admin secret 1234"}"#,
+                AdminKeyError::NotPrintable,
+            ),
+        ] {
+            let (field, message) = message_of(bad);
+            assert_eq!(field, "adminKey", "{bad}");
+            assert_eq!(message, why.to_string(), "{bad}");
+        }
+        let (_, message) = message_of(r#"{"adminKey": "short-key"}"#);
+        assert!(!message.contains("short-key"), "the key is never repeated");
+        assert_eq!(field_of(r#"{"adminKey": 42}"#), "adminKey");
+    }
+
+    #[test]
+    fn state_file_names_a_file() {
+        let cfg = PayGateConfig::from_json_str(r#"{"stateFile": "./state.json"}"#).unwrap();
+        assert_eq!(cfg.state_file, Some(PathBuf::from("./state.json")));
+        assert_eq!(field_of(r#"{"stateFile": ""}"#), "stateFile");
+        assert_eq!(field_of(r#"{"stateFile": ["a"]}"#), "stateFile");
+    }
+
+    #[test]
+    fn import_keys_take_whole_credits_and_never_show_a_key() {
+        const KEY: &str = "pg_0123456789abcdef0123456789abcdef0123456789abcdef";
+        let cfg = PayGateConfig::from_json_str(&format!(
+            r#"{{"importKeys": {{"{KEY}": 100, "imported-key-123": 2.7}}}}"#
+        ))
+        .unwrap();
+        assert_eq!(cfg.import_keys[KEY], 100);
+        assert_eq!(
+            cfg.import_keys["imported-key-123"], 2,
+            "floored as amounts are"
+        );
+        assert!(PayGateConfig::from_json_str(r#"{"importKeys": null}"#)
+            .unwrap()
+            .import_keys
+            .is_empty());
+        for value in ["-5", "\"100\"", "1e300", "null"] {
+            let (field, message) =
+                message_of(&format!(r#"{{"importKeys": {{"{KEY}": {value}}}}}"#));
+            assert_eq!(field, "importKeys", "{value}");
+            assert!(message.contains("pg_0123...cdef"), "{message}");
+            assert!(!message.contains(KEY), "{message}");
+        }
+        let (field, message) = message_of(&format!(
+            r#"{{"adminKey": "{KEY}", "importKeys": {{"{KEY}": 1}}}}"#
+        ));
+        assert_eq!(field, "importKeys");
+        assert!(
+            message.contains("admin key") && !message.contains(KEY),
+            "{message}"
+        );
+        assert_eq!(field_of(r#"{"importKeys": ["pg_x"]}"#), "importKeys");
+    }
+
+    #[test]
+    fn oauth_and_stripe_are_refused_by_name_with_the_reason() {
+        for json in [
+            r#"{"oauth": {"issuer": "https://auth.example.com", "scopes": ["tools"]}}"#,
+            r#"{"oauth": {}}"#,
+        ] {
+            let err = PayGateConfig::from_json_str(json).unwrap_err().to_string();
+            assert_eq!(
+                err,
+                "invalid config at 'oauth': OAuth is not supported by this gateway yet; remove the field (keys sent as X-API-Key keep working)",
+                "{json}"
+            );
+        }
+        assert!(PayGateConfig::from_json_str(r#"{"oauth": null}"#).is_ok());
+        for json in [
+            r#"{"stripeWebhookSecret": "whsec_abc123"}"#,
+            r#"{"stripeWebhookSecret": ""}"#,
+        ] {
+            let (field, message) = message_of(json);
+            assert_eq!(field, "stripeWebhookSecret", "{json}");
+            assert!(
+                message.contains("Stripe payments are not supported"),
+                "{message}"
+            );
+            assert!(message.contains("remove the field"), "{message}");
+            assert!(!message.contains("whsec_abc123"), "{message}");
+        }
+    }
+
+    #[test]
+    fn a_paygate_mcp_18_config_file_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ts18_config.json");
+        let cfg = PayGateConfig::from_json_file(&path).unwrap();
+        assert_eq!(cfg.server_command.as_deref(), Some("npx"));
+        assert_eq!(
+            cfg.server_args,
+            ["-y", "@modelcontextprotocol/server-filesystem", "/srv/data"]
+        );
+        assert_eq!(cfg.port, Some(4020));
+        assert_eq!(cfg.admin_key.as_deref(), Some("admin_ts18-config-key-0001"));
+        assert_eq!(cfg.state_file, Some(PathBuf::from("./paygate-state.json")));
+        assert_eq!(cfg.default_credits_per_call, 2);
+        assert_eq!(cfg.tool_pricing.len(), 3);
+        assert_eq!(cfg.tool_pricing["search_files"].credits_per_call, 5);
+        assert_eq!(
+            cfg.tool_pricing["search_files"].rate_limit_per_min,
+            Some(10)
+        );
+        assert_eq!(cfg.tool_pricing["write_file"].credits_per_kb_input, Some(2));
+        assert_eq!(cfg.global_rate_limit_per_min, 120);
+        assert!(!cfg.shadow_mode);
+        assert_eq!(
+            cfg.webhook_url.as_deref(),
+            Some("https://billing.example.com/paygate/events")
+        );
+        assert!(cfg.refund_on_failure);
+        let quota = cfg.global_quota.expect("globalQuota");
+        assert_eq!(
+            (
+                quota.daily_call_limit,
+                quota.monthly_call_limit,
+                quota.daily_credit_limit,
+                quota.monthly_credit_limit
+            ),
+            (1000, 20000, 0, 50000)
+        );
+        assert_eq!(cfg.alert_rules.len(), 3);
+        assert_eq!(cfg.alert_rules[0].rule_type, AlertType::CreditsLow);
+        assert_eq!(cfg.alert_rules[1].cooldown_seconds, Some(3600));
+        assert_eq!(cfg.import_keys.len(), 2);
+        assert_eq!(
+            cfg.import_keys["pg_ts18cfgalice000000000000000000000000000000001"],
+            500
+        );
+        assert_eq!(
+            cfg.import_keys["pg_ts18cfgbob00000000000000000000000000000000002"],
+            25
+        );
+        assert!(cfg.oauth.is_none() && cfg.stripe_webhook_secret.is_none());
+        // The same file with 1.8's OAuth or Stripe settings added is refused by name.
+        let mut json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        json["oauth"] = serde_json::json!({"issuer": "http://localhost:4020"});
+        assert_eq!(field_of(&json.to_string()), "oauth");
+        json["oauth"] = serde_json::Value::Null;
+        json["stripeWebhookSecret"] = serde_json::json!("whsec_test");
+        assert_eq!(field_of(&json.to_string()), "stripeWebhookSecret");
     }
 
     #[test]

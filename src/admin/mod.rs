@@ -39,47 +39,9 @@ pub(crate) mod reports;
 /// Largest admin request body.
 const MAX_ADMIN_BODY: usize = 1024 * 1024;
 
-/// The shortest admin key [`AdminService::new`] accepts.
-pub const MIN_ADMIN_KEY_LEN: usize = 16;
-
-/// Why an admin key was refused. The messages never repeat the key.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AdminKeyError {
-    /// No key at all: anyone could administer the gateway.
-    #[error("the admin key is empty; it must be at least {MIN_ADMIN_KEY_LEN} characters")]
-    Empty,
-    /// Too short to withstand guessing.
-    #[error(
-        "the admin key is {0} characters long; it must be at least {MIN_ADMIN_KEY_LEN} characters"
-    )]
-    TooShort(usize),
-    /// A character no `X-Admin-Key` header could carry as sent.
-    #[error("the admin key must be printable ASCII without spaces (it is sent in the X-Admin-Key header)")]
-    NotPrintable,
-}
-
-/// Checks that `admin_key` can guard the admin API: at least [`MIN_ADMIN_KEY_LEN`] printable
-/// ASCII characters, no spaces. [`AdminService::new`] refuses any other; call this to check a
-/// key before starting anything else.
-///
-/// ```
-/// use paygate_mcp::admin::{check_admin_key, AdminKeyError};
-/// assert_eq!(check_admin_key(""), Err(AdminKeyError::Empty));
-/// assert_eq!(check_admin_key("secret"), Err(AdminKeyError::TooShort(6)));
-/// assert!(check_admin_key("admin-secret-123").is_ok());
-/// ```
-pub fn check_admin_key(admin_key: &str) -> Result<(), AdminKeyError> {
-    if admin_key.is_empty() {
-        return Err(AdminKeyError::Empty);
-    }
-    if !admin_key.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(AdminKeyError::NotPrintable);
-    }
-    if admin_key.len() < MIN_ADMIN_KEY_LEN {
-        return Err(AdminKeyError::TooShort(admin_key.len()));
-    }
-    Ok(())
-}
+// The admin key rule lives in the core (`config`), so a config's `adminKey` is checked at
+// load with the rule this API enforces.
+pub use crate::config::{check_admin_key, AdminKeyError, MIN_ADMIN_KEY_LEN};
 
 /// The admin API over a gate.
 ///
