@@ -94,6 +94,7 @@ fn record_month(engine: &AnalyticsEngine, now_ms: i64, n: u64) -> std::time::Dur
     let mut event = UsageEvent {
         timestamp: ms_to_datetime(start_ms),
         api_key: String::with_capacity(16),
+        key_id: None,
         key_name: String::with_capacity(16),
         tool: String::with_capacity(16),
         credits_charged: 0,

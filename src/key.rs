@@ -126,6 +126,148 @@ impl<'de> Deserialize<'de> for KeyDigest {
     }
 }
 
+/// The prefix of every key id.
+pub const KEY_ID_PREFIX: &str = "kid_";
+/// Random bytes in a key id (20 hex digits).
+const KEY_ID_BYTES: usize = 10;
+
+/// The public name of an account: `kid_` + 20 lowercase hex digits, random and not secret.
+///
+/// A key is the account's current credential; its id stays the same when the key is rotated,
+/// so operators, dashboards and payment processors can refer to the account without ever
+/// holding its secret. Records written before ids existed get one derived from their digest,
+/// the same on every read.
+///
+/// ```
+/// use paygate_mcp::{KeyDigest, KeyId};
+/// let id = KeyId::generate().unwrap();
+/// assert!(id.to_string().starts_with("kid_") && id.to_string().len() == 24);
+/// assert_eq!(id.to_string().parse::<KeyId>(), Ok(id));
+/// assert!("kid_XYZ".parse::<KeyId>().is_err());
+/// let legacy = KeyId::derived(&KeyDigest::of("pg_old"));
+/// assert_eq!(legacy, KeyId::derived(&KeyDigest::of("pg_old")));
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyId([u8; KEY_ID_BYTES]);
+
+impl KeyId {
+    /// A fresh random id from the OS CSPRNG.
+    pub fn generate() -> Result<Self, getrandom::Error> {
+        let mut bytes = [0u8; KEY_ID_BYTES];
+        getrandom::fill(&mut bytes)?;
+        Ok(Self(bytes))
+    }
+
+    /// The id of a record that has none: a one-way function of its digest, so it reveals
+    /// nothing about the key and is the same wherever the record is read.
+    pub fn derived(digest: &KeyDigest) -> Self {
+        let mut hasher = Sha256::new();
+        hasher.update(b"paygate-mcp key id\0");
+        hasher.update(digest.0);
+        let full: [u8; 32] = hasher.finalize().into();
+        let mut bytes = [0u8; KEY_ID_BYTES];
+        bytes.copy_from_slice(&full[..KEY_ID_BYTES]);
+        Self(bytes)
+    }
+
+    /// The raw bytes.
+    pub fn as_bytes(&self) -> &[u8; KEY_ID_BYTES] {
+        &self.0
+    }
+}
+
+/// Why a text is not a key id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a key id is 'kid_' followed by 20 lowercase hex digits")]
+pub struct BadKeyId;
+
+impl std::str::FromStr for KeyId {
+    type Err = BadKeyId;
+    fn from_str(text: &str) -> Result<Self, BadKeyId> {
+        let hex_part = text.strip_prefix(KEY_ID_PREFIX).ok_or(BadKeyId)?;
+        if hex_part.len() != KEY_ID_BYTES * 2
+            || !hex_part
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
+            return Err(BadKeyId);
+        }
+        let mut bytes = [0u8; KEY_ID_BYTES];
+        hex::decode_to_slice(hex_part, &mut bytes).map_err(|_| BadKeyId)?;
+        Ok(Self(bytes))
+    }
+}
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{KEY_ID_PREFIX}{}", hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyId({self})")
+    }
+}
+
+impl Serialize for KeyId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for KeyId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <Cow<'de, str>>::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// How a caller names a key to read or change it: by the key itself, or by the account id
+/// that outlives rotations. `Debug` masks the key.
+///
+/// ```
+/// use paygate_mcp::{KeyId, KeyRef};
+/// let by_key: KeyRef<'_> = "pg_0123456789abcdef0123456789abcdef0123456789abcdef".into();
+/// assert!(format!("{by_key:?}").contains("pg_0123...cdef"));
+/// let id: KeyId = "kid_0123456789abcdef0123".parse().unwrap();
+/// assert_eq!(KeyRef::from(id), KeyRef::Id(id));
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum KeyRef<'a> {
+    /// The full API key.
+    Key(&'a str),
+    /// The account id ([`KeyRecord::id`]).
+    Id(KeyId),
+}
+
+impl fmt::Debug for KeyRef<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyRef::Key(key) => write!(f, "Key({})", mask_key(key)),
+            KeyRef::Id(id) => write!(f, "Id({id})"),
+        }
+    }
+}
+
+impl<'a> From<&'a str> for KeyRef<'a> {
+    fn from(key: &'a str) -> Self {
+        KeyRef::Key(key)
+    }
+}
+
+impl<'a> From<&'a String> for KeyRef<'a> {
+    fn from(key: &'a String) -> Self {
+        KeyRef::Key(key)
+    }
+}
+
+impl From<KeyId> for KeyRef<'_> {
+    fn from(id: KeyId) -> Self {
+        KeyRef::Id(id)
+    }
+}
+
 /// Everything a store keeps about one API key. The plaintext key is not part of it.
 ///
 /// ```
@@ -139,6 +281,10 @@ impl<'de> Deserialize<'de> for KeyDigest {
 pub struct KeyRecord {
     /// SHA-256 of the key.
     pub key_hash: KeyDigest,
+    /// The account's public id, kept across rotation. Absent in records written before ids
+    /// existed: readers fill it in with [`KeyId::derived`] (see [`KeyRecord::with_id`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<KeyId>,
     /// Display form of the key ([`mask_key`]: at most a third of it).
     pub key_masked: String,
     /// Owner-chosen label.
@@ -179,8 +325,10 @@ pub struct KeyRecord {
 impl KeyRecord {
     /// A fresh, active record for `key` with `credits`, created at `now_ms`.
     pub fn new(key: &str, name: &str, credits: u64, now_ms: i64) -> Self {
+        let key_hash = KeyDigest::of(key);
         Self {
-            key_hash: KeyDigest::of(key),
+            key_hash,
+            key_id: Some(KeyId::derived(&key_hash)),
             key_masked: mask_key(key),
             name: name.to_string(),
             credits,
@@ -199,6 +347,19 @@ impl KeyRecord {
             quota_usage: QuotaUsage::default(),
             expiry_notified: false,
         }
+    }
+
+    /// The account's id: its own, or for a record written before ids existed the one derived
+    /// from its digest.
+    pub fn id(&self) -> KeyId {
+        self.key_id
+            .unwrap_or_else(|| KeyId::derived(&self.key_hash))
+    }
+
+    /// The record with its id filled in (see [`KeyRecord::id`]).
+    pub fn with_id(mut self) -> Self {
+        self.key_id = Some(self.id());
+        self
     }
 
     /// Whether the key has expired at `now_ms` (exact to the millisecond).

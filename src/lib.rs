@@ -68,7 +68,9 @@ pub use config::{ConfigError, PayGateConfig, ServerSpec, ToolPricing};
 pub use deny::{DenyCategory, DenyReason};
 pub use edge::ClientAddr;
 pub use gate::{CallRequest, Decision, Gate, GateError, IssuedKey};
-pub use key::{generate_key, mask_key, parse_ip_entry, KeyDigest, KeyRecord};
+pub use key::{
+    generate_key, mask_key, parse_ip_entry, BadKeyId, KeyDigest, KeyId, KeyRecord, KeyRef,
+};
 pub use layer::{
     AlertLayer, AuthLayer, BillingLayer, DenialHandler, GateBody, GateService, PayGate,
     PayGateLayer, QuotaLayer, RateLimitLayer,

@@ -22,6 +22,9 @@ pub struct UsageEvent {
     pub timestamp: DateTime<Utc>,
     /// The key's display form (never the key itself).
     pub api_key: String,
+    /// The account id of the key (absent for a missing or unknown key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<crate::key::KeyId>,
     /// The key's name (empty for unknown keys).
     pub key_name: String,
     /// The tool called.
@@ -92,7 +95,7 @@ impl UsageEvent {
     /// use paygate_mcp::UsageEvent;
     /// use paygate_mcp::meter::MAX_EVENT_TEXT_BYTES;
     /// let e = UsageEvent {
-    ///     timestamp: chrono::Utc::now(), api_key: "pg_1234...abcd".into(), key_name: "k".into(),
+    ///     timestamp: chrono::Utc::now(), api_key: "pg_1234...abcd".into(), key_id: None, key_name: "k".into(),
     ///     tool: "t".repeat(1 << 20), credits_charged: 0, allowed: false,
     ///     deny_reason: Some("invalid_api_key".into()), duration_ms: None,
     /// };
@@ -105,6 +108,7 @@ impl UsageEvent {
         UsageEvent {
             timestamp: self.timestamp,
             api_key: clip(&self.api_key, max).into_owned(),
+            key_id: self.key_id,
             key_name: clip(&self.key_name, max).into_owned(),
             tool: clip(&self.tool, max).into_owned(),
             credits_charged: self.credits_charged,
@@ -279,7 +283,7 @@ pub(crate) fn stripe() -> usize {
 /// let meter = UsageMeter::with_capacity(2);
 /// for tool in ["a", "b", "c"] {
 ///     meter.record(UsageEvent {
-///         timestamp: chrono::Utc::now(), api_key: "pg_1234...abcd".into(), key_name: "k".into(),
+///         timestamp: chrono::Utc::now(), api_key: "pg_1234...abcd".into(), key_id: None, key_name: "k".into(),
 ///         tool: tool.into(), credits_charged: 1, allowed: true, deny_reason: None, duration_ms: None,
 ///     });
 /// }
@@ -502,6 +506,7 @@ mod tests {
         UsageEvent {
             timestamp: crate::clock::ms_to_datetime(ms),
             api_key: "pg_1234...abcd".into(),
+            key_id: None,
             key_name: "k".into(),
             tool: tool.into(),
             credits_charged: 1,

@@ -57,7 +57,7 @@ pub const UNAUTHENTICATED_LABEL: &str = "(unauthenticated)";
 /// use paygate_mcp::{EventSink, Metrics, StoreStats, SystemClock, UsageEvent};
 /// let metrics = Metrics::new(Arc::new(SystemClock));
 /// metrics.usage(&UsageEvent {
-///     timestamp: chrono::Utc::now(), api_key: "pg_1234...abcd".into(), key_name: "k".into(),
+///     timestamp: chrono::Utc::now(), api_key: "pg_1234...abcd".into(), key_id: None, key_name: "k".into(),
 ///     tool: "search".into(), credits_charged: 5, allowed: true, deny_reason: None, duration_ms: None,
 /// });
 /// let text = metrics.render(StoreStats::default(), 0);
@@ -287,6 +287,7 @@ mod tests {
         UsageEvent {
             timestamp: chrono::Utc::now(),
             api_key: "pg_1234...abcd".into(),
+            key_id: None,
             key_name: "k".into(),
             tool: tool.into(),
             credits_charged: u64::from(allowed),

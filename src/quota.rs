@@ -151,6 +151,26 @@ impl QuotaUsage {
         self.monthly_credits = self.monthly_credits.saturating_add(credits);
     }
 
+    /// The day the daily counters belong to, as `YYYY-MM-DD` (paygate-mcp 1.8's
+    /// `quotaLastResetDay`).
+    ///
+    /// ```
+    /// let usage = paygate_mcp::QuotaUsage::default().rolled(1_700_000_000_000);
+    /// assert_eq!(usage.day_label(), "2023-11-14");
+    /// assert_eq!(usage.month_label(), "2023-11");
+    /// ```
+    pub fn day_label(&self) -> String {
+        chrono::DateTime::from_timestamp(self.day.saturating_mul(86_400), 0)
+            .map(|t| t.format("%Y-%m-%d").to_string())
+            .unwrap_or_default()
+    }
+
+    /// The month the monthly counters belong to, as `YYYY-MM` (1.8's `quotaLastResetMonth`).
+    pub fn month_label(&self) -> String {
+        let (year, month0) = (self.month.div_euclid(12), self.month.rem_euclid(12));
+        format!("{year:04}-{:02}", month0 + 1)
+    }
+
     /// Undoes one call of `credits` that was counted on `day` / `month`. A period that has
     /// since rolled over is left alone: its counters already restarted.
     pub fn remove(&mut self, credits: u64, day: i64, month: i64) {

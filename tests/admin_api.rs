@@ -257,25 +257,39 @@ async fn listing_is_masked_paginated_and_bounded() {
     for i in 0..25 {
         keys.push(app.create(json!({"name": format!("k{i}")})).await);
     }
-    let mut seen = 0;
-    let mut cursor: Option<String> = None;
+    let mut seen = std::collections::BTreeSet::new();
+    let mut uri = "/keys?limit=10".to_string();
     loop {
-        let uri = match &cursor {
-            Some(c) => format!("/keys?limit=10&cursor={c}"),
-            None => "/keys?limit=10".to_string(),
-        };
         let r = app.get(&uri).await;
-        assert_eq!(r.json["total"], 25);
-        seen += r.json["keys"].as_array().unwrap().len();
+        assert_eq!(r.headers["x-total-count"], "25");
+        for item in r.json.as_array().expect("a JSON array of keys") {
+            assert!(item["keyId"].as_str().unwrap().starts_with("kid_"));
+            assert!(
+                seen.insert(item["keyId"].as_str().unwrap().to_string()),
+                "listed twice"
+            );
+        }
         for k in &keys {
             assert!(!r.text.contains(k.as_str()), "a listing leaked a full key");
         }
-        match r.json["nextCursor"].as_str() {
-            Some(c) => cursor = Some(c.to_string()),
+        // RFC 8288: <uri>; rel="next", absent on the last page.
+        match r
+            .headers
+            .get("link")
+            .map(|v| v.to_str().unwrap().to_string())
+        {
+            Some(link) => {
+                let target = link
+                    .strip_prefix('<')
+                    .and_then(|l| l.strip_suffix(">; rel=\"next\""))
+                    .expect("a next link");
+                assert!(target.starts_with("/keys?limit=10&cursor="), "{target}");
+                uri = target.to_string();
+            }
             None => break,
         }
     }
-    assert_eq!(seen, 25);
+    assert_eq!(seen.len(), 25);
     assert_eq!(
         app.get("/keys?limit=0").await.status,
         StatusCode::BAD_REQUEST
@@ -289,11 +303,18 @@ async fn listing_is_masked_paginated_and_bounded() {
         StatusCode::BAD_REQUEST
     );
     assert_eq!(
-        app.get("/keys").await.json["keys"][0]["key"]
+        app.get("/keys").await.json[0]["key"]
             .as_str()
             .unwrap()
             .len(),
         14
+    );
+    // Without a limit one page holds up to 1,000 keys; `limit=` alone means 100.
+    assert_eq!(app.get("/keys").await.json.as_array().unwrap().len(), 25);
+    assert!(app.get("/keys").await.headers.get("link").is_none());
+    assert_eq!(
+        app.get("/keys?limit=").await.json.as_array().unwrap().len(),
+        25
     );
 }
 
@@ -633,8 +654,27 @@ async fn status_analytics_alerts_metrics_pricing_discovery() {
     app.call(&key, "search").await; // denied: 2 credits left
 
     let r = app.get("/status").await;
-    assert_eq!(r.json["keys"], json!({"total": 1, "active": 1}));
+    assert_eq!(
+        (&r.json["totalKeys"], &r.json["activeKeys"]),
+        (&json!(1), &json!(1))
+    );
     assert_eq!(r.json["totalCreditsAvailable"], 2);
+    assert_eq!(r.json["keys"][0]["name"], "a");
+    let usage = &r.json["usage"];
+    assert_eq!(
+        (
+            &usage["totalCalls"],
+            &usage["totalCreditsSpent"],
+            &usage["totalDenied"]
+        ),
+        (&json!(3), &json!(10), &json!(1))
+    );
+    assert_eq!(
+        usage["perTool"]["search"],
+        json!({"calls": 3, "credits": 10, "denied": 1})
+    );
+    assert_eq!(usage["perKey"]["a"]["calls"], 3);
+    assert_eq!(usage["denyReasons"]["insufficient_credits"], 1);
 
     let r = app.get("/analytics?granularity=hourly&topN=5").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
@@ -964,9 +1004,9 @@ async fn a_revoked_key_takes_no_change() {
     }
     assert_eq!(record(), before, "no credits stranded, nothing changed");
     let r = app.get("/keys").await;
-    assert_eq!(r.json["total"], 1, "rotation made no new key");
+    assert_eq!(r.headers["x-total-count"], "1", "rotation made no new key");
     let r = app.get("/status").await;
-    assert_eq!(r.json["keys"]["active"], 0, "{}", r.text);
+    assert_eq!(r.json["activeKeys"], 0, "{}", r.text);
     let types = app.event_types();
     for t in [
         "key.topup",
@@ -984,8 +1024,12 @@ async fn short_imported_keys_are_masked_to_at_most_a_third() {
     let imported = "imported-key-123";
     app.gate.import_key(imported, "legacy", 10).await.unwrap();
     let r = app.get("/keys").await;
-    let masked = r.json["keys"][0]["key"].as_str().unwrap().to_string();
+    let masked = r.json[0]["key"].as_str().unwrap().to_string();
     assert_eq!(masked, "imp...23", "5 of 16 characters, not 11");
+    assert_eq!(
+        r.json[0]["keyPrefix"], "imp...",
+        "the prefix shows no more than the mask"
+    );
     let shown = masked.chars().filter(|c| *c != '.').count();
     assert!(shown * 3 <= imported.len());
     // Every other place the key is shown uses the same mask.

@@ -396,8 +396,8 @@ fn alerts_fire_from_gated_calls_including_rate_limit_spikes() {
 #[test]
 fn store_failures_fail_closed() {
     use paygate_mcp::{
-        ChargeOutcome, ChargeReceipt, ChargeRequest, KeyDigest, KeyPage, KeyRecord, KeySnapshot,
-        StoreError, StoreStats,
+        ChargeOutcome, ChargeReceipt, ChargeRequest, KeyDigest, KeyId, KeyPage, KeyRecord,
+        KeySnapshot, StoreError, StoreStats,
     };
     use std::future::{ready, Ready};
     struct Down;
@@ -442,6 +442,9 @@ fn store_failures_fail_closed() {
             _: &BTreeMap<String, String>,
             _: usize,
         ) -> Ready<Result<Vec<KeyRecord>, StoreError>> {
+            ready(Err(StoreError::Unavailable("down".into())))
+        }
+        fn find_id(&self, _: &KeyId) -> Ready<Result<Option<KeyDigest>, StoreError>> {
             ready(Err(StoreError::Unavailable("down".into())))
         }
         fn stats(&self) -> Ready<Result<StoreStats, StoreError>> {

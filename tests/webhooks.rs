@@ -89,6 +89,7 @@ fn usage(i: usize) -> UsageEvent {
     UsageEvent {
         timestamp: chrono::Utc::now(),
         api_key: "pg_1a2b...9z8y".into(),
+        key_id: None,
         key_name: "alice".into(),
         tool: format!("tool_{i}"),
         credits_charged: 1,

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use chrono::{DateTime, Utc};
-use http::StatusCode;
+use http::{HeaderValue, StatusCode};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::json;
 
@@ -13,7 +13,7 @@ use super::{
 };
 use crate::config::whole;
 use crate::deny::DenyReason;
-use crate::key::{mask_key, parse_ip_entry, KeyDigest, KeyRecord, MAX_NAME_LEN};
+use crate::key::{mask_key, parse_ip_entry, KeyDigest, KeyRecord, KeyRef, MAX_NAME_LEN};
 use crate::quota::Quota;
 use crate::store::{KeyStore, KeyUpdate};
 
@@ -21,12 +21,19 @@ use crate::store::{KeyStore, KeyUpdate};
 const MAX_EXPIRES_IN_SECS: u64 = 10 * 366 * 86_400;
 /// Largest page of `GET /keys`.
 const MAX_PAGE: usize = 1_000;
+/// Page size of `GET /keys?limit=` (a limit asked for without a number).
+const DEFAULT_PAGE: usize = 100;
 
-/// A key as listings show it: masked, never the key itself.
+/// A key as listings show it: masked, never the key itself. It carries paygate-mcp 1.8's
+/// listing fields too (`keyPrefix`, `expired` and the flat quota counters).
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct KeyView<'a> {
     key: &'a str,
+    key_id: String,
+    /// 1.8 shows the key's first characters; only the masked form's head is kept here.
+    key_prefix: String,
+    expired: bool,
     name: &'a str,
     credits: u64,
     total_spent: u64,
@@ -41,12 +48,24 @@ pub(crate) struct KeyView<'a> {
     tags: &'a BTreeMap<String, String>,
     ip_allowlist: &'a [ipnet::IpNet],
     quota: Option<Quota>,
+    quota_daily_calls: u64,
+    quota_monthly_calls: u64,
+    quota_daily_credits: u64,
+    quota_monthly_credits: u64,
+    quota_last_reset_day: String,
+    quota_last_reset_month: String,
 }
 
-impl<'a> From<&'a KeyRecord> for KeyView<'a> {
-    fn from(r: &'a KeyRecord) -> Self {
+impl<'a> KeyView<'a> {
+    /// The view of `r` at `now_ms` (whether it has expired, its quota counters rolled).
+    pub(crate) fn at(r: &'a KeyRecord, now_ms: i64) -> Self {
+        let usage = r.quota_usage.rolled(now_ms);
+        let head = r.key_masked.split("...").next().unwrap_or_default();
         Self {
             key: &r.key_masked,
+            key_id: r.id().to_string(),
+            key_prefix: format!("{head}..."),
+            expired: r.is_expired_at(now_ms),
             name: &r.name,
             credits: r.credits,
             total_spent: r.total_spent,
@@ -61,6 +80,12 @@ impl<'a> From<&'a KeyRecord> for KeyView<'a> {
             tags: &r.tags,
             ip_allowlist: &r.ip_allowlist,
             quota: r.quota,
+            quota_daily_calls: usage.daily_calls,
+            quota_monthly_calls: usage.monthly_calls,
+            quota_daily_credits: usage.daily_credits,
+            quota_monthly_credits: usage.monthly_credits,
+            quota_last_reset_day: usage.day_label(),
+            quota_last_reset_month: usage.month_label(),
         }
     }
 }
@@ -74,9 +99,35 @@ where
     Option::<T>::deserialize(d).map(Some)
 }
 
+/// Names the key an admin call acts on: `key` (the API key) or `keyId` (its account id), so
+/// an operator can manage a key without holding its secret.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Target {
+    key: Option<String>,
+    key_id: Option<String>,
+}
+
+impl Target {
+    fn key_ref(&self) -> Result<KeyRef<'_>, ApiError> {
+        match (&self.key, &self.key_id) {
+            (Some(key), None) => Ok(KeyRef::Key(key)),
+            (None, Some(id)) => id
+                .parse()
+                .map(KeyRef::Id)
+                .map_err(|e| bad_request(format!("'keyId': {e}"))),
+            (Some(_), Some(_)) => Err(bad_request("send 'key' or 'keyId', not both")),
+            (None, None) => Err(bad_request(
+                "send 'key' (the API key) or 'keyId' (the key's id, kid_...)",
+            )),
+        }
+    }
+}
+
 #[derive(Deserialize)]
 pub(crate) struct KeyOnly {
-    key: String,
+    #[serde(flatten)]
+    target: Target,
 }
 
 /// Parses the expiry fields shared by create and `/keys/expiry`.
@@ -173,12 +224,13 @@ pub(crate) async fn create<St: KeyStore>(state: &AdminState<St>, req: &AdminRequ
     let (key, rec) = (issued.key, issued.record);
     state.gate.emit(
         "key.created",
-        json!({"actor": "admin", "keyMasked": rec.key_masked, "name": rec.name, "credits": rec.credits}),
+        json!({"actor": "admin", "keyMasked": rec.key_masked, "keyId": rec.id(), "name": rec.name, "credits": rec.credits}),
     );
     Ok(json_reply(
         StatusCode::CREATED,
         &json!({
             "key": key,
+            "keyId": rec.id(),
             "name": rec.name,
             "credits": rec.credits,
             "allowedTools": rec.allowed_tools,
@@ -193,11 +245,18 @@ pub(crate) async fn create<St: KeyStore>(state: &AdminState<St>, req: &AdminRequ
     ))
 }
 
+/// `GET /keys`: a JSON array of key views, as paygate-mcp 1.8 answers, paged through the
+/// `Link` header (RFC 8288, `rel="next"`) with the number of keys in `X-Total-Count`.
+/// Without `limit` a page holds up to 1,000 keys (so a 1.8 script that reads one answer sees
+/// every key of a small deployment); `limit=` alone means 100.
 pub(crate) async fn list<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Handled {
-    let limit = match req.query.get("limit").map(|l| l.parse::<usize>()) {
-        None => 100,
-        Some(Ok(n)) if (1..=MAX_PAGE).contains(&n) => n,
-        Some(_) => return Err(bad_request(format!("'limit' must be 1 to {MAX_PAGE}"))),
+    let limit = match req.query.get("limit").map(String::as_str) {
+        None => MAX_PAGE,
+        Some("") => DEFAULT_PAGE,
+        Some(text) => match text.parse::<usize>() {
+            Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
+            _ => return Err(bad_request(format!("'limit' must be 1 to {MAX_PAGE}"))),
+        },
     };
     let after = match req.query.get("cursor") {
         None => None,
@@ -207,62 +266,83 @@ pub(crate) async fn list<St: KeyStore>(state: &AdminState<St>, req: &AdminReques
         ),
     };
     let page = state.gate.list_keys(after, limit).await?;
-    let keys: Vec<KeyView<'_>> = page.keys.iter().map(KeyView::from).collect();
-    Ok(json_reply(
-        StatusCode::OK,
-        &json!({
-            "keys": keys,
-            "count": keys.len(),
-            "total": page.total,
-            "limit": limit,
-            "nextCursor": page.next_cursor.map(|c| c.to_hex()),
-        }),
-    ))
+    let now_ms = state.gate.clock().now_ms();
+    let keys: Vec<KeyView<'_>> = page.keys.iter().map(|r| KeyView::at(r, now_ms)).collect();
+    let mut resp = json_reply(StatusCode::OK, &keys);
+    let headers = resp.headers_mut();
+    headers.insert("x-total-count", HeaderValue::from(page.total));
+    if let Some(next) = page.next_cursor {
+        let limit_param = match req.query.get("limit") {
+            Some(_) => format!("limit={limit}&"),
+            None => String::new(),
+        };
+        let link = format!(
+            "<{}?{limit_param}cursor={}>; rel=\"next\"",
+            req.path,
+            next.to_hex()
+        );
+        if let Ok(value) = HeaderValue::from_str(&link) {
+            headers.insert(http::header::LINK, value);
+        }
+    }
+    Ok(resp)
 }
 
 #[derive(Deserialize)]
 pub(crate) struct TopUp {
-    key: String,
+    #[serde(flatten)]
+    target: Target,
     #[serde(deserialize_with = "whole::de")]
     credits: u64,
 }
 
 pub(crate) async fn topup<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Handled {
     let body: TopUp = req.json()?;
-    let rec = found(state.gate.top_up(&body.key, body.credits).await?)?;
+    let rec = found(
+        state
+            .gate
+            .top_up(body.target.key_ref()?, body.credits)
+            .await?,
+    )?;
     state.gate.emit(
         "key.topup",
-        json!({"actor": "admin", "keyMasked": rec.key_masked, "creditsAdded": body.credits, "newBalance": rec.credits}),
+        json!({"actor": "admin", "keyMasked": rec.key_masked, "keyId": rec.id(), "creditsAdded": body.credits, "newBalance": rec.credits}),
     );
     Ok(json_reply(
         StatusCode::OK,
-        &json!({"credits": rec.credits, "added": body.credits, "key": rec.key_masked, "name": rec.name}),
+        &json!({"credits": rec.credits, "added": body.credits, "key": rec.key_masked, "keyId": rec.id(), "name": rec.name}),
     ))
 }
 
 pub(crate) async fn revoke<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Handled {
     let body: KeyOnly = req.json()?;
-    let rec = found(state.gate.revoke(&body.key).await?)?;
+    let rec = found(state.gate.revoke(body.target.key_ref()?).await?)?;
     state.gate.emit(
         "key.revoked",
-        json!({"actor": "admin", "keyMasked": rec.key_masked}),
+        json!({"actor": "admin", "keyMasked": rec.key_masked, "keyId": rec.id()}),
     );
     Ok(json_reply(
         StatusCode::OK,
-        &json!({"revoked": true, "key": rec.key_masked, "name": rec.name}),
+        &json!({"revoked": true, "key": rec.key_masked, "keyId": rec.id(), "name": rec.name}),
     ))
 }
 
 pub(crate) async fn rotate<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Handled {
     let body: KeyOnly = req.json()?;
-    let old_masked = mask_key(&body.key);
-    let rotated = found(state.gate.rotate(&body.key).await?)?;
+    let target = body.target.key_ref()?;
+    let old_masked = match target {
+        KeyRef::Key(key) => mask_key(key),
+        // Named by id: the masked form on record is the old key's, read before it changes.
+        KeyRef::Id(_) => found(state.gate.get_key(target).await?)?.key_masked,
+    };
+    let rotated = found(state.gate.rotate(target).await?)?;
     let (new_key, rec) = (rotated.key, rotated.record);
     state.gate.emit(
         "key.rotated",
-        json!({"actor": "admin", "oldKeyMasked": old_masked, "newKeyMasked": rec.key_masked}),
+        json!({"actor": "admin", "oldKeyMasked": old_masked, "newKeyMasked": rec.key_masked, "keyId": rec.id()}),
     );
-    let mut view = serde_json::to_value(KeyView::from(&rec)).unwrap_or_default();
+    let now_ms = state.gate.clock().now_ms();
+    let mut view = serde_json::to_value(KeyView::at(&rec, now_ms)).unwrap_or_default();
     if let Some(obj) = view.as_object_mut() {
         obj.remove("key");
         obj.insert("newKey".into(), json!(new_key));
@@ -275,25 +355,27 @@ pub(crate) async fn rotate<St: KeyStore>(state: &AdminState<St>, req: &AdminRequ
     Ok(json_reply(StatusCode::OK, &view))
 }
 
-/// Applies `change` (one atomic update) to the key named `key` and answers with its view.
+/// Applies `change` (one atomic update) to the key `target` names and answers with its view.
 async fn update_and_reply<St: KeyStore>(
     state: &AdminState<St>,
-    key: &str,
+    target: &Target,
     change: KeyUpdate,
     event: &str,
 ) -> Handled {
-    let rec = found(state.gate.update_key(key, change).await?)?;
+    let rec = found(state.gate.update_key(target.key_ref()?, change).await?)?;
     state.gate.emit(
         event,
-        json!({"actor": "admin", "keyMasked": rec.key_masked}),
+        json!({"actor": "admin", "keyMasked": rec.key_masked, "keyId": rec.id()}),
     );
-    Ok(json_reply(StatusCode::OK, &KeyView::from(&rec)))
+    let now_ms = state.gate.clock().now_ms();
+    Ok(json_reply(StatusCode::OK, &KeyView::at(&rec, now_ms)))
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct Acl {
-    key: String,
+    #[serde(flatten)]
+    target: Target,
     allowed_tools: Option<Vec<String>>,
     denied_tools: Option<Vec<String>>,
 }
@@ -308,13 +390,14 @@ pub(crate) async fn acl<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest
         allowed_tools: body.allowed_tools,
         denied_tools: body.denied_tools,
     };
-    update_and_reply(state, &body.key, change, "key.acl_updated").await
+    update_and_reply(state, &body.target, change, "key.acl_updated").await
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct Expiry {
-    key: String,
+    #[serde(flatten)]
+    target: Target,
     #[serde(default, deserialize_with = "whole::de_opt")]
     expires_in: Option<u64>,
     #[serde(default, deserialize_with = "nullable")]
@@ -333,7 +416,7 @@ pub(crate) async fn expiry<St: KeyStore>(state: &AdminState<St>, req: &AdminRequ
     })?;
     update_and_reply(
         state,
-        &body.key,
+        &body.target,
         KeyUpdate::SetExpiry(at),
         "key.expiry_updated",
     )
@@ -343,7 +426,8 @@ pub(crate) async fn expiry<St: KeyStore>(state: &AdminState<St>, req: &AdminRequ
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct QuotaBody {
-    key: String,
+    #[serde(flatten)]
+    target: Target,
     #[serde(default)]
     remove: bool,
     #[serde(default, deserialize_with = "whole::de")]
@@ -366,7 +450,7 @@ pub(crate) async fn quota<St: KeyStore>(state: &AdminState<St>, req: &AdminReque
     });
     update_and_reply(
         state,
-        &body.key,
+        &body.target,
         KeyUpdate::SetQuota(q),
         "key.quota_updated",
     )
@@ -375,7 +459,8 @@ pub(crate) async fn quota<St: KeyStore>(state: &AdminState<St>, req: &AdminReque
 
 #[derive(Deserialize)]
 pub(crate) struct Tags {
-    key: String,
+    #[serde(flatten)]
+    target: Target,
     tags: BTreeMap<String, Option<String>>,
 }
 
@@ -383,7 +468,7 @@ pub(crate) async fn tags<St: KeyStore>(state: &AdminState<St>, req: &AdminReques
     let body: Tags = req.json()?;
     update_and_reply(
         state,
-        &body.key,
+        &body.target,
         KeyUpdate::MergeTags(body.tags),
         "key.tags_updated",
     )
@@ -393,7 +478,8 @@ pub(crate) async fn tags<St: KeyStore>(state: &AdminState<St>, req: &AdminReques
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct Ip {
-    key: String,
+    #[serde(flatten)]
+    target: Target,
     /// `ips` is the name paygate-mcp 1.8 sends.
     #[serde(alias = "ips")]
     ip_allowlist: Vec<String>,
@@ -404,7 +490,7 @@ pub(crate) async fn ip<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest)
     let nets = ip_list(&body.ip_allowlist)?;
     update_and_reply(
         state,
-        &body.key,
+        &body.target,
         KeyUpdate::SetIpAllowlist(nets),
         "key.ip_updated",
     )
@@ -414,7 +500,8 @@ pub(crate) async fn ip<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest)
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct Limits {
-    key: String,
+    #[serde(flatten)]
+    target: Target,
     #[serde(deserialize_with = "whole::de")]
     spending_limit: u64,
 }
@@ -422,7 +509,7 @@ pub(crate) struct Limits {
 pub(crate) async fn limits<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Handled {
     let body: Limits = req.json()?;
     let change = KeyUpdate::SetSpendingLimit(body.spending_limit);
-    update_and_reply(state, &body.key, change, "key.limit_updated").await
+    update_and_reply(state, &body.target, change, "key.limit_updated").await
 }
 
 #[derive(Deserialize)]
@@ -439,7 +526,8 @@ pub(crate) async fn search<St: KeyStore>(state: &AdminState<St>, req: &AdminRequ
     let mut matches = state.gate.search_keys(&body.tags, MAX_PAGE + 1).await?;
     let truncated = matches.len() > MAX_PAGE;
     matches.truncate(MAX_PAGE);
-    let keys: Vec<KeyView<'_>> = matches.iter().map(KeyView::from).collect();
+    let now_ms = state.gate.clock().now_ms();
+    let keys: Vec<KeyView<'_>> = matches.iter().map(|r| KeyView::at(r, now_ms)).collect();
     Ok(json_reply(
         StatusCode::OK,
         &json!({"keys": keys, "count": keys.len(), "truncated": truncated}),
@@ -505,6 +593,7 @@ pub(crate) async fn balance<St: KeyStore>(
         StatusCode::OK,
         &json!({
             "key": rec.key_masked,
+            "keyId": rec.id(),
             "name": rec.name,
             "credits": rec.credits,
             "totalSpent": rec.total_spent,

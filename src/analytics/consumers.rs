@@ -20,6 +20,9 @@ pub struct TopConsumer {
     /// The key's name, as carried by its usage events. A consumer is one `(apiKey, keyName)`
     /// pair, so keys whose display forms collide are still told apart.
     pub key_name: String,
+    /// The key's account id, when its events carried one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<crate::key::KeyId>,
     /// Usage events of the key.
     pub calls: u64,
     /// Credits charged.
@@ -77,7 +80,9 @@ struct Consumer {
 }
 
 /// A consumer with its `(apiKey, keyName)`.
-type Named = (Consumer, (Box<str>, Box<str>));
+type Named = (Consumer, KeyLabel);
+/// A key's `(apiKey, keyName, keyId)`.
+type KeyLabel = (Box<str>, Box<str>, Option<crate::key::KeyId>);
 
 /// Consumers ordered best first: credits desc, then calls desc.
 fn by_numbers(a: &Consumer, b: &Consumer) -> std::cmp::Ordering {
@@ -98,7 +103,7 @@ pub(super) struct Picked {
     /// The `topN` best consumers, best first.
     consumers: Vec<Consumer>,
     /// Their `(apiKey, keyName)`, in the same order.
-    names: Vec<(Box<str>, Box<str>)>,
+    names: Vec<KeyLabel>,
     /// Their key ids, in the same order.
     pub(super) selected: Vec<u32>,
     /// Distinct keys with calls in the range (the empty key left out).
@@ -140,7 +145,7 @@ impl AnalyticsEngine {
     /// Selection is numeric first; names are looked up only for the consumers kept and those
     /// tied with the last one kept, so the usual cost is linear in the number of consumers
     /// without touching their names.
-    fn select_top(&self, consumers: &mut Vec<Consumer>, top_n: usize) -> Vec<(Box<str>, Box<str>)> {
+    fn select_top(&self, consumers: &mut Vec<Consumer>, top_n: usize) -> Vec<KeyLabel> {
         if top_n == 0 {
             consumers.clear();
             return Vec::new();
@@ -211,9 +216,10 @@ impl Picked {
             .iter()
             .zip(self.names)
             .zip(best_tools)
-            .map(|((c, (api_key, key_name)), best)| TopConsumer {
+            .map(|((c, (api_key, key_name, key_id)), best)| TopConsumer {
                 api_key: api_key.into(),
                 key_name: key_name.into(),
+                key_id,
                 calls: c.c.calls,
                 credits: c.c.credits,
                 denied: c.c.denied(),

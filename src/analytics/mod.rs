@@ -90,6 +90,7 @@ mod series;
 #[cfg(test)]
 mod test_support;
 mod tools;
+mod totals;
 mod trend;
 
 pub use consumers::TopConsumer;
@@ -97,11 +98,13 @@ pub use query::{AnalyticsError, Granularity, ReportQuery};
 pub use report::{AnalyticsReport, ReportSummary};
 pub use series::TimeBucket;
 pub use tools::ToolBreakdown;
+pub use totals::{NameTotals, UsageTotals};
 pub use trend::{PeriodTotals, TrendChange, TrendComparison};
 
 use aggregates::{Counters, State};
 use names::{truncate, Names};
 use reader::REPORT_LOCK_BUDGET;
+use totals::Totals;
 
 const MINUTE_MS: i64 = 60_000;
 const HOUR_MS: i64 = 3_600_000;
@@ -209,6 +212,7 @@ pub struct AnalyticsStats {
 /// let event = |tool: &str, credits: u64, allowed: bool| UsageEvent {
 ///     timestamp: clock.now(),
 ///     api_key: "pg_1234...abcd".into(),
+///     key_id: None,
 ///     key_name: "alice".into(),
 ///     tool: tool.into(),
 ///     credits_charged: credits,
@@ -238,6 +242,9 @@ pub struct AnalyticsEngine {
     config: AnalyticsConfig,
     names: RwLock<Names>,
     state: Mutex<State>,
+    /// Totals since the start (1.8's `/status` usage), apart from the time buckets so that
+    /// reading them never waits for a report.
+    totals: Mutex<Totals>,
     /// Events not yet folded in, one buffer per writer stripe: a gated call only touches
     /// its own stripe's lock, and the shared aggregates are locked once per batch. Each holds
     /// only what aggregation reads, names already cut to [`MAX_NAME_CHARS`].
@@ -258,6 +265,8 @@ struct Pending {
     tool: Box<str>,
     api_key: Box<str>,
     key_name: Box<str>,
+    deny_reason: Option<Box<str>>,
+    key_id: Option<crate::key::KeyId>,
     counters: Counters,
 }
 
@@ -268,6 +277,11 @@ impl Pending {
             tool: truncate(&event.tool, MAX_NAME_CHARS).into(),
             api_key: truncate(&event.api_key, MAX_NAME_CHARS).into(),
             key_name: truncate(&event.key_name, MAX_NAME_CHARS).into(),
+            key_id: event.key_id,
+            deny_reason: event
+                .deny_reason
+                .as_deref()
+                .map(|r| truncate(r, MAX_NAME_CHARS).into()),
             counters: Counters::one(event.allowed, event.credits_charged),
         }
     }
@@ -302,6 +316,7 @@ impl AnalyticsEngine {
             clock,
             names: RwLock::new(Names::new(config.max_keys, config.max_tools)),
             state: Mutex::new(State::new(i64::from(config.retention_days))),
+            totals: Mutex::new(Totals::default()),
             pending: (0..crate::meter::STRIPES)
                 .map(|_| Mutex::new(Vec::with_capacity(BATCH)))
                 .collect(),
@@ -349,10 +364,51 @@ impl AnalyticsEngine {
     /// Folds a batch into the aggregates under one lock of each.
     fn fold(&self, batch: Vec<Pending>) {
         let ids: Vec<(u32, u32)> = batch.iter().map(|e| self.intern(e)).collect();
-        let mut state = self.state.lock();
-        for (event, (tool, key)) in batch.iter().zip(ids) {
-            state.add(event.minute, tool, key, event.counters);
+        {
+            let mut state = self.state.lock();
+            for (event, (tool, key)) in batch.iter().zip(&ids) {
+                state.add(event.minute, *tool, *key, event.counters);
+            }
         }
+        let mut totals = self.totals.lock();
+        for (event, (tool, _)) in batch.iter().zip(&ids) {
+            totals.add(
+                *tool,
+                &event.key_name,
+                event.deny_reason.as_deref(),
+                event.counters,
+            );
+        }
+    }
+
+    /// Usage since the engine started, with the `top` busiest tools and key names (the
+    /// `usage` of paygate-mcp 1.8's `/status`). Costs the same however many keys and events
+    /// there are: key names beyond 10,000 are counted together as `(other)`.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use paygate_mcp::{AnalyticsEngine, Clock, ManualClock, UsageEvent};
+    /// let clock = Arc::new(ManualClock::at_rfc3339("2026-03-01T12:00:00Z").unwrap());
+    /// let engine = AnalyticsEngine::new(clock.clone());
+    /// engine.record(&UsageEvent {
+    ///     timestamp: clock.now(), api_key: "pg_1234...abcd".into(), key_id: None,
+    ///     key_name: "alice".into(), tool: "search".into(), credits_charged: 2,
+    ///     allowed: true, deny_reason: None, duration_ms: None,
+    /// });
+    /// let usage = engine.totals(100);
+    /// assert_eq!((usage.total_calls, usage.total_credits_spent), (1, 2));
+    /// assert_eq!(usage.per_key["alice"].credits, 2);
+    /// ```
+    pub fn totals(&self, top: usize) -> UsageTotals {
+        self.flush();
+        let totals = self.totals.lock();
+        let names = self.names.read();
+        totals.read(top, |id| {
+            names
+                .tools
+                .get(id as usize)
+                .map_or_else(|| OTHER.to_string(), |t| t.to_string())
+        })
     }
 
     /// Folds every buffered event in.
@@ -392,7 +448,10 @@ impl AnalyticsEngine {
             }
         }
         let mut names = self.names.write();
-        (names.tool_id(tool), names.key_id(api_key, key_name))
+        (
+            names.tool_id(tool),
+            names.key_id(api_key, key_name, event.key_id),
+        )
     }
 }
 

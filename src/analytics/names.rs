@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use super::{AnalyticsEngine, ANON_KEY, OTHER, OTHER_KEY, OTHER_TOOL};
+use crate::key::KeyId;
 
 /// Interned tools and keys. A key is identified by its `(apiKey, keyName)` pair, so two keys
 /// whose display forms happen to collide are still told apart by their names.
@@ -21,6 +22,8 @@ pub(super) struct Names {
 pub(super) struct KeyName {
     api_key: Box<str>,
     name: Box<str>,
+    /// The account id the first event of this pair carried.
+    key_id: Option<KeyId>,
     /// The previous id with the same apiKey and another name (`NONE` at the end).
     next: u32,
 }
@@ -44,6 +47,7 @@ impl Names {
             n.keys.push(KeyName {
                 api_key: api.into(),
                 name: api.into(),
+                key_id: None,
                 next: NONE,
             });
         }
@@ -95,7 +99,7 @@ impl Names {
         id
     }
 
-    pub(super) fn key_id(&mut self, api_key: &str, name: &str) -> u32 {
+    pub(super) fn key_id(&mut self, api_key: &str, name: &str, key_id: Option<KeyId>) -> u32 {
         if let Some(id) = self.find_key(api_key, name) {
             return id;
         }
@@ -104,6 +108,7 @@ impl Names {
         self.keys.push(KeyName {
             api_key: api_key.into(),
             name: name.into(),
+            key_id,
             next,
         });
         id
@@ -115,6 +120,10 @@ impl Names {
 
     fn key_name(&self, id: u32) -> &str {
         self.keys.get(id as usize).map_or(OTHER, |k| &k.name)
+    }
+
+    fn account(&self, id: u32) -> Option<KeyId> {
+        self.keys.get(id as usize).and_then(|k| k.key_id)
     }
 }
 
@@ -134,20 +143,22 @@ pub(super) fn truncate(s: &str, max: usize) -> &str {
 const NAME_CHUNK: usize = 4_096;
 
 impl AnalyticsEngine {
-    /// The `(apiKey, keyName)` of each key, in order; read in chunks.
+    /// The `(apiKey, keyName, keyId)` of each key, in order; read in chunks.
     pub(super) fn key_names(
         &self,
         ids: impl ExactSizeIterator<Item = u32>,
-    ) -> Vec<(Box<str>, Box<str>)> {
+    ) -> Vec<(Box<str>, Box<str>, Option<KeyId>)> {
         let mut out = Vec::with_capacity(ids.len());
         let mut ids = ids.peekable();
         while ids.peek().is_some() {
             let names = self.names.read();
-            out.extend(
-                ids.by_ref()
-                    .take(NAME_CHUNK)
-                    .map(|k| (names.key_api(k).into(), names.key_name(k).into())),
-            );
+            out.extend(ids.by_ref().take(NAME_CHUNK).map(|k| {
+                (
+                    names.key_api(k).into(),
+                    names.key_name(k).into(),
+                    names.account(k),
+                )
+            }));
         }
         out
     }

@@ -22,6 +22,7 @@ pub(super) fn ev(
     UsageEvent {
         timestamp: ts,
         api_key: key.to_string(),
+        key_id: None,
         key_name: if key.is_empty() {
             String::new()
         } else {

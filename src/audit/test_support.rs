@@ -18,6 +18,7 @@ pub(super) fn usage(allowed: bool, reason: Option<&str>) -> UsageEvent {
     UsageEvent {
         timestamp: crate::clock::ms_to_datetime(T0),
         api_key: "pg_1234...abcd".into(),
+        key_id: None,
         key_name: "alice".into(),
         tool: "search".into(),
         credits_charged: if allowed { 3 } else { 0 },

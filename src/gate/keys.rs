@@ -11,7 +11,7 @@ use std::fmt;
 use super::Gate;
 use crate::amount::MAX_AMOUNT;
 use crate::blocking::block_on;
-use crate::key::{generate_key, mask_key, KeyDigest, KeyRecord};
+use crate::key::{generate_key, mask_key, KeyDigest, KeyId, KeyRecord, KeyRef};
 use crate::store::{KeyPage, KeyStore, KeyUpdate, MemoryKeyStore, StoreError, StoreStats};
 
 /// The longest key the gate accepts, to store or to look up.
@@ -65,6 +65,10 @@ fn presented(key: &str) -> Result<KeyDigest, GateError> {
     Ok(KeyDigest::of(key))
 }
 
+/// How many times a change by account id follows the account to its current key when a
+/// rotation moved it between the lookup and the change.
+const ID_RETRIES: usize = 8;
+
 /// Refuses a balance no figure may reach.
 fn check_credits(credits: u64) -> Result<(), GateError> {
     if credits > MAX_AMOUNT {
@@ -106,6 +110,7 @@ impl<S: KeyStore> Gate<S> {
         check_credits(credits)?;
         let key = new_key()?;
         let mut record = KeyRecord::new(&key, name, credits, self.clock.now_ms());
+        record.key_id = Some(KeyId::generate().map_err(|e| GateError::Random(e.to_string()))?);
         for change in setup {
             change.apply(&mut record)?;
         }
@@ -128,10 +133,60 @@ impl<S: KeyStore> Gate<S> {
         Ok(())
     }
 
-    /// The record of `key` (the full API key), revoked or not; `None` when there is no such
-    /// key. Any text may be asked for: what is not a key is simply not found.
-    pub async fn get_key(&self, key: &str) -> Result<Option<KeyRecord>, GateError> {
-        Ok(self.store.get(&KeyDigest::of(key)).await?)
+    /// The digest of the key `key` names now; `None` when there is no such account.
+    async fn resolve(&self, key: KeyRef<'_>) -> Result<Option<KeyDigest>, GateError> {
+        match key {
+            KeyRef::Key(key) => presented(key).map(Some),
+            KeyRef::Id(id) => Ok(self.store.find_id(&id).await?),
+        }
+    }
+
+    /// Runs `op` on the key `key` names. By id, when the key is gone by the time `op` runs
+    /// (a rotation moved the account in between), `op` runs again on the account's new key.
+    async fn on_key<T, F, Fut>(&self, key: KeyRef<'_>, mut op: F) -> Result<Option<T>, GateError>
+    where
+        F: FnMut(KeyDigest) -> Fut,
+        Fut: std::future::Future<Output = Result<Option<T>, StoreError>>,
+    {
+        let Some(mut digest) = self.resolve(key).await? else {
+            return Ok(None);
+        };
+        for _ in 0..ID_RETRIES {
+            let out = op(digest).await?;
+            if out.is_some() || matches!(key, KeyRef::Key(_)) {
+                return Ok(out);
+            }
+            match self.resolve(key).await? {
+                Some(moved) if moved != digest => digest = moved,
+                _ => return Ok(None),
+            }
+        }
+        Err(StoreError::Unavailable("the key kept rotating; try again".into()).into())
+    }
+
+    /// The record of the key `key` names (the full API key, or its account id), revoked or
+    /// not; `None` when there is no such key. Any text may be asked for: what is not a key is
+    /// simply not found.
+    ///
+    /// ```
+    /// use paygate_mcp::{block_on, Gate, PayGateConfig};
+    /// let gate = Gate::new(PayGateConfig::default()).unwrap();
+    /// let issued = block_on(gate.create_key_with("alice", 5, &[])).unwrap();
+    /// let by_id = block_on(gate.get_key(issued.record.id())).unwrap().unwrap();
+    /// assert_eq!(by_id.key_hash, issued.record.key_hash);
+    /// assert!(block_on(gate.get_key("pg_nothing")).unwrap().is_none());
+    /// ```
+    pub async fn get_key(
+        &self,
+        key: impl Into<KeyRef<'_>>,
+    ) -> Result<Option<KeyRecord>, GateError> {
+        let key = key.into();
+        if let KeyRef::Key(text) = key {
+            // Lookups take any text (self-service reads with whatever the caller sent).
+            return Ok(self.store.get(&KeyDigest::of(text)).await?);
+        }
+        self.on_key(key, |d| async move { self.store.get(&d).await })
+            .await
     }
 
     /// Up to `limit` keys after the cursor `after` (a [`KeyPage::next_cursor`]), in the
@@ -158,22 +213,30 @@ impl<S: KeyStore> Gate<S> {
         Ok(self.store.stats().await?)
     }
 
-    /// Applies `change` to `key` (the full API key) in one atomic step and returns the
-    /// record afterwards; `None` when there is no such key. A revoked key takes no change
-    /// but [`KeyUpdate::Revoke`] ([`StoreError::Revoked`]); a change that would break a
-    /// bound is refused ([`StoreError::Invalid`]) and changes nothing.
+    /// Applies `change` to the key `key` names (the full API key, or its account id) in one
+    /// atomic step and returns the record afterwards; `None` when there is no such key. A
+    /// revoked key takes no change but [`KeyUpdate::Revoke`] ([`StoreError::Revoked`]); a
+    /// change that would break a bound is refused ([`StoreError::Invalid`]) and changes
+    /// nothing.
     pub async fn update_key(
         &self,
-        key: &str,
+        key: impl Into<KeyRef<'_>>,
         change: KeyUpdate,
     ) -> Result<Option<KeyRecord>, GateError> {
-        let digest = presented(key)?;
-        Ok(self.store.update(&digest, &change).await?)
+        let change = &change;
+        self.on_key(key.into(), |d| async move {
+            self.store.update(&d, change).await
+        })
+        .await
     }
 
     /// Adds `credits` (at least 1) to `key`'s balance; the balance stays within
     /// [`MAX_AMOUNT`]. `None` when there is no such key.
-    pub async fn top_up(&self, key: &str, credits: u64) -> Result<Option<KeyRecord>, GateError> {
+    pub async fn top_up(
+        &self,
+        key: impl Into<KeyRef<'_>>,
+        credits: u64,
+    ) -> Result<Option<KeyRecord>, GateError> {
         if credits == 0 {
             return Err(GateError::Invalid("'credits' must be at least 1".into()));
         }
@@ -182,19 +245,22 @@ impl<S: KeyStore> Gate<S> {
 
     /// Deactivates `key` for good: its calls are refused from now on, and its record stays
     /// for reports. Revoking a revoked key changes nothing. `None` when there is no such key.
-    pub async fn revoke(&self, key: &str) -> Result<Option<KeyRecord>, GateError> {
+    pub async fn revoke(&self, key: impl Into<KeyRef<'_>>) -> Result<Option<KeyRecord>, GateError> {
         self.update_key(key, KeyUpdate::Revoke).await
     }
 
-    /// Replaces `key` by a new key that takes over all of its state (balance, limits,
-    /// counters, tags); the old key stops working at once. `None` when there is no such key;
+    /// Replaces the key `key` names (the key, or its account id) by a new key that takes
+    /// over all of its state (balance, limits, counters, tags, account id); the old key
+    /// stops working at once. `None` when there is no such key;
     /// a revoked key cannot be rotated ([`StoreError::Revoked`]).
-    pub async fn rotate(&self, key: &str) -> Result<Option<IssuedKey>, GateError> {
-        let old = presented(key)?;
+    pub async fn rotate(&self, key: impl Into<KeyRef<'_>>) -> Result<Option<IssuedKey>, GateError> {
         let new_key = new_key()?;
+        let (digest, masked) = (KeyDigest::of(&new_key), mask_key(&new_key));
         let record = self
-            .store
-            .rotate(&old, KeyDigest::of(&new_key), mask_key(&new_key))
+            .on_key(key.into(), |old| {
+                let masked = masked.clone();
+                async move { self.store.rotate(&old, digest, masked).await }
+            })
             .await?;
         Ok(record.map(|record| IssuedKey {
             key: new_key,

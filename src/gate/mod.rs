@@ -531,6 +531,7 @@ impl<S: KeyStore> Gate<S> {
                 .key
                 .as_ref()
                 .map_or_else(String::new, |k| k.key_masked.clone()),
+            key_id: d.key.as_ref().map(|k| k.key_id),
             key_name: d.key.as_ref().map_or_else(String::new, |k| k.name.clone()),
             tool: d.tool.clone(),
             credits_charged: if refunded { 0 } else { d.credits_charged },

@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use super::KeySnapshot;
 use crate::clock::ms_to_datetime;
 use crate::deny::DenyReason;
-use crate::key::{canonical_ip, KeyDigest, KeyRecord};
+use crate::key::{canonical_ip, KeyDigest, KeyId, KeyRecord};
 use crate::quota::{Quota, QuotaUsage};
 
 /// Length of a masked key (`pg_1234...abcd`).
@@ -46,6 +46,7 @@ pub(crate) struct StoredKey {
     expires_ms: i64,
     pub(crate) quota_usage: QuotaUsage,
     masked: [u8; MASKED_LEN],
+    pub(crate) key_id: KeyId,
     pub(crate) active: bool,
     pub(crate) expiry_notified: bool,
     name: Box<str>,
@@ -77,6 +78,7 @@ impl StoredKey {
             expires_ms: rec.expires_at.map_or(NO_TIME, |t| t.timestamp_millis()),
             quota_usage: rec.quota_usage,
             masked,
+            key_id: rec.id(),
             active: rec.active,
             expiry_notified: rec.expiry_notified,
             name: rec.name.as_str().into(),
@@ -88,6 +90,7 @@ impl StoredKey {
         let p = self.policy.as_deref();
         KeyRecord {
             key_hash: key,
+            key_id: Some(self.key_id),
             key_masked: self.masked(),
             name: self.name.to_string(),
             credits: self.credits,
@@ -168,6 +171,7 @@ impl StoredKey {
     ) -> KeySnapshot {
         KeySnapshot {
             key,
+            key_id: self.key_id,
             name: self.name.to_string(),
             key_masked: self.masked(),
             credits: self.credits,
@@ -178,6 +182,14 @@ impl StoredKey {
             quota: self.quota().or(global_quota),
             quota_usage: self.quota_usage.rolled(now_ms),
         }
+    }
+
+    /// The key's tags, if it has any.
+    pub(crate) fn tags(&self) -> Option<&BTreeMap<String, String>> {
+        self.policy
+            .as_deref()
+            .map(|p| &p.tags)
+            .filter(|t| !t.is_empty())
     }
 
     /// Whether the tags contain every pair in `wanted`.
@@ -225,7 +237,8 @@ mod tests {
     #[test]
     fn a_plain_key_is_small() {
         assert!(
-            std::mem::size_of::<StoredKey>() <= 152,
+            // 152 before the 10-byte account id.
+            std::mem::size_of::<StoredKey>() <= 160,
             "{}",
             std::mem::size_of::<StoredKey>()
         );

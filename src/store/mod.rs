@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use ipnet::IpNet;
 
 use crate::deny::DenyReason;
-use crate::key::{KeyDigest, KeyRecord};
+use crate::key::{KeyDigest, KeyId, KeyRecord};
 use crate::quota::{Quota, QuotaUsage};
 use crate::ratelimit::RateState;
 
@@ -32,8 +32,8 @@ pub enum StoreError {
     /// The backend cannot be reached or did not answer in time.
     #[error("store unavailable: {0}")]
     Unavailable(String),
-    /// A key with this digest already exists.
-    #[error("a key with this digest already exists")]
+    /// A key with this digest, or an account with this id, already exists.
+    #[error("a key with this digest or id already exists")]
     Duplicate,
     /// An update would leave the record invalid.
     #[error("{0}")]
@@ -154,6 +154,8 @@ impl Default for Checks {
 pub struct KeySnapshot {
     /// The key's digest.
     pub key: KeyDigest,
+    /// The account's public id.
+    pub key_id: KeyId,
     /// Owner-chosen label.
     pub name: String,
     /// Display form of the key.
@@ -179,6 +181,7 @@ impl KeySnapshot {
     pub fn of(rec: &KeyRecord, now_ms: i64, global_quota: Option<Quota>) -> Self {
         Self {
             key: rec.key_hash,
+            key_id: rec.id(),
             name: rec.name.clone(),
             key_masked: rec.key_masked.clone(),
             credits: rec.credits,
@@ -497,12 +500,20 @@ pub trait KeyStore: Send + Sync + 'static {
         limit: usize,
     ) -> impl Future<Output = Result<KeyPage, StoreError>> + Send;
 
-    /// Keys whose tags contain every pair in `tags`, at most `limit`.
+    /// Keys whose tags contain every pair in `tags`, at most `limit`. Costs about the number
+    /// of keys carrying the rarest of the wanted tags, never a scan of all keys.
     fn search_by_tags(
         &self,
         tags: &BTreeMap<String, String>,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<KeyRecord>, StoreError>> + Send;
+
+    /// The digest of the key that holds account id `id` now (it follows rotations), in
+    /// constant time.
+    fn find_id(
+        &self,
+        id: &KeyId,
+    ) -> impl Future<Output = Result<Option<KeyDigest>, StoreError>> + Send;
 
     /// Aggregates over all keys, in constant time.
     fn stats(&self) -> impl Future<Output = Result<StoreStats, StoreError>> + Send;

@@ -50,6 +50,7 @@ pub(super) fn usage(i: usize) -> UsageEvent {
     UsageEvent {
         timestamp: crate::clock::ms_to_datetime(1_767_225_600_000),
         api_key: "pg_1234...abcd".into(),
+        key_id: None,
         key_name: "alice".into(),
         tool: format!("t{i}"),
         credits_charged: 1,

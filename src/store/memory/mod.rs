@@ -1,11 +1,12 @@
 //! The embedded default store: keys in memory, sharded so threads working on different keys
 //! never wait for each other.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::{ready, Ready};
 use std::hash::{BuildHasherDefault, Hasher};
+use std::ops::Bound;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 
 mod charge;
 
@@ -15,7 +16,7 @@ use super::{
     StoreError, StoreStats,
 };
 use crate::deny::DenyReason;
-use crate::key::{KeyDigest, KeyRecord};
+use crate::key::{KeyDigest, KeyId, KeyRecord};
 use crate::ratelimit::{KeyWindows, WINDOW_MS};
 use charge::{denied, key_denial, Limits};
 
@@ -48,11 +49,16 @@ impl Hasher for DigestHasher {
 
 type WindowMap = HashMap<KeyDigest, Box<KeyWindows>, BuildHasherDefault<DigestHasher>>;
 
+/// One tag (name, value).
+type TagPair = (String, String);
+
 #[derive(Default)]
 struct Shard {
     keys: BTreeMap<KeyDigest, StoredKey>,
     /// Rate windows of keys with calls in the last minute only.
     windows: WindowMap,
+    /// This shard's keys by tag, so a tag search reads only the keys that carry the tag.
+    by_tag: HashMap<TagPair, BTreeSet<KeyDigest>>,
     last_sweep_ms: i64,
     /// Bumped by every change to a record, so snapshots can skip an unchanged store.
     version: u64,
@@ -74,6 +80,29 @@ fn adjust(stats: &mut StoreStats, before: (u64, u64), after: (u64, u64)) {
 }
 
 impl Shard {
+    /// Adds `key` to the tag index under each of `tags`.
+    fn index_tags(&mut self, key: KeyDigest, tags: Option<&BTreeMap<String, String>>) {
+        for (name, value) in tags.into_iter().flatten() {
+            self.by_tag
+                .entry((name.clone(), value.clone()))
+                .or_default()
+                .insert(key);
+        }
+    }
+
+    /// Removes `key` from the tag index under each of `tags`.
+    fn unindex_tags(&mut self, key: &KeyDigest, tags: Option<&BTreeMap<String, String>>) {
+        for (name, value) in tags.into_iter().flatten() {
+            let pair = (name.clone(), value.clone());
+            if let Some(keys) = self.by_tag.get_mut(&pair) {
+                keys.remove(key);
+                if keys.is_empty() {
+                    self.by_tag.remove(&pair);
+                }
+            }
+        }
+    }
+
     /// Frees the windows of keys idle for a minute; runs at most once a minute per shard.
     fn sweep_windows(&mut self, now_ms: i64) {
         if now_ms - self.last_sweep_ms < WINDOW_MS {
@@ -103,6 +132,9 @@ pub struct MemoryKeyStore {
     /// Recent rotations (old digest, new digest), so a refund for a call charged before its
     /// key rotated still finds the account. Bounded: the oldest are forgotten first.
     moved: Mutex<std::collections::VecDeque<(KeyDigest, KeyDigest)>>,
+    /// Key ids to the digest of the key that holds them now. Taken only after a shard lock,
+    /// never before one.
+    ids: RwLock<HashMap<KeyId, KeyDigest>>,
 }
 
 impl Default for MemoryKeyStore {
@@ -135,6 +167,7 @@ impl MemoryKeyStore {
             original: Mutex::new(None),
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             moved: Mutex::new(std::collections::VecDeque::new()),
+            ids: RwLock::new(HashMap::new()),
         }
     }
 
@@ -154,7 +187,12 @@ impl MemoryKeyStore {
         let before = contribution(&stored);
         let mut rec = stored.to_record(*key);
         let out = f(&mut rec, shard);
-        let stored = StoredKey::from_record(&rec);
+        let stored_after = StoredKey::from_record(&rec);
+        if stored.tags() != stored_after.tags() {
+            shard.unindex_tags(key, stored.tags());
+            shard.index_tags(*key, stored_after.tags());
+        }
+        let stored = stored_after;
         shard.version += 1;
         adjust(&mut shard.stats, before, contribution(&stored));
         shard.keys.insert(*key, stored);
@@ -302,9 +340,17 @@ impl KeyStore for MemoryKeyStore {
             return ready(Err(StoreError::Duplicate));
         }
         let stored = StoredKey::from_record(&record);
+        {
+            let mut ids = self.ids.write();
+            if ids.contains_key(&stored.key_id) {
+                return ready(Err(StoreError::Duplicate));
+            }
+            ids.insert(stored.key_id, record.key_hash);
+        }
         adjust(&mut shard.stats, (0, 0), contribution(&stored));
         shard.stats.total_keys += 1;
         shard.version += 1;
+        shard.index_tags(record.key_hash, stored.tags());
         shard.keys.insert(record.key_hash, stored);
         ready(Ok(()))
     }
@@ -366,6 +412,7 @@ impl KeyStore for MemoryKeyStore {
             return ready(Ok(None));
         };
         let windows = first.windows.remove(old);
+        first.unindex_tags(old, rec.tags());
         rec.set_masked(&new_masked);
         first.version += 1;
         // The record's share of the aggregates moves with it.
@@ -380,6 +427,8 @@ impl KeyStore for MemoryKeyStore {
         };
         adjust(&mut target.stats, (0, 0), share);
         target.stats.total_keys += 1;
+        target.index_tags(new_key, rec.tags());
+        self.ids.write().insert(rec.key_id, new_key);
         target.keys.insert(new_key, rec);
         if let Some(w) = windows {
             target.windows.insert(new_key, w);
@@ -398,7 +447,6 @@ impl KeyStore for MemoryKeyStore {
     }
 
     fn list(&self, after: Option<KeyDigest>, limit: usize) -> Ready<Result<KeyPage, StoreError>> {
-        use std::ops::Bound;
         let limit = limit.max(1);
         let mut keys = Vec::with_capacity(limit.min(1024));
         let start = after.map_or(0, |k| usize::from(k.0[0]) * SHARDS / 256);
@@ -434,21 +482,34 @@ impl KeyStore for MemoryKeyStore {
         tags: &BTreeMap<String, String>,
         limit: usize,
     ) -> Ready<Result<Vec<KeyRecord>, StoreError>> {
-        use std::ops::Bound;
+        if tags.is_empty() {
+            // Every key matches: the first `limit` in listing order.
+            return ready(self.list(None, limit).into_inner().map(|page| page.keys));
+        }
+        let wanted: Vec<TagPair> = tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let mut out = Vec::new();
         for shard in self.shards.iter() {
-            // A shard is scanned a slice at a time, its lock released in between, so a
-            // search over a million keys never holds up the gated calls on that shard.
+            // Only the keys carrying the shard's rarest wanted tag are read, a slice at a
+            // time with the lock released in between, so a search never holds up the gated
+            // calls on a shard for long.
             let mut after = None;
             loop {
                 let guard = shard.lock();
+                let Some(candidates) = wanted
+                    .iter()
+                    .map(|pair| guard.by_tag.get(pair))
+                    .collect::<Option<Vec<_>>>()
+                    .and_then(|sets| sets.into_iter().min_by_key(|s| s.len()))
+                else {
+                    break; // some wanted tag is on no key of this shard
+                };
                 let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
                 let mut seen = 0;
-                for (key, rec) in guard.keys.range((lower, Bound::Unbounded)) {
+                for key in candidates.range((lower, Bound::Unbounded)) {
                     if out.len() >= limit {
                         return ready(Ok(out));
                     }
-                    if rec.has_tags(tags) {
+                    if let Some(rec) = guard.keys.get(key).filter(|r| r.has_tags(tags)) {
                         out.push(rec.to_record(*key));
                     }
                     after = Some(*key);
@@ -463,6 +524,10 @@ impl KeyStore for MemoryKeyStore {
             }
         }
         ready(Ok(out))
+    }
+
+    fn find_id(&self, id: &KeyId) -> Ready<Result<Option<KeyDigest>, StoreError>> {
+        ready(Ok(self.ids.read().get(id).copied()))
     }
 
     fn stats(&self) -> Ready<Result<StoreStats, StoreError>> {

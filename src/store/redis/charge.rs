@@ -3,6 +3,7 @@
 use redis::Value;
 
 use crate::deny::DenyReason;
+use crate::key::KeyId;
 use crate::quota::{Quota, QuotaUsage};
 use crate::ratelimit::RateState;
 use crate::store::{ChargeOutcome, ChargeReceipt, ChargeRequest, KeySnapshot, StoreError};
@@ -107,8 +108,13 @@ fn outcome(
         monthly_calls: reply.uint(15)?,
         monthly_credits: reply.uint(16)?,
     };
+    let key_id = match reply.text(23)?.as_str() {
+        "" => KeyId::derived(&req.key),
+        t => t.parse().map_err(|_| corrupt("kid"))?,
+    };
     let snapshot = KeySnapshot {
         key: req.key,
+        key_id,
         name: reply.text(8)?,
         key_masked: reply.text(9)?,
         credits: reply.uint(3)?,

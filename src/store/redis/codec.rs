@@ -10,7 +10,7 @@ use redis::Value;
 use crate::amount::MAX_AMOUNT;
 use crate::clock::ms_to_datetime;
 use crate::deny::DenyReason;
-use crate::key::{canonical_ip, KeyDigest, KeyRecord};
+use crate::key::{canonical_ip, KeyDigest, KeyId, KeyRecord};
 use crate::quota::{Quota, QuotaUsage};
 use crate::store::StoreError;
 
@@ -43,6 +43,7 @@ pub(super) fn json<T: serde::Serialize>(v: &T) -> String {
 pub(super) fn record_fields(rec: &KeyRecord, with_counters: bool) -> Vec<(&'static str, String)> {
     let mut f = vec![
         ("m", rec.key_masked.clone()),
+        ("kid", rec.id().to_string()),
         ("n", rec.name.clone()),
         ("ca", rec.created_at.timestamp_millis().to_string()),
         ("limit", rec.spending_limit.to_string()),
@@ -130,6 +131,10 @@ pub(super) fn record_from(
     }
     let rec = KeyRecord {
         key_hash: key,
+        key_id: Some(match text("kid") {
+            "" => KeyId::derived(&key),
+            t => t.parse().map_err(|_| corrupt("kid"))?,
+        }),
         key_masked: text("m").to_string(),
         name: text("n").to_string(),
         credits: int("credits")?,

@@ -16,6 +16,8 @@
 //! | `paygate:{<digest>}:c` / `:cd` | sorted set / hash | the key's last 10,000 charges for a day (nonces by time / each one's price and quota period by nonce), to undo one whose reply was lost or refund one late |
 //! | `paygate:{<digest>}:moved` | string | for a day after a rotation, the new digest, so refunds of calls in flight find the account |
 //! | `paygate:keys` | sorted set | every digest, for paging |
+//! | `paygate:ids` | hash | account id → digest of its current key |
+//! | `paygate:tag:<name length>:<name>=<value>` | set | digests of the keys carrying the tag |
 //! | `paygate:stats` | hash | key count, active keys, credits held |
 //!
 //! Key rotation and the store-wide statistics touch more than one slot: on Redis Cluster run
@@ -34,10 +36,11 @@ use super::{
     StoreError, StoreStats,
 };
 use crate::amount::MAX_AMOUNT;
-use crate::key::{KeyDigest, KeyRecord};
+use crate::key::{KeyDigest, KeyId, KeyRecord};
 
 mod charge;
 mod codec;
+mod index;
 mod owed;
 
 use codec::{record_fields, record_from};
@@ -287,9 +290,19 @@ impl RedisKeyStore {
                     }
                     let pver: i64 = h.get("pver").and_then(|v| v.parse().ok()).unwrap_or(0);
                     let mut rec = record_from(*key, &h)?;
+                    let before = self.tag_sets(&rec.tags);
                     change.apply(&mut rec)?;
+                    let after = self.tag_sets(&rec.tags);
+                    let left: Vec<&String> = before.iter().filter(|s| !after.contains(s)).collect();
+                    let joined: Vec<&String> =
+                        after.iter().filter(|s| !before.contains(s)).collect();
                     let mut inv = self.scripts.policy.key(&rec_key);
-                    inv.arg(pver);
+                    inv.arg(pver)
+                        .arg(key.to_hex())
+                        .arg(left.len())
+                        .arg(left)
+                        .arg(joined.len())
+                        .arg(joined);
                     for (f, v) in record_fields(&rec, false) {
                         inv.arg(f).arg(v);
                     }
@@ -342,9 +355,14 @@ impl KeyStore for RedisKeyStore {
         record.validate().map_err(StoreError::Invalid)?;
         let mut conn = self.conn.clone();
         let mut inv = self.scripts.insert.key(self.rec_key(&record.key_hash));
+        let sets = self.tag_sets(&record.tags);
         inv.key(self.index_key())
             .key(self.stats_key())
-            .arg(record.key_hash.to_hex());
+            .key(self.ids_key())
+            .arg(record.key_hash.to_hex())
+            .arg(record.id().to_string())
+            .arg(sets.len())
+            .arg(&sets);
         for (f, v) in record_fields(&record, true) {
             inv.arg(f).arg(v);
         }
@@ -390,11 +408,14 @@ impl KeyStore for RedisKeyStore {
             .key(format!("{o}:moved"))
             .key(format!("{o}:cd"))
             .key(format!("{n}:cd"))
+            .key(self.ids_key())
             .arg(old.to_hex())
             .arg(new_key.to_hex())
             .arg(new_masked)
             .arg(format!("{o}:w:"))
             .arg(format!("{n}:w:"))
+            .arg(KeyId::derived(old).to_string())
+            .arg(self.tag_prefix())
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
@@ -456,24 +477,11 @@ impl KeyStore for RedisKeyStore {
         tags: &BTreeMap<String, String>,
         limit: usize,
     ) -> Result<Vec<KeyRecord>, StoreError> {
-        let mut out = Vec::new();
-        let mut after = None;
-        loop {
-            let page = self.list(after, 1000).await?;
-            out.extend(
-                page.keys
-                    .into_iter()
-                    .filter(|r| tags.iter().all(|(k, v)| r.tags.get(k) == Some(v))),
-            );
-            if out.len() >= limit {
-                out.truncate(limit);
-                return Ok(out);
-            }
-            match page.next_cursor {
-                Some(c) => after = Some(c),
-                None => return Ok(out),
-            }
-        }
+        self.search_inner(tags, limit).await
+    }
+
+    async fn find_id(&self, id: &KeyId) -> Result<Option<KeyDigest>, StoreError> {
+        self.find_id_inner(id).await
     }
 
     async fn stats(&self) -> Result<StoreStats, StoreError> {

@@ -20,7 +20,7 @@ local now = now_ms(ARGV[12])
 
 if redis.call('EXISTS', rec) == 0 then return {2} end
 local f = redis.call('HMGET', rec, 'active', 'credits', 'spent', 'calls', 'limit', 'exp', 'xn',
-  'allow', 'deny', 'ips', 'quota', 'qd', 'qdc', 'qdcr', 'qm', 'qmc', 'qmcr', 'n', 'm')
+  'allow', 'deny', 'ips', 'quota', 'qd', 'qdc', 'qdcr', 'qm', 'qmc', 'qmcr', 'n', 'm', 'kid')
 local active = f[1] == '1'
 local credits, spent, calls, limit = num(f[2]), num(f[3]), num(f[4]), num(f[5])
 local exp = f[6]
@@ -40,7 +40,7 @@ end
 
 local function snapshot(code, reason, retry, newly, charged, rl, rr, rs)
   return {code, reason, retry, credits, spent, calls, limit, exp or '', f[18] or '', f[19] or '', f[11] or '',
-          qd, qdc, qdcr, qm, qmc, qmcr, rl, rr, rs, newly, charged, now}
+          qd, qdc, qdcr, qm, qmc, qmcr, rl, rr, rs, newly, charged, now, f[20] or ''}
 end
 
 if not active then return snapshot(1, 'invalid_api_key', 0, 0, 0, -1, 0, 0) end
