@@ -284,3 +284,64 @@ async fn outage_fails_closed_and_heals_with_the_books_balanced() {
     );
     assert_eq!(rec.total_calls, tally.allowed.load(Ordering::Relaxed));
 }
+
+/// Keys written by a version without key ids or tag sets: every read already shows the id
+/// derived from the digest, and `rebuild_indexes` makes both findable without touching the
+/// books.
+#[tokio::test]
+async fn indexes_are_rebuilt_for_keys_written_before_them() {
+    use std::collections::BTreeMap;
+    let server = RedisServer::start();
+    let g = gate(&server, "old:", PayGateConfig::default()).await;
+    let issued = g
+        .create_key_with(
+            "legacy",
+            40,
+            &[KeyUpdate::MergeTags(BTreeMap::from([(
+                "plan".to_string(),
+                Some("pro".to_string()),
+            )]))],
+        )
+        .await
+        .unwrap();
+    let digest = issued.record.key_hash;
+    // What the older version left behind: no `kid` field, no id hash, no tag sets.
+    let client = redis::Client::open(server.url()).expect("redis url");
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("HDEL")
+        .arg(format!("old:{{{}}}", digest.to_hex()))
+        .arg("kid")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg("old:ids")
+        .arg("old:tag:4:plan=pro")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let derived = paygate_mcp::KeyId::derived(&digest);
+    let rec = g.store().get(&digest).await.unwrap().unwrap();
+    assert_eq!(rec.id(), derived, "reads show the derived id");
+    assert_eq!(g.store().find_id(&derived).await.unwrap(), None);
+    let want = BTreeMap::from([("plan".to_string(), "pro".to_string())]);
+    assert!(g
+        .store()
+        .search_by_tags(&want, 10)
+        .await
+        .unwrap()
+        .is_empty());
+
+    assert_eq!(g.store().rebuild_indexes().await.unwrap(), 1);
+    assert_eq!(g.store().find_id(&derived).await.unwrap(), Some(digest));
+    assert_eq!(g.store().search_by_tags(&want, 10).await.unwrap().len(), 1);
+    // The id is now on the record and survives a rotation; the books are untouched.
+    let rotated = g.rotate(derived).await.unwrap().unwrap();
+    assert_eq!(rotated.record.id(), derived);
+    assert_eq!(rotated.record.credits, 40);
+    let again = g.get_key(derived).await.unwrap().unwrap();
+    assert_eq!(again.key_hash, KeyDigest::of(&rotated.key));
+    // Running it again changes nothing.
+    assert_eq!(g.store().rebuild_indexes().await.unwrap(), 1);
+    assert_eq!(g.store().search_by_tags(&want, 10).await.unwrap().len(), 1);
+}

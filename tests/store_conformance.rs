@@ -6,8 +6,8 @@ mod common;
 use std::collections::BTreeMap;
 
 use paygate_mcp::{
-    store::Checks, ChargeRequest, DenyReason, KeyDigest, KeyRecord, KeyStore, KeyUpdate, Quota,
-    StoreError,
+    store::Checks, ChargeRequest, DenyReason, KeyDigest, KeyId, KeyRecord, KeyStore, KeyUpdate,
+    Quota, StoreError,
 };
 
 const NOW: i64 = 1_773_568_800_000; // 2026-03-15T10:00:00Z
@@ -417,6 +417,183 @@ async fn search_and_stats<S: KeyStore>(s: &S) {
     assert_eq!(stats.total_credits, 200 - 4 - 10 + 5);
 }
 
+async fn key_ids_are_found_and_follow_rotation<S: KeyStore>(s: &S) {
+    let mut a = rec(1, 10);
+    let id: KeyId = "kid_00112233445566778899".parse().unwrap();
+    a.key_id = Some(id);
+    s.insert(a).await.unwrap();
+    assert_eq!(s.find_id(&id).await.unwrap(), Some(KeyDigest::of(&key(1))));
+    assert_eq!(
+        s.get(&KeyDigest::of(&key(1))).await.unwrap().unwrap().id(),
+        id
+    );
+    // An account id names one account: a second key with the same id is refused whole.
+    let mut twin = rec(2, 10);
+    twin.key_id = Some(id);
+    assert!(matches!(s.insert(twin).await, Err(StoreError::Duplicate)));
+    assert!(s.get(&KeyDigest::of(&key(2))).await.unwrap().is_none());
+    assert_eq!(s.stats().await.unwrap().total_keys, 1);
+    // The id stays with the account across rotations and finds its current key.
+    for (old, new) in [(1, 3), (3, 4)] {
+        let rotated = s
+            .rotate(
+                &KeyDigest::of(&key(old)),
+                KeyDigest::of(&key(new)),
+                "m".into(),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(rotated.id(), id);
+        assert_eq!(
+            s.find_id(&id).await.unwrap(),
+            Some(KeyDigest::of(&key(new)))
+        );
+    }
+    // Revoked keys keep their id (reports still name them).
+    s.update(&KeyDigest::of(&key(4)), &KeyUpdate::Revoke)
+        .await
+        .unwrap();
+    assert_eq!(s.find_id(&id).await.unwrap(), Some(KeyDigest::of(&key(4))));
+    let unknown: KeyId = "kid_ffffffffffffffffffff".parse().unwrap();
+    assert_eq!(s.find_id(&unknown).await.unwrap(), None);
+    // A record written without an id reads with the one derived from its digest.
+    let mut legacy = rec(5, 1);
+    legacy.key_id = None;
+    s.insert(legacy).await.unwrap();
+    let derived = KeyId::derived(&KeyDigest::of(&key(5)));
+    assert_eq!(
+        s.get(&KeyDigest::of(&key(5))).await.unwrap().unwrap().id(),
+        derived
+    );
+    assert_eq!(
+        s.find_id(&derived).await.unwrap(),
+        Some(KeyDigest::of(&key(5)))
+    );
+    // Charges report the id too.
+    let out = s.charge(&req(&key(5), "t", 1)).await.unwrap();
+    assert_eq!(out.snapshot.unwrap().key_id, derived);
+}
+
+async fn tag_index_follows_every_change<S: KeyStore>(s: &S) {
+    let tags = |pairs: &[(&str, Option<&str>)]| {
+        KeyUpdate::MergeTags(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.map(str::to_string)))
+                .collect(),
+        )
+    };
+    let want = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let names = |found: Vec<KeyRecord>| {
+        let mut n: Vec<String> = found.into_iter().map(|r| r.name).collect();
+        n.sort();
+        n
+    };
+    // Created with tags (the insert indexes them).
+    let mut a = rec(1, 1);
+    a.tags = want(&[("plan", "pro"), ("team", "red")]);
+    s.insert(a).await.unwrap();
+    for n in 2..6 {
+        s.insert(rec(n, 1)).await.unwrap();
+        s.update(&KeyDigest::of(&key(n)), &tags(&[("plan", Some("free"))]))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        names(
+            s.search_by_tags(&want(&[("plan", "pro")]), 10)
+                .await
+                .unwrap()
+        ),
+        ["key-1"]
+    );
+    assert_eq!(
+        s.search_by_tags(&want(&[("plan", "free")]), 10)
+            .await
+            .unwrap()
+            .len(),
+        4
+    );
+    // Every wanted pair must match, whichever is rarer.
+    assert!(s
+        .search_by_tags(&want(&[("plan", "free"), ("team", "red")]), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    // A changed value moves the key, a deleted tag drops it.
+    s.update(&KeyDigest::of(&key(2)), &tags(&[("plan", Some("pro"))]))
+        .await
+        .unwrap();
+    s.update(&KeyDigest::of(&key(3)), &tags(&[("plan", None)]))
+        .await
+        .unwrap();
+    assert_eq!(
+        names(
+            s.search_by_tags(&want(&[("plan", "pro")]), 10)
+                .await
+                .unwrap()
+        ),
+        ["key-1", "key-2"]
+    );
+    assert_eq!(
+        names(
+            s.search_by_tags(&want(&[("plan", "free")]), 10)
+                .await
+                .unwrap()
+        ),
+        ["key-4", "key-5"]
+    );
+    // A refused change leaves the index as it was.
+    let too_long = "x".repeat(101);
+    assert!(s
+        .update(
+            &KeyDigest::of(&key(4)),
+            &tags(&[("plan", Some(too_long.as_str()))])
+        )
+        .await
+        .is_err());
+    assert_eq!(
+        s.search_by_tags(&want(&[("plan", "free")]), 10)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    // Rotation: the tags go with the account; the old key is found no more.
+    s.rotate(&KeyDigest::of(&key(1)), KeyDigest::of(&key(9)), "m".into())
+        .await
+        .unwrap()
+        .unwrap();
+    let found = s
+        .search_by_tags(&want(&[("team", "red")]), 10)
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].key_hash, KeyDigest::of(&key(9)));
+    // A revoked key is still found (reports and audits look for it).
+    s.update(&KeyDigest::of(&key(9)), &KeyUpdate::Revoke)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.search_by_tags(&want(&[("team", "red")]), 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(s
+        .search_by_tags(&want(&[("team", "blue")]), 10)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
 /// One line of what a charge answered, for comparing stores: everything but the receipt's
 /// store-private nonce.
 fn outcome_line(label: &str, out: &paygate_mcp::store::ChargeOutcome) -> String {
@@ -752,6 +929,20 @@ macro_rules! conformance_suite {
                 $run(async {
                     let store = $make;
                     super::a_charge_refunds_in_parts(&store).await
+                });
+            }
+            #[test]
+            fn key_ids_are_found_and_follow_rotation() {
+                $run(async {
+                    let store = $make;
+                    super::key_ids_are_found_and_follow_rotation(&store).await
+                });
+            }
+            #[test]
+            fn tag_index_follows_every_change() {
+                $run(async {
+                    let store = $make;
+                    super::tag_index_follows_every_change(&store).await
                 });
             }
             #[test]
