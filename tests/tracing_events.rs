@@ -111,6 +111,12 @@ async fn gated_calls_refunds_and_denials_are_traced() {
         .unwrap_or_else(|| panic!("the call's end: {lines:?}"));
     assert_eq!(finished["span"]["name"], "paygate_call");
     assert_eq!(finished["span"]["credits"], 3);
+    assert!(
+        finished["span"]["key_id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("kid_")),
+        "the span names the account: {finished}"
+    );
     assert!(finished["span"]["duration_ms"].is_u64(), "{finished}");
     assert!(finished["fields"]["duration_ms"].is_u64(), "{finished}");
     let denied = lines

@@ -55,6 +55,8 @@ pub struct Alert {
     pub timestamp: DateTime<Utc>,
     /// The key's display form.
     pub key_prefix: String,
+    /// The key's account id.
+    pub key_id: crate::key::KeyId,
     /// The key's name.
     pub key_name: String,
     /// What happened, for people.
@@ -197,6 +199,7 @@ impl AlertEngine {
                 alert_type: rule.rule_type,
                 timestamp: ms_to_datetime(now_ms),
                 key_prefix: clip(&snap.key_masked, MAX_EVENT_TEXT_BYTES).into_owned(),
+                key_id: snap.key_id,
                 key_name: clip(&snap.name, MAX_EVENT_TEXT_BYTES).into_owned(),
                 message,
                 threshold: rule.threshold,

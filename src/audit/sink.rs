@@ -8,7 +8,8 @@ use crate::meter::{AdminEvent, EventSink, UsageEvent};
 
 impl EventSink for AuditLog {
     /// Records `gate.allow` or `gate.deny`, with the masked key as actor and
-    /// `{tool, creditsCharged, denyReason}` as metadata.
+    /// `{tool, creditsCharged, denyReason, keyId}` as metadata (`keyId` when the key is
+    /// known).
     fn usage(&self, event: &UsageEvent) {
         // Cut request-derived text before it is copied into the message and metadata.
         let max = crate::meter::MAX_EVENT_TEXT_BYTES;
@@ -31,11 +32,17 @@ impl EventSink for AuditLog {
             event_type,
             crate::meter::clip(&event.api_key, max),
             message,
-            json!({
-                "tool": tool,
-                "creditsCharged": event.credits_charged,
-                "denyReason": deny_reason,
-            }),
+            {
+                let mut metadata = json!({
+                    "tool": tool,
+                    "creditsCharged": event.credits_charged,
+                    "denyReason": deny_reason,
+                });
+                if let (Some(id), Some(map)) = (event.key_id, metadata.as_object_mut()) {
+                    map.insert("keyId".into(), json!(id));
+                }
+                metadata
+            },
         );
     }
 
@@ -132,6 +139,15 @@ mod tests {
         assert!(events[1].message.contains("insufficient_credits"));
         assert_eq!(events[2].event_type, "gate.allow");
         assert_eq!(events[2].metadata["denyReason"], "shadow:rate_limited");
+        // A known key's account id goes with the entry.
+        let mut known = usage(true, None);
+        let id: crate::key::KeyId = "kid_0123456789abcdef0123".parse().unwrap();
+        known.key_id = Some(id);
+        log.usage(&known);
+        assert_eq!(
+            log.export()[3].metadata["keyId"],
+            "kid_0123456789abcdef0123"
+        );
     }
 
     #[test]

@@ -252,7 +252,7 @@ impl<S: KeyStore> Gate<S> {
         if let (true, Some(key)) = (decision.key_expired, &decision.key) {
             self.emit(
                 "key.expired",
-                serde_json::json!({"keyMasked": key.key_masked, "name": key.name}),
+                serde_json::json!({"keyMasked": key.key_masked, "keyId": key.key_id, "name": key.name}),
             );
         }
         self.emit_alerts(&decision.alerts);
@@ -269,6 +269,7 @@ impl<S: KeyStore> Gate<S> {
                 serde_json::json!({
                     "alertType": alert.alert_type.as_str(),
                     "keyPrefix": alert.key_prefix,
+                    "keyId": alert.key_id,
                     "message": alert.message,
                     "value": alert.current_value,
                     "threshold": alert.threshold,
@@ -289,6 +290,7 @@ impl<S: KeyStore> Gate<S> {
                     "billing.refund",
                     serde_json::json!({
                         "keyMasked": snap.key_masked,
+                        "keyId": snap.key_id,
                         "credits": credits,
                         "reason": reason,
                         "balance": snap.credits,

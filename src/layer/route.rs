@@ -371,6 +371,7 @@ fn call_span(tool: &str, d: &Decision) -> tracing::Span {
         "paygate_call",
         tool,
         key = d.key.as_ref().map(|k| k.key_masked.as_str()),
+        key_id = d.key.as_ref().map(|k| tracing::field::display(k.key_id)),
         allowed = d.allowed,
         reason = d.reason.map(|r| r.as_str()),
         credits = d.credits_charged,
