@@ -740,7 +740,13 @@ async fn status_analytics_alerts_metrics_pricing_discovery() {
     );
     assert!(r.text.contains("paygate_active_keys 1"));
     let r = app.send(Method::GET, "/pricing", &[], "").await;
-    assert_eq!(r.json["tools"]["search"]["creditsPerCall"], 5);
+    let tools = r.json["tools"].as_array().unwrap();
+    assert_eq!(tools.len(), 1);
+    assert_eq!(
+        (&tools[0]["name"], &tools[0]["creditsPerCall"]),
+        (&json!("search"), &json!(5))
+    );
+    assert_eq!(r.json["server"]["defaultCreditsPerCall"], 1);
     let r = app
         .send(Method::GET, "/.well-known/mcp-payment", &[], "")
         .await;

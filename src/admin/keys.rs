@@ -99,23 +99,48 @@ where
     Option::<T>::deserialize(d).map(Some)
 }
 
+/// A key view with the `message` paygate-mcp 1.8 answered on every change.
+#[derive(Serialize)]
+struct Changed<'a> {
+    #[serde(flatten)]
+    view: KeyView<'a>,
+    message: &'a str,
+}
+
 /// Names the key an admin call acts on: `key` (the API key) or `keyId` (its account id), so
 /// an operator can manage a key without holding its secret.
+/// Both are read as any JSON and checked here, so a wrong type is refused naming its field
+/// (a merged struct's own errors do not know the field's name).
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct Target {
-    key: Option<String>,
-    key_id: Option<String>,
+    key: Option<serde_json::Value>,
+    key_id: Option<serde_json::Value>,
 }
 
 impl Target {
     fn key_ref(&self) -> Result<KeyRef<'_>, ApiError> {
-        match (&self.key, &self.key_id) {
-            (Some(key), None) => Ok(KeyRef::Key(key)),
-            (None, Some(id)) => id
-                .parse()
-                .map(KeyRef::Id)
-                .map_err(|e| bad_request(format!("'keyId': {e}"))),
+        let text = |field: &str, v: &'_ serde_json::Value| -> Result<(), ApiError> {
+            match v {
+                serde_json::Value::String(_) => Ok(()),
+                _ => Err(bad_request(format!("'{field}' must be a string"))),
+            }
+        };
+        let key = self.key.as_ref().filter(|v| !v.is_null());
+        let key_id = self.key_id.as_ref().filter(|v| !v.is_null());
+        match (key, key_id) {
+            (Some(key), None) => {
+                text("key", key)?;
+                Ok(KeyRef::Key(key.as_str().unwrap_or_default()))
+            }
+            (None, Some(id)) => {
+                text("keyId", id)?;
+                id.as_str()
+                    .unwrap_or_default()
+                    .parse()
+                    .map(KeyRef::Id)
+                    .map_err(|e| bad_request(format!("'keyId': {e}")))
+            }
             (Some(_), Some(_)) => Err(bad_request("send 'key' or 'keyId', not both")),
             (None, None) => Err(bad_request(
                 "send 'key' (the API key) or 'keyId' (the key's id, kid_...)",
@@ -310,7 +335,14 @@ pub(crate) async fn topup<St: KeyStore>(state: &AdminState<St>, req: &AdminReque
     );
     Ok(json_reply(
         StatusCode::OK,
-        &json!({"credits": rec.credits, "added": body.credits, "key": rec.key_masked, "keyId": rec.id(), "name": rec.name}),
+        &json!({
+            "credits": rec.credits,
+            "added": body.credits,
+            "key": rec.key_masked,
+            "keyId": rec.id(),
+            "name": rec.name,
+            "message": format!("Added {} credits", body.credits),
+        }),
     ))
 }
 
@@ -323,7 +355,13 @@ pub(crate) async fn revoke<St: KeyStore>(state: &AdminState<St>, req: &AdminRequ
     );
     Ok(json_reply(
         StatusCode::OK,
-        &json!({"revoked": true, "key": rec.key_masked, "keyId": rec.id(), "name": rec.name}),
+        &json!({
+            "revoked": true,
+            "key": rec.key_masked,
+            "keyId": rec.id(),
+            "name": rec.name,
+            "message": "Key revoked",
+        }),
     ))
 }
 
@@ -355,12 +393,14 @@ pub(crate) async fn rotate<St: KeyStore>(state: &AdminState<St>, req: &AdminRequ
     Ok(json_reply(StatusCode::OK, &view))
 }
 
-/// Applies `change` (one atomic update) to the key `target` names and answers with its view.
+/// Applies `change` (one atomic update) to the key `target` names and answers with its view
+/// and `message`.
 async fn update_and_reply<St: KeyStore>(
     state: &AdminState<St>,
     target: &Target,
     change: KeyUpdate,
     event: &str,
+    message: &str,
 ) -> Handled {
     let rec = found(state.gate.update_key(target.key_ref()?, change).await?)?;
     state.gate.emit(
@@ -368,7 +408,8 @@ async fn update_and_reply<St: KeyStore>(
         json!({"actor": "admin", "keyMasked": rec.key_masked, "keyId": rec.id()}),
     );
     let now_ms = state.gate.clock().now_ms();
-    Ok(json_reply(StatusCode::OK, &KeyView::at(&rec, now_ms)))
+    let view = KeyView::at(&rec, now_ms);
+    Ok(json_reply(StatusCode::OK, &Changed { view, message }))
 }
 
 #[derive(Deserialize)]
@@ -390,7 +431,14 @@ pub(crate) async fn acl<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest
         allowed_tools: body.allowed_tools,
         denied_tools: body.denied_tools,
     };
-    update_and_reply(state, &body.target, change, "key.acl_updated").await
+    update_and_reply(
+        state,
+        &body.target,
+        change,
+        "key.acl_updated",
+        "Tool access updated",
+    )
+    .await
 }
 
 #[derive(Deserialize)]
@@ -419,6 +467,7 @@ pub(crate) async fn expiry<St: KeyStore>(state: &AdminState<St>, req: &AdminRequ
         &body.target,
         KeyUpdate::SetExpiry(at),
         "key.expiry_updated",
+        "Expiry updated",
     )
     .await
 }
@@ -442,6 +491,11 @@ pub(crate) struct QuotaBody {
 
 pub(crate) async fn quota<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Handled {
     let body: QuotaBody = req.json()?;
+    let message = if body.remove {
+        "Quota removed: the global quota applies"
+    } else {
+        "Quota updated"
+    };
     let q = (!body.remove).then_some(Quota {
         daily_call_limit: body.daily_call_limit,
         monthly_call_limit: body.monthly_call_limit,
@@ -453,6 +507,7 @@ pub(crate) async fn quota<St: KeyStore>(state: &AdminState<St>, req: &AdminReque
         &body.target,
         KeyUpdate::SetQuota(q),
         "key.quota_updated",
+        message,
     )
     .await
 }
@@ -471,6 +526,7 @@ pub(crate) async fn tags<St: KeyStore>(state: &AdminState<St>, req: &AdminReques
         &body.target,
         KeyUpdate::MergeTags(body.tags),
         "key.tags_updated",
+        "Tags updated",
     )
     .await
 }
@@ -493,6 +549,7 @@ pub(crate) async fn ip<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest)
         &body.target,
         KeyUpdate::SetIpAllowlist(nets),
         "key.ip_updated",
+        "IP allowlist updated",
     )
     .await
 }
@@ -509,7 +566,14 @@ pub(crate) struct Limits {
 pub(crate) async fn limits<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Handled {
     let body: Limits = req.json()?;
     let change = KeyUpdate::SetSpendingLimit(body.spending_limit);
-    update_and_reply(state, &body.target, change, "key.limit_updated").await
+    update_and_reply(
+        state,
+        &body.target,
+        change,
+        "key.limit_updated",
+        "Spending limit updated",
+    )
+    .await
 }
 
 #[derive(Deserialize)]

@@ -92,44 +92,76 @@ fn tool_prices<St: KeyStore>(state: &AdminState<St>) -> serde_json::Map<String, 
         .collect()
 }
 
+/// The server's payment metadata, with paygate-mcp 1.8's fields (SEP-2007) first.
+fn payment_metadata<St: KeyStore>(state: &AdminState<St>) -> serde_json::Value {
+    let cfg = state.gate.config();
+    json!({
+        "specVersion": "2007-draft",
+        "serverName": cfg.name,
+        "billingModel": "credits",
+        "defaultCreditsPerCall": cfg.default_credits_per_call,
+        "globalRateLimitPerMin": cfg.global_rate_limit_per_min,
+        "shadowMode": cfg.shadow_mode,
+        "authMethods": ["X-API-Key", "Authorization: Bearer"],
+        "oauthSupported": false,
+        "paymentErrorCode": -32402,
+        "pricingEndpoint": "/pricing",
+        "globalQuota": cfg.global_quota,
+        "toolCount": state.gate.pricing().tools().len(),
+    })
+}
+
+/// `GET /pricing`: 1.8's `{server, tools: [{name, creditsPerCall, ...}]}`, plus this crate's
+/// own top-level fields.
 pub(crate) fn pricing<St: KeyStore>(state: &AdminState<St>) -> Handled {
     let cfg = state.gate.config();
+    let tools: Vec<serde_json::Value> = tool_prices(state)
+        .into_iter()
+        .map(|(name, mut tag)| {
+            if let Some(map) = tag.as_object_mut() {
+                map.insert("name".into(), json!(name));
+            }
+            tag
+        })
+        .collect();
     Ok(json_reply(
         StatusCode::OK,
         &json!({
+            "server": payment_metadata(state),
+            "tools": tools,
             "name": cfg.name,
             "billingModel": "credits",
             "defaultCreditsPerCall": cfg.default_credits_per_call,
             "globalRateLimitPerMin": cfg.global_rate_limit_per_min,
             "globalQuota": cfg.global_quota,
-            "tools": tool_prices(state),
             "freeMethods": cfg.free_methods,
             "refundOnFailure": cfg.refund_on_failure,
         }),
     ))
 }
 
+/// `GET /.well-known/mcp-payment`: 1.8's metadata fields and this crate's.
 pub(crate) fn discovery<St: KeyStore>(state: &AdminState<St>) -> Handled {
     let cfg = state.gate.config();
-    Ok(json_reply(
-        StatusCode::OK,
-        &json!({
-            "version": "1.0",
-            "name": cfg.name,
-            "billingModel": "credits",
-            "currency": "credits",
-            "defaultPrice": cfg.default_credits_per_call,
-            "toolPricing": tool_prices(state),
-            "authMethods": ["X-API-Key", "Authorization: Bearer"],
-            "endpoints": {"mcp": "/mcp", "balance": "/balance", "pricing": "/pricing"},
-            "errorCodes": {
-                "-32402": "Payment required: insufficient credits, spending limit or quota",
-                "-32001": "Rate limited: retry after retryAfterSeconds",
-                "-32002": "Unauthorized: missing, invalid or expired key, or IP not allowed",
-                "-32003": "Forbidden: tool not allowed for this key",
-            },
-        }),
-    ))
+    let mut doc = payment_metadata(state);
+    let ours = json!({
+        "version": "1.0",
+        "name": cfg.name,
+        "currency": "credits",
+        "defaultPrice": cfg.default_credits_per_call,
+        "toolPricing": tool_prices(state),
+        "endpoints": {"mcp": "/mcp", "balance": "/balance", "pricing": "/pricing"},
+        "errorCodes": {
+            "-32402": "Payment required: insufficient credits, spending limit or quota",
+            "-32001": "Rate limited: retry after retryAfterSeconds",
+            "-32002": "Unauthorized: missing, invalid or expired key, or IP not allowed",
+            "-32003": "Forbidden: tool not allowed for this key",
+        },
+    });
+    if let (Some(doc), serde_json::Value::Object(ours)) = (doc.as_object_mut(), ours) {
+        doc.extend(ours);
+    }
+    Ok(json_reply(StatusCode::OK, &doc))
 }
 
 /// Keys, tools and key names `GET /status` shows at most.
@@ -260,7 +292,12 @@ pub(crate) fn usage<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) ->
     match csv.then_some(()) {
         None => Ok(json_reply(
             StatusCode::OK,
-            &json!({"events": events, "count": events.len()}),
+            &json!({
+                "events": events,
+                "count": events.len(),
+                // As 1.8 answers: the bound asked for, or "all".
+                "since": since.map_or_else(|| json!("all"), |t| json!(t)),
+            }),
         )),
         Some(()) => csv_reply(
             &[
@@ -296,7 +333,8 @@ pub(crate) fn analytics<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest
             .parse::<Granularity>()
             .map_err(|e| bad_request(e.to_string()))?,
     };
-    let top_n = match req.query.get("topN") {
+    // `top` is the name paygate-mcp 1.8's handler read (its README said `topN`).
+    let top_n = match req.query.get("topN").or_else(|| req.query.get("top")) {
         None => 10,
         Some(n) => n
             .parse::<usize>()
@@ -355,7 +393,11 @@ pub(crate) fn configure_alerts<St: KeyStore>(
     );
     Ok(json_reply(
         StatusCode::OK,
-        &json!({"rules": body.rules, "count": body.rules.len()}),
+        &json!({
+            "rules": body.rules,
+            "count": body.rules.len(),
+            "message": format!("{} alert rules configured", body.rules.len()),
+        }),
     ))
 }
 
@@ -397,11 +439,23 @@ pub(crate) fn audit<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) ->
         since: query_time(req, "since")?,
         until: query_time(req, "until")?,
         limit,
+        offset: match req.query.get("offset") {
+            None => 0,
+            Some(n) => n
+                .parse::<usize>()
+                .map_err(|_| bad_request("'offset' must be a whole number"))?,
+        },
     };
     let page = log.query(&query);
     Ok(json_reply(
         StatusCode::OK,
-        &json!({"events": page.events, "count": page.events.len(), "total": page.total}),
+        &json!({
+            "events": page.events,
+            "count": page.events.len(),
+            "total": page.total,
+            "offset": query.offset,
+            "limit": query.limit,
+        }),
     ))
 }
 

@@ -29,6 +29,8 @@ pub struct AuditQuery {
     pub until: Option<DateTime<Utc>>,
     /// Most events returned (default 100, at most 1,000; 0 returns only the count).
     pub limit: usize,
+    /// Matching events skipped first (newest first), to page through the log.
+    pub offset: usize,
 }
 
 impl Default for AuditQuery {
@@ -39,6 +41,7 @@ impl Default for AuditQuery {
             since: None,
             until: None,
             limit: DEFAULT_AUDIT_QUERY_LIMIT,
+            offset: 0,
         }
     }
 }
@@ -72,7 +75,7 @@ impl AuditLog {
         let mut total = 0;
         for event in ring.newest_first().filter(|e| query.matches(e)) {
             total += 1;
-            if events.len() < limit {
+            if total > query.offset && events.len() < limit {
                 events.push(event.clone());
             }
         }
