@@ -46,7 +46,7 @@ pub(crate) struct KeyView<'a> {
     allowed_tools: &'a [String],
     denied_tools: &'a [String],
     tags: &'a BTreeMap<String, String>,
-    ip_allowlist: &'a [ipnet::IpNet],
+    ip_allowlist: Vec<String>,
     quota: Option<Quota>,
     quota_daily_calls: u64,
     quota_monthly_calls: u64,
@@ -78,7 +78,7 @@ impl<'a> KeyView<'a> {
             allowed_tools: &r.allowed_tools,
             denied_tools: &r.denied_tools,
             tags: &r.tags,
-            ip_allowlist: &r.ip_allowlist,
+            ip_allowlist: ip_texts(&r.ip_allowlist),
             quota: r.quota,
             quota_daily_calls: usage.daily_calls,
             quota_monthly_calls: usage.monthly_calls,
@@ -186,6 +186,20 @@ fn parse_expiry(
     }
 }
 
+/// An allowlist as it was written: a single address as itself (`10.0.0.1`, as 1.8 shows it),
+/// a network in CIDR form.
+fn ip_texts(nets: &[ipnet::IpNet]) -> Vec<String> {
+    nets.iter()
+        .map(|n| {
+            if n.prefix_len() == n.max_prefix_len() {
+                n.addr().to_string()
+            } else {
+                n.to_string()
+            }
+        })
+        .collect()
+}
+
 fn ip_list(entries: &[String]) -> Result<Vec<ipnet::IpNet>, ApiError> {
     entries
         .iter()
@@ -262,7 +276,7 @@ pub(crate) async fn create<St: KeyStore>(state: &AdminState<St>, req: &AdminRequ
             "deniedTools": rec.denied_tools,
             "expiresAt": rec.expires_at,
             "tags": rec.tags,
-            "ipAllowlist": rec.ip_allowlist,
+            "ipAllowlist": ip_texts(&rec.ip_allowlist),
             "spendingLimit": rec.spending_limit,
             "quota": rec.quota,
             "message": "Save this key now: it is shown only once.",
@@ -669,7 +683,7 @@ pub(crate) async fn balance<St: KeyStore>(
             "deniedTools": rec.denied_tools,
             "expiresAt": rec.expires_at,
             "tags": rec.tags,
-            "ipAllowlist": rec.ip_allowlist,
+            "ipAllowlist": ip_texts(&rec.ip_allowlist),
             "quota": rec.quota.or(state.gate.config().global_quota),
             "quotaUsage": {
                 "dailyCalls": usage.daily_calls,
