@@ -323,12 +323,17 @@ pub struct KeyRecord {
 }
 
 impl KeyRecord {
-    /// A fresh, active record for `key` with `credits`, created at `now_ms`.
+    /// A fresh, active record for `key` with `credits`, created at `now_ms`, with a random
+    /// account id.
     pub fn new(key: &str, name: &str, credits: u64, now_ms: i64) -> Self {
         let key_hash = KeyDigest::of(key);
+        // A random id: one derived from the key would let whoever sees the id test guesses
+        // of a short, imported key offline. (Only if the OS random source fails, which
+        // nothing else here survives either, is the derived form used.)
+        let key_id = KeyId::generate().unwrap_or_else(|_| KeyId::derived(&key_hash));
         Self {
             key_hash,
-            key_id: Some(KeyId::derived(&key_hash)),
+            key_id: Some(key_id),
             key_masked: mask_key(key),
             name: name.to_string(),
             credits,

@@ -345,3 +345,54 @@ async fn indexes_are_rebuilt_for_keys_written_before_them() {
     assert_eq!(g.store().rebuild_indexes().await.unwrap(), 1);
     assert_eq!(g.store().search_by_tags(&want, 10).await.unwrap().len(), 1);
 }
+
+/// An index rebuild racing rotations leaves no record behind under a rotated-away key and
+/// no stale tag set member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebuilding_indexes_while_keys_rotate_leaves_nothing_behind() {
+    use std::collections::BTreeMap;
+    let server = RedisServer::start();
+    let g = gate(&server, "race:", PayGateConfig::default()).await;
+    let tag = KeyUpdate::MergeTags(BTreeMap::from([("t".to_string(), Some("v".to_string()))]));
+    let mut keys = Vec::new();
+    for i in 0..600 {
+        keys.push(
+            g.create_key_with(&format!("k{i}"), 1, std::slice::from_ref(&tag))
+                .await
+                .unwrap(),
+        );
+    }
+    let rotator = {
+        let g = g.clone();
+        let ids: Vec<_> = keys.iter().map(|k| k.record.id()).collect();
+        tokio::spawn(async move {
+            for id in ids {
+                g.rotate(id).await.unwrap().unwrap();
+            }
+        })
+    };
+    while !rotator.is_finished() {
+        g.store().rebuild_indexes().await.unwrap();
+    }
+    rotator.await.unwrap();
+    for k in &keys {
+        assert!(
+            g.store().get(&k.record.key_hash).await.unwrap().is_none(),
+            "a record was left under a rotated-away key"
+        );
+    }
+    let want = BTreeMap::from([("t".to_string(), "v".to_string())]);
+    assert_eq!(
+        g.store().search_by_tags(&want, 10_000).await.unwrap().len(),
+        600
+    );
+    let client = redis::Client::open(server.url()).expect("redis url");
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let members: u64 = redis::cmd("SCARD")
+        .arg("race:tag:1:t=v")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(members, 600, "no stale member in the tag set");
+    assert_eq!(g.store().stats().await.unwrap().total_keys, 600);
+}

@@ -193,53 +193,10 @@ pub(crate) async fn status<St: KeyStore>(state: &AdminState<St>) -> Handled {
             "recentUsageEvents": events,
             "pendingAlerts": state.gate.alerts().pending_count(),
             "alertRules": state.gate.alerts().rules().len(),
-            "config": masked_config(cfg),
+            "config": cfg.redacted(),
             "keys": keys,
         }),
     ))
-}
-
-/// The config as `/status` shows it: every field whose name speaks of a secret, key, token
-/// or password is masked (`***` when set), a URL loses its credentials and query.
-fn masked_config(cfg: &crate::PayGateConfig) -> serde_json::Value {
-    fn mask(value: &mut serde_json::Value) {
-        use serde_json::Value;
-        if let Value::Object(map) = value {
-            for (name, v) in map.iter_mut() {
-                let lower = name.to_ascii_lowercase();
-                let secret = ["secret", "key", "token", "password"]
-                    .iter()
-                    .any(|w| lower.contains(w));
-                if secret && !v.is_null() {
-                    *v = Value::String("***".into());
-                } else if lower.ends_with("url") {
-                    if let Value::String(url) = v {
-                        *url = without_credentials(url);
-                    }
-                } else {
-                    mask(v);
-                }
-            }
-        } else if let Value::Array(items) = value {
-            items.iter_mut().for_each(mask);
-        }
-    }
-    let mut value = serde_json::to_value(cfg).unwrap_or_default();
-    mask(&mut value);
-    value
-}
-
-/// `url` without `user:password@` and without its query and fragment.
-fn without_credentials(url: &str) -> String {
-    let url = url.split(['?', '#']).next().unwrap_or_default();
-    match url.split_once("://") {
-        Some((scheme, rest)) => {
-            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-            let host = authority.rsplit('@').next().unwrap_or_default();
-            format!("{scheme}://{host}{path}")
-        }
-        None => url.to_string(),
-    }
 }
 
 /// An optional RFC 3339 query parameter.
@@ -478,31 +435,4 @@ pub(crate) fn audit_export<St: KeyStore>(state: &AdminState<St>, req: &AdminRequ
 /// `GET /audit/stats`
 pub(crate) fn audit_stats<St: KeyStore>(state: &AdminState<St>) -> Handled {
     Ok(json_reply(StatusCode::OK, &audit_log(state)?.stats()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn status_config_masks_secrets_and_url_credentials() {
-        let cfg = crate::PayGateConfig::from_json_str(
-            r#"{"webhookUrl": "https://user:pw@hooks.example/in?token=abc#x",
-                "webhookSecret": "whsec_0123456789",
-                "importKeys": {"pg_0123456789abcdef0123": 5},
-                "defaultCreditsPerCall": 3}"#,
-        )
-        .unwrap();
-        let shown = masked_config(&cfg);
-        assert_eq!(shown["webhookUrl"], "https://hooks.example/in");
-        assert_eq!(shown["webhookSecret"], "***");
-        assert_eq!(shown["importKeys"], "***");
-        assert_eq!(shown["defaultCreditsPerCall"], 3);
-        let text = shown.to_string();
-        for secret in ["pw", "abc", "whsec_", "pg_0123"] {
-            assert!(!text.contains(secret), "{secret} in {text}");
-        }
-        assert_eq!(without_credentials("http://h.example"), "http://h.example");
-        assert_eq!(without_credentials("not a url"), "not a url");
-    }
 }

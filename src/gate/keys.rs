@@ -11,7 +11,7 @@ use std::fmt;
 use super::Gate;
 use crate::amount::MAX_AMOUNT;
 use crate::blocking::block_on;
-use crate::key::{generate_key, mask_key, KeyDigest, KeyId, KeyRecord, KeyRef};
+use crate::key::{generate_key, mask_key, KeyDigest, KeyRecord, KeyRef};
 use crate::store::{KeyPage, KeyStore, KeyUpdate, MemoryKeyStore, StoreError, StoreStats};
 
 /// The longest key the gate accepts, to store or to look up.
@@ -110,7 +110,6 @@ impl<S: KeyStore> Gate<S> {
         check_credits(credits)?;
         let key = new_key()?;
         let mut record = KeyRecord::new(&key, name, credits, self.clock.now_ms());
-        record.key_id = Some(KeyId::generate().map_err(|e| GateError::Random(e.to_string()))?);
         for change in setup {
             change.apply(&mut record)?;
         }

@@ -137,6 +137,9 @@ pub struct MemoryKeyStore {
     /// million keys within their memory budget). Taken only after a shard lock, never before
     /// one.
     ids: RwLock<HashMap<KeyId, u64>>,
+    /// Held shared by each rotation and exclusively by an export, so a snapshot never sees a
+    /// record that moved between shards twice, or not at all. Taken before any shard lock.
+    rotations: RwLock<()>,
 }
 
 impl Default for MemoryKeyStore {
@@ -185,6 +188,7 @@ impl MemoryKeyStore {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             moved: Mutex::new(std::collections::VecDeque::new()),
             ids: RwLock::new(HashMap::new()),
+            rotations: RwLock::new(()),
         }
     }
 
@@ -230,8 +234,10 @@ impl MemoryKeyStore {
             })
     }
 
-    /// Every record, shard by shard (for snapshots). Each shard is locked only while copied.
+    /// Every record, shard by shard (for snapshots). Each shard is locked only while copied;
+    /// rotations wait until the copy is done, so every account is in it exactly once.
     pub fn export(&self) -> Vec<KeyRecord> {
+        let _no_rotation = self.rotations.write();
         self.shards
             .iter()
             .flat_map(|s| {
@@ -399,6 +405,7 @@ impl KeyStore for MemoryKeyStore {
         new_key: KeyDigest,
         new_masked: String,
     ) -> Ready<Result<Option<KeyRecord>, StoreError>> {
+        let _rotating = self.rotations.read();
         // Lock both shards in index order so concurrent rotations cannot deadlock.
         let (a, b) = (self.shard(old), self.shard(&new_key));
         let same = std::ptr::eq(a, b);
@@ -668,6 +675,39 @@ mod tests {
         for (id, digest) in ids {
             assert_eq!(block_on(store.find_id(&id)).unwrap(), Some(digest));
         }
+    }
+
+    #[test]
+    fn a_snapshot_taken_while_keys_rotate_holds_each_account_once() {
+        let store = std::sync::Arc::new(MemoryKeyStore::new());
+        let n = 2_000u32;
+        let mut current: Vec<KeyDigest> = Vec::new();
+        for i in 0..n {
+            let rec = KeyRecord::new(&format!("pg_snap_{i:040}"), "k", 1, NOW);
+            current.push(rec.key_hash);
+            block_on(store.insert(rec)).unwrap();
+        }
+        let rotating = {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                for round in 0..5u32 {
+                    for (i, digest) in current.iter_mut().enumerate() {
+                        let new = KeyDigest::of(&format!("pg_snap_{round}_{i}"));
+                        block_on(store.rotate(digest, new, "m".into()))
+                            .unwrap()
+                            .unwrap();
+                        *digest = new;
+                    }
+                }
+            })
+        };
+        while !rotating.is_finished() {
+            let records = store.export();
+            let ids: std::collections::HashSet<_> = records.iter().map(|r| r.id()).collect();
+            assert_eq!(records.len(), n as usize, "each account once, none missing");
+            assert_eq!(ids.len(), n as usize);
+        }
+        rotating.join().unwrap();
     }
 
     #[test]

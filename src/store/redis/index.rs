@@ -138,30 +138,19 @@ impl RedisKeyStore {
         let mut indexed = 0u64;
         loop {
             let page = self.list(after, REINDEX_BATCH).await?;
-            let mut pipe = redis::pipe();
-            for rec in &page.keys {
-                let id = rec.id().to_string();
-                let hex = rec.key_hash.to_hex();
-                pipe.cmd("HSETNX")
-                    .arg(self.rec_key(&rec.key_hash))
-                    .arg("kid")
-                    .arg(&id)
-                    .ignore();
-                pipe.cmd("HSETNX")
-                    .arg(self.ids_key())
-                    .arg(&id)
-                    .arg(&hex)
-                    .ignore();
-                for set in self.tag_sets(&rec.tags) {
-                    pipe.cmd("SADD").arg(set).arg(&hex).ignore();
-                }
-            }
             if !page.keys.is_empty() {
-                pipe.query_async::<()>(&mut conn)
-                    .await
-                    .map_err(unavailable)?;
+                // One script per batch: each record is indexed only if it still exists
+                // when the script runs, so a rotation in between leaves nothing behind.
+                let mut inv = self.scripts.reindex.key(self.ids_key());
+                inv.arg(self.tag_prefix());
+                for rec in &page.keys {
+                    inv.arg(self.rec_key(&rec.key_hash))
+                        .arg(rec.key_hash.to_hex())
+                        .arg(KeyId::derived(&rec.key_hash).to_string());
+                }
+                let n: u64 = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+                indexed += n;
             }
-            indexed += page.keys.len() as u64;
             match page.next_cursor {
                 Some(c) => after = Some(c),
                 None => return Ok(indexed),

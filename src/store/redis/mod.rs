@@ -136,6 +136,7 @@ struct Scripts {
     revoke: Script,
     policy: Script,
     rotate: Script,
+    reindex: Script,
 }
 
 /// Keys, balances, quota counters and rate windows in Redis.
@@ -197,6 +198,7 @@ impl RedisKeyStore {
                 revoke: script(include_str!("lua/revoke.lua")),
                 policy: script(include_str!("lua/policy.lua")),
                 rotate: script(include_str!("lua/rotate.lua")),
+                reindex: script(include_str!("lua/reindex.lua")),
             }),
             owed: Arc::new(Mutex::new(Backlog::open(
                 config.owed_limit,

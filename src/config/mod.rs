@@ -11,6 +11,8 @@ pub(crate) use crate::amount::whole;
 use crate::key::{mask_key, MAX_NAME_LEN};
 use crate::quota::Quota;
 
+mod redact;
+
 /// The methods that pass without a key and without billing unless configured otherwise.
 pub const DEFAULT_FREE_METHODS: [&str; 7] = [
     "initialize",
@@ -142,7 +144,7 @@ pub struct ToolPricing {
 ///     .unwrap_err();
 /// assert!(err.to_string().contains("toolPricing.x.creditsPerCall"));
 /// ```
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct PayGateConfig {
     /// Server name shown in discovery documents.
@@ -254,6 +256,14 @@ pub struct ServerSpec {
 
 fn is_http_url(url: &str) -> bool {
     (url.starts_with("http://") || url.starts_with("https://")) && url.len() >= 10
+}
+
+/// Shows the config with its secrets masked ([`PayGateConfig::redacted`]), so a `{:?}` in a
+/// log never prints the admin key, imported keys or the webhook secret.
+impl std::fmt::Debug for PayGateConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PayGateConfig {}", self.redacted())
+    }
 }
 
 impl Default for PayGateConfig {
