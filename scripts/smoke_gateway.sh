@@ -28,17 +28,18 @@ done < <(sed -n '/^## Try the gateway/,/^## /p' README.md | grep '^curl ')
 balance=$(curl -si http://127.0.0.1:3402/mcp -H 'Content-Type: application/json' -H "X-API-Key: $PAYGATE_KEY" \
   -d '{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"echo","arguments":{}}}' | tr -d '\r' | awk -F': ' 'tolower($1)=="x-credits-remaining"{print $2}')
 [ "$balance" = "97" ] || { echo "expected 97 credits left, got '$balance'"; exit 1; }
-# Every admin API line of the README answers 2xx.
+# Every admin API line of the README (and the 1.8 section's) answers 2xx.
 admin=0
 while IFS= read -r line; do
-  code=$(bash -c "$line -o /dev/null -w '%{http_code}'")
+  # The last three characters: a line that also prints headers (-D -) keeps them before.
+  code=$(bash -c "$line -o /dev/null -w '%{http_code}'" | tail -c 3)
   case "$code" in
     2??) ;;
     *) echo "README admin command answered $code: $line"; exit 1 ;;
   esac
   admin=$((admin + 1))
-done < <(sed -n '/^## Admin API/,/^## /p' README.md | grep '^curl ')
-[ "$admin" -ge 15 ] || { echo "expected at least 15 README admin lines, ran $admin"; exit 1; }
+done < <(sed -n '/^## Coming from paygate-mcp/,/^## Admin API/p; /^## Admin API/,/^## /p' README.md | grep '^curl ')
+[ "$admin" -ge 16 ] || { echo "expected at least 15 README admin lines, ran $admin"; exit 1; }
 # A browser's preflight is answered (CORS, any origin by default).
 preflight=$(curl -si -X OPTIONS http://127.0.0.1:3402/mcp -H 'Origin: https://app.example' \
   -H 'Access-Control-Request-Method: POST' -H 'Access-Control-Request-Headers: x-api-key, content-type' | tr -d '\r')

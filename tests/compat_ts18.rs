@@ -145,6 +145,71 @@ async fn a_ts18_state_file_moves_into_redis() {
     let report = gate.import_ts18_state(&fixture()).await.unwrap();
     check_report(&report);
     check_imported(&gate).await;
+    // Nothing in Redis holds a plaintext key: not a key name, not a field, not a value.
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let names: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut dump = names.join("\n");
+    for name in &names {
+        let kind: String = redis::cmd("TYPE")
+            .arg(name)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if kind == "hash" {
+            let h: Vec<String> = redis::cmd("HGETALL")
+                .arg(name)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            dump.push_str(&h.join("\n"));
+        }
+    }
+    assert!(dump.contains("alice"), "the dump holds the records");
+    for key in [ALICE, BOB, &ALICE[3..40]] {
+        assert!(!dump.contains(key), "a plaintext key in Redis");
+    }
+}
+
+/// A 1.8 config file loads as it is: the gate's settings and the gateway's (port, admin key,
+/// state file, imported keys) are read; nothing in it is refused.
+#[test]
+fn a_ts18_config_file_loads_unchanged() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ts18_config.json");
+    let cfg = PayGateConfig::from_json_file(&path).expect("a 1.8 config loads");
+    assert!(cfg.port.is_some() && cfg.admin_key.is_some() && cfg.state_file.is_some());
+    assert!(!cfg.import_keys.is_empty());
+    assert!(cfg.server_command.is_some());
+    assert!(!cfg.tool_pricing.is_empty());
+    // Its bad amount is refused by name, in words.
+    let text = std::fs::read_to_string(&path).unwrap();
+    let bad = text.replacen(
+        "\"defaultCreditsPerCall\"",
+        "\"defaultCreditsPerCall\": -2, \"x\"",
+        1,
+    );
+    let err = PayGateConfig::from_json_str(&bad).unwrap_err().to_string();
+    assert!(
+        err.contains("defaultCreditsPerCall") && !err.contains(" line "),
+        "{err}"
+    );
+}
+
+/// 1.8's state file (named by a 1.8 config's `stateFile`) is not this gateway's: loading it
+/// as one is refused with the way to import it, and the file is left as it is.
+#[test]
+fn a_ts18_state_file_given_as_the_state_file_says_how_to_import_it() {
+    let before = std::fs::read(fixture()).unwrap();
+    let err = MemoryKeyStore::load_from(fixture())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--import-state"), "{err}");
+    assert!(!err.contains(" line "), "{err}");
+    assert_eq!(std::fs::read(fixture()).unwrap(), before);
 }
 
 #[tokio::test]

@@ -332,6 +332,27 @@ async fn indexes_are_rebuilt_for_keys_written_before_them() {
         .unwrap()
         .is_empty());
 
+    // The first gateway to start on data not marked as indexed indexes it by itself.
+    let _: () = redis::cmd("DEL")
+        .arg("old:schema")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let upgraded = gate(&server, "old:", PayGateConfig::default()).await;
+    assert_eq!(
+        upgraded.store().find_id(&derived).await.unwrap(),
+        Some(digest)
+    );
+    assert_eq!(
+        upgraded
+            .store()
+            .search_by_tags(&want, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    // And by hand, again, it changes nothing.
     assert_eq!(g.store().rebuild_indexes().await.unwrap(), 1);
     assert_eq!(g.store().find_id(&derived).await.unwrap(), Some(digest));
     assert_eq!(g.store().search_by_tags(&want, 10).await.unwrap().len(), 1);

@@ -29,6 +29,7 @@ use subtle::ConstantTimeEq;
 use tower::Service;
 
 use crate::audit::AuditLog;
+use crate::config::without_position;
 use crate::gate::{Gate, GateError};
 use crate::metrics::Metrics;
 use crate::store::{KeyStore, MemoryKeyStore, StoreError};
@@ -335,17 +336,6 @@ impl AdminRequest {
             bad_request("request body must be exactly one JSON document; found data after it")
         })?;
         Ok(value)
-    }
-}
-
-/// serde_json's message without the " at line L column C" it appends: the field path says
-/// where, and parser positions are no business of an API answer.
-fn without_position(e: &serde_json::Error) -> String {
-    let text = e.to_string();
-    let position = format!(" at line {} column {}", e.line(), e.column());
-    match text.strip_suffix(&position) {
-        Some(message) => message.to_string(),
-        None => text,
     }
 }
 

@@ -266,6 +266,7 @@ pub(crate) fn usage<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) ->
                 "allowed",
                 "denyReason",
                 "durationMs",
+                "keyId",
             ],
             events.iter().map(|e| {
                 vec![
@@ -277,6 +278,7 @@ pub(crate) fn usage<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) ->
                     e.allowed.to_string(),
                     e.deny_reason.clone().unwrap_or_default(),
                     e.duration_ms.map(|d| d.to_string()).unwrap_or_default(),
+                    e.key_id.map(|id| id.to_string()).unwrap_or_default(),
                 ]
             }),
         ),
@@ -416,20 +418,17 @@ pub(crate) fn audit<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) ->
     ))
 }
 
-/// `GET /audit/export?format=json|csv`
+/// `GET /audit/export?format=json|csv` (any other format answers JSON, as in 1.8).
 pub(crate) fn audit_export<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Handled {
     let log = audit_log(state)?;
-    match req.query.get("format").map(String::as_str) {
-        None | Some("json") => {
-            let events = log.export();
-            Ok(json_reply(
-                StatusCode::OK,
-                &json!({"events": events, "count": events.len()}),
-            ))
-        }
-        Some("csv") => Ok(text_reply("text/csv; charset=utf-8", log.export_csv())),
-        Some(_) => Err(bad_request("'format' must be json or csv")),
+    if req.query.get("format").is_some_and(|f| f == "csv") {
+        return Ok(text_reply("text/csv; charset=utf-8", log.export_csv()));
     }
+    let events = log.export();
+    Ok(json_reply(
+        StatusCode::OK,
+        &json!({"events": events, "count": events.len()}),
+    ))
 }
 
 /// `GET /audit/stats`

@@ -13,6 +13,8 @@ use crate::store::StoreError;
 const SEARCH_BATCH: usize = 256;
 /// Records re-indexed per round trip by [`RedisKeyStore::rebuild_indexes`].
 const REINDEX_BATCH: usize = 500;
+/// The `<prefix>schema` value of data whose keys are all indexed.
+const INDEXED_SCHEMA: &str = "2";
 
 impl RedisKeyStore {
     pub(super) fn ids_key(&self) -> String {
@@ -118,6 +120,35 @@ impl RedisKeyStore {
             }
             cursor = next;
         }
+    }
+
+    /// Indexes keys written by a version without key ids and tag sets, once per deployment:
+    /// the first gateway to start on the data walks it ([`RedisKeyStore::rebuild_indexes`])
+    /// and marks it done (`<prefix>schema`); later starts cost one read.
+    pub(super) async fn upgrade_indexes(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let marker = format!("{}schema", self.prefix);
+        let version: Option<String> = redis::cmd("GET")
+            .arg(&marker)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        if version.as_deref() == Some(INDEXED_SCHEMA) {
+            return Ok(());
+        }
+        let indexed = self.rebuild_indexes().await?;
+        if indexed > 0 {
+            tracing::info!(
+                keys = indexed,
+                "indexed keys stored before key ids and tag sets"
+            );
+        }
+        redis::cmd("SET")
+            .arg(&marker)
+            .arg(INDEXED_SCHEMA)
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(unavailable)
     }
 
     /// Writes the id and tag indexes for every key, for data written by a version without

@@ -17,6 +17,7 @@
 //! | `paygate:{<digest>}:moved` | string | for a day after a rotation, the new digest, so refunds of calls in flight find the account |
 //! | `paygate:keys` | sorted set | every digest, for paging |
 //! | `paygate:ids` | hash | account id → digest of its current key |
+//! | `paygate:schema` | string | `2` once every key is in the id and tag indexes |
 //! | `paygate:tag:<name length>:<name>=<value>` | set | digests of the keys carrying the tag |
 //! | `paygate:stats` | hash | key count, active keys, credits held |
 //!
@@ -206,6 +207,7 @@ impl RedisKeyStore {
             )?)),
             outage: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         };
+        store.upgrade_indexes().await?;
         store.spawn_compensator();
         Ok(store)
     }

@@ -57,7 +57,8 @@ struct FileSeed<'a> {
 impl<'de> DeserializeSeed<'de> for FileSeed<'_> {
     type Value = Header;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Header, D::Error> {
-        d.deserialize_map(self)
+        // Any: a list is told apart (1.8's file) from the other wrong shapes.
+        d.deserialize_any(self)
     }
 }
 
@@ -75,6 +76,14 @@ impl<'de> Visitor<'de> for FileSeed<'_> {
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("a paygate state file object")
     }
+    fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<Header, A::Error> {
+        Err(A::Error::custom(
+            "this is a paygate-mcp 1.8 state file (a list of [key, record] pairs): import it \
+             with --import-state FILE (Gate::import_ts18_state) and keep this gateway's keys in \
+             another --state-file",
+        ))
+    }
+
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Header, A::Error> {
         let mut header = Header::default();
         let mut saved_at = false;
@@ -247,7 +256,15 @@ impl MemoryKeyStore {
         let header = seed
             .deserialize(&mut de)
             .and_then(|v| de.end().map(|()| v))
-            .map_err(|e| corrupt(format!("not a paygate state file: {e}")))?;
+            .map_err(|e| {
+                // Positions help find a syntax error; a wrong shape is said in words.
+                let why = if e.is_data() {
+                    crate::config::without_position(&e)
+                } else {
+                    e.to_string()
+                };
+                corrupt(format!("not a paygate state file: {why}"))
+            })?;
         match header.version {
             Some(STATE_FILE_VERSION) => {}
             Some(v) => return Err(corrupt(format!("version {v} is not {STATE_FILE_VERSION}"))),

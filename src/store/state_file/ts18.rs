@@ -44,34 +44,35 @@ struct Ts18Record {
     key: Option<String>,
     #[serde(default)]
     name: String,
+    #[serde(deserialize_with = "floored")]
     credits: i64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "floored")]
     total_spent: i64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "floored")]
     total_calls: i64,
     created_at: Option<String>,
     last_used_at: Option<String>,
     #[serde(default = "yes")]
     active: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "floored")]
     spending_limit: i64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     allowed_tools: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     denied_tools: Vec<String>,
     expires_at: Option<String>,
     quota: Option<Ts18Quota>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     tags: BTreeMap<String, String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     ip_allowlist: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "floored")]
     quota_daily_calls: i64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "floored")]
     quota_monthly_calls: i64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "floored")]
     quota_daily_credits: i64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "floored")]
     quota_monthly_credits: i64,
     quota_last_reset_day: Option<String>,
     quota_last_reset_month: Option<String>,
@@ -81,16 +82,39 @@ fn yes() -> bool {
     true
 }
 
+/// A number as 1.8 (JavaScript) may have written it: a fraction is floored, as every amount
+/// here is; `null` reads as 0. A negative or too large value is refused later, by name.
+fn floored<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    let n = Option::<serde_json::Number>::deserialize(d)?;
+    Ok(match n {
+        None => 0,
+        Some(n) => match n.as_i64() {
+            Some(v) => v,
+            // Saturating: a huge float is refused by the bound check, not wrapped.
+            None => n.as_f64().map_or(i64::MAX, |f| f.floor() as i64),
+        },
+    })
+}
+
+/// A list or map that 1.8 may have written as `null`: empty.
+fn null_as_empty<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Ts18Quota {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "floored")]
     daily_call_limit: i64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "floored")]
     monthly_call_limit: i64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "floored")]
     daily_credit_limit: i64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "floored")]
     monthly_credit_limit: i64,
 }
 
@@ -260,5 +284,42 @@ fn field_of(e: &serde_json::Error) -> String {
     match text.find(" at line ") {
         Some(at) => text[..at].to_string(),
         None => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "pg_ts18frank0000000000000000000000000000000000006";
+
+    #[test]
+    fn fractions_are_floored_and_null_lists_are_empty() {
+        let rec = record_of(
+            KEY,
+            serde_json::json!({
+                "name": "frank", "credits": 12.7, "totalSpent": 3.2, "totalCalls": null,
+                "tags": null, "allowedTools": null, "deniedTools": null, "ipAllowlist": null,
+                "quota": {"dailyCallLimit": 2.5}
+            }),
+            0,
+        )
+        .unwrap();
+        assert_eq!((rec.credits, rec.total_spent, rec.total_calls), (12, 3, 0));
+        assert!(rec.tags.is_empty() && rec.allowed_tools.is_empty() && rec.ip_allowlist.is_empty());
+        assert_eq!(rec.quota.map(|q| q.daily_call_limit), Some(2));
+        assert_ne!(rec.key_masked, KEY);
+    }
+
+    #[test]
+    fn amounts_out_of_range_are_refused_by_name() {
+        for (credits, shown) in [
+            (serde_json::json!(-0.5), "credits"),
+            (serde_json::json!(1e300), "credits"),
+            (serde_json::json!("10"), "shape"),
+        ] {
+            let why = record_of(KEY, serde_json::json!({"credits": credits}), 0).unwrap_err();
+            assert!(why.contains(shown), "{credits}: {why}");
+        }
     }
 }
