@@ -42,6 +42,7 @@ pub mod edge;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gate;
+pub mod json_errors;
 pub mod jsonrpc;
 pub mod key;
 pub mod layer;

@@ -15,6 +15,7 @@ const CORE: &[&str] = &[
     "config",
     "deny",
     "gate",
+    "json_errors",
     "key",
     "meter",
     "pricing",

@@ -29,8 +29,8 @@ use subtle::ConstantTimeEq;
 use tower::Service;
 
 use crate::audit::AuditLog;
-use crate::config::without_position;
 use crate::gate::{Gate, GateError};
+use crate::json_errors::without_position;
 use crate::metrics::Metrics;
 use crate::store::{KeyStore, MemoryKeyStore, StoreError};
 

@@ -299,17 +299,6 @@ impl Default for PayGateConfig {
     }
 }
 
-/// serde_json's message without the " at line L column C" it appends, for messages where a
-/// field name says where (parser positions are no business of an answer to a person).
-pub(crate) fn without_position(e: &serde_json::Error) -> String {
-    let text = e.to_string();
-    let position = format!(" at line {} column {}", e.line(), e.column());
-    match text.strip_suffix(&position) {
-        Some(message) => message.to_string(),
-        None => text,
-    }
-}
-
 impl PayGateConfig {
     /// Parses and validates a JSON config.
     pub fn from_json_str(text: &str) -> Result<Self, ConfigError> {
@@ -324,7 +313,7 @@ impl PayGateConfig {
             // A wrong value is named by its field; only a syntax error needs the position.
             let inner = e.inner();
             let message = if inner.is_data() {
-                without_position(inner)
+                crate::json_errors::without_position(inner)
             } else {
                 inner.to_string()
             };

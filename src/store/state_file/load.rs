@@ -259,7 +259,7 @@ impl MemoryKeyStore {
             .map_err(|e| {
                 // Positions help find a syntax error; a wrong shape is said in words.
                 let why = if e.is_data() {
-                    crate::config::without_position(&e)
+                    crate::json_errors::without_position(&e)
                 } else {
                     e.to_string()
                 };
