@@ -48,6 +48,7 @@ pub mod key;
 pub mod layer;
 pub mod meter;
 pub mod metrics;
+pub mod oauth;
 pub mod pricing;
 pub mod quota;
 pub mod ratelimit;

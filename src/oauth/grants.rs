@@ -1,0 +1,932 @@
+//! The authorization server's grants: client registration (RFC 7591), authorization codes
+//! with PKCE, access and refresh tokens with rotation and reuse detection, revocation.
+//!
+//! Every secret it hands out (client secret, code, token) is random and kept only as its
+//! SHA-256 digest, as keys are. Codes are single-use and live at most a minute; a refresh
+//! token works once, and presenting it again revokes every token of its family (the thief
+//! and the victim both lose it, and the victim signs in again). A grant acts for the account
+//! (`keyId`) whose key approved it, and dies with that account's key.
+
+use std::collections::HashMap;
+
+use parking_lot::Mutex;
+use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::pkce;
+use crate::clock::SharedClock;
+use crate::key::KeyId;
+
+/// Most redirect URIs one client may register.
+const MAX_REDIRECT_URIS: usize = 10;
+/// Longest redirect URI, client name or scope accepted.
+const MAX_TEXT: usize = 2_000;
+/// Most clients registered (registration is open: a flood must not grow memory unbounded).
+pub const MAX_CLIENTS: usize = 10_000;
+/// Most codes waiting to be exchanged (each lives a minute).
+pub const MAX_CODES: usize = 100_000;
+/// Most tokens held (access and refresh; expired ones are swept when the bound is reached).
+pub const MAX_TOKENS: usize = 2_000_000;
+
+/// Lifetimes and the names this server issues tokens for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantSettings {
+    /// The protected resource tokens are bound to (`<publicUrl>/mcp`).
+    pub resource: String,
+    /// Access token lifetime in seconds (default 3,600).
+    pub access_ttl_secs: u64,
+    /// Refresh token lifetime in seconds (default 30 days).
+    pub refresh_ttl_secs: u64,
+    /// Authorization code lifetime in seconds (default and at most 60).
+    pub code_ttl_secs: u64,
+}
+
+impl GrantSettings {
+    /// Defaults for `resource`.
+    pub fn new(resource: impl Into<String>) -> Self {
+        Self {
+            resource: resource.into(),
+            access_ttl_secs: 3_600,
+            refresh_ttl_secs: 30 * 86_400,
+            code_ttl_secs: 60,
+        }
+    }
+}
+
+/// An OAuth error as RFC 6749 §5.2 names it, with a description safe to show.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{error}: {description}")]
+pub struct OAuthError {
+    /// The RFC 6749 / 7591 / 8707 error code (`invalid_grant`, ...).
+    pub error: &'static str,
+    /// What is wrong, for people.
+    pub description: String,
+}
+
+fn err(error: &'static str, description: impl Into<String>) -> OAuthError {
+    OAuthError {
+        error,
+        description: description.into(),
+    }
+}
+
+/// How a client proves itself at the token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// A public client (PKCE alone).
+    None,
+    /// `client_secret` in the form.
+    SecretPost,
+    /// HTTP Basic with the client id and secret.
+    SecretBasic,
+}
+
+impl ClientAuth {
+    /// The RFC 7591 name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientAuth::None => "none",
+            ClientAuth::SecretPost => "client_secret_post",
+            ClientAuth::SecretBasic => "client_secret_basic",
+        }
+    }
+}
+
+/// A registered client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Client {
+    /// Its id.
+    pub client_id: String,
+    /// Its name, as it registered it (shown on the consent page, escaped).
+    pub client_name: String,
+    /// Exact redirect URIs.
+    pub redirect_uris: Vec<String>,
+    /// How it authenticates.
+    pub auth: ClientAuth,
+    /// When it registered.
+    pub created_ms: i64,
+    /// Revoked by an operator: it gets no more codes or tokens.
+    pub revoked: bool,
+    secret: Option<[u8; 32]>,
+}
+
+/// What a client sends to register (RFC 7591; unknown fields are ignored).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Registration {
+    /// Redirect URIs: https, or http on a loopback host; no fragment.
+    pub redirect_uris: Vec<String>,
+    /// A name to show on the consent page.
+    pub client_name: Option<String>,
+    /// `none` (default), `client_secret_post` or `client_secret_basic`.
+    pub token_endpoint_auth_method: Option<String>,
+}
+
+/// A client just registered, with its secret (shown once) when it has one.
+#[derive(Debug, Clone)]
+pub struct Registered {
+    /// The client as stored.
+    pub client: Client,
+    /// The secret, for `client_secret_*` clients.
+    pub client_secret: Option<String>,
+}
+
+/// An authorization request, as the consent page carries it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuthorizeRequest {
+    /// Must be `code`.
+    pub response_type: String,
+    /// The registered client.
+    pub client_id: String,
+    /// One of the client's redirect URIs, exactly (may be left out when it has only one).
+    pub redirect_uri: Option<String>,
+    /// PKCE challenge.
+    pub code_challenge: String,
+    /// Must be `S256`.
+    pub code_challenge_method: Option<String>,
+    /// RFC 8707: must name the protected resource (taken as it when left out).
+    pub resource: Option<String>,
+    /// Requested scope.
+    pub scope: Option<String>,
+}
+
+/// A request checked against its client: where the answer goes, and what is asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Approvable {
+    /// The client asking.
+    pub client: Client,
+    /// The redirect URI the answer goes to.
+    pub redirect_uri: String,
+    /// The scope asked for (may be empty).
+    pub scope: String,
+}
+
+/// Tokens answered by the token endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenResponse {
+    /// The access token.
+    pub access_token: String,
+    /// Seconds it lives.
+    pub expires_in: u64,
+    /// The refresh token (rotated on every use).
+    pub refresh_token: String,
+    /// The scope granted.
+    pub scope: String,
+}
+
+/// What a valid access token acts for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessGrant {
+    /// The account billed for the calls.
+    pub key_id: KeyId,
+    /// The client it was issued to.
+    pub client_id: String,
+    /// The scope granted.
+    pub scope: String,
+}
+
+/// Why a bearer token does not authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BearerError {
+    /// Unknown, expired, revoked, or issued for another resource.
+    #[error("the access token is invalid or expired")]
+    Invalid,
+}
+
+type Digest = [u8; 32];
+
+fn digest(text: &str) -> Digest {
+    Sha256::digest(text.as_bytes()).into()
+}
+
+#[derive(Debug, Clone)]
+struct Code {
+    client_id: String,
+    redirect_uri: String,
+    challenge: String,
+    scope: String,
+    key_id: KeyId,
+    expires_ms: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Access,
+    Refresh,
+}
+
+#[derive(Debug, Clone)]
+struct Token {
+    kind: Kind,
+    client_id: String,
+    key_id: KeyId,
+    scope: String,
+    family: u128,
+    expires_ms: i64,
+    /// A refresh token already exchanged: presenting it again is a reuse.
+    used: bool,
+}
+
+#[derive(Default)]
+struct State {
+    clients: HashMap<String, Client>,
+    codes: HashMap<Digest, Code>,
+    tokens: HashMap<Digest, Token>,
+}
+
+/// The grants of one authorization server, in memory.
+pub struct Grants {
+    settings: GrantSettings,
+    clock: SharedClock,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for Grants {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Grants")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A random token with `prefix`: 32 bytes from the OS CSPRNG, hex.
+fn random_token(prefix: &str) -> Result<String, OAuthError> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|_| err("server_error", "the random source failed"))?;
+    Ok(format!("{prefix}{}", hex::encode(bytes)))
+}
+
+fn random_family() -> Result<u128, OAuthError> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|_| err("server_error", "the random source failed"))?;
+    Ok(u128::from_le_bytes(bytes))
+}
+
+/// Whether `uri` may be registered: absolute https, or http on a loopback host; no fragment.
+fn redirect_allowed(uri: &str) -> bool {
+    if uri.len() > MAX_TEXT || uri.contains('#') || uri.chars().any(char::is_whitespace) {
+        return false;
+    }
+    let rest = if let Some(rest) = uri.strip_prefix("https://") {
+        rest
+    } else if let Some(rest) = uri.strip_prefix("http://") {
+        let authority = rest.split(['/', '?']).next().unwrap_or_default();
+        if authority.contains('@') {
+            return false;
+        }
+        let host = match authority.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or_default(),
+            None => authority.split(':').next().unwrap_or_default(),
+        };
+        if !matches!(host, "127.0.0.1" | "localhost" | "::1") {
+            return false;
+        }
+        rest
+    } else {
+        return false;
+    };
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    !authority.is_empty() && !authority.contains('@')
+}
+
+impl Grants {
+    /// An empty set of grants.
+    pub fn new(settings: GrantSettings, clock: SharedClock) -> Self {
+        let settings = GrantSettings {
+            code_ttl_secs: settings.code_ttl_secs.clamp(1, 60),
+            ..settings
+        };
+        Self {
+            settings,
+            clock,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &GrantSettings {
+        &self.settings
+    }
+
+    /// Registers a client (RFC 7591).
+    pub fn register(&self, reg: Registration) -> Result<Registered, OAuthError> {
+        let bad = |d: &str| err("invalid_client_metadata", d);
+        if reg.redirect_uris.is_empty() || reg.redirect_uris.len() > MAX_REDIRECT_URIS {
+            return Err(err(
+                "invalid_redirect_uri",
+                format!("give 1 to {MAX_REDIRECT_URIS} redirect_uris"),
+            ));
+        }
+        if let Some(uri) = reg.redirect_uris.iter().find(|u| !redirect_allowed(u)) {
+            let shown: String = uri.chars().take(100).collect();
+            return Err(err(
+                "invalid_redirect_uri",
+                format!("'{shown}' is not https, nor http on a loopback host, or has a fragment"),
+            ));
+        }
+        let auth = match reg.token_endpoint_auth_method.as_deref() {
+            None | Some("none") => ClientAuth::None,
+            Some("client_secret_post") => ClientAuth::SecretPost,
+            Some("client_secret_basic") => ClientAuth::SecretBasic,
+            Some(_) => {
+                return Err(bad(
+                    "token_endpoint_auth_method must be none, client_secret_post or client_secret_basic",
+                ))
+            }
+        };
+        let name = reg.client_name.unwrap_or_default();
+        if name.chars().count() > 200 {
+            return Err(bad("client_name is longer than 200 characters"));
+        }
+        let client_secret = match auth {
+            ClientAuth::None => None,
+            _ => Some(random_token("pgcs_")?),
+        };
+        let client = Client {
+            client_id: random_token("pgc_")?,
+            client_name: name,
+            redirect_uris: reg.redirect_uris,
+            auth,
+            created_ms: self.clock.now_ms(),
+            revoked: false,
+            secret: client_secret.as_deref().map(digest),
+        };
+        let mut state = self.state.lock();
+        if state.clients.len() >= MAX_CLIENTS {
+            return Err(err(
+                "temporarily_unavailable",
+                "too many clients registered",
+            ));
+        }
+        state
+            .clients
+            .insert(client.client_id.clone(), client.clone());
+        Ok(Registered {
+            client,
+            client_secret,
+        })
+    }
+
+    /// Every registered client.
+    pub fn clients(&self) -> Vec<Client> {
+        let mut all: Vec<Client> = self.state.lock().clients.values().cloned().collect();
+        all.sort_by(|a, b| {
+            a.created_ms
+                .cmp(&b.created_ms)
+                .then(a.client_id.cmp(&b.client_id))
+        });
+        all
+    }
+
+    /// Revokes a client and every token issued to it; `false` when there is no such client.
+    pub fn revoke_client(&self, client_id: &str) -> bool {
+        let mut state = self.state.lock();
+        let Some(client) = state.clients.get_mut(client_id) else {
+            return false;
+        };
+        client.revoked = true;
+        state.tokens.retain(|_, t| t.client_id != client_id);
+        state.codes.retain(|_, c| c.client_id != client_id);
+        true
+    }
+
+    /// Checks an authorization request before consent is asked: a known client, an exact
+    /// redirect URI, `code` with PKCE `S256`, and our resource. An error here must not be
+    /// redirected when the client or redirect URI is in doubt (`redirectable` says).
+    pub fn check_authorize(
+        &self,
+        req: &AuthorizeRequest,
+    ) -> Result<Approvable, (OAuthError, bool)> {
+        let client = self
+            .state
+            .lock()
+            .clients
+            .get(&req.client_id)
+            .filter(|c| !c.revoked)
+            .cloned()
+            .ok_or_else(|| (err("invalid_client", "unknown client_id"), false))?;
+        let redirect_uri = match &req.redirect_uri {
+            Some(uri) if client.redirect_uris.iter().any(|r| r == uri) => uri.clone(),
+            None if client.redirect_uris.len() == 1 => client.redirect_uris[0].clone(),
+            _ => {
+                return Err((
+                    err(
+                        "invalid_request",
+                        "redirect_uri is not one the client registered",
+                    ),
+                    false,
+                ))
+            }
+        };
+        if req.response_type != "code" {
+            return Err((
+                err("unsupported_response_type", "response_type must be code"),
+                true,
+            ));
+        }
+        pkce::check_challenge(&req.code_challenge, req.code_challenge_method.as_deref())
+            .map_err(|e| (err("invalid_request", e.to_string()), true))?;
+        if let Some(resource) = &req.resource {
+            if *resource != self.settings.resource {
+                return Err((
+                    err(
+                        "invalid_target",
+                        "resource must name this server's MCP endpoint",
+                    ),
+                    true,
+                ));
+            }
+        }
+        let scope = req.scope.clone().unwrap_or_default();
+        if scope.len() > MAX_TEXT {
+            return Err((err("invalid_scope", "scope is too long"), true));
+        }
+        Ok(Approvable {
+            client,
+            redirect_uri,
+            scope,
+        })
+    }
+
+    /// Issues a code for an approved request, acting for `key_id`.
+    pub fn issue_code(&self, req: &AuthorizeRequest, key_id: KeyId) -> Result<String, OAuthError> {
+        let approved = self.check_authorize(req).map_err(|(e, _)| e)?;
+        let code = random_token("pgac_")?;
+        let now = self.clock.now_ms();
+        let expires_ms = now + (self.settings.code_ttl_secs * 1000) as i64;
+        let mut state = self.state.lock();
+        if state.codes.len() >= MAX_CODES {
+            state.codes.retain(|_, c| now < c.expires_ms);
+            if state.codes.len() >= MAX_CODES {
+                return Err(err(
+                    "temporarily_unavailable",
+                    "too many sign-ins in progress",
+                ));
+            }
+        }
+        state.codes.insert(
+            digest(&code),
+            Code {
+                client_id: approved.client.client_id,
+                redirect_uri: approved.redirect_uri,
+                challenge: req.code_challenge.clone(),
+                scope: approved.scope,
+                key_id,
+                expires_ms,
+            },
+        );
+        Ok(code)
+    }
+
+    /// Authenticates a client at the token endpoint. `secret` is what it sent (form or Basic).
+    fn client(&self, client_id: &str, secret: Option<&str>) -> Result<Client, OAuthError> {
+        let client = self
+            .state
+            .lock()
+            .clients
+            .get(client_id)
+            .filter(|c| !c.revoked)
+            .cloned()
+            .ok_or_else(|| err("invalid_client", "unknown client"))?;
+        match (&client.secret, secret) {
+            (None, _) => Ok(client),
+            (Some(want), Some(got)) if bool::from(want.ct_eq(&digest(got))) => Ok(client),
+            _ => Err(err("invalid_client", "client authentication failed")),
+        }
+    }
+
+    /// `grant_type=authorization_code`: exchanges a code (once) for tokens.
+    pub fn exchange_code(
+        &self,
+        client_id: &str,
+        client_secret: Option<&str>,
+        code: &str,
+        redirect_uri: Option<&str>,
+        code_verifier: Option<&str>,
+        resource: Option<&str>,
+    ) -> Result<TokenResponse, OAuthError> {
+        let client = self.client(client_id, client_secret)?;
+        // Taken out first: whatever follows, this code is spent.
+        let grant = self
+            .state
+            .lock()
+            .codes
+            .remove(&digest(code))
+            .ok_or_else(|| err("invalid_grant", "the code is unknown or was used"))?;
+        if grant.client_id != client.client_id {
+            return Err(err(
+                "invalid_grant",
+                "the code was issued to another client",
+            ));
+        }
+        if self.clock.now_ms() >= grant.expires_ms {
+            return Err(err("invalid_grant", "the code has expired"));
+        }
+        if redirect_uri.is_some_and(|u| u != grant.redirect_uri) {
+            return Err(err(
+                "invalid_grant",
+                "redirect_uri differs from the authorization request",
+            ));
+        }
+        let verifier =
+            code_verifier.ok_or_else(|| err("invalid_grant", "code_verifier is missing"))?;
+        pkce::verify(verifier, &grant.challenge)
+            .map_err(|e| err("invalid_grant", e.to_string()))?;
+        self.check_resource(resource)?;
+        self.issue_tokens(
+            &client.client_id,
+            grant.key_id,
+            &grant.scope,
+            random_family()?,
+        )
+    }
+
+    fn check_resource(&self, resource: Option<&str>) -> Result<(), OAuthError> {
+        match resource {
+            Some(r) if r != self.settings.resource => Err(err(
+                "invalid_target",
+                "resource must name this server's MCP endpoint",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn issue_tokens(
+        &self,
+        client_id: &str,
+        key_id: KeyId,
+        scope: &str,
+        family: u128,
+    ) -> Result<TokenResponse, OAuthError> {
+        let (access, refresh) = (random_token("pgat_")?, random_token("pgrt_")?);
+        let now = self.clock.now_ms();
+        let token = |kind, ttl: u64| Token {
+            kind,
+            client_id: client_id.to_string(),
+            key_id,
+            scope: scope.to_string(),
+            family,
+            expires_ms: now + (ttl * 1000) as i64,
+            used: false,
+        };
+        let mut state = self.state.lock();
+        if state.tokens.len() + 2 > MAX_TOKENS {
+            state.tokens.retain(|_, t| now < t.expires_ms);
+            if state.tokens.len() + 2 > MAX_TOKENS {
+                return Err(err(
+                    "temporarily_unavailable",
+                    "too many tokens outstanding",
+                ));
+            }
+        }
+        state.tokens.insert(
+            digest(&access),
+            token(Kind::Access, self.settings.access_ttl_secs),
+        );
+        state.tokens.insert(
+            digest(&refresh),
+            token(Kind::Refresh, self.settings.refresh_ttl_secs),
+        );
+        Ok(TokenResponse {
+            access_token: access,
+            expires_in: self.settings.access_ttl_secs,
+            refresh_token: refresh,
+            scope: scope.to_string(),
+        })
+    }
+
+    /// `grant_type=refresh_token`: a new pair for a refresh token, which is spent. Presenting
+    /// a spent one revokes its whole family.
+    pub fn refresh(
+        &self,
+        client_id: &str,
+        client_secret: Option<&str>,
+        refresh_token: &str,
+        resource: Option<&str>,
+    ) -> Result<TokenResponse, OAuthError> {
+        let client = self.client(client_id, client_secret)?;
+        self.check_resource(resource)?;
+        let now = self.clock.now_ms();
+        let token = {
+            let mut state = self.state.lock();
+            let Some(token) = state.tokens.get_mut(&digest(refresh_token)) else {
+                return Err(err(
+                    "invalid_grant",
+                    "the refresh token is unknown or revoked",
+                ));
+            };
+            if token.kind != Kind::Refresh || token.client_id != client.client_id {
+                return Err(err("invalid_grant", "not a refresh token of this client"));
+            }
+            if token.used {
+                let family = token.family;
+                state.tokens.retain(|_, t| t.family != family);
+                return Err(err(
+                    "invalid_grant",
+                    "the refresh token was already used: every token of this grant is revoked",
+                ));
+            }
+            if now >= token.expires_ms {
+                return Err(err("invalid_grant", "the refresh token has expired"));
+            }
+            token.used = true;
+            token.clone()
+        };
+        self.issue_tokens(&client.client_id, token.key_id, &token.scope, token.family)
+    }
+
+    /// RFC 7009: revokes a token (an access or refresh token, and with a refresh token its
+    /// family). Unknown tokens are ignored, as the RFC asks.
+    pub fn revoke_token(&self, token: &str) {
+        let mut state = self.state.lock();
+        if let Some(t) = state.tokens.remove(&digest(token)) {
+            if t.kind == Kind::Refresh {
+                state.tokens.retain(|_, other| other.family != t.family);
+            }
+        }
+    }
+
+    /// Revokes every code and token acting for `key_id` (its key was revoked or rotated).
+    pub fn revoke_account(&self, key_id: KeyId) {
+        let mut state = self.state.lock();
+        state.tokens.retain(|_, t| t.key_id != key_id);
+        state.codes.retain(|_, c| c.key_id != key_id);
+    }
+
+    /// What a bearer access token acts for, if it is valid now.
+    pub fn authenticate(&self, access_token: &str) -> Result<AccessGrant, BearerError> {
+        let now = self.clock.now_ms();
+        let state = self.state.lock();
+        let token = state
+            .tokens
+            .get(&digest(access_token))
+            .filter(|t| t.kind == Kind::Access && now < t.expires_ms)
+            .ok_or(BearerError::Invalid)?;
+        Ok(AccessGrant {
+            key_id: token.key_id,
+            client_id: token.client_id.clone(),
+            scope: token.scope.clone(),
+        })
+    }
+
+    /// Drops expired codes and tokens (and spent refresh tokens past their lifetime).
+    pub fn sweep(&self) {
+        let now = self.clock.now_ms();
+        let mut state = self.state.lock();
+        state.codes.retain(|_, c| now < c.expires_ms);
+        state.tokens.retain(|_, t| now < t.expires_ms);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::clock::ManualClock;
+
+    const RESOURCE: &str = "http://127.0.0.1:3402/mcp";
+    const REDIRECT: &str = "http://127.0.0.1:53682/callback";
+    // RFC 7636, appendix B.
+    const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+    const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+
+    fn setup(auth: Option<&str>) -> (Arc<ManualClock>, Grants, Registered) {
+        let clock = Arc::new(ManualClock::at_ms(1_700_000_000_000));
+        let grants = Grants::new(GrantSettings::new(RESOURCE), clock.clone());
+        let reg = grants
+            .register(Registration {
+                redirect_uris: vec![REDIRECT.into()],
+                client_name: Some("Test <client>".into()),
+                token_endpoint_auth_method: auth.map(str::to_string),
+            })
+            .unwrap();
+        (clock, grants, reg)
+    }
+
+    fn request(client_id: &str) -> AuthorizeRequest {
+        AuthorizeRequest {
+            response_type: "code".into(),
+            client_id: client_id.into(),
+            redirect_uri: Some(REDIRECT.into()),
+            code_challenge: CHALLENGE.into(),
+            code_challenge_method: Some("S256".into()),
+            resource: Some(RESOURCE.into()),
+            scope: Some("mcp".into()),
+        }
+    }
+
+    fn account() -> KeyId {
+        "kid_0123456789abcdef0123".parse().unwrap()
+    }
+
+    fn code(grants: &Grants, client_id: &str) -> String {
+        grants.issue_code(&request(client_id), account()).unwrap()
+    }
+
+    #[test]
+    fn the_whole_grant_works_once() {
+        let (_, grants, reg) = setup(None);
+        let id = &reg.client.client_id;
+        let c = code(&grants, id);
+        let tokens = grants
+            .exchange_code(id, None, &c, Some(REDIRECT), Some(VERIFIER), Some(RESOURCE))
+            .unwrap();
+        let grant = grants.authenticate(&tokens.access_token).unwrap();
+        assert_eq!((grant.key_id, grant.scope.as_str()), (account(), "mcp"));
+        // The refresh token is not an access token.
+        assert!(grants.authenticate(&tokens.refresh_token).is_err());
+        // The code is spent.
+        let again = grants.exchange_code(id, None, &c, Some(REDIRECT), Some(VERIFIER), None);
+        assert_eq!(again.unwrap_err().error, "invalid_grant");
+    }
+
+    #[test]
+    fn pkce_is_required_and_exact() {
+        let (_, grants, reg) = setup(None);
+        let id = &reg.client.client_id;
+        let mut plain = request(id);
+        plain.code_challenge_method = Some("plain".into());
+        assert_eq!(
+            grants.check_authorize(&plain).unwrap_err().0.error,
+            "invalid_request"
+        );
+        let mut none = request(id);
+        none.code_challenge_method = None;
+        assert!(grants.check_authorize(&none).is_err());
+        for verifier in [None, Some("wrong-verifier-wrong-verifier-wrong-verifier-1")] {
+            let c = code(&grants, id);
+            let r = grants.exchange_code(id, None, &c, Some(REDIRECT), verifier, None);
+            assert_eq!(r.unwrap_err().error, "invalid_grant", "{verifier:?}");
+        }
+    }
+
+    #[test]
+    fn redirect_uris_match_exactly_and_only_safe_ones_register() {
+        let (_, grants, reg) = setup(None);
+        let id = &reg.client.client_id;
+        for uri in [
+            "http://127.0.0.1:53682/callback/",
+            "http://127.0.0.1:53682/Callback",
+            "http://127.0.0.1:53683/callback",
+            "http://evil.example/callback",
+        ] {
+            let mut req = request(id);
+            req.redirect_uri = Some(uri.into());
+            let (e, redirectable) = grants.check_authorize(&req).unwrap_err();
+            assert_eq!(e.error, "invalid_request", "{uri}");
+            assert!(!redirectable, "never redirect to an unregistered URI");
+        }
+        // The token request must name the same URI as the authorization request.
+        let c = code(&grants, id);
+        let r = grants.exchange_code(
+            id,
+            None,
+            &c,
+            Some("http://127.0.0.1:1/x"),
+            Some(VERIFIER),
+            None,
+        );
+        assert_eq!(r.unwrap_err().error, "invalid_grant");
+        for uri in [
+            "http://example.com/cb",
+            "https://h.example/cb#frag",
+            "ftp://h.example/cb",
+            "http://user@127.0.0.1/cb",
+            "javascript:alert(1)",
+        ] {
+            let r = grants.register(Registration {
+                redirect_uris: vec![uri.into()],
+                ..Default::default()
+            });
+            assert_eq!(r.unwrap_err().error, "invalid_redirect_uri", "{uri}");
+        }
+        for uri in [
+            "https://app.example/cb",
+            "http://localhost:8080/cb",
+            "http://[::1]:9/cb",
+        ] {
+            assert!(
+                grants
+                    .register(Registration {
+                        redirect_uris: vec![uri.into()],
+                        ..Default::default()
+                    })
+                    .is_ok(),
+                "{uri}"
+            );
+        }
+    }
+
+    #[test]
+    fn codes_expire_within_a_minute_and_bind_client_and_resource() {
+        let (clock, grants, reg) = setup(None);
+        let id = &reg.client.client_id;
+        let c = code(&grants, id);
+        clock.advance_secs(61);
+        let r = grants.exchange_code(id, None, &c, Some(REDIRECT), Some(VERIFIER), None);
+        assert_eq!(r.unwrap_err().error, "invalid_grant");
+        // Another client cannot redeem it.
+        let other = grants
+            .register(Registration {
+                redirect_uris: vec![REDIRECT.into()],
+                ..Default::default()
+            })
+            .unwrap();
+        let c = code(&grants, id);
+        let r = grants.exchange_code(
+            &other.client.client_id,
+            None,
+            &c,
+            Some(REDIRECT),
+            Some(VERIFIER),
+            None,
+        );
+        assert_eq!(r.unwrap_err().error, "invalid_grant");
+        // A resource other than ours is refused, at both ends.
+        let mut req = request(id);
+        req.resource = Some("https://other.example/mcp".into());
+        assert_eq!(
+            grants.check_authorize(&req).unwrap_err().0.error,
+            "invalid_target"
+        );
+        let c = code(&grants, id);
+        let r = grants.exchange_code(
+            id,
+            None,
+            &c,
+            Some(REDIRECT),
+            Some(VERIFIER),
+            Some("https://other.example/mcp"),
+        );
+        assert_eq!(r.unwrap_err().error, "invalid_target");
+    }
+
+    #[test]
+    fn refresh_rotates_and_a_reused_refresh_token_revokes_the_family() {
+        let (clock, grants, reg) = setup(None);
+        let id = &reg.client.client_id;
+        let c = code(&grants, id);
+        let first = grants
+            .exchange_code(id, None, &c, Some(REDIRECT), Some(VERIFIER), None)
+            .unwrap();
+        clock.advance_secs(3_601);
+        assert!(grants.authenticate(&first.access_token).is_err(), "expired");
+        let second = grants
+            .refresh(id, None, &first.refresh_token, None)
+            .unwrap();
+        assert_ne!(second.refresh_token, first.refresh_token);
+        assert!(grants.authenticate(&second.access_token).is_ok());
+        // The old refresh token comes back (stolen): the whole family dies.
+        let reuse = grants.refresh(id, None, &first.refresh_token, Some(RESOURCE));
+        assert_eq!(reuse.unwrap_err().error, "invalid_grant");
+        assert!(grants.authenticate(&second.access_token).is_err());
+        assert!(grants
+            .refresh(id, None, &second.refresh_token, None)
+            .is_err());
+    }
+
+    #[test]
+    fn confidential_clients_must_authenticate() {
+        let (_, grants, reg) = setup(Some("client_secret_basic"));
+        let id = &reg.client.client_id;
+        let secret = reg.client_secret.clone().unwrap();
+        let c = code(&grants, id);
+        let r = grants.exchange_code(id, Some("wrong"), &c, Some(REDIRECT), Some(VERIFIER), None);
+        assert_eq!(r.unwrap_err().error, "invalid_client");
+        let c = code(&grants, id);
+        let r = grants.exchange_code(id, None, &c, Some(REDIRECT), Some(VERIFIER), None);
+        assert_eq!(r.unwrap_err().error, "invalid_client");
+        let c = code(&grants, id);
+        assert!(grants
+            .exchange_code(id, Some(&secret), &c, Some(REDIRECT), Some(VERIFIER), None)
+            .is_ok());
+    }
+
+    #[test]
+    fn revocation_reaches_every_token_of_the_account_client_or_family() {
+        let (_, grants, reg) = setup(None);
+        let id = &reg.client.client_id;
+        let pair = |g: &Grants| {
+            let c = code(g, id);
+            g.exchange_code(id, None, &c, Some(REDIRECT), Some(VERIFIER), None)
+                .unwrap()
+        };
+        let t = pair(&grants);
+        grants.revoke_account(account());
+        assert!(grants.authenticate(&t.access_token).is_err());
+        assert!(grants.refresh(id, None, &t.refresh_token, None).is_err());
+        let t = pair(&grants);
+        grants.revoke_token(&t.refresh_token);
+        assert!(
+            grants.authenticate(&t.access_token).is_err(),
+            "the family goes"
+        );
+        let t = pair(&grants);
+        assert!(grants.revoke_client(id));
+        assert!(grants.authenticate(&t.access_token).is_err());
+        assert_eq!(
+            grants.check_authorize(&request(id)).unwrap_err().0.error,
+            "invalid_client"
+        );
+    }
+}
