@@ -35,6 +35,7 @@ use crate::metrics::Metrics;
 use crate::store::{KeyStore, MemoryKeyStore, StoreError};
 
 pub(crate) mod keys;
+pub(crate) mod oauth;
 pub(crate) mod reports;
 
 /// Largest admin request body.
@@ -81,6 +82,8 @@ pub(crate) struct AdminState<St> {
     pub(crate) started_ms: i64,
     /// Upstreams whose health `GET /` and `/metrics` report.
     pub(crate) upstreams: Vec<(String, HealthCheck)>,
+    /// The built-in OAuth authorization server, when enabled.
+    pub(crate) oauth: Option<Arc<crate::oauth::OAuthServer>>,
 }
 
 // By hand: `Gate<St>` sits behind an `Arc`, so no `St: Clone` is needed.
@@ -93,6 +96,7 @@ impl<St> Clone for AdminState<St> {
             audit: self.audit.clone(),
             started_ms: self.started_ms,
             upstreams: self.upstreams.clone(),
+            oauth: self.oauth.clone(),
         }
     }
 }
@@ -117,6 +121,7 @@ impl<St: KeyStore> AdminService<St> {
                 audit: None,
                 started_ms,
                 upstreams: Vec::new(),
+                oauth: None,
             }),
         })
     }
@@ -155,6 +160,26 @@ impl<St: KeyStore> AdminService<St> {
     /// Serves `/metrics` from `metrics` (which should also be one of the gate's event sinks).
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
         Arc::make_mut(&mut self.state).metrics = Some(metrics);
+        self
+    }
+
+    /// Serves the built-in OAuth 2.1 authorization server beside the admin API (SPEC §12):
+    /// `/.well-known/oauth-authorization-server`, `/.well-known/oauth-protected-resource`
+    /// (and `/mcp` after it), `/oauth/register`, `/oauth/authorize` (the consent page and its
+    /// form), `/oauth/token`, `/oauth/revoke`, and for the operator `GET /oauth/clients` and
+    /// `POST /oauth/clients/revoke`. Revoking or rotating a key through this admin API
+    /// revokes the tokens acting for its account.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// use paygate_mcp::{oauth::OAuthServer, AdminService, Gate, PayGateConfig, SystemClock};
+    /// let gate = Arc::new(Gate::new(PayGateConfig::default()).unwrap());
+    /// let oauth = Arc::new(OAuthServer::new("https://mcp.example.com", Arc::new(SystemClock)));
+    /// let admin = AdminService::new(gate, "admin-secret-123").unwrap().with_oauth(oauth);
+    /// # let _ = admin;
+    /// ```
+    pub fn with_oauth(mut self, oauth: Arc<crate::oauth::OAuthServer>) -> Self {
+        Arc::make_mut(&mut self.state).oauth = Some(oauth);
         self
     }
 }
@@ -205,7 +230,11 @@ where
 pub type Reply = Response<Full<Bytes>>;
 
 /// An answer with `status`, `content_type` and `body`: every admin answer is made here.
-fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Reply {
+pub(crate) fn reply(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Reply {
     let mut resp = Response::new(Full::new(body.into()));
     *resp.status_mut() = status;
     resp.headers_mut()
@@ -420,6 +449,16 @@ impl<St: KeyStore> AdminState<St> {
             route(M::GET, "/audit", Admin, |s, r, _| now(reports::audit(s, r))),
             route(M::GET, "/audit/export", Admin, |s, r, _| now(reports::audit_export(s, r))),
             route(M::GET, "/audit/stats", Admin, |s, _, _| now(reports::audit_stats(s))),
+            route(M::GET, "/.well-known/oauth-authorization-server", Public, |s, _, _| now(oauth::metadata(s))),
+            route(M::GET, "/.well-known/oauth-protected-resource", Public, |s, _, _| now(oauth::resource_metadata(s))),
+            route(M::GET, "/.well-known/oauth-protected-resource/mcp", Public, |s, _, _| now(oauth::resource_metadata(s))),
+            route(M::POST, "/oauth/register", Public, |s, r, _| now(oauth::register(s, r))),
+            route(M::GET, "/oauth/authorize", Public, |s, r, _| now(oauth::authorize_page(s, r))),
+            route(M::POST, "/oauth/authorize", Public, |s, r, _| Box::pin(oauth::authorize_submit(s, r))),
+            route(M::POST, "/oauth/token", Public, |s, r, _| now(oauth::token(s, r))),
+            route(M::POST, "/oauth/revoke", Public, |s, r, _| now(oauth::revoke(s, r))),
+            route(M::GET, "/oauth/clients", Admin, |s, _, _| now(oauth::clients(s))),
+            route(M::POST, "/oauth/clients/revoke", Admin, |s, r, _| now(oauth::revoke_client(s, r))),
         ]
     };
 

@@ -366,6 +366,11 @@ impl Grants {
         })
     }
 
+    /// The client `client_id`, revoked or not.
+    pub fn client(&self, client_id: &str) -> Option<Client> {
+        self.state.lock().clients.get(client_id).cloned()
+    }
+
     /// Every registered client.
     pub fn clients(&self) -> Vec<Client> {
         let mut all: Vec<Client> = self.state.lock().clients.values().cloned().collect();
@@ -478,7 +483,11 @@ impl Grants {
     }
 
     /// Authenticates a client at the token endpoint. `secret` is what it sent (form or Basic).
-    fn client(&self, client_id: &str, secret: Option<&str>) -> Result<Client, OAuthError> {
+    fn authenticate_client(
+        &self,
+        client_id: &str,
+        secret: Option<&str>,
+    ) -> Result<Client, OAuthError> {
         let client = self
             .state
             .lock()
@@ -504,7 +513,7 @@ impl Grants {
         code_verifier: Option<&str>,
         resource: Option<&str>,
     ) -> Result<TokenResponse, OAuthError> {
-        let client = self.client(client_id, client_secret)?;
+        let client = self.authenticate_client(client_id, client_secret)?;
         // Taken out first: whatever follows, this code is spent.
         let grant = self
             .state
@@ -603,7 +612,7 @@ impl Grants {
         refresh_token: &str,
         resource: Option<&str>,
     ) -> Result<TokenResponse, OAuthError> {
-        let client = self.client(client_id, client_secret)?;
+        let client = self.authenticate_client(client_id, client_secret)?;
         self.check_resource(resource)?;
         let now = self.clock.now_ms();
         let token = {
