@@ -311,7 +311,10 @@ pub(crate) async fn authorize_submit<St: KeyStore>(
         let again = "That API key is not valid. Check it and try again.";
         return Ok(consent(state, &ok, &params, Some(again)));
     };
-    let code = match s.grants().issue_code(&request, account.id()) {
+    let code = match s
+        .grants()
+        .issue_code(&request, account.id(), account.key_hash)
+    {
         Ok(code) => code,
         Err(e) => return Ok(oauth_reply(&e)),
     };

@@ -36,6 +36,9 @@ use crate::store::{
 pub struct CallRequest<'a> {
     /// The API key sent, if any.
     pub api_key: Option<&'a str>,
+    /// The key's digest, when the caller was authenticated another way that names the
+    /// account (an OAuth access token acting for it); it wins over `api_key`.
+    pub account: Option<KeyDigest>,
     /// The tool called (exact name).
     pub tool: &'a str,
     /// Size of the arguments as compact JSON (see [`crate::compact_json_len`]).
@@ -49,10 +52,29 @@ impl<'a> CallRequest<'a> {
     pub fn new(api_key: &'a str, tool: &'a str) -> Self {
         Self {
             api_key: Some(api_key),
+            account: None,
             tool,
             input_bytes: 0,
             client_ip: None,
         }
+    }
+
+    /// A call to `tool` by the account whose key has digest `account` (authenticated by an
+    /// OAuth token, say, rather than by the key itself).
+    pub fn for_account(account: KeyDigest, tool: &'a str) -> Self {
+        Self {
+            api_key: None,
+            account: Some(account),
+            tool,
+            input_bytes: 0,
+            client_ip: None,
+        }
+    }
+
+    /// The digest of the key the call presents: the account's, else the sent key's.
+    fn presented(&self) -> Option<KeyDigest> {
+        self.account
+            .or_else(|| self.api_key.filter(|k| !k.is_empty()).map(KeyDigest::of))
     }
 
     /// Sets the client IP.
@@ -386,11 +408,11 @@ impl<S: KeyStore> Gate<S> {
         now_ms: i64,
         checks: Checks,
     ) -> Result<ChargeOutcome, DenyReason> {
-        match call.api_key.filter(|k| !k.is_empty()) {
+        match call.presented() {
             None => Err(DenyReason::MissingApiKey),
             Some(key) => {
                 let req = ChargeRequest {
-                    key: KeyDigest::of(key),
+                    key,
                     tool: call.tool,
                     price,
                     client_ip: call.client_ip,
@@ -473,12 +495,28 @@ impl<S: KeyStore> Gate<S> {
         client_ip: Option<IpAddr>,
         tool: Option<&str>,
     ) -> Result<KeyRecord, DenyReason> {
-        let key = api_key
-            .filter(|k| !k.is_empty())
-            .ok_or(DenyReason::MissingApiKey)?;
+        let call = CallRequest {
+            api_key,
+            account: None,
+            tool: "",
+            input_bytes: 0,
+            client_ip,
+        };
+        self.authorize_call(&call, tool).await
+    }
+
+    /// [`Gate::authorize`] for the key `call` presents (its `account`, else its `api_key`)
+    /// from its client IP.
+    pub async fn authorize_call(
+        &self,
+        call: &CallRequest<'_>,
+        tool: Option<&str>,
+    ) -> Result<KeyRecord, DenyReason> {
+        let client_ip = call.client_ip;
+        let key = call.presented().ok_or(DenyReason::MissingApiKey)?;
         let rec = self
             .store
-            .get(&KeyDigest::of(key))
+            .get(&key)
             .await
             .map_err(|_| DenyReason::StoreUnavailable)?
             .filter(|r| r.active)

@@ -66,6 +66,12 @@ impl<St> PayGateLayer<St> {
         Self::from_handle(self.pg.with_bearer_resolver(resolve))
     }
 
+    /// Accepts the access tokens of a built-in authorization server (see
+    /// [`PayGate::with_oauth`]).
+    pub fn with_oauth(self, oauth: std::sync::Arc<crate::oauth::OAuthServer>) -> Self {
+        Self::from_handle(self.pg.with_oauth(oauth))
+    }
+
     /// Shapes denial responses (see [`PayGate::with_denial_response`]).
     pub fn with_denial_response(
         self,

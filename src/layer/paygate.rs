@@ -56,6 +56,8 @@ pub type DenialHandler = Arc<dyn Fn(&Decision, Response<Bytes>) -> Response<Byte
 pub struct PayGate<St = MemoryKeyStore> {
     pub(crate) gate: Arc<Gate<St>>,
     pub(crate) bearer: Option<BearerResolver>,
+    /// The authorization server whose access tokens authenticate calls (SPEC §12).
+    pub(crate) oauth: Option<Arc<crate::oauth::OAuthServer>>,
     pub(crate) denial: Option<DenialHandler>,
     /// The stages of the layers made into services from this handle (see [`PayGate::layered`]).
     layered: Arc<AtomicU8>,
@@ -66,6 +68,7 @@ impl<St> Clone for PayGate<St> {
         Self {
             gate: self.gate.clone(),
             bearer: self.bearer.clone(),
+            oauth: self.oauth.clone(),
             denial: self.denial.clone(),
             layered: self.layered.clone(),
         }
@@ -107,6 +110,7 @@ impl<St> PayGate<St> {
         Self {
             gate,
             bearer: None,
+            oauth: None,
             denial: None,
             layered: Arc::default(),
         }
@@ -124,6 +128,25 @@ impl<St> PayGate<St> {
         resolve: impl Fn(&str) -> Option<String> + Send + Sync + 'static,
     ) -> Self {
         self.bearer = Some(Arc::new(resolve));
+        self
+    }
+
+    /// Makes the gated endpoint an OAuth 2.1 protected resource of `oauth` (SPEC §12): its
+    /// access tokens (`Authorization: Bearer pgat_...`) authenticate calls as the account
+    /// that approved them, billed, limited and reported as its key; a call without valid
+    /// credentials is answered HTTP 401 with `WWW-Authenticate` pointing at the resource
+    /// metadata; tokens in the query string are refused; an access token is never passed on
+    /// downstream. `X-API-Key` keeps working beside it. Set it before making the layers.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// use paygate_mcp::{oauth::OAuthServer, PayGate, PayGateConfig, SystemClock};
+    /// let oauth = Arc::new(OAuthServer::new("https://mcp.example.com", Arc::new(SystemClock)));
+    /// let pg = PayGate::new(PayGateConfig::default()).with_oauth(oauth);
+    /// # let _ = pg;
+    /// ```
+    pub fn with_oauth(mut self, oauth: Arc<crate::oauth::OAuthServer>) -> Self {
+        self.oauth = Some(oauth);
         self
     }
 

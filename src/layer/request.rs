@@ -15,6 +15,8 @@ use super::{BearerResolver, BoxError, GateBody};
 use crate::config::PayGateConfig;
 use crate::edge::client_ip;
 use crate::jsonrpc::{self, ParsedRequest, RpcRequest};
+use crate::key::KeyDigest;
+use crate::oauth::OAuthServer;
 
 /// What the deciding layer learned about a request.
 #[derive(Clone)]
@@ -25,6 +27,11 @@ pub(crate) struct McpContext {
     pub(crate) rpc: Option<Arc<RpcRequest>>,
     /// The API key sent, if any.
     pub(crate) api_key: Option<Arc<str>>,
+    /// The account an OAuth access token acts for (its key's digest), when one was sent.
+    pub(crate) account: Option<KeyDigest>,
+    /// A bearer token was sent to an OAuth-protected gate and is not valid (unknown,
+    /// expired, revoked): the answer says `invalid_token`.
+    pub(crate) bad_token: bool,
     /// The client IP, when known.
     pub(crate) client_ip: Option<IpAddr>,
 }
@@ -37,6 +44,7 @@ pub(crate) type Refusal<R> = Box<Response<GateBody<R>>>;
 pub(crate) async fn read_context<B, R>(
     cfg: &PayGateConfig,
     bearer: Option<&BearerResolver>,
+    oauth: Option<&OAuthServer>,
     parts: &http::request::Parts,
     body: B,
 ) -> Result<McpContext, Refusal<R>>
@@ -46,7 +54,7 @@ where
     R: Body,
 {
     let bytes = read_body(cfg.max_body_bytes, parts, body).await?;
-    context_of(cfg, bearer, parts, bytes)
+    context_of(cfg, bearer, oauth, parts, bytes)
 }
 
 /// The context of a request whose body was read: method and header checks, the parse (or
@@ -54,9 +62,25 @@ where
 pub(crate) fn context_of<R: Body>(
     cfg: &PayGateConfig,
     bearer: Option<&BearerResolver>,
+    oauth: Option<&OAuthServer>,
     parts: &http::request::Parts,
     bytes: Bytes,
 ) -> Result<McpContext, Refusal<R>> {
+    // RFC 6750 §2.3 is not offered: a token in a URL ends up in logs and histories.
+    let in_query = parts
+        .uri
+        .query()
+        .is_some_and(|q| form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k == "access_token"));
+    if oauth.is_some() && in_query {
+        return Err(Box::new(rpc_error(
+            StatusCode::BAD_REQUEST,
+            None,
+            &jsonrpc::RpcError {
+                code: jsonrpc::INVALID_REQUEST,
+                message: "access tokens are accepted only in the Authorization header".into(),
+            },
+        )));
+    }
     // Only POST carries JSON-RPC; a body on any other method is refused, never passed on
     // ungated to a downstream that might read it anyway.
     if parts.method != Method::POST && !bytes.is_empty() {
@@ -92,10 +116,13 @@ pub(crate) fn context_of<R: Body>(
         },
         _ => None,
     };
+    let (api_key, account, bad_token) = credentials(parts, bearer, oauth);
     Ok(McpContext {
         body: bytes,
         rpc,
-        api_key: api_key(parts, bearer),
+        api_key,
+        account,
+        bad_token,
         client_ip: client_ip(parts, cfg.trusted_proxy_hops, &cfg.trusted_proxies),
     })
 }
@@ -142,6 +169,37 @@ where
             "could not read the request body",
         )),
     }
+}
+
+/// What the request authenticates with: `X-API-Key`; else a bearer OAuth access token of
+/// `oauth` (the account it acts for, or that it is not valid); else a bearer token through
+/// the resolver.
+fn credentials(
+    parts: &http::request::Parts,
+    bearer: Option<&BearerResolver>,
+    oauth: Option<&OAuthServer>,
+) -> (Option<Arc<str>>, Option<KeyDigest>, bool) {
+    if let (Some(oauth), None) = (oauth, parts.headers.get(&X_API_KEY)) {
+        if let Some(token) = bearer_token(parts).filter(|t| oauth.issued(t)) {
+            return match oauth.grants().authenticate(token) {
+                Ok(grant) => (None, Some(grant.key), false),
+                // Kept as a key that matches nothing, so it is denied as invalid.
+                Err(_) => (Some(Arc::from("\u{fffd}")), None, true),
+            };
+        }
+    }
+    (api_key(parts, bearer), None, false)
+}
+
+/// The token of `Authorization: Bearer <token>`.
+fn bearer_token(parts: &http::request::Parts) -> Option<&str> {
+    let auth = parts
+        .headers
+        .get(http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = auth.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 /// `X-API-Key`, else `Authorization: Bearer <token>` through the resolver.

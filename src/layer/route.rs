@@ -64,7 +64,8 @@ where
         .filter(|t| t.is_over(&pg.gate))
         .cloned();
     let Some(t) = joined else {
-        return match read_context(cfg, pg.bearer.as_ref(), &parts, body).await {
+        return match read_context(cfg, pg.bearer.as_ref(), pg.oauth.as_deref(), &parts, body).await
+        {
             Ok(ctx) => outermost(inner, parts, &pg, stage, learned, ctx).await,
             Err(refusal) => Ok(*refusal),
         };
@@ -85,7 +86,7 @@ where
     // The body changed on the way in, or the request passes this layer a second time (a
     // retry, a copy): here it is a new request.
     parts.extensions.remove::<Traversal>();
-    match context_of(cfg, pg.bearer.as_ref(), &parts, bytes) {
+    match context_of(cfg, pg.bearer.as_ref(), pg.oauth.as_deref(), &parts, bytes) {
         Ok(ctx) => outermost(inner, parts, &pg, stage, learned, ctx).await,
         Err(refusal) => Ok(*refusal),
     }
@@ -118,6 +119,10 @@ where
         .and_then(|k| learned.get(k))
         .unwrap_or_else(|| pg.layered());
     let stages = stage | inside;
+    // An access token is for this gate alone: the server behind it never sees it.
+    if ctx.account.is_some() || ctx.bad_token {
+        parts.headers.remove(http::header::AUTHORIZATION);
+    }
     let t = Traversal::start(&pg.gate, stage, stages, ctx.clone(), learned, route_key);
     parts.extensions.insert(t.clone());
     let Some(rpc) = ctx.rpc.clone() else {
@@ -198,6 +203,7 @@ where
     }
     let call = CallRequest {
         api_key: r.ctx.api_key.as_deref(),
+        account: r.ctx.account,
         tool,
         input_bytes: r.rpc.arguments_len(),
         client_ip: r.ctx.client_ip,
@@ -279,7 +285,39 @@ impl<St> Routed<'_, St> {
         if !self.outermost {
             self.traversal.deny_inside();
         }
-        denial_response(self.id, decision, self.stages, self.pg.denial.as_ref())
+        let mut resp = denial_response(self.id, decision, self.stages, self.pg.denial.as_ref());
+        if let Some(oauth) = &self.pg.oauth {
+            challenge(&mut resp, oauth, decision, self.ctx.bad_token);
+        }
+        resp
+    }
+}
+
+/// On an OAuth-protected gate, a call without valid credentials is HTTP 401 with the
+/// `WWW-Authenticate` challenge that starts an MCP client's sign-in (RFC 9728 §5.1).
+fn challenge<B>(
+    resp: &mut Response<B>,
+    oauth: &crate::oauth::OAuthServer,
+    decision: &Decision,
+    bad_token: bool,
+) {
+    use crate::deny::DenyReason::{ApiKeyExpired, InvalidApiKey, MissingApiKey};
+    if !matches!(
+        decision.reason,
+        Some(MissingApiKey | InvalidApiKey | ApiKeyExpired)
+    ) {
+        return;
+    }
+    let mut value = format!(
+        "Bearer resource_metadata=\"{}/.well-known/oauth-protected-resource/mcp\"",
+        oauth.issuer()
+    );
+    if bad_token {
+        value.push_str(", error=\"invalid_token\"");
+    }
+    if let Ok(v) = http::HeaderValue::from_str(&value) {
+        *resp.status_mut() = StatusCode::UNAUTHORIZED;
+        resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
     }
 }
 
@@ -292,7 +330,7 @@ async fn check_key<St: KeyStore>(
     acl_tool: Option<&str>,
 ) -> Result<(), Decision> {
     let gate = &r.pg.gate;
-    match gate.authorize(call.api_key, call.client_ip, acl_tool).await {
+    match gate.authorize_call(call, acl_tool).await {
         Ok(rec) if acl_tool.is_some() && r.stages.contains(StageSet::ALERTS) => gate.alert_on(&rec),
         Ok(_) => {}
         Err(reason) if r.stages.needs_key() => {
@@ -325,11 +363,14 @@ where
     if r.rpc.method != "tools/list" || !r.stages.needs_key() {
         return forward(inner, parts, r.ctx, r.done_by(), None).await;
     }
-    let acl =
-        r.pg.gate
-            .authorize(r.ctx.api_key.as_deref(), r.ctx.client_ip, None)
-            .await
-            .ok();
+    let caller = CallRequest {
+        api_key: r.ctx.api_key.as_deref(),
+        account: r.ctx.account,
+        tool: "",
+        input_bytes: 0,
+        client_ip: r.ctx.client_ip,
+    };
+    let acl = r.pg.gate.authorize_call(&caller, None).await.ok();
     let priced = r.stages.contains(StageSet::BILLING);
     let rewrite = tools_list_rewrite(&r.pg.gate, acl, priced);
     let id = r.id.map(str::to_owned);
@@ -353,6 +394,7 @@ where
     if r.stages.needs_key() {
         let call = CallRequest {
             api_key: r.ctx.api_key.as_deref(),
+            account: r.ctx.account,
             tool: &r.rpc.method,
             input_bytes: 0,
             client_ip: r.ctx.client_ip,

@@ -207,6 +207,8 @@ mod tests {
             body: bytes::Bytes::new(),
             rpc: None,
             api_key: None,
+            account: None,
+            bad_token: false,
             client_ip: None,
         }
     }

@@ -15,12 +15,15 @@ use subtle::ConstantTimeEq;
 
 use super::pkce;
 use crate::clock::SharedClock;
-use crate::key::KeyId;
+use crate::key::{KeyDigest, KeyId};
 
 /// Most redirect URIs one client may register.
 const MAX_REDIRECT_URIS: usize = 10;
 /// Longest redirect URI, client name or scope accepted.
 const MAX_TEXT: usize = 2_000;
+/// What every access token this server issues starts with.
+pub const ACCESS_TOKEN_PREFIX: &str = "pgat_";
+
 /// Most clients registered (registration is open: a flood must not grow memory unbounded).
 pub const MAX_CLIENTS: usize = 10_000;
 /// Most codes waiting to be exchanged (each lives a minute).
@@ -178,6 +181,9 @@ pub struct TokenResponse {
 pub struct AccessGrant {
     /// The account billed for the calls.
     pub key_id: KeyId,
+    /// The digest of the account's key when the grant was made (rotating the key revokes
+    /// its grants, so this is its current key while the grant lives).
+    pub key: KeyDigest,
     /// The client it was issued to.
     pub client_id: String,
     /// The scope granted.
@@ -205,6 +211,7 @@ struct Code {
     challenge: String,
     scope: String,
     key_id: KeyId,
+    key: KeyDigest,
     expires_ms: i64,
 }
 
@@ -219,6 +226,7 @@ struct Token {
     kind: Kind,
     client_id: String,
     key_id: KeyId,
+    key: KeyDigest,
     scope: String,
     family: u128,
     expires_ms: i64,
@@ -452,8 +460,14 @@ impl Grants {
         })
     }
 
-    /// Issues a code for an approved request, acting for `key_id`.
-    pub fn issue_code(&self, req: &AuthorizeRequest, key_id: KeyId) -> Result<String, OAuthError> {
+    /// Issues a code for an approved request, acting for the account `key_id` whose key's
+    /// digest is `key`.
+    pub fn issue_code(
+        &self,
+        req: &AuthorizeRequest,
+        key_id: KeyId,
+        key: KeyDigest,
+    ) -> Result<String, OAuthError> {
         let approved = self.check_authorize(req).map_err(|(e, _)| e)?;
         let code = random_token("pgac_")?;
         let now = self.clock.now_ms();
@@ -476,6 +490,7 @@ impl Grants {
                 challenge: req.code_challenge.clone(),
                 scope: approved.scope,
                 key_id,
+                key,
                 expires_ms,
             },
         );
@@ -543,7 +558,7 @@ impl Grants {
         self.check_resource(resource)?;
         self.issue_tokens(
             &client.client_id,
-            grant.key_id,
+            (grant.key_id, grant.key),
             &grant.scope,
             random_family()?,
         )
@@ -562,16 +577,17 @@ impl Grants {
     fn issue_tokens(
         &self,
         client_id: &str,
-        key_id: KeyId,
+        (key_id, key): (KeyId, KeyDigest),
         scope: &str,
         family: u128,
     ) -> Result<TokenResponse, OAuthError> {
-        let (access, refresh) = (random_token("pgat_")?, random_token("pgrt_")?);
+        let (access, refresh) = (random_token(ACCESS_TOKEN_PREFIX)?, random_token("pgrt_")?);
         let now = self.clock.now_ms();
         let token = |kind, ttl: u64| Token {
             kind,
             client_id: client_id.to_string(),
             key_id,
+            key,
             scope: scope.to_string(),
             family,
             expires_ms: now + (ttl * 1000) as i64,
@@ -640,7 +656,12 @@ impl Grants {
             token.used = true;
             token.clone()
         };
-        self.issue_tokens(&client.client_id, token.key_id, &token.scope, token.family)
+        self.issue_tokens(
+            &client.client_id,
+            (token.key_id, token.key),
+            &token.scope,
+            token.family,
+        )
     }
 
     /// RFC 7009: revokes a token (an access or refresh token, and with a refresh token its
@@ -672,6 +693,7 @@ impl Grants {
             .ok_or(BearerError::Invalid)?;
         Ok(AccessGrant {
             key_id: token.key_id,
+            key: token.key,
             client_id: token.client_id.clone(),
             scope: token.scope.clone(),
         })
@@ -729,7 +751,9 @@ mod tests {
     }
 
     fn code(grants: &Grants, client_id: &str) -> String {
-        grants.issue_code(&request(client_id), account()).unwrap()
+        grants
+            .issue_code(&request(client_id), account(), KeyDigest::of("pg_alice"))
+            .unwrap()
     }
 
     #[test]

@@ -65,4 +65,10 @@ impl OAuthServer {
     pub fn grants(&self) -> &Grants {
         &self.grants
     }
+
+    /// Whether `token` has the form of an access token this server issues (so a gate hands
+    /// it here rather than reading it as an API key).
+    pub fn issued(&self, token: &str) -> bool {
+        token.starts_with(grants::ACCESS_TOKEN_PREFIX)
+    }
 }
