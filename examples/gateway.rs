@@ -107,10 +107,29 @@ struct Args {
     /// Log as JSON lines (the level comes from RUST_LOG, default info).
     #[arg(long)]
     log_json: bool,
+    /// Let MCP clients sign in with OAuth 2.1 (the gateway is its own authorization server;
+    /// the consent page asks for the API key that pays).
+    #[arg(long)]
+    oauth: bool,
+    /// The gateway's public base URL, the OAuth issuer (default http://127.0.0.1:<port>).
+    #[arg(long, value_name = "URL", value_parser = public_url)]
+    public_url: Option<String>,
+    /// Lifetime of OAuth access tokens in seconds (default 3600).
+    #[arg(long, value_name = "SECS", default_value_t = 3600)]
+    oauth_access_ttl: u64,
     /// Browser origins allowed to call the gateway, e.g. "https://app.example" (repeatable);
     /// any origin when not given. Keys travel in headers, never cookies.
     #[arg(long = "cors-origin", value_name = "ORIGIN", value_parser = cors_origin)]
     cors_origins: Vec<http::HeaderValue>,
+}
+
+fn public_url(v: &str) -> Result<String, String> {
+    let v = v.trim_end_matches('/');
+    let ok = (v.starts_with("https://") || v.starts_with("http://"))
+        && !v.contains(['?', '#', '@', ' ']);
+    ok.then(|| v.to_string()).ok_or_else(|| {
+        format!("'{v}' is not an http(s) URL without query, fragment or credentials")
+    })
 }
 
 fn cors_origin(v: &str) -> Result<http::HeaderValue, String> {
@@ -556,13 +575,32 @@ async fn serve<St: KeyStore>(
         shown_key = Some((key, 100));
     }
 
-    let mcp = ServiceBuilder::new()
-        .layer(PayGateLayer::from_gate(gate.clone()))
-        .service(downstream);
-    let admin = AdminService::new(gate.clone(), &admin_key)
+    let oauth = args.oauth.then(|| {
+        let issuer = args
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://127.0.0.1:{}", settings.port));
+        let grant_settings = paygate_mcp::oauth::GrantSettings {
+            access_ttl_secs: args.oauth_access_ttl.max(1),
+            ..paygate_mcp::oauth::GrantSettings::new(format!("{issuer}/mcp"))
+        };
+        Arc::new(paygate_mcp::oauth::OAuthServer::with_settings(
+            &issuer,
+            grant_settings,
+            gate.clock().clone(),
+        ))
+    });
+    let mut layer = PayGateLayer::from_gate(gate.clone());
+    let mut admin = AdminService::new(gate.clone(), &admin_key)
         .map_err(|e| format!("--admin-key: {e}"))?
         .with_metrics(observers.metrics)
         .with_audit(observers.audit);
+    if let Some(oauth) = &oauth {
+        layer = layer.with_oauth(oauth.clone());
+        admin = admin.with_oauth(oauth.clone());
+        tracing::info!(issuer = oauth.issuer(), "OAuth sign-in enabled");
+    }
+    let mcp = ServiceBuilder::new().layer(layer).service(downstream);
     let admin = observers
         .health
         .into_iter()
