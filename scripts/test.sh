@@ -32,3 +32,4 @@ fi
 cargo test --all-features --all-targets "$@"
 cargo test --all-features --doc "$@"
 scripts/smoke_gateway.sh
+scripts/oauth_e2e.sh

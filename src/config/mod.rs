@@ -218,7 +218,7 @@ pub struct PayGateConfig {
     )]
     pub import_keys: BTreeMap<String, u64>,
     /// 1.8's OAuth 2.1 settings. Accepted so a 1.8 file parses, but refused by
-    /// [`validate`](Self::validate) when present: OAuth is not supported by this gateway yet.
+    /// [`validate`](Self::validate) when present: OAuth is not configured from the file yet (the gateway takes `--oauth`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub oauth: Option<serde_json::Value>,
     /// 1.8's Stripe webhook signing secret. Accepted so a 1.8 file parses, but refused by
@@ -430,7 +430,7 @@ impl PayGateConfig {
         if self.oauth.is_some() {
             return Err(ConfigError::invalid(
                 "oauth",
-                "OAuth is not supported by this gateway yet; remove the field (keys sent as X-API-Key keep working)",
+                "OAuth is not configured from the file yet; remove the field and start the gateway with --oauth (keys sent as X-API-Key keep working)",
             ));
         }
         if self.stripe_webhook_secret.is_some() {
@@ -835,7 +835,7 @@ mod tests {
             let err = PayGateConfig::from_json_str(json).unwrap_err().to_string();
             assert_eq!(
                 err,
-                "invalid config at 'oauth': OAuth is not supported by this gateway yet; remove the field (keys sent as X-API-Key keep working)",
+                "invalid config at 'oauth': OAuth is not configured from the file yet; remove the field and start the gateway with --oauth (keys sent as X-API-Key keep working)",
                 "{json}"
             );
         }

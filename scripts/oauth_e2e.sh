@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The official MCP Python SDK signs in to the gateway with OAuth 2.1 and pays for a call
+# (tests/python/oauth_e2e.py): discovery from the 401, registration, consent with an API key,
+# PKCE token exchange, a paid tools/call, a refresh once the access token expires, and a 401
+# after the key is revoked. The SDK is installed into .test-deps/pyvenv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv=.test-deps/pyvenv
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import mcp' 2>/dev/null; then
+  if ! python3 -m venv "$venv" 2>/dev/null; then
+    echo "installing python3-venv (the OAuth end-to-end test runs the MCP Python SDK)"
+    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv >/dev/null
+    python3 -m venv "$venv"
+  fi
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "mcp==2.3.0"
+fi
+cargo build --quiet --example gateway
+port=3493
+log=$(mktemp)
+PAYGATE_ADMIN_KEY=oauth-e2e-admin-key-0123456789 \
+  target/debug/examples/gateway --port "$port" --oauth --oauth-access-ttl 2 --print-keys >"$log" 2>&1 &
+pid=$!
+trap 'kill $pid 2>/dev/null || true; rm -f "$log" "$log.err"' EXIT
+for _ in $(seq 1 100); do
+  grep -q '^export PAYGATE_ADMIN_KEY=' "$log" && break
+  kill -0 $pid 2>/dev/null || { cat "$log"; echo "gateway exited early"; exit 1; }
+  sleep 0.1
+done
+eval "$(grep '^export ' "$log")"
+for method in none client_secret_basic; do
+  # A fresh key per run: the script ends by revoking it.
+  key=$(curl -s -X POST "http://127.0.0.1:$port/keys" -H "X-Admin-Key: $PAYGATE_ADMIN_KEY" \
+    -H 'Content-Type: application/json' -d '{"name":"oauth-e2e","credits":10}' |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
+  GW_URL="http://127.0.0.1:$port" GW_API_KEY="$key" GW_ADMIN_KEY="$PAYGATE_ADMIN_KEY" \
+    AUTH_METHOD="$method" "$venv/bin/python" tests/python/oauth_e2e.py 2>"$log.err" ||
+    { cat "$log.err"; echo "OAuth end-to-end ($method) failed"; exit 1; }
+done
+echo "OAuth end-to-end with the MCP Python SDK: ok (none, client_secret_basic)"
