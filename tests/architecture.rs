@@ -18,6 +18,7 @@ const CORE: &[&str] = &[
     "json_errors",
     "key",
     "meter",
+    "oauth",
     "pricing",
     "quota",
     "ratelimit",

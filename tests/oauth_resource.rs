@@ -149,15 +149,16 @@ async fn an_access_token_pays_with_its_account_and_never_goes_downstream() {
     // The usage event names the account.
     let events = s.gate.meter().since(None);
     assert_eq!(events.last().unwrap().key_id, Some(issued.record.id()));
-    // X-API-Key works beside OAuth, and `Bearer <api key>` too.
+    // X-API-Key works beside OAuth; a token sent along with it still stays at the gate.
     let r = s
         .call(
             "http://localhost/mcp",
-            &[("x-api-key", &issued.key)],
+            &[("x-api-key", &issued.key), ("authorization", &bearer)],
             "tools/call",
         )
         .await;
     assert_eq!(r.headers["x-credits-remaining"], "4");
+    assert_eq!(s.seen.lock().as_slice(), &[None, None]);
 }
 
 #[tokio::test]

@@ -244,11 +244,14 @@ async fn consent_page_escapes_what_it_shows_and_cannot_be_framed() {
         .unwrap()
         .starts_with("text/html"));
     assert_eq!(r.headers["x-frame-options"], "DENY");
+    assert_eq!(r.headers["x-content-type-options"], "nosniff");
     let csp = r.headers["content-security-policy"].to_str().unwrap();
     assert!(
         csp.contains("frame-ancestors 'none'") && csp.contains("default-src 'none'"),
         "{csp}"
     );
+    // form-action would stop browsers following the form's redirect to the client.
+    assert!(!csp.contains("form-action"), "{csp}");
     assert!(
         r.text.contains("Claude &lt;b&gt;&amp;&lt;/b&gt;"),
         "the client's name, escaped"
@@ -571,4 +574,6 @@ async fn operators_list_and_revoke_clients_and_a_revoked_key_ends_its_grants() {
         .post_form("/oauth/revoke", &[("token", "pgat_unknown")])
         .await;
     assert_eq!(r.status, StatusCode::OK);
+    let r = s.post_form("/oauth/revoke", &[]).await;
+    assert_eq!(r.json["error"], "invalid_request");
 }

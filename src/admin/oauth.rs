@@ -52,10 +52,18 @@ fn oauth_reply(e: &OAuthError) -> Reply {
     } else {
         StatusCode::BAD_REQUEST
     };
-    no_store(json_reply(
+    let mut resp = no_store(json_reply(
         status,
         &json!({"error": e.error, "error_description": e.description}),
-    ))
+    ));
+    if status == StatusCode::UNAUTHORIZED {
+        // RFC 6749 §5.2: a failed client authentication names the scheme to use.
+        resp.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"oauth\""),
+        );
+    }
+    resp
 }
 
 fn invalid_request(description: &str) -> OAuthError {
@@ -163,10 +171,16 @@ fn html(status: StatusCode, body: String) -> Reply {
     h.insert(
         "content-security-policy",
         HeaderValue::from_static(
-            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+            // No form-action: browsers apply it to the redirect the form answers, which
+            // goes to the client.
+            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'",
         ),
     );
     h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
     h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
@@ -428,8 +442,9 @@ pub(crate) fn revoke<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -
         Ok(p) => p,
         Err(answer) => return Ok(*answer),
     };
-    if let Some(token) = field(&params, "token") {
-        s.grants().revoke_token(token);
+    match field(&params, "token") {
+        Some(token) => s.grants().revoke_token(token),
+        None => return Ok(oauth_reply(&invalid_request("token is missing"))),
     }
     Ok(no_store(json_reply(StatusCode::OK, &json!({}))))
 }

@@ -119,8 +119,9 @@ where
         .and_then(|k| learned.get(k))
         .unwrap_or_else(|| pg.layered());
     let stages = stage | inside;
-    // An access token is for this gate alone: the server behind it never sees it.
-    if ctx.account.is_some() || ctx.bad_token {
+    // A bearer token is for this gate alone: behind an OAuth-protected gate the server
+    // never sees one, whichever credential the call used.
+    if pg.oauth.is_some() || ctx.account.is_some() || ctx.bad_token {
         parts.headers.remove(http::header::AUTHORIZATION);
     }
     let t = Traversal::start(&pg.gate, stage, stages, ctx.clone(), learned, route_key);

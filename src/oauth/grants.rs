@@ -7,7 +7,7 @@
 //! and the victim both lose it, and the victim signs in again). A grant acts for the account
 //! (`keyId`) whose key approved it, and dies with that account's key.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use parking_lot::Mutex;
 use sha2::{Digest as _, Sha256};
@@ -19,8 +19,8 @@ use crate::key::{KeyDigest, KeyId};
 
 /// Most redirect URIs one client may register.
 const MAX_REDIRECT_URIS: usize = 10;
-/// Longest redirect URI, client name or scope accepted.
-const MAX_TEXT: usize = 2_000;
+/// Longest redirect URI accepted.
+const MAX_TEXT: usize = 512;
 /// What every access token this server issues starts with.
 pub const ACCESS_TOKEN_PREFIX: &str = "pgat_";
 
@@ -28,8 +28,13 @@ pub const ACCESS_TOKEN_PREFIX: &str = "pgat_";
 pub const MAX_CLIENTS: usize = 10_000;
 /// Most codes waiting to be exchanged (each lives a minute).
 pub const MAX_CODES: usize = 100_000;
-/// Most tokens held (access and refresh; expired ones are swept when the bound is reached).
-pub const MAX_TOKENS: usize = 2_000_000;
+/// Most grants (token families) one account holds: a new one ends the oldest, so no key
+/// holder can grow the server's memory by signing in over and over.
+pub const MAX_GRANTS_PER_ACCOUNT: usize = 50;
+/// Spent refresh tokens remembered per grant, to spot one presented again.
+const SPENT_KEPT: usize = 8;
+/// Longest scope accepted.
+const MAX_SCOPE: usize = 256;
 
 /// Lifetimes and the names this server issues tokens for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,6 +195,21 @@ pub struct AccessGrant {
     pub scope: String,
 }
 
+/// What a [`Grants`] holds ([`Grants::counts`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GrantCounts {
+    /// Registered clients.
+    pub clients: usize,
+    /// Codes waiting to be exchanged.
+    pub codes: usize,
+    /// Live access and refresh tokens.
+    pub tokens: usize,
+    /// Grants (token families).
+    pub grants: usize,
+    /// Spent refresh tokens remembered to catch replays.
+    pub spent: usize,
+}
+
 /// Why a bearer token does not authenticate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum BearerError {
@@ -221,17 +241,25 @@ enum Kind {
     Refresh,
 }
 
-#[derive(Debug, Clone)]
+/// A live token: the current access or refresh token of a grant.
+#[derive(Debug, Clone, Copy)]
 struct Token {
     kind: Kind,
+    family: u128,
+    expires_ms: i64,
+}
+
+/// One grant (a token family): what it acts for and its current tokens. A refresh replaces
+/// both tokens; the spent refresh tokens are remembered (a few) to catch a replay.
+#[derive(Debug, Clone)]
+struct Family {
     client_id: String,
     key_id: KeyId,
     key: KeyDigest,
     scope: String,
-    family: u128,
-    expires_ms: i64,
-    /// A refresh token already exchanged: presenting it again is a reuse.
-    used: bool,
+    access: Digest,
+    refresh: Digest,
+    spent: VecDeque<Digest>,
 }
 
 #[derive(Default)]
@@ -239,6 +267,59 @@ struct State {
     clients: HashMap<String, Client>,
     codes: HashMap<Digest, Code>,
     tokens: HashMap<Digest, Token>,
+    families: HashMap<u128, Family>,
+    /// Spent refresh tokens → their grant.
+    spent: HashMap<Digest, u128>,
+    /// Each account's grants, oldest first.
+    by_account: HashMap<KeyId, VecDeque<u128>>,
+}
+
+impl State {
+    /// Ends a grant: its tokens, its spent tokens, its place in the account's list.
+    fn end(&mut self, family: u128) {
+        let Some(f) = self.families.remove(&family) else {
+            return;
+        };
+        self.tokens.remove(&f.access);
+        self.tokens.remove(&f.refresh);
+        for d in &f.spent {
+            self.spent.remove(d);
+        }
+        if let Some(list) = self.by_account.get_mut(&f.key_id) {
+            list.retain(|g| *g != family);
+            if list.is_empty() {
+                self.by_account.remove(&f.key_id);
+            }
+        }
+    }
+
+    /// Ends every grant `keep` refuses.
+    fn end_where(&mut self, keep: impl Fn(&Family) -> bool) {
+        let gone: Vec<u128> = self
+            .families
+            .iter()
+            .filter(|(_, f)| !keep(f))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            self.end(id);
+        }
+    }
+}
+
+/// Fresh token pairs are drawn before the lock is taken: the random source may block.
+struct Pair {
+    access: String,
+    refresh: String,
+}
+
+impl Pair {
+    fn new() -> Result<Self, OAuthError> {
+        Ok(Self {
+            access: random_token(ACCESS_TOKEN_PREFIX)?,
+            refresh: random_token("pgrt_")?,
+        })
+    }
 }
 
 /// The grants of one authorization server, in memory.
@@ -360,10 +441,26 @@ impl Grants {
         };
         let mut state = self.state.lock();
         if state.clients.len() >= MAX_CLIENTS {
-            return Err(err(
-                "temporarily_unavailable",
-                "too many clients registered",
-            ));
+            // Registration is open to anyone: at the bound, the oldest client that never
+            // got a grant makes room, so a flood cannot lock real clients out.
+            let unused = state
+                .clients
+                .values()
+                .filter(|c| !state.families.values().any(|f| f.client_id == c.client_id))
+                .min_by_key(|c| c.created_ms)
+                .map(|c| c.client_id.clone());
+            match unused {
+                Some(id) => {
+                    state.clients.remove(&id);
+                    state.codes.retain(|_, c| c.client_id != id);
+                }
+                None => {
+                    return Err(err(
+                        "temporarily_unavailable",
+                        "too many clients registered",
+                    ))
+                }
+            }
         }
         state
             .clients
@@ -397,7 +494,7 @@ impl Grants {
             return false;
         };
         client.revoked = true;
-        state.tokens.retain(|_, t| t.client_id != client_id);
+        state.end_where(|f| f.client_id != client_id);
         state.codes.retain(|_, c| c.client_id != client_id);
         true
     }
@@ -450,8 +547,13 @@ impl Grants {
             }
         }
         let scope = req.scope.clone().unwrap_or_default();
-        if scope.len() > MAX_TEXT {
-            return Err((err("invalid_scope", "scope is too long"), true));
+        // RFC 6749 §3.3: space-separated tokens of visible ASCII but `"` and `\\`.
+        let scope_ok = scope.len() <= MAX_SCOPE
+            && scope
+                .bytes()
+                .all(|b| b == b' ' || (b.is_ascii_graphic() && b != b'"' && b != b'\\'));
+        if !scope_ok {
+            return Err((err("invalid_scope", "scope is malformed or too long"), true));
         }
         Ok(Approvable {
             client,
@@ -529,10 +631,10 @@ impl Grants {
         resource: Option<&str>,
     ) -> Result<TokenResponse, OAuthError> {
         let client = self.authenticate_client(client_id, client_secret)?;
+        let (pair, family) = (Pair::new()?, random_family()?);
+        let mut state = self.state.lock();
         // Taken out first: whatever follows, this code is spent.
-        let grant = self
-            .state
-            .lock()
+        let grant = state
             .codes
             .remove(&digest(code))
             .ok_or_else(|| err("invalid_grant", "the code is unknown or was used"))?;
@@ -556,12 +658,31 @@ impl Grants {
         pkce::verify(verifier, &grant.challenge)
             .map_err(|e| err("invalid_grant", e.to_string()))?;
         self.check_resource(resource)?;
-        self.issue_tokens(
-            &client.client_id,
-            (grant.key_id, grant.key),
-            &grant.scope,
-            random_family()?,
-        )
+        if state
+            .clients
+            .get(&client.client_id)
+            .is_none_or(|c| c.revoked)
+        {
+            return Err(err("invalid_client", "the client was revoked"));
+        }
+        // A new grant for the account; past its bound, its oldest grant ends.
+        let grants = state.by_account.entry(grant.key_id).or_default();
+        grants.push_back(family);
+        let oldest = (grants.len() > MAX_GRANTS_PER_ACCOUNT).then(|| grants.pop_front());
+        if let Some(Some(oldest)) = oldest {
+            state.end(oldest);
+        }
+        let f = Family {
+            client_id: client.client_id,
+            key_id: grant.key_id,
+            key: grant.key,
+            scope: grant.scope,
+            access: [0; 32],
+            refresh: [0; 32],
+            spent: VecDeque::new(),
+        };
+        state.families.insert(family, f);
+        Ok(self.install(&mut state, family, pair))
     }
 
     fn check_resource(&self, resource: Option<&str>) -> Result<(), OAuthError> {
@@ -574,49 +695,43 @@ impl Grants {
         }
     }
 
-    fn issue_tokens(
-        &self,
-        client_id: &str,
-        (key_id, key): (KeyId, KeyDigest),
-        scope: &str,
-        family: u128,
-    ) -> Result<TokenResponse, OAuthError> {
-        let (access, refresh) = (random_token(ACCESS_TOKEN_PREFIX)?, random_token("pgrt_")?);
+    /// Makes `pair` the current tokens of grant `family` (under the state lock).
+    fn install(&self, state: &mut State, family: u128, pair: Pair) -> TokenResponse {
         let now = self.clock.now_ms();
-        let token = |kind, ttl: u64| Token {
-            kind,
-            client_id: client_id.to_string(),
-            key_id,
-            key,
-            scope: scope.to_string(),
-            family,
-            expires_ms: now + (ttl * 1000) as i64,
-            used: false,
+        let ttl = |secs: u64| {
+            now.saturating_add(i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX))
         };
-        let mut state = self.state.lock();
-        if state.tokens.len() + 2 > MAX_TOKENS {
-            state.tokens.retain(|_, t| now < t.expires_ms);
-            if state.tokens.len() + 2 > MAX_TOKENS {
-                return Err(err(
-                    "temporarily_unavailable",
-                    "too many tokens outstanding",
-                ));
+        let (access, refresh) = (digest(&pair.access), digest(&pair.refresh));
+        state.tokens.insert(
+            access,
+            Token {
+                kind: Kind::Access,
+                family,
+                expires_ms: ttl(self.settings.access_ttl_secs),
+            },
+        );
+        state.tokens.insert(
+            refresh,
+            Token {
+                kind: Kind::Refresh,
+                family,
+                expires_ms: ttl(self.settings.refresh_ttl_secs),
+            },
+        );
+        let scope = match state.families.get_mut(&family) {
+            Some(f) => {
+                f.access = access;
+                f.refresh = refresh;
+                f.scope.clone()
             }
-        }
-        state.tokens.insert(
-            digest(&access),
-            token(Kind::Access, self.settings.access_ttl_secs),
-        );
-        state.tokens.insert(
-            digest(&refresh),
-            token(Kind::Refresh, self.settings.refresh_ttl_secs),
-        );
-        Ok(TokenResponse {
-            access_token: access,
+            None => String::new(),
+        };
+        TokenResponse {
+            access_token: pair.access,
             expires_in: self.settings.access_ttl_secs,
-            refresh_token: refresh,
-            scope: scope.to_string(),
-        })
+            refresh_token: pair.refresh,
+            scope,
+        }
     }
 
     /// `grant_type=refresh_token`: a new pair for a refresh token, which is spent. Presenting
@@ -630,55 +745,69 @@ impl Grants {
     ) -> Result<TokenResponse, OAuthError> {
         let client = self.authenticate_client(client_id, client_secret)?;
         self.check_resource(resource)?;
+        let pair = Pair::new()?;
         let now = self.clock.now_ms();
-        let token = {
-            let mut state = self.state.lock();
-            let Some(token) = state.tokens.get_mut(&digest(refresh_token)) else {
-                return Err(err(
-                    "invalid_grant",
-                    "the refresh token is unknown or revoked",
-                ));
-            };
-            if token.kind != Kind::Refresh || token.client_id != client.client_id {
-                return Err(err("invalid_grant", "not a refresh token of this client"));
-            }
-            if token.used {
-                let family = token.family;
-                state.tokens.retain(|_, t| t.family != family);
-                return Err(err(
-                    "invalid_grant",
-                    "the refresh token was already used: every token of this grant is revoked",
-                ));
-            }
-            if now >= token.expires_ms {
-                return Err(err("invalid_grant", "the refresh token has expired"));
-            }
-            token.used = true;
-            token.clone()
-        };
-        self.issue_tokens(
-            &client.client_id,
-            (token.key_id, token.key),
-            &token.scope,
-            token.family,
-        )
+        let presented = digest(refresh_token);
+        // One critical section: a second refresh, a revocation or a replay cannot slip in
+        // between spending this token and installing its successors.
+        let mut state = self.state.lock();
+        if let Some(family) = state.spent.get(&presented).copied() {
+            state.end(family);
+            return Err(err(
+                "invalid_grant",
+                "the refresh token was already used: every token of this grant is revoked",
+            ));
+        }
+        let token = state
+            .tokens
+            .get(&presented)
+            .copied()
+            .filter(|t| t.kind == Kind::Refresh)
+            .ok_or_else(|| err("invalid_grant", "the refresh token is unknown or revoked"))?;
+        let family = state
+            .families
+            .get(&token.family)
+            .filter(|f| f.client_id == client.client_id)
+            .ok_or_else(|| err("invalid_grant", "not a refresh token of this client"))?;
+        if now >= token.expires_ms {
+            return Err(err("invalid_grant", "the refresh token has expired"));
+        }
+        let old_access = family.access;
+        state.tokens.remove(&presented);
+        state.tokens.remove(&old_access);
+        state.spent.insert(presented, token.family);
+        let forgotten = state.families.get_mut(&token.family).and_then(|f| {
+            f.spent.push_back(presented);
+            (f.spent.len() > SPENT_KEPT)
+                .then(|| f.spent.pop_front())
+                .flatten()
+        });
+        if let Some(old) = forgotten {
+            state.spent.remove(&old);
+        }
+        Ok(self.install(&mut state, token.family, pair))
     }
 
-    /// RFC 7009: revokes a token (an access or refresh token, and with a refresh token its
-    /// family). Unknown tokens are ignored, as the RFC asks.
+    /// RFC 7009: revokes a token; a refresh token ends its whole grant, an access token
+    /// only itself. Unknown tokens are ignored, as the RFC asks.
     pub fn revoke_token(&self, token: &str) {
         let mut state = self.state.lock();
-        if let Some(t) = state.tokens.remove(&digest(token)) {
-            if t.kind == Kind::Refresh {
-                state.tokens.retain(|_, other| other.family != t.family);
+        let d = digest(token);
+        match state.tokens.get(&d).copied() {
+            Some(t) if t.kind == Kind::Refresh => state.end(t.family),
+            Some(_) => {
+                state.tokens.remove(&d);
             }
+            None => {}
         }
     }
 
-    /// Revokes every code and token acting for `key_id` (its key was revoked or rotated).
+    /// Ends every code and grant acting for `key_id` (its key was revoked or rotated).
     pub fn revoke_account(&self, key_id: KeyId) {
         let mut state = self.state.lock();
-        state.tokens.retain(|_, t| t.key_id != key_id);
+        for family in state.by_account.remove(&key_id).unwrap_or_default() {
+            state.end(family);
+        }
         state.codes.retain(|_, c| c.key_id != key_id);
     }
 
@@ -691,19 +820,45 @@ impl Grants {
             .get(&digest(access_token))
             .filter(|t| t.kind == Kind::Access && now < t.expires_ms)
             .ok_or(BearerError::Invalid)?;
+        let f = state
+            .families
+            .get(&token.family)
+            .ok_or(BearerError::Invalid)?;
         Ok(AccessGrant {
-            key_id: token.key_id,
-            key: token.key,
-            client_id: token.client_id.clone(),
-            scope: token.scope.clone(),
+            key_id: f.key_id,
+            key: f.key,
+            client_id: f.client_id.clone(),
+            scope: f.scope.clone(),
         })
     }
 
-    /// Drops expired codes and tokens (and spent refresh tokens past their lifetime).
+    /// How much the server holds: clients, codes, live tokens, grants, spent refresh tokens
+    /// remembered.
+    pub fn counts(&self) -> GrantCounts {
+        let state = self.state.lock();
+        GrantCounts {
+            clients: state.clients.len(),
+            codes: state.codes.len(),
+            tokens: state.tokens.len(),
+            grants: state.families.len(),
+            spent: state.spent.len(),
+        }
+    }
+
+    /// Drops expired codes, expired access tokens, and grants whose refresh token expired.
     pub fn sweep(&self) {
         let now = self.clock.now_ms();
         let mut state = self.state.lock();
         state.codes.retain(|_, c| now < c.expires_ms);
+        let ended: Vec<u128> = state
+            .tokens
+            .values()
+            .filter(|t| t.kind == Kind::Refresh && now >= t.expires_ms)
+            .map(|t| t.family)
+            .collect();
+        for family in ended {
+            state.end(family);
+        }
         state.tokens.retain(|_, t| now < t.expires_ms);
     }
 }
@@ -916,6 +1071,73 @@ mod tests {
         assert!(grants
             .refresh(id, None, &second.refresh_token, None)
             .is_err());
+    }
+
+    #[test]
+    fn what_one_key_holder_can_make_the_server_hold_is_bounded() {
+        let (_, grants, reg) = setup(None);
+        let id = &reg.client.client_id;
+        // Refreshing in a loop keeps one pair and a few spent tokens per grant.
+        let c = code(&grants, id);
+        let mut t = grants
+            .exchange_code(id, None, &c, Some(REDIRECT), Some(VERIFIER), None)
+            .unwrap();
+        for _ in 0..1_000 {
+            t = grants.refresh(id, None, &t.refresh_token, None).unwrap();
+        }
+        let n = grants.counts();
+        assert_eq!((n.grants, n.tokens, n.spent), (1, 2, SPENT_KEPT));
+        assert!(grants.authenticate(&t.access_token).is_ok());
+        // Signing in over and over ends the oldest grants past the bound.
+        let first = t;
+        for _ in 0..MAX_GRANTS_PER_ACCOUNT + 10 {
+            let c = code(&grants, id);
+            grants
+                .exchange_code(id, None, &c, Some(REDIRECT), Some(VERIFIER), None)
+                .unwrap();
+        }
+        let n = grants.counts();
+        assert_eq!(
+            (n.grants, n.tokens),
+            (MAX_GRANTS_PER_ACCOUNT, 2 * MAX_GRANTS_PER_ACCOUNT)
+        );
+        assert!(
+            grants.authenticate(&first.access_token).is_err(),
+            "the oldest grant ended"
+        );
+        // A malformed or long scope is refused.
+        for scope in ["a\"b", &"s".repeat(300)] {
+            let mut req = request(id);
+            req.scope = Some(scope.to_string());
+            assert_eq!(
+                grants.check_authorize(&req).unwrap_err().0.error,
+                "invalid_scope"
+            );
+        }
+    }
+
+    #[test]
+    fn a_registration_flood_cannot_lock_out_real_clients() {
+        let (_, grants, reg) = setup(None);
+        let id = reg.client.client_id.clone();
+        // The first client gets a grant, so it is kept.
+        let c = code(&grants, &id);
+        grants
+            .exchange_code(&id, None, &c, Some(REDIRECT), Some(VERIFIER), None)
+            .unwrap();
+        for _ in 0..MAX_CLIENTS + 5 {
+            grants
+                .register(Registration {
+                    redirect_uris: vec![REDIRECT.into()],
+                    ..Default::default()
+                })
+                .unwrap();
+        }
+        assert_eq!(grants.counts().clients, MAX_CLIENTS);
+        assert!(
+            grants.client(&id).is_some(),
+            "a client in use is never evicted"
+        );
     }
 
     #[test]
