@@ -165,6 +165,18 @@ impl Server {
         param(&params, "code").unwrap().to_string()
     }
 
+    async fn refresh(&self, client_id: &str, refresh_token: &str) -> Answer {
+        self.post_form(
+            "/oauth/token",
+            &[
+                ("grant_type", "refresh_token"),
+                ("client_id", client_id),
+                ("refresh_token", refresh_token),
+            ],
+        )
+        .await
+    }
+
     async fn exchange(&self, client_id: &str, code: &str, verifier: &str) -> Answer {
         self.post_form(
             "/oauth/token",
@@ -301,40 +313,13 @@ async fn a_grant_end_to_end_pays_with_the_approving_key() {
         (StatusCode::BAD_REQUEST, Some("invalid_grant"))
     );
     // Refresh rotates; the old refresh token, presented again, kills the family.
-    let r = s
-        .post_form(
-            "/oauth/token",
-            &[
-                ("grant_type", "refresh_token"),
-                ("client_id", &client),
-                ("refresh_token", &refresh),
-            ],
-        )
-        .await;
+    let r = s.refresh(&client, &refresh).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let refresh2 = r.json["refresh_token"].as_str().unwrap().to_string();
     assert_ne!(refresh2, refresh);
-    let reuse = s
-        .post_form(
-            "/oauth/token",
-            &[
-                ("grant_type", "refresh_token"),
-                ("client_id", &client),
-                ("refresh_token", &refresh),
-            ],
-        )
-        .await;
+    let reuse = s.refresh(&client, &refresh).await;
     assert_eq!(reuse.json["error"], "invalid_grant");
-    let after = s
-        .post_form(
-            "/oauth/token",
-            &[
-                ("grant_type", "refresh_token"),
-                ("client_id", &client),
-                ("refresh_token", &refresh2),
-            ],
-        )
-        .await;
+    let after = s.refresh(&client, &refresh2).await;
     assert_eq!(
         after.json["error"], "invalid_grant",
         "the family is revoked"
@@ -429,16 +414,7 @@ async fn every_refusal_is_an_oauth_error_and_none_redirects_to_an_unregistered_u
         )
         .await;
     assert_eq!(r.json["error"], "invalid_request");
-    let r = s
-        .post_form(
-            "/oauth/token",
-            &[
-                ("grant_type", "refresh_token"),
-                ("client_id", "pgc_nobody"),
-                ("refresh_token", "x"),
-            ],
-        )
-        .await;
+    let r = s.refresh("pgc_nobody", "x").await;
     assert_eq!(
         (r.status, r.json["error"].as_str()),
         (StatusCode::UNAUTHORIZED, Some("invalid_client"))
@@ -532,16 +508,7 @@ async fn operators_list_and_revoke_clients_and_a_revoked_key_ends_its_grants() {
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    let r = s
-        .post_form(
-            "/oauth/token",
-            &[
-                ("grant_type", "refresh_token"),
-                ("client_id", &client),
-                ("refresh_token", &refresh),
-            ],
-        )
-        .await;
+    let r = s.refresh(&client, &refresh).await;
     assert_eq!(r.json["error"], "invalid_grant");
     // And a revoked key cannot approve.
     assert_eq!(

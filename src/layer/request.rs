@@ -208,16 +208,7 @@ fn api_key(parts: &http::request::Parts, bearer: Option<&BearerResolver>) -> Opt
         // A key that is not visible ASCII can match nothing; keep it so it is denied as invalid.
         return Some(Arc::from(v.to_str().map_or("\u{fffd}", str::trim)));
     }
-    let auth = parts
-        .headers
-        .get(http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?;
-    let (scheme, token) = auth.trim().split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return None;
-    }
-    let token = token.trim();
+    let token = bearer_token(parts)?;
     match bearer {
         Some(resolve) => resolve(token).map(Arc::from),
         None => Some(Arc::from(token)),
