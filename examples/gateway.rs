@@ -114,9 +114,10 @@ struct Args {
     /// The gateway's public base URL, the OAuth issuer (default http://127.0.0.1:<port>).
     #[arg(long, value_name = "URL", value_parser = public_url)]
     public_url: Option<String>,
-    /// Lifetime of OAuth access tokens in seconds (default 3600).
-    #[arg(long, value_name = "SECS", default_value_t = 3600)]
-    oauth_access_ttl: u64,
+    /// Lifetime of OAuth access tokens in seconds (default 3600, or the config's
+    /// oauth.accessTokenTtl).
+    #[arg(long, value_name = "SECS")]
+    oauth_access_ttl: Option<u64>,
     /// Browser origins allowed to call the gateway, e.g. "https://app.example" (repeatable);
     /// any origin when not given. Keys travel in headers, never cookies.
     #[arg(long = "cors-origin", value_name = "ORIGIN", value_parser = cors_origin)]
@@ -575,14 +576,26 @@ async fn serve<St: KeyStore>(
         shown_key = Some((key, 100));
     }
 
-    let oauth = args.oauth.then(|| {
+    // On with --oauth or the config's `oauth` section; a flag wins over the file.
+    let file = gate.config().oauth.clone();
+    let oauth = (args.oauth || file.is_some()).then(|| {
+        let file = file.unwrap_or_default();
         let issuer = args
             .public_url
             .clone()
-            .unwrap_or_else(|| format!("http://127.0.0.1:{}", settings.port));
+            .or_else(|| file.issuer.clone())
+            .unwrap_or_else(|| format!("http://127.0.0.1:{}", settings.port))
+            .trim_end_matches('/')
+            .to_string();
+        let defaults = paygate_mcp::oauth::GrantSettings::new(format!("{issuer}/mcp"));
         let grant_settings = paygate_mcp::oauth::GrantSettings {
-            access_ttl_secs: args.oauth_access_ttl.max(1),
-            ..paygate_mcp::oauth::GrantSettings::new(format!("{issuer}/mcp"))
+            access_ttl_secs: args
+                .oauth_access_ttl
+                .or(file.access_token_ttl)
+                .unwrap_or(defaults.access_ttl_secs)
+                .clamp(1, 366 * 86_400),
+            refresh_ttl_secs: file.refresh_token_ttl.unwrap_or(defaults.refresh_ttl_secs),
+            ..defaults
         };
         Arc::new(paygate_mcp::oauth::OAuthServer::with_settings(
             &issuer,

@@ -66,7 +66,7 @@ pub use analytics::{
 pub use audit::{AuditEvent, AuditLog, AuditPage, AuditQuery, AuditStats};
 pub use blocking::block_on;
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
-pub use config::{ConfigError, PayGateConfig, ServerSpec, ToolPricing};
+pub use config::{ConfigError, OAuthSettings, PayGateConfig, ServerSpec, ToolPricing};
 pub use deny::{DenyCategory, DenyReason};
 pub use edge::ClientAddr;
 pub use gate::{CallRequest, Decision, Gate, GateError, IssuedKey};

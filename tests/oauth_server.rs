@@ -221,6 +221,10 @@ async fn metadata_documents_name_the_endpoints_and_the_resource() {
         assert_eq!(r.json["authorization_servers"], json!([ISSUER]), "{path}");
         assert_eq!(r.json["bearer_methods_supported"], json!(["header"]));
     }
+    let r = s
+        .send(Method::GET, "/.well-known/mcp-payment", &[], String::new())
+        .await;
+    assert_eq!(r.json["oauthSupported"], true);
     // Without OAuth enabled the endpoints do not exist.
     let plain = AdminService::new(s.gate.clone(), ADMIN).unwrap();
     let req = Request::get("/.well-known/oauth-authorization-server")

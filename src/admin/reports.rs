@@ -103,7 +103,7 @@ fn payment_metadata<St: KeyStore>(state: &AdminState<St>) -> serde_json::Value {
         "globalRateLimitPerMin": cfg.global_rate_limit_per_min,
         "shadowMode": cfg.shadow_mode,
         "authMethods": ["X-API-Key", "Authorization: Bearer"],
-        "oauthSupported": false,
+        "oauthSupported": state.oauth.is_some(),
         "paymentErrorCode": -32402,
         "pricingEndpoint": "/pricing",
         "globalQuota": cfg.global_quota,

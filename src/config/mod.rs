@@ -217,14 +217,53 @@ pub struct PayGateConfig {
         skip_serializing_if = "BTreeMap::is_empty"
     )]
     pub import_keys: BTreeMap<String, u64>,
-    /// 1.8's OAuth 2.1 settings. Accepted so a 1.8 file parses, but refused by
-    /// [`validate`](Self::validate) when present: OAuth is not configured from the file yet (the gateway takes `--oauth`).
+    /// Gateway: OAuth 2.1 sign-in with the built-in authorization server (1.8's `oauth`
+    /// settings; the same as `--oauth`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub oauth: Option<serde_json::Value>,
+    pub oauth: Option<OAuthSettings>,
     /// 1.8's Stripe webhook signing secret. Accepted so a 1.8 file parses, but refused by
     /// [`validate`](Self::validate) when present: Stripe payments are not supported yet.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stripe_webhook_secret: Option<String>,
+}
+
+/// The `oauth` section: the built-in OAuth 2.1 authorization server (SPEC §12), as
+/// paygate-mcp 1.8 configured it. `{}` turns it on with the defaults.
+///
+/// ```
+/// use paygate_mcp::PayGateConfig;
+/// let cfg = PayGateConfig::from_json_str(r#"{"oauth": {"issuer": "https://mcp.example.com", "accessTokenTtl": 600}}"#).unwrap();
+/// assert_eq!(cfg.oauth.unwrap().access_token_ttl, Some(600));
+/// let err = PayGateConfig::from_json_str(r#"{"oauth": {"jwt": {}}}"#).unwrap_err();
+/// assert!(err.to_string().contains("oauth.jwt"));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OAuthSettings {
+    /// The public base URL, the issuer (`--public-url` wins; default
+    /// `http://127.0.0.1:<port>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// Access token lifetime in seconds (default 3,600).
+    #[serde(
+        default,
+        deserialize_with = "whole::de_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub access_token_ttl: Option<u64>,
+    /// Refresh token lifetime in seconds (default 30 days).
+    #[serde(
+        default,
+        deserialize_with = "whole::de_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub refresh_token_ttl: Option<u64>,
+    /// Scopes 1.8 advertised. Not enforced here yet, so only an empty list is accepted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+    /// An external identity provider's JWTs (SPEC §12): not supported yet, refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<serde_json::Value>,
 }
 
 /// One MCP server behind a multi-server gateway: a command over stdio or a remote URL.
@@ -427,11 +466,39 @@ impl PayGateConfig {
                 ));
             }
         }
-        if self.oauth.is_some() {
-            return Err(ConfigError::invalid(
-                "oauth",
-                "OAuth is not configured from the file yet; remove the field and start the gateway with --oauth (keys sent as X-API-Key keep working)",
-            ));
+        if let Some(oauth) = &self.oauth {
+            if let Some(issuer) = &oauth.issuer {
+                let plain = is_http_url(issuer) && !issuer.contains(['?', '#', '@', ' ']);
+                if !plain {
+                    return Err(ConfigError::invalid(
+                        "oauth.issuer",
+                        "must be an http:// or https:// URL without query, fragment or credentials",
+                    ));
+                }
+            }
+            for (field, ttl) in [
+                ("oauth.accessTokenTtl", oauth.access_token_ttl),
+                ("oauth.refreshTokenTtl", oauth.refresh_token_ttl),
+            ] {
+                if ttl.is_some_and(|t| t == 0 || t > 366 * 86_400) {
+                    return Err(ConfigError::invalid(
+                        field,
+                        "must be 1 second to 366 days, in seconds",
+                    ));
+                }
+            }
+            if !oauth.scopes.is_empty() {
+                return Err(ConfigError::invalid(
+                    "oauth.scopes",
+                    "scopes are not enforced by this gateway yet; remove the list (every grant may call every tool its key may)",
+                ));
+            }
+            if oauth.jwt.is_some() {
+                return Err(ConfigError::invalid(
+                    "oauth.jwt",
+                    "tokens from an external identity provider are not accepted yet; remove the field to use the built-in sign-in",
+                ));
+            }
         }
         if self.stripe_webhook_secret.is_some() {
             return Err(ConfigError::invalid(
@@ -827,17 +894,36 @@ mod tests {
     }
 
     #[test]
-    fn oauth_and_stripe_are_refused_by_name_with_the_reason() {
-        for json in [
-            r#"{"oauth": {"issuer": "https://auth.example.com", "scopes": ["tools"]}}"#,
-            r#"{"oauth": {}}"#,
+    fn oauth_is_read_and_what_is_not_supported_is_refused_by_name() {
+        let cfg = PayGateConfig::from_json_str(
+            r#"{"oauth": {"issuer": "https://auth.example.com", "refreshTokenTtl": 86400}}"#,
+        )
+        .unwrap();
+        let oauth = cfg.oauth.unwrap();
+        assert_eq!(oauth.issuer.as_deref(), Some("https://auth.example.com"));
+        assert_eq!(oauth.refresh_token_ttl, Some(86_400));
+        assert!(PayGateConfig::from_json_str(r#"{"oauth": {}}"#)
+            .unwrap()
+            .oauth
+            .is_some());
+        for (json, field) in [
+            (r#"{"oauth": {"scopes": ["tools"]}}"#, "oauth.scopes"),
+            (r#"{"oauth": {"jwt": {"issuer": "x"}}}"#, "oauth.jwt"),
+            (
+                r#"{"oauth": {"issuer": "ftp://x.example"}}"#,
+                "oauth.issuer",
+            ),
+            (
+                r#"{"oauth": {"issuer": "https://u:p@x.example"}}"#,
+                "oauth.issuer",
+            ),
+            (
+                r#"{"oauth": {"accessTokenTtl": 0}}"#,
+                "oauth.accessTokenTtl",
+            ),
+            (r#"{"oauth": {"clientSecret": "x"}}"#, "oauth.clientSecret"),
         ] {
-            let err = PayGateConfig::from_json_str(json).unwrap_err().to_string();
-            assert_eq!(
-                err,
-                "invalid config at 'oauth': OAuth is not configured from the file yet; remove the field and start the gateway with --oauth (keys sent as X-API-Key keep working)",
-                "{json}"
-            );
+            assert_eq!(field_of(json), field, "{json}");
         }
         assert!(PayGateConfig::from_json_str(r#"{"oauth": null}"#).is_ok());
         for json in [
@@ -909,7 +995,10 @@ mod tests {
         let mut json: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         json["oauth"] = serde_json::json!({"issuer": "http://localhost:4020"});
-        assert_eq!(field_of(&json.to_string()), "oauth");
+        assert!(
+            PayGateConfig::from_json_str(&json.to_string()).is_ok(),
+            "1.8's oauth is read"
+        );
         json["oauth"] = serde_json::Value::Null;
         json["stripeWebhookSecret"] = serde_json::json!("whsec_test");
         assert_eq!(field_of(&json.to_string()), "stripeWebhookSecret");
