@@ -128,9 +128,18 @@ fn public_url(v: &str) -> Result<String, String> {
     let v = v.trim_end_matches('/');
     let ok = (v.starts_with("https://") || v.starts_with("http://"))
         && !v.contains(['?', '#', '@', ' ']);
-    ok.then(|| v.to_string()).ok_or_else(|| {
-        format!("'{v}' is not an http(s) URL without query, fragment or credentials")
-    })
+    if !ok {
+        return Err(format!(
+            "'{v}' is not an http(s) URL without query, fragment or credentials"
+        ));
+    }
+    // API keys are typed into the consent page: never over plain http off this machine.
+    if !paygate_mcp::config::secure_or_loopback(v) {
+        return Err(format!(
+            "'{v}' must be https, or http on 127.0.0.1, localhost or [::1]"
+        ));
+    }
+    Ok(v.to_string())
 }
 
 fn cors_origin(v: &str) -> Result<http::HeaderValue, String> {

@@ -293,6 +293,30 @@ pub struct ServerSpec {
     pub remote_url: Option<String>,
 }
 
+/// Whether a public URL keeps what is typed into its pages private: https, or http that
+/// never leaves the machine.
+///
+/// ```
+/// use paygate_mcp::config::secure_or_loopback;
+/// assert!(secure_or_loopback("https://mcp.example.com"));
+/// assert!(secure_or_loopback("http://127.0.0.1:3402"));
+/// assert!(!secure_or_loopback("http://mcp.example.com"));
+/// ```
+pub fn secure_or_loopback(url: &str) -> bool {
+    if url.starts_with("https://") {
+        return true;
+    }
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.split(':').next().unwrap_or_default(),
+    };
+    matches!(host, "127.0.0.1" | "localhost" | "::1")
+}
+
 fn is_http_url(url: &str) -> bool {
     (url.starts_with("http://") || url.starts_with("https://")) && url.len() >= 10
 }
@@ -473,6 +497,12 @@ impl PayGateConfig {
                     return Err(ConfigError::invalid(
                         "oauth.issuer",
                         "must be an http:// or https:// URL without query, fragment or credentials",
+                    ));
+                }
+                if !secure_or_loopback(issuer) {
+                    return Err(ConfigError::invalid(
+                        "oauth.issuer",
+                        "must be https (API keys are typed into its consent page), or http on 127.0.0.1, localhost or [::1]",
                     ));
                 }
             }
@@ -920,6 +950,10 @@ mod tests {
             (
                 r#"{"oauth": {"accessTokenTtl": 0}}"#,
                 "oauth.accessTokenTtl",
+            ),
+            (
+                r#"{"oauth": {"issuer": "http://mcp.example.com"}}"#,
+                "oauth.issuer",
             ),
             (r#"{"oauth": {"clientSecret": "x"}}"#, "oauth.clientSecret"),
         ] {

@@ -377,6 +377,30 @@ fn redirect_allowed(uri: &str) -> bool {
     !authority.is_empty() && !authority.contains('@')
 }
 
+/// Whether `requested` names the registered redirect URI `registered`: exactly, or for a
+/// loopback IP literal with any port (RFC 8252 §7.3: a native app listens where it can).
+fn same_redirect(registered: &str, requested: &str) -> bool {
+    if registered == requested {
+        return true;
+    }
+    // (host, what follows the authority) of an http URI on a loopback IP literal.
+    fn loopback(uri: &str) -> Option<(&str, &str)> {
+        let rest = uri.strip_prefix("http://")?;
+        let end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(end);
+        let (host, port) = match authority.strip_prefix('[') {
+            Some(v6) => {
+                let (host, after) = v6.split_once(']')?;
+                (host, after.strip_prefix(':').unwrap_or(after))
+            }
+            None => authority.split_once(':').unwrap_or((authority, "")),
+        };
+        let port_ok = port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit());
+        (port_ok && matches!(host, "127.0.0.1" | "::1")).then_some((host, tail))
+    }
+    matches!((loopback(registered), loopback(requested)), (Some(a), Some(b)) if a == b)
+}
+
 impl Grants {
     /// An empty set of grants.
     pub fn new(settings: GrantSettings, clock: SharedClock) -> Self {
@@ -515,7 +539,7 @@ impl Grants {
             .cloned()
             .ok_or_else(|| (err("invalid_client", "unknown client_id"), false))?;
         let redirect_uri = match &req.redirect_uri {
-            Some(uri) if client.redirect_uris.iter().any(|r| r == uri) => uri.clone(),
+            Some(uri) if client.redirect_uris.iter().any(|r| same_redirect(r, uri)) => uri.clone(),
             None if client.redirect_uris.len() == 1 => client.redirect_uris[0].clone(),
             _ => {
                 return Err((
@@ -955,7 +979,10 @@ mod tests {
         for uri in [
             "http://127.0.0.1:53682/callback/",
             "http://127.0.0.1:53682/Callback",
-            "http://127.0.0.1:53683/callback",
+            "http://127.0.0.2:53682/callback",
+            "http://localhost:53682/callback",
+            "http://127.0.0.1:53682@evil.example/callback",
+            "http://127.0.0.1:x/callback",
             "http://evil.example/callback",
         ] {
             let mut req = request(id);
@@ -964,6 +991,16 @@ mod tests {
             assert_eq!(e.error, "invalid_request", "{uri}");
             assert!(!redirectable, "never redirect to an unregistered URI");
         }
+        // A loopback IP literal matches on any port (RFC 8252 §7.3), and the code is bound to
+        // the port asked for.
+        let mut req = request(id);
+        req.redirect_uri = Some("http://127.0.0.1:61000/callback".into());
+        assert!(grants.check_authorize(&req).is_ok());
+        let c = grants
+            .issue_code(&req, account(), KeyDigest::of("pg_alice"))
+            .unwrap();
+        let r = grants.exchange_code(id, None, &c, Some(REDIRECT), Some(VERIFIER), None);
+        assert_eq!(r.unwrap_err().error, "invalid_grant");
         // The token request must name the same URI as the authorization request.
         let c = code(&grants, id);
         let r = grants.exchange_code(
