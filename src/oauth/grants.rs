@@ -350,31 +350,17 @@ fn random_family() -> Result<u128, OAuthError> {
     Ok(u128::from_le_bytes(bytes))
 }
 
-/// Whether `uri` may be registered: absolute https, or http on a loopback host; no fragment.
+/// Whether `uri` may be registered: absolute https, or http on a loopback host; no fragment
+/// and no userinfo.
 fn redirect_allowed(uri: &str) -> bool {
     if uri.len() > MAX_TEXT || uri.contains('#') || uri.chars().any(char::is_whitespace) {
         return false;
     }
-    let rest = if let Some(rest) = uri.strip_prefix("https://") {
-        rest
-    } else if let Some(rest) = uri.strip_prefix("http://") {
-        let authority = rest.split(['/', '?']).next().unwrap_or_default();
-        if authority.contains('@') {
-            return false;
-        }
-        let host = match authority.strip_prefix('[') {
-            Some(v6) => v6.split(']').next().unwrap_or_default(),
-            None => authority.split(':').next().unwrap_or_default(),
-        };
-        if !matches!(host, "127.0.0.1" | "localhost" | "::1") {
-            return false;
-        }
-        rest
-    } else {
+    let Some((_, rest)) = uri.split_once("://") else {
         return false;
     };
     let authority = rest.split(['/', '?']).next().unwrap_or_default();
-    !authority.is_empty() && !authority.contains('@')
+    crate::config::secure_or_loopback(uri) && !authority.is_empty() && !authority.contains('@')
 }
 
 /// Whether `requested` names the registered redirect URI `registered`: exactly, or for a
