@@ -325,6 +325,7 @@ fn spawn_snapshots(gate: Arc<Gate<MemoryKeyStore>>, path: PathBuf) {
         let mut saved = gate.store().version();
         loop {
             tokio::time::sleep(SNAPSHOT_EVERY).await;
+            gate.store().sweep_grants(gate.clock().now_ms());
             let now = gate.store().version();
             if now == saved {
                 continue;
@@ -604,12 +605,13 @@ async fn serve<St: KeyStore>(
                 .unwrap_or(defaults.access_ttl_secs)
                 .clamp(1, 366 * 86_400),
             refresh_ttl_secs: file.refresh_token_ttl.unwrap_or(defaults.refresh_ttl_secs),
+            scopes: file.scopes.clone(),
             ..defaults
         };
         Arc::new(paygate_mcp::oauth::OAuthServer::with_settings(
             &issuer,
             grant_settings,
-            gate.clock().clone(),
+            gate.clone(),
         ))
     });
     let mut layer = PayGateLayer::from_gate(gate.clone());

@@ -395,6 +395,10 @@ fn alerts_fire_from_gated_calls_including_rate_limit_spikes() {
 
 #[test]
 fn store_failures_fail_closed() {
+    use paygate_mcp::store::{
+        Client, CodeGrant, CodeTaken, Grant, GrantLimits, GrantStore, Refreshed, TokenDigest,
+        TokenPair,
+    };
     use paygate_mcp::{
         ChargeOutcome, ChargeReceipt, ChargeRequest, KeyDigest, KeyId, KeyPage, KeyRecord,
         KeySnapshot, StoreError, StoreStats,
@@ -450,6 +454,30 @@ fn store_failures_fail_closed() {
         fn stats(&self) -> Ready<Result<StoreStats, StoreError>> {
             ready(Err(StoreError::Unavailable("down".into())))
         }
+    }
+    // The OAuth grants live in the same store: down with it.
+    macro_rules! down {
+        ($($name:ident($($arg:ty),*) -> $out:ty;)*) => {
+            #[allow(refining_impl_trait)]
+            impl GrantStore for Down {
+                $(fn $name(&self, $(_: $arg),*) -> Ready<Result<$out, StoreError>> {
+                    ready(Err(StoreError::Unavailable("down".into())))
+                })*
+            }
+        };
+    }
+    down! {
+        add_client(Client, GrantLimits) -> bool;
+        client(&str) -> Option<Client>;
+        clients() -> Vec<Client>;
+        revoke_client(&str) -> bool;
+        add_code(TokenDigest, CodeGrant, i64, GrantLimits) -> bool;
+        take_code(&TokenDigest, i64) -> CodeTaken;
+        add_grant(TokenDigest, i64, Grant, i64, GrantLimits) -> bool;
+        refresh_grant(&TokenDigest, &str, TokenPair, i64, GrantLimits) -> Refreshed;
+        access_grant(&TokenDigest, i64) -> Option<Grant>;
+        revoke_token(&TokenDigest, &str) -> bool;
+        revoke_account(&KeyId) -> ();
     }
     let clock = common::clock_at(common::T0);
     let gate =

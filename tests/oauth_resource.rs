@@ -27,7 +27,7 @@ const VERIFIER: &str = "a-verifier-of-plenty-of-characters-0123456789-abcdefgh";
 
 struct Setup {
     gate: Arc<Gate<MemoryKeyStore>>,
-    oauth: Arc<OAuthServer>,
+    oauth: Arc<OAuthServer<MemoryKeyStore>>,
     /// The Authorization header of every request the server behind the gate saw.
     seen: Arc<Mutex<Vec<Option<String>>>>,
 }
@@ -43,7 +43,7 @@ impl Setup {
         let clock = common::clock_at(common::T0);
         let cfg = PayGateConfig::default().with_tool_price("search", 3);
         let gate = Arc::new(Gate::with_store(cfg, MemoryKeyStore::new(), clock.clone()).unwrap());
-        let oauth = Arc::new(OAuthServer::new(ISSUER, clock));
+        let oauth = Arc::new(OAuthServer::new(ISSUER, gate.clone()));
         Self {
             gate,
             oauth,
@@ -52,13 +52,14 @@ impl Setup {
     }
 
     /// A token pair approved with `issued`'s key.
-    fn token(&self, issued: &IssuedKey) -> String {
-        let grants = self.oauth.grants();
+    async fn token(&self, issued: &IssuedKey) -> String {
+        let grants = &self.oauth;
         let client = grants
             .register(Registration {
                 redirect_uris: vec![REDIRECT.into()],
                 ..Default::default()
             })
+            .await
             .unwrap()
             .client
             .client_id;
@@ -71,11 +72,10 @@ impl Setup {
             resource: Some(format!("{ISSUER}/mcp")),
             scope: None,
         };
-        let code = grants
-            .issue_code(&req, issued.record.id(), issued.record.key_hash)
-            .unwrap();
+        let code = grants.issue_code(&req, &issued.record).await.unwrap();
         grants
             .exchange_code(&client, None, &code, Some(REDIRECT), Some(VERIFIER), None)
+            .await
             .unwrap()
             .access_token
     }
@@ -123,7 +123,7 @@ const CHALLENGE: &str =
 async fn an_access_token_pays_with_its_account_and_never_goes_downstream() {
     let s = Setup::new();
     let issued = s.gate.create_key_with("alice", 10, &[]).await.unwrap();
-    let token = s.token(&issued);
+    let token = s.token(&issued).await;
     let bearer = format!("Bearer {token}");
     let r = s
         .call(
@@ -187,8 +187,8 @@ async fn calls_without_valid_credentials_get_the_sign_in_challenge() {
         format!("{CHALLENGE}, error=\"invalid_token\"")
     );
     // A revoked key's tokens stop working with it.
-    let token = s.token(&issued);
-    s.oauth.grants().revoke_account(issued.record.id());
+    let token = s.token(&issued).await;
+    s.gate.revoke(issued.record.id()).await.unwrap();
     let bearer = format!("Bearer {token}");
     let r = s
         .call(
@@ -229,7 +229,7 @@ async fn calls_without_valid_credentials_get_the_sign_in_challenge() {
 async fn a_token_in_the_query_string_is_refused() {
     let s = Setup::new();
     let issued = s.gate.create_key_with("alice", 10, &[]).await.unwrap();
-    let token = s.token(&issued);
+    let token = s.token(&issued).await;
     let r = s
         .call(
             &format!("http://localhost/mcp?access_token={token}"),

@@ -363,10 +363,6 @@ pub(crate) async fn topup<St: KeyStore>(state: &AdminState<St>, req: &AdminReque
 pub(crate) async fn revoke<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Handled {
     let body: KeyOnly = req.json()?;
     let rec = found(state.gate.revoke(body.target.key_ref()?).await?)?;
-    // The account's signed-in clients lose their tokens with it.
-    if let Some(oauth) = &state.oauth {
-        oauth.grants().revoke_account(rec.id());
-    }
     state.gate.emit(
         "key.revoked",
         json!({"actor": "admin", "keyMasked": rec.key_masked, "keyId": rec.id()}),
@@ -393,10 +389,6 @@ pub(crate) async fn rotate<St: KeyStore>(state: &AdminState<St>, req: &AdminRequ
     };
     let rotated = found(state.gate.rotate(target).await?)?;
     let (new_key, rec) = (rotated.key, rotated.record);
-    // A rotation replaces a credential that may have leaked: grants made with it go too.
-    if let Some(oauth) = &state.oauth {
-        oauth.grants().revoke_account(rec.id());
-    }
     state.gate.emit(
         "key.rotated",
         json!({"actor": "admin", "oldKeyMasked": old_masked, "newKeyMasked": rec.key_masked, "keyId": rec.id()}),

@@ -83,7 +83,7 @@ pub(crate) struct AdminState<St> {
     /// Upstreams whose health `GET /` and `/metrics` report.
     pub(crate) upstreams: Vec<(String, HealthCheck)>,
     /// The built-in OAuth authorization server, when enabled.
-    pub(crate) oauth: Option<Arc<crate::oauth::OAuthServer>>,
+    pub(crate) oauth: Option<Arc<crate::oauth::OAuthServer<St>>>,
 }
 
 // By hand: `Gate<St>` sits behind an `Arc`, so no `St: Clone` is needed.
@@ -167,18 +167,18 @@ impl<St: KeyStore> AdminService<St> {
     /// `/.well-known/oauth-authorization-server`, `/.well-known/oauth-protected-resource`
     /// (and `/mcp` after it), `/oauth/register`, `/oauth/authorize` (the consent page and its
     /// form), `/oauth/token`, `/oauth/revoke`, and for the operator `GET /oauth/clients` and
-    /// `POST /oauth/clients/revoke`. Revoking or rotating a key through this admin API
-    /// revokes the tokens acting for its account.
+    /// `POST /oauth/clients/revoke`. The server must be over this service's gate: its
+    /// grants act for the gate's keys, and revoking or rotating a key ends them.
     ///
     /// ```
     /// # use std::sync::Arc;
-    /// use paygate_mcp::{oauth::OAuthServer, AdminService, Gate, PayGateConfig, SystemClock};
+    /// use paygate_mcp::{oauth::OAuthServer, AdminService, Gate, PayGateConfig};
     /// let gate = Arc::new(Gate::new(PayGateConfig::default()).unwrap());
-    /// let oauth = Arc::new(OAuthServer::new("https://mcp.example.com", Arc::new(SystemClock)));
+    /// let oauth = Arc::new(OAuthServer::new("https://mcp.example.com", gate.clone()));
     /// let admin = AdminService::new(gate, "admin-secret-123").unwrap().with_oauth(oauth);
     /// # let _ = admin;
     /// ```
-    pub fn with_oauth(mut self, oauth: Arc<crate::oauth::OAuthServer>) -> Self {
+    pub fn with_oauth(mut self, oauth: Arc<crate::oauth::OAuthServer<St>>) -> Self {
         Arc::make_mut(&mut self.state).oauth = Some(oauth);
         self
     }
@@ -452,13 +452,13 @@ impl<St: KeyStore> AdminState<St> {
             route(M::GET, "/.well-known/oauth-authorization-server", Public, |s, _, _| now(oauth::metadata(s))),
             route(M::GET, "/.well-known/oauth-protected-resource", Public, |s, _, _| now(oauth::resource_metadata(s))),
             route(M::GET, "/.well-known/oauth-protected-resource/mcp", Public, |s, _, _| now(oauth::resource_metadata(s))),
-            route(M::POST, "/oauth/register", Public, |s, r, _| now(oauth::register(s, r))),
-            route(M::GET, "/oauth/authorize", Public, |s, r, _| now(oauth::authorize_page(s, r))),
+            route(M::POST, "/oauth/register", Public, |s, r, _| Box::pin(oauth::register(s, r))),
+            route(M::GET, "/oauth/authorize", Public, |s, r, _| Box::pin(oauth::authorize_page(s, r))),
             route(M::POST, "/oauth/authorize", Public, |s, r, _| Box::pin(oauth::authorize_submit(s, r))),
-            route(M::POST, "/oauth/token", Public, |s, r, _| now(oauth::token(s, r))),
-            route(M::POST, "/oauth/revoke", Public, |s, r, _| now(oauth::revoke(s, r))),
-            route(M::GET, "/oauth/clients", Admin, |s, _, _| now(oauth::clients(s))),
-            route(M::POST, "/oauth/clients/revoke", Admin, |s, r, _| now(oauth::revoke_client(s, r))),
+            route(M::POST, "/oauth/token", Public, |s, r, _| Box::pin(oauth::token(s, r))),
+            route(M::POST, "/oauth/revoke", Public, |s, r, _| Box::pin(oauth::revoke(s, r))),
+            route(M::GET, "/oauth/clients", Admin, |s, _, _| Box::pin(oauth::clients(s))),
+            route(M::POST, "/oauth/clients/revoke", Admin, |s, r, _| Box::pin(oauth::revoke_client(s, r))),
         ]
     };
 

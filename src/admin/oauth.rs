@@ -14,11 +14,10 @@ use super::{
 };
 use crate::key::KeyRef;
 use crate::oauth::consent::{consent_page, ConsentView};
-use crate::oauth::grants::Approvable;
-use crate::oauth::{AuthorizeRequest, OAuthError, OAuthServer, Registration};
+use crate::oauth::{Approvable, AuthorizeRequest, OAuthError, OAuthServer, Registration};
 use crate::store::KeyStore;
 
-fn server<St>(state: &AdminState<St>) -> Result<&OAuthServer, ApiError> {
+fn server<St>(state: &AdminState<St>) -> Result<&OAuthServer<St>, ApiError> {
     state
         .oauth
         .as_deref()
@@ -115,7 +114,7 @@ pub(crate) fn resource_metadata<St: KeyStore>(state: &AdminState<St>) -> Handled
 }
 
 /// `POST /oauth/register` (RFC 7591): JSON in, 201 with the client (and its secret, once).
-pub(crate) fn register<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Handled {
+pub(crate) async fn register<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Handled {
     let s = server(state)?;
     #[derive(serde::Deserialize)]
     struct Body {
@@ -125,11 +124,13 @@ pub(crate) fn register<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest)
         token_endpoint_auth_method: Option<String>,
     }
     let body: Body = req.json()?;
-    let registered = s.grants().register(Registration {
-        redirect_uris: body.redirect_uris,
-        client_name: body.client_name,
-        token_endpoint_auth_method: body.token_endpoint_auth_method,
-    });
+    let registered = s
+        .register(Registration {
+            redirect_uris: body.redirect_uris,
+            client_name: body.client_name,
+            token_endpoint_auth_method: body.token_endpoint_auth_method,
+        })
+        .await;
     let registered = match registered {
         Ok(r) => r,
         Err(e) => return Ok(oauth_reply(&e)),
@@ -215,32 +216,18 @@ fn error_page(e: &OAuthError) -> Reply {
     html(StatusCode::BAD_REQUEST, body)
 }
 
-/// The request checked against its client, or the answer to give instead: an error sent
-/// back to the client when its redirect URI is known, else an error page here.
-fn checked(
-    s: &OAuthServer,
+/// The request checked against its client, or the answer to give instead: an error page
+/// here, never a redirect. Clients register themselves, so a redirect URI is no reason to
+/// trust one: sending errors there would make this server an open redirector for any page
+/// an attacker registers (RFC 9700 §4.11.2).
+async fn checked<St: KeyStore>(
+    s: &OAuthServer<St>,
     params: &[(String, String)],
 ) -> Result<(AuthorizeRequest, Approvable), Box<Reply>> {
     let request = authorize_request(params);
-    match s.grants().check_authorize(&request) {
+    match s.check_authorize(&request).await {
         Ok(ok) => Ok((request, ok)),
-        Err((e, true)) => {
-            let to = request.redirect_uri.clone().or_else(|| {
-                s.grants()
-                    .client(&request.client_id)
-                    .and_then(|c| c.redirect_uris.first().cloned())
-            });
-            Err(Box::new(match to {
-                Some(to) => redirect(
-                    &to,
-                    &[("error", e.error), ("error_description", &e.description)],
-                    field(params, "state"),
-                    s.issuer(),
-                ),
-                None => error_page(&e),
-            }))
-        }
-        Err((e, false)) => Err(Box::new(error_page(&e))),
+        Err(e) => Err(Box::new(error_page(&e))),
     }
 }
 
@@ -269,14 +256,17 @@ fn consent<St: KeyStore>(
 }
 
 /// `GET /oauth/authorize`: the consent page.
-pub(crate) fn authorize_page<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Handled {
+pub(crate) async fn authorize_page<St: KeyStore>(
+    state: &AdminState<St>,
+    req: &AdminRequest,
+) -> Handled {
     let s = server(state)?;
     let params: Vec<(String, String)> = req
         .query
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    Ok(match checked(s, &params) {
+    Ok(match checked(s, &params).await {
         Ok((_, ok)) => consent(state, &ok, &params, None),
         Err(answer) => *answer,
     })
@@ -293,7 +283,7 @@ pub(crate) async fn authorize_submit<St: KeyStore>(
         Ok(p) => p,
         Err(answer) => return Ok(*answer),
     };
-    let (request, ok) = match checked(s, &params) {
+    let (request, ok) = match checked(s, &params).await {
         Ok(checked) => checked,
         Err(answer) => return Ok(*answer),
     };
@@ -325,10 +315,7 @@ pub(crate) async fn authorize_submit<St: KeyStore>(
         let again = "That API key is not valid. Check it and try again.";
         return Ok(consent(state, &ok, &params, Some(again)));
     };
-    let code = match s
-        .grants()
-        .issue_code(&request, account.id(), account.key_hash)
-    {
+    let code = match s.issue_code(&request, &account).await {
         Ok(code) => code,
         Err(e) => return Ok(oauth_reply(&e)),
     };
@@ -388,7 +375,7 @@ fn client_credentials(
 }
 
 /// `POST /oauth/token`: `authorization_code` and `refresh_token` grants.
-pub(crate) fn token<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Handled {
+pub(crate) async fn token<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Handled {
     let s = server(state)?;
     let params = match form(req) {
         Ok(p) => p,
@@ -398,22 +385,27 @@ pub(crate) fn token<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) ->
         Ok(c) => c,
         Err(answer) => return Ok(*answer),
     };
-    let grants = s.grants();
     let tokens = match field(&params, "grant_type") {
-        Some("authorization_code") => grants.exchange_code(
-            &client_id,
-            secret.as_deref(),
-            field(&params, "code").unwrap_or_default(),
-            field(&params, "redirect_uri"),
-            field(&params, "code_verifier"),
-            field(&params, "resource"),
-        ),
-        Some("refresh_token") => grants.refresh(
-            &client_id,
-            secret.as_deref(),
-            field(&params, "refresh_token").unwrap_or_default(),
-            field(&params, "resource"),
-        ),
+        Some("authorization_code") => {
+            s.exchange_code(
+                &client_id,
+                secret.as_deref(),
+                field(&params, "code").unwrap_or_default(),
+                field(&params, "redirect_uri"),
+                field(&params, "code_verifier"),
+                field(&params, "resource"),
+            )
+            .await
+        }
+        Some("refresh_token") => {
+            s.refresh(
+                &client_id,
+                secret.as_deref(),
+                field(&params, "refresh_token").unwrap_or_default(),
+                field(&params, "resource"),
+            )
+            .await
+        }
         _ => Err(OAuthError {
             error: "unsupported_grant_type",
             description: "grant_type must be authorization_code or refresh_token".into(),
@@ -435,26 +427,35 @@ pub(crate) fn token<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) ->
     )))
 }
 
-/// `POST /oauth/revoke` (RFC 7009): always 200, whether the token was known or not.
-pub(crate) fn revoke<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Handled {
+/// `POST /oauth/revoke` (RFC 7009): the client authenticates as at the token endpoint and
+/// may revoke only its own tokens; 200 whether the token was known or not.
+pub(crate) async fn revoke<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Handled {
     let s = server(state)?;
     let params = match form(req) {
         Ok(p) => p,
         Err(answer) => return Ok(*answer),
     };
-    match field(&params, "token") {
-        Some(token) => s.grants().revoke_token(token),
-        None => return Ok(oauth_reply(&invalid_request("token is missing"))),
+    let Some(token) = field(&params, "token") else {
+        return Ok(oauth_reply(&invalid_request("token is missing")));
+    };
+    let (client_id, secret) = match client_credentials(req, &params) {
+        Ok(c) => c,
+        Err(answer) => return Ok(*answer),
+    };
+    if let Err(e) = s.revoke_token(&client_id, secret.as_deref(), token).await {
+        return Ok(oauth_reply(&e));
     }
     Ok(no_store(json_reply(StatusCode::OK, &json!({}))))
 }
 
 /// `GET /oauth/clients` (admin): every registered client, without secrets.
-pub(crate) fn clients<St: KeyStore>(state: &AdminState<St>) -> Handled {
+pub(crate) async fn clients<St: KeyStore>(state: &AdminState<St>) -> Handled {
     let s = server(state)?;
-    let clients: Vec<_> = s
-        .grants()
-        .clients()
+    let all = match s.clients().await {
+        Ok(all) => all,
+        Err(e) => return Ok(oauth_reply(&e)),
+    };
+    let clients: Vec<_> = all
         .into_iter()
         .map(|c| {
             json!({
@@ -474,7 +475,10 @@ pub(crate) fn clients<St: KeyStore>(state: &AdminState<St>) -> Handled {
 }
 
 /// `POST /oauth/clients/revoke` (admin) `{clientId}`: the client and all its tokens.
-pub(crate) fn revoke_client<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Handled {
+pub(crate) async fn revoke_client<St: KeyStore>(
+    state: &AdminState<St>,
+    req: &AdminRequest,
+) -> Handled {
     let s = server(state)?;
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "camelCase")]
@@ -482,7 +486,11 @@ pub(crate) fn revoke_client<St: KeyStore>(state: &AdminState<St>, req: &AdminReq
         client_id: String,
     }
     let body: Body = req.json()?;
-    if !s.grants().revoke_client(&body.client_id) {
+    let revoked = match s.revoke_client(&body.client_id).await {
+        Ok(revoked) => revoked,
+        Err(e) => return Ok(oauth_reply(&e)),
+    };
+    if !revoked {
         return Err(error(StatusCode::NOT_FOUND, "no such client"));
     }
     state.gate.emit(

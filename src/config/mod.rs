@@ -258,7 +258,9 @@ pub struct OAuthSettings {
         skip_serializing_if = "Option::is_none"
     )]
     pub refresh_token_ttl: Option<u64>,
-    /// Scopes 1.8 advertised. Not enforced here yet, so only an empty list is accepted.
+    /// The scopes a token needs to call the server (advertised in the metadata and the
+    /// 401 challenge; a token without them is answered 403 `insufficient_scope`). A client
+    /// that asks for no scope is granted all of them. Empty: scopes are not checked.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scopes: Vec<String>,
     /// An external identity provider's JWTs (SPEC §12): not supported yet, refused.
@@ -517,10 +519,18 @@ impl PayGateConfig {
                     ));
                 }
             }
-            if !oauth.scopes.is_empty() {
+            // RFC 6749 §3.3 scope tokens: visible ASCII but `"` and `\`, no spaces.
+            let bad_scope = oauth.scopes.iter().any(|s| {
+                s.is_empty()
+                    || s.len() > 64
+                    || !s
+                        .bytes()
+                        .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+            });
+            if bad_scope || oauth.scopes.len() > 16 {
                 return Err(ConfigError::invalid(
                     "oauth.scopes",
-                    "scopes are not enforced by this gateway yet; remove the list (every grant may call every tool its key may)",
+                    "at most 16 scopes, each 1 to 64 visible ASCII characters without spaces, quotes or backslashes",
                 ));
             }
             if oauth.jwt.is_some() {
@@ -937,7 +947,7 @@ mod tests {
             .oauth
             .is_some());
         for (json, field) in [
-            (r#"{"oauth": {"scopes": ["tools"]}}"#, "oauth.scopes"),
+            (r#"{"oauth": {"scopes": ["a b"]}}"#, "oauth.scopes"),
             (r#"{"oauth": {"jwt": {"issuer": "x"}}}"#, "oauth.jwt"),
             (
                 r#"{"oauth": {"issuer": "ftp://x.example"}}"#,

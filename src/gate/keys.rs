@@ -244,13 +244,19 @@ impl<S: KeyStore> Gate<S> {
 
     /// Deactivates `key` for good: its calls are refused from now on, and its record stays
     /// for reports. Revoking a revoked key changes nothing. `None` when there is no such key.
+    /// Every OAuth grant acting for the account ends with it.
     pub async fn revoke(&self, key: impl Into<KeyRef<'_>>) -> Result<Option<KeyRecord>, GateError> {
-        self.update_key(key, KeyUpdate::Revoke).await
+        let rec = self.update_key(key, KeyUpdate::Revoke).await?;
+        if let Some(rec) = &rec {
+            self.store.revoke_account(&rec.id()).await?;
+        }
+        Ok(rec)
     }
 
     /// Replaces the key `key` names (the key, or its account id) by a new key that takes
     /// over all of its state (balance, limits, counters, tags, account id); the old key
-    /// stops working at once. `None` when there is no such key;
+    /// stops working at once, and so does every OAuth grant acting for the account. `None`
+    /// when there is no such key;
     /// a revoked key cannot be rotated ([`StoreError::Revoked`]).
     pub async fn rotate(&self, key: impl Into<KeyRef<'_>>) -> Result<Option<IssuedKey>, GateError> {
         let new_key = new_key()?;
@@ -261,6 +267,10 @@ impl<S: KeyStore> Gate<S> {
                 async move { self.store.rotate(&old, digest, masked).await }
             })
             .await?;
+        if let Some(record) = &record {
+            // A grant was approved with the old key: it does not carry over to the new one.
+            self.store.revoke_account(&record.id()).await?;
+        }
         Ok(record.map(|record| IssuedKey {
             key: new_key,
             record,

@@ -68,7 +68,7 @@ impl<St> PayGateLayer<St> {
 
     /// Accepts the access tokens of a built-in authorization server (see
     /// [`PayGate::with_oauth`]).
-    pub fn with_oauth(self, oauth: std::sync::Arc<crate::oauth::OAuthServer>) -> Self {
+    pub fn with_oauth(self, oauth: std::sync::Arc<crate::oauth::OAuthServer<St>>) -> Self {
         Self::from_handle(self.pg.with_oauth(oauth))
     }
 

@@ -57,7 +57,7 @@ pub struct PayGate<St = MemoryKeyStore> {
     pub(crate) gate: Arc<Gate<St>>,
     pub(crate) bearer: Option<BearerResolver>,
     /// The authorization server whose access tokens authenticate calls (SPEC §12).
-    pub(crate) oauth: Option<Arc<crate::oauth::OAuthServer>>,
+    pub(crate) oauth: Option<Arc<crate::oauth::OAuthServer<St>>>,
     pub(crate) denial: Option<DenialHandler>,
     /// The stages of the layers made into services from this handle (see [`PayGate::layered`]).
     layered: Arc<AtomicU8>,
@@ -140,12 +140,13 @@ impl<St> PayGate<St> {
     ///
     /// ```
     /// # use std::sync::Arc;
-    /// use paygate_mcp::{oauth::OAuthServer, PayGate, PayGateConfig, SystemClock};
-    /// let oauth = Arc::new(OAuthServer::new("https://mcp.example.com", Arc::new(SystemClock)));
-    /// let pg = PayGate::new(PayGateConfig::default()).with_oauth(oauth);
+    /// use paygate_mcp::{oauth::OAuthServer, PayGate, PayGateConfig};
+    /// let pg = PayGate::new(PayGateConfig::default());
+    /// let oauth = Arc::new(OAuthServer::new("https://mcp.example.com", pg.gate().clone()));
+    /// let pg = pg.with_oauth(oauth);
     /// # let _ = pg;
     /// ```
-    pub fn with_oauth(mut self, oauth: Arc<crate::oauth::OAuthServer>) -> Self {
+    pub fn with_oauth(mut self, oauth: Arc<crate::oauth::OAuthServer<St>>) -> Self {
         self.oauth = Some(oauth);
         self
     }

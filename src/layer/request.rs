@@ -16,7 +16,8 @@ use crate::config::PayGateConfig;
 use crate::edge::client_ip;
 use crate::jsonrpc::{self, ParsedRequest, RpcRequest};
 use crate::key::KeyDigest;
-use crate::oauth::OAuthServer;
+use crate::oauth::{BearerError, OAuthServer};
+use crate::store::KeyStore;
 
 /// What the deciding layer learned about a request.
 #[derive(Clone)]
@@ -29,9 +30,9 @@ pub(crate) struct McpContext {
     pub(crate) api_key: Option<Arc<str>>,
     /// The account an OAuth access token acts for (its key's digest), when one was sent.
     pub(crate) account: Option<KeyDigest>,
-    /// A bearer token was sent to an OAuth-protected gate and is not valid (unknown,
-    /// expired, revoked): the answer says `invalid_token`.
-    pub(crate) bad_token: bool,
+    /// A bearer token was sent to an OAuth-protected gate and does not authenticate
+    /// (unknown, expired, revoked; or without a needed scope): the answer says why.
+    pub(crate) token_error: Option<BearerError>,
     /// The client IP, when known.
     pub(crate) client_ip: Option<IpAddr>,
 }
@@ -41,10 +42,10 @@ pub(crate) type Refusal<R> = Box<Response<GateBody<R>>>;
 
 /// Reads the body (bounded), parses it once (or reuses the parse of a layer further out),
 /// and finds the key and client IP.
-pub(crate) async fn read_context<B, R>(
+pub(crate) async fn read_context<B, R, St: KeyStore>(
     cfg: &PayGateConfig,
     bearer: Option<&BearerResolver>,
-    oauth: Option<&OAuthServer>,
+    oauth: Option<&OAuthServer<St>>,
     parts: &http::request::Parts,
     body: B,
 ) -> Result<McpContext, Refusal<R>>
@@ -54,15 +55,15 @@ where
     R: Body,
 {
     let bytes = read_body(cfg.max_body_bytes, parts, body).await?;
-    context_of(cfg, bearer, oauth, parts, bytes)
+    context_of(cfg, bearer, oauth, parts, bytes).await
 }
 
 /// The context of a request whose body was read: method and header checks, the parse (or
 /// the one a layer further out made of these bytes), the key and the client IP.
-pub(crate) fn context_of<R: Body>(
+pub(crate) async fn context_of<R: Body, St: KeyStore>(
     cfg: &PayGateConfig,
     bearer: Option<&BearerResolver>,
-    oauth: Option<&OAuthServer>,
+    oauth: Option<&OAuthServer<St>>,
     parts: &http::request::Parts,
     bytes: Bytes,
 ) -> Result<McpContext, Refusal<R>> {
@@ -116,13 +117,13 @@ pub(crate) fn context_of<R: Body>(
         },
         _ => None,
     };
-    let (api_key, account, bad_token) = credentials(parts, bearer, oauth);
+    let (api_key, account, token_error) = credentials(parts, bearer, oauth).await;
     Ok(McpContext {
         body: bytes,
         rpc,
         api_key,
         account,
-        bad_token,
+        token_error,
         client_ip: client_ip(parts, cfg.trusted_proxy_hops, &cfg.trusted_proxies),
     })
 }
@@ -171,24 +172,23 @@ where
     }
 }
 
-/// What the request authenticates with: `X-API-Key`; else a bearer OAuth access token of
-/// `oauth` (the account it acts for, or that it is not valid); else a bearer token through
-/// the resolver.
-fn credentials(
+/// What the request authenticates with: `X-API-Key`; else a bearer token `oauth` checks
+/// (the account it acts for, or why it does not); else a bearer token through the resolver.
+async fn credentials<St: KeyStore>(
     parts: &http::request::Parts,
     bearer: Option<&BearerResolver>,
-    oauth: Option<&OAuthServer>,
-) -> (Option<Arc<str>>, Option<KeyDigest>, bool) {
+    oauth: Option<&OAuthServer<St>>,
+) -> (Option<Arc<str>>, Option<KeyDigest>, Option<BearerError>) {
     if let (Some(oauth), None) = (oauth, parts.headers.get(&X_API_KEY)) {
-        if let Some(token) = bearer_token(parts).filter(|t| oauth.issued(t)) {
-            return match oauth.grants().authenticate(token) {
-                Ok(grant) => (None, Some(grant.key), false),
+        if let Some(token) = bearer_token(parts).filter(|t| oauth.handles(t)) {
+            return match oauth.authenticate(token).await {
+                Ok(grant) => (None, Some(grant.key), None),
                 // Kept as a key that matches nothing, so it is denied as invalid.
-                Err(_) => (Some(Arc::from("\u{fffd}")), None, true),
+                Err(e) => (Some(Arc::from("\u{fffd}")), None, Some(e)),
             };
         }
     }
-    (api_key(parts, bearer), None, false)
+    (api_key(parts, bearer), None, None)
 }
 
 /// The token of `Authorization: Bearer <token>`.

@@ -86,7 +86,7 @@ where
     // The body changed on the way in, or the request passes this layer a second time (a
     // retry, a copy): here it is a new request.
     parts.extensions.remove::<Traversal>();
-    match context_of(cfg, pg.bearer.as_ref(), pg.oauth.as_deref(), &parts, bytes) {
+    match context_of(cfg, pg.bearer.as_ref(), pg.oauth.as_deref(), &parts, bytes).await {
         Ok(ctx) => outermost(inner, parts, &pg, stage, learned, ctx).await,
         Err(refusal) => Ok(*refusal),
     }
@@ -121,7 +121,7 @@ where
     let stages = stage | inside;
     // A bearer token is for this gate alone: behind an OAuth-protected gate the server
     // never sees one, whichever credential the call used.
-    if pg.oauth.is_some() || ctx.account.is_some() || ctx.bad_token {
+    if pg.oauth.is_some() || ctx.account.is_some() || ctx.token_error.is_some() {
         parts.headers.remove(http::header::AUTHORIZATION);
     }
     let t = Traversal::start(&pg.gate, stage, stages, ctx.clone(), learned, route_key);
@@ -288,36 +288,61 @@ impl<St> Routed<'_, St> {
         }
         let mut resp = denial_response(self.id, decision, self.stages, self.pg.denial.as_ref());
         if let Some(oauth) = &self.pg.oauth {
-            challenge(&mut resp, oauth, decision, self.ctx.bad_token);
+            challenge(&mut resp, oauth, decision, self.ctx.token_error.as_ref());
         }
         resp
     }
 }
 
 /// On an OAuth-protected gate, a call without valid credentials is HTTP 401 with the
-/// `WWW-Authenticate` challenge that starts an MCP client's sign-in (RFC 9728 §5.1).
-fn challenge<B>(
+/// `WWW-Authenticate` challenge that starts an MCP client's sign-in (RFC 9728 §5.1); a
+/// valid token without a needed scope is 403 `insufficient_scope` (RFC 6750 §3.1), naming
+/// the scopes to ask for; a token the store could not check is 503, so the client retries
+/// rather than signing in again.
+fn challenge<B, St>(
     resp: &mut Response<B>,
-    oauth: &crate::oauth::OAuthServer,
+    oauth: &crate::oauth::OAuthServer<St>,
     decision: &Decision,
-    bad_token: bool,
+    token_error: Option<&crate::oauth::BearerError>,
 ) {
     use crate::deny::DenyReason::{ApiKeyExpired, InvalidApiKey, MissingApiKey};
+    use crate::oauth::BearerError;
     if !matches!(
         decision.reason,
         Some(MissingApiKey | InvalidApiKey | ApiKeyExpired)
     ) {
         return;
     }
-    let mut value = format!(
-        "Bearer resource_metadata=\"{}/.well-known/oauth-protected-resource/mcp\"",
+    let metadata = format!(
+        "resource_metadata=\"{}/.well-known/oauth-protected-resource/mcp\"",
         oauth.issuer()
     );
-    if bad_token {
-        value.push_str(", error=\"invalid_token\"");
-    }
+    let needed = oauth.settings().scopes.join(" ");
+    let scope = if needed.is_empty() {
+        String::new()
+    } else {
+        format!(", scope=\"{needed}\"")
+    };
+    let (status, value) = match token_error {
+        Some(BearerError::Unavailable) => {
+            *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            return;
+        }
+        Some(BearerError::InsufficientScope(_)) => (
+            StatusCode::FORBIDDEN,
+            format!("Bearer error=\"insufficient_scope\"{scope}, {metadata}"),
+        ),
+        Some(BearerError::Invalid) => (
+            StatusCode::UNAUTHORIZED,
+            format!("Bearer {metadata}{scope}, error=\"invalid_token\""),
+        ),
+        None => (
+            StatusCode::UNAUTHORIZED,
+            format!("Bearer {metadata}{scope}"),
+        ),
+    };
     if let Ok(v) = http::HeaderValue::from_str(&value) {
-        *resp.status_mut() = StatusCode::UNAUTHORIZED;
+        *resp.status_mut() = status;
         resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
     }
 }

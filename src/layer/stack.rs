@@ -208,7 +208,7 @@ mod tests {
             rpc: None,
             api_key: None,
             account: None,
-            bad_token: false,
+            token_error: None,
             client_ip: None,
         }
     }

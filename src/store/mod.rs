@@ -18,11 +18,16 @@ use crate::quota::{Quota, QuotaUsage};
 use crate::ratelimit::RateState;
 
 mod compact;
+pub mod grants;
 pub mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;
 pub mod state_file;
 
+pub use grants::{
+    token_digest, Client, ClientAuth, CodeGrant, CodeTaken, Grant, GrantLimits, GrantStore,
+    Refreshed, TokenDigest, TokenPair,
+};
 pub use memory::MemoryKeyStore;
 pub use state_file::{LoadReport, StateFileError};
 
@@ -446,12 +451,13 @@ fn check_tool_list(tools: &[String]) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Where keys, balances, quota counters and rate windows live.
+/// Where keys, balances, quota counters and rate windows live, and (as a [`GrantStore`])
+/// the OAuth grants that act for keys.
 ///
 /// Methods return `Send` futures so a networked backend fits; the in-memory store answers
 /// with ready futures, so its hot path pays no allocation or boxing. The gate is generic over
 /// the store rather than holding a `dyn KeyStore`.
-pub trait KeyStore: Send + Sync + 'static {
+pub trait KeyStore: GrantStore + Send + Sync + 'static {
     /// Steps 2–10 of the gate as one atomic operation: check the key and, when every check
     /// passes and `req.shadow` is false, deduct and count the call.
     fn charge(

@@ -9,6 +9,9 @@ use std::ops::Bound;
 use parking_lot::{Mutex, RwLock};
 
 mod charge;
+mod grants;
+
+pub(crate) use grants::GrantSnapshot;
 
 use super::compact::StoredKey;
 use super::{
@@ -140,6 +143,8 @@ pub struct MemoryKeyStore {
     /// Held shared by each rotation and exclusively by an export, so a snapshot never sees a
     /// record that moved between shards twice, or not at all. Taken before any shard lock.
     rotations: RwLock<()>,
+    /// OAuth clients and grants (SPEC §12), saved in the state file with the keys.
+    pub(crate) grants: grants::GrantTable,
 }
 
 impl Default for MemoryKeyStore {
@@ -189,6 +194,7 @@ impl MemoryKeyStore {
             moved: Mutex::new(std::collections::VecDeque::new()),
             ids: RwLock::new(HashMap::new()),
             rotations: RwLock::new(()),
+            grants: grants::GrantTable::default(),
         }
     }
 
@@ -262,7 +268,19 @@ impl MemoryKeyStore {
 
     /// A number that changes whenever any record changes (for snapshotting only on change).
     pub fn version(&self) -> u64 {
-        self.shards.iter().map(|s| s.lock().version).sum()
+        let keys: u64 = self.shards.iter().map(|s| s.lock().version).sum();
+        keys.wrapping_add(self.grants.version())
+    }
+
+    /// OAuth clients, codes waiting, live tokens, grants and spent refresh tokens held
+    /// (the bounds of [`GrantLimits`](crate::store::GrantLimits) keep each in check).
+    pub fn grant_counts(&self) -> [usize; 5] {
+        self.grants.counts()
+    }
+
+    /// Drops expired codes and tokens, and grants whose refresh token expired.
+    pub fn sweep_grants(&self, now_ms: i64) {
+        self.grants.sweep(now_ms);
     }
 
     /// Number of keys currently holding rate-window memory.

@@ -20,6 +20,7 @@
 //! | `paygate:schema` | string | `2` once every key is in the id and tag indexes |
 //! | `paygate:tag:<name length>:<name>=<value>` | set | digests of the keys carrying the tag |
 //! | `paygate:stats` | hash | key count, active keys, credits held |
+//! | `paygate:oauth:...` | | OAuth clients, codes and grants (see `grants.rs`) |
 //!
 //! Key rotation and the store-wide statistics touch more than one slot: on Redis Cluster run
 //! all keys of a deployment in one slot (a prefix like `paygate:{all}:`) or use a single node.
@@ -41,6 +42,7 @@ use crate::key::{KeyDigest, KeyId, KeyRecord};
 
 mod charge;
 mod codec;
+mod grants;
 mod index;
 mod owed;
 
@@ -138,6 +140,7 @@ struct Scripts {
     policy: Script,
     rotate: Script,
     reindex: Script,
+    oauth: grants::GrantScripts,
 }
 
 /// Keys, balances, quota counters and rate windows in Redis.
@@ -200,6 +203,7 @@ impl RedisKeyStore {
                 policy: script(include_str!("lua/policy.lua")),
                 rotate: script(include_str!("lua/rotate.lua")),
                 reindex: script(include_str!("lua/reindex.lua")),
+                oauth: grants::GrantScripts::new(),
             }),
             owed: Arc::new(Mutex::new(Backlog::open(
                 config.owed_limit,

@@ -14,6 +14,7 @@ use super::save::sync_dir;
 use super::{io_err, rejected_path, LoadReport, OriginalPin, StateFileError, STATE_FILE_VERSION};
 use crate::blocking::block_on;
 use crate::key::KeyRecord;
+use crate::store::memory::GrantSnapshot;
 use crate::store::{KeyStore, MemoryKeyStore};
 
 /// Most skip reasons kept in a [`LoadReport`].
@@ -44,6 +45,7 @@ struct RejectedLine<'a> {
 struct Header {
     version: Option<u32>,
     keys: bool,
+    oauth: Option<GrantSnapshot>,
 }
 
 /// Reads a state file record by record into a store, so a file of a million keys never
@@ -106,9 +108,13 @@ impl<'de> Visitor<'de> for FileSeed<'_> {
                         std::mem::replace(&mut header.keys, true)
                     }
                 }
+                "oauth" => header
+                    .oauth
+                    .replace(map.next_value::<GrantSnapshot>()?)
+                    .is_some(),
                 other => {
                     return Err(A::Error::custom(format!(
-                        "unknown top-level field '{}' (a state file has version, savedAt and keys)",
+                        "unknown top-level field '{}' (a state file has version, savedAt, keys and oauth)",
                         quoted(other)
                     )))
                 }
@@ -272,6 +278,15 @@ impl MemoryKeyStore {
         }
         if !header.keys {
             return Err(corrupt("no 'keys' list".into()));
+        }
+        if let Some(grants) = header.oauth {
+            let dropped = store.grants.restore(grants);
+            if dropped > 0 {
+                tracing::warn!(
+                    dropped,
+                    "OAuth grants of unknown or revoked clients not loaded"
+                );
+            }
         }
         if !rejected.is_empty() {
             let kept = keep_rejected(path, &rejected).map_err(|source| StateFileError::Io {

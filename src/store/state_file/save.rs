@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::{backup_path, io_err, StateFileError, STATE_FILE_VERSION};
 use crate::key::KeyRecord;
+use crate::store::memory::GrantSnapshot;
 use crate::store::MemoryKeyStore;
 
 #[derive(Serialize)]
@@ -17,6 +18,8 @@ struct FileOut<'a> {
     version: u32,
     saved_at: chrono::DateTime<chrono::Utc>,
     keys: &'a [KeyRecord],
+    #[serde(skip_serializing_if = "GrantSnapshot::is_empty")]
+    oauth: GrantSnapshot,
 }
 
 /// Makes the parent directory's entries (renames, new files) durable.
@@ -65,6 +68,7 @@ impl MemoryKeyStore {
         // One save at a time, so backups and the pin follow the order of the snapshots.
         let mut pin = self.original.lock();
         let keys = self.export();
+        let oauth = self.grants.snapshot();
         let tmp = temp_path(path);
         let pinned = pin.as_mut().filter(|p| p.path == path);
         let keep_previous = !pinned.as_ref().is_some_and(|p| p.kept);
@@ -75,6 +79,7 @@ impl MemoryKeyStore {
                 version: STATE_FILE_VERSION,
                 saved_at: chrono::Utc::now(),
                 keys: &keys,
+                oauth,
             };
             serde_json::to_writer(&mut out, &doc)?;
             out.flush()?;
