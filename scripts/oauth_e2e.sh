@@ -19,23 +19,50 @@ fi
 cargo build --quiet --example gateway
 port=3493
 log=$(mktemp)
-PAYGATE_ADMIN_KEY=oauth-e2e-admin-key-0123456789 \
-  target/debug/examples/gateway --port "$port" --oauth --oauth-access-ttl 2 --print-keys >"$log" 2>&1 &
-pid=$!
-trap 'kill $pid 2>/dev/null || true; rm -f "$log" "$log.err"' EXIT
-for _ in $(seq 1 100); do
-  grep -q '^export PAYGATE_ADMIN_KEY=' "$log" && break
-  kill -0 $pid 2>/dev/null || { cat "$log"; echo "gateway exited early"; exit 1; }
-  sleep 0.1
-done
-eval "$(grep '^export ' "$log")"
+work=$(mktemp -d)
+pid=
+trap 'kill $pid 2>/dev/null || true; rm -rf "$log" "$log.err" "$work"' EXIT
+
+# Starts the gateway with OAuth on $port (and any extra flags) and reads its admin key.
+start_gateway() {
+  PAYGATE_ADMIN_KEY=oauth-e2e-admin-key-0123456789 \
+    target/debug/examples/gateway --port "$port" --oauth --oauth-access-ttl 2 --print-keys "$@" >"$log" 2>&1 &
+  pid=$!
+  for _ in $(seq 1 100); do
+    grep -q '^export PAYGATE_ADMIN_KEY=' "$log" && break
+    kill -0 $pid 2>/dev/null || { cat "$log"; echo "gateway exited early"; exit 1; }
+    sleep 0.1
+  done
+  eval "$(grep '^export ' "$log")"
+}
+
+new_key() {
+  curl -s -X POST "http://127.0.0.1:$port/keys" -H "X-Admin-Key: $PAYGATE_ADMIN_KEY" \
+    -H 'Content-Type: application/json' -d '{"name":"oauth-e2e","credits":10}' |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])'
+}
+
+sdk() {
+  GW_URL="http://127.0.0.1:$port" GW_ADMIN_KEY="$PAYGATE_ADMIN_KEY" \
+    "$venv/bin/python" tests/python/oauth_e2e.py 2>"$log.err" ||
+    { cat "$log.err"; echo "OAuth end-to-end ($*) failed"; exit 1; }
+}
+
+start_gateway
 for method in none client_secret_basic; do
   # A fresh key per run: the script ends by revoking it.
-  key=$(curl -s -X POST "http://127.0.0.1:$port/keys" -H "X-Admin-Key: $PAYGATE_ADMIN_KEY" \
-    -H 'Content-Type: application/json' -d '{"name":"oauth-e2e","credits":10}' |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
-  GW_URL="http://127.0.0.1:$port" GW_API_KEY="$key" GW_ADMIN_KEY="$PAYGATE_ADMIN_KEY" \
-    AUTH_METHOD="$method" "$venv/bin/python" tests/python/oauth_e2e.py 2>"$log.err" ||
-    { cat "$log.err"; echo "OAuth end-to-end ($method) failed"; exit 1; }
+  key=$(new_key)
+  GW_API_KEY="$key" AUTH_METHOD="$method" sdk "$method"
 done
 echo "OAuth end-to-end with the MCP Python SDK: ok (none, client_secret_basic)"
+
+# Tokens survive a restart: signed in before, the same tokens pay for a call after, with no
+# new consent (the grants are saved in the state file with the keys).
+kill $pid && wait $pid || true
+start_gateway --state-file "$work/state.json"
+key=$(new_key)
+GW_API_KEY="$key" PHASE=issue STORAGE_FILE="$work/tokens.json" sdk "sign in before a restart"
+kill $pid && wait $pid || true
+start_gateway --state-file "$work/state.json"
+GW_API_KEY="$key" PHASE=resume STORAGE_FILE="$work/tokens.json" sdk "calls after a restart"
+echo "OAuth tokens across a gateway restart (--state-file): ok"

@@ -6,11 +6,15 @@ exchanges the code with PKCE and calls a paid tool whose credits come off that k
 access token expires it refreshes without asking again; once the key is revoked the old
 token gets 401 and a new sign-in is refused.
 
+With PHASE=issue it signs in, pays for one call and keeps the client's tokens in
+STORAGE_FILE; with PHASE=resume (after the gateway restarted on its --state-file) it calls
+again with those tokens, paid by the same key, without asking for consent again.
+
 env: GW_URL=<publicUrl> GW_API_KEY=pg_... GW_ADMIN_KEY=...
-     [AUTH_METHOD=none|client_secret_post|client_secret_basic]
+     [AUTH_METHOD=none|client_secret_post|client_secret_basic] [PHASE=issue|resume STORAGE_FILE=...]
 Run by scripts/oauth_e2e.sh against `cargo run --example gateway -- --oauth`.
 """
-import asyncio, os, sys
+import asyncio, json, os, sys
 from html.parser import HTMLParser
 from urllib.parse import parse_qs, urljoin, urlsplit
 
@@ -87,14 +91,48 @@ async def balance() -> int:
         return r.json()["credits"]
 
 
-async def run() -> int:
-    storage, bot = MemoryStorage(), ConsentBot(os.environ["GW_API_KEY"])
-    start = await balance()
+def provider_for(storage: MemoryStorage, bot: ConsentBot) -> OAuthClientProvider:
     meta = {"token_endpoint_auth_method": AUTH_METHOD} if AUTH_METHOD else {}
-    provider = OAuthClientProvider(
+    return OAuthClientProvider(
         server_url=MCP_URL,  # the protected resource itself: PRM `resource` must be it or a parent of it
         client_metadata=OAuthClientMetadata(client_name="paygate e2e", redirect_uris=[AnyUrl(REDIRECT_URI)], **meta),
         storage=storage, redirect_handler=bot.redirect_handler, callback_handler=bot.callback_handler)
+
+
+async def across_restart(phase: str, path: str) -> int:
+    """Tokens issued before a gateway restart keep working after it (grants in the state file)."""
+    storage, bot = MemoryStorage(), ConsentBot(os.environ["GW_API_KEY"])
+    if phase == "resume":
+        with open(path) as f:
+            saved = json.load(f)
+        storage.tokens = OAuthToken.model_validate(saved["tokens"])
+        storage.client_info = OAuthClientInformationFull.model_validate(saved["client_info"])
+    start = await balance()
+    async with httpx2.AsyncClient(auth=provider_for(storage, bot)) as http, \
+            streamable_http_client(MCP_URL, http_client=http) as (read, write), \
+            ClientSession(read, write) as session:
+        await session.initialize()
+        r = await session.call_tool("echo", {"message": phase})
+        assert not r.is_error, r
+    assert await balance() == start - 1, "the call was paid by the approving key"
+    if phase == "issue":
+        assert bot.redirects == 1, bot.redirects
+        with open(path, "w") as f:
+            json.dump({"tokens": storage.tokens.model_dump(mode="json"),
+                       "client_info": storage.client_info.model_dump(mode="json")}, f)
+    else:
+        assert bot.redirects == 0, "the restarted gateway asked for consent again"
+    print(f"OK: {phase} across a restart")
+    return 0
+
+
+async def run() -> int:
+    phase = os.environ.get("PHASE")
+    if phase:
+        return await across_restart(phase, os.environ["STORAGE_FILE"])
+    storage, bot = MemoryStorage(), ConsentBot(os.environ["GW_API_KEY"])
+    start = await balance()
+    provider = provider_for(storage, bot)
 
     try:
         async with httpx2.AsyncClient(auth=provider) as http, \
