@@ -15,7 +15,7 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use parking_lot::Mutex;
-use paygate_mcp::oauth::{AuthorizeRequest, OAuthServer, Registration};
+use paygate_mcp::oauth::{AuthorizeRequest, GrantSettings, OAuthServer, Registration};
 use paygate_mcp::{Gate, IssuedKey, MemoryKeyStore, PayGateConfig, PayGateLayer};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -40,10 +40,17 @@ struct Answer {
 
 impl Setup {
     fn new() -> Self {
+        Self::with_scopes(&[])
+    }
+
+    /// A gate whose tokens need `scopes`.
+    fn with_scopes(scopes: &[&str]) -> Self {
         let clock = common::clock_at(common::T0);
         let cfg = PayGateConfig::default().with_tool_price("search", 3);
         let gate = Arc::new(Gate::with_store(cfg, MemoryKeyStore::new(), clock.clone()).unwrap());
-        let oauth = Arc::new(OAuthServer::new(ISSUER, gate.clone()));
+        let mut settings = GrantSettings::new(format!("{ISSUER}/mcp"));
+        settings.scopes = scopes.iter().map(|s| s.to_string()).collect();
+        let oauth = Arc::new(OAuthServer::with_settings(ISSUER, settings, gate.clone()));
         Self {
             gate,
             oauth,
@@ -53,6 +60,11 @@ impl Setup {
 
     /// A token pair approved with `issued`'s key.
     async fn token(&self, issued: &IssuedKey) -> String {
+        self.token_with_scope(issued, None).await
+    }
+
+    /// A token asking for `scope` (all the server's scopes when `None`).
+    async fn token_with_scope(&self, issued: &IssuedKey, scope: Option<&str>) -> String {
         let grants = &self.oauth;
         let client = grants
             .register(Registration {
@@ -70,7 +82,7 @@ impl Setup {
             code_challenge: URL_SAFE_NO_PAD.encode(Sha256::digest(VERIFIER.as_bytes())),
             code_challenge_method: Some("S256".into()),
             resource: Some(format!("{ISSUER}/mcp")),
-            scope: None,
+            scope: scope.map(str::to_string),
         };
         let code = grants.issue_code(&req, &issued.record).await.unwrap();
         grants
@@ -248,4 +260,54 @@ async fn a_token_in_the_query_string_is_refused() {
         10
     );
     assert!(s.seen.lock().is_empty());
+}
+
+#[tokio::test]
+async fn a_token_without_a_needed_scope_is_forbidden_and_told_which() {
+    let s = Setup::with_scopes(&["mcp:tools", "mcp:read"]);
+    let issued = s.gate.create_key_with("alice", 10, &[]).await.unwrap();
+    // The challenge names the scopes to ask for.
+    let r = s.call("http://localhost/mcp", &[], "tools/call").await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        r.headers["www-authenticate"],
+        format!("{CHALLENGE}, scope=\"mcp:tools mcp:read\"")
+    );
+    // Only one of the two: valid, but not enough (RFC 6750 §3.1), and nothing is charged.
+    let narrow = s.token_with_scope(&issued, Some("mcp:read")).await;
+    let bearer = format!("Bearer {narrow}");
+    let r = s
+        .call(
+            "http://localhost/mcp",
+            &[("authorization", &bearer)],
+            "tools/call",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        r.headers["www-authenticate"],
+        format!(
+            "Bearer error=\"insufficient_scope\", scope=\"mcp:tools mcp:read\", resource_metadata=\"{ISSUER}/.well-known/oauth-protected-resource/mcp\""
+        )
+    );
+    assert_eq!(s.seen.lock().len(), 0, "nothing reached the server");
+    // Asking for nothing grants every scope: the call goes through and is paid.
+    let full = s.token_with_scope(&issued, None).await;
+    let bearer = format!("Bearer {full}");
+    let r = s
+        .call(
+            "http://localhost/mcp",
+            &[("authorization", &bearer)],
+            "tools/call",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let credits = s
+        .gate
+        .get_key(issued.record.id())
+        .await
+        .unwrap()
+        .unwrap()
+        .credits;
+    assert_eq!(credits, 7);
 }

@@ -96,6 +96,7 @@ pub(crate) fn metadata<St: KeyStore>(state: &AdminState<St>) -> Handled {
             "code_challenge_methods_supported": ["S256"],
             "token_endpoint_auth_methods_supported": ["none", "client_secret_post", "client_secret_basic"],
             "revocation_endpoint_auth_methods_supported": ["none", "client_secret_post", "client_secret_basic"],
+            "scopes_supported": s.settings().scopes,
         }),
     ))
 }
@@ -109,6 +110,7 @@ pub(crate) fn resource_metadata<St: KeyStore>(state: &AdminState<St>) -> Handled
             "resource": s.resource(),
             "authorization_servers": [s.issuer()],
             "bearer_methods_supported": ["header"],
+            "scopes_supported": s.settings().scopes,
         }),
     ))
 }
