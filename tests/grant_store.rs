@@ -5,8 +5,8 @@
 mod common;
 
 use paygate_mcp::store::{
-    token_digest, Client, ClientAuth, CodeGrant, CodeTaken, Grant, GrantLimits, GrantStore,
-    Refreshed, TokenPair,
+    token_digest, Client, ClientAuth, CodeGrant, CodeTaken, Grant, GrantLimits, Refreshed,
+    TokenPair,
 };
 use paygate_mcp::{KeyDigest, KeyId, KeyStore};
 

@@ -160,7 +160,7 @@ pub enum CodeTaken {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refreshed {
     /// The token was spent and the grant now holds the new pair.
-    Rotated(Grant),
+    Rotated(Box<Grant>),
     /// The token was spent before: its whole family has been ended.
     Reused,
     /// No such live refresh token.

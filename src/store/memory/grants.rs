@@ -377,7 +377,7 @@ impl GrantTable {
         }
         t.install(&family, &grant);
         self.changed();
-        Refreshed::Rotated(grant)
+        Refreshed::Rotated(Box::new(grant))
     }
 
     fn access_grant(&self, access: &TokenDigest, now_ms: i64) -> Option<Grant> {

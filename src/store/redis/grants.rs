@@ -320,7 +320,7 @@ impl GrantStore for RedisKeyStore {
                     hex::encode(next.refresh),
                     next.refresh_expires_ms.to_string(),
                 ]);
-                Ok(Refreshed::Rotated(grant_from(&fields)?))
+                Ok(Refreshed::Rotated(Box::new(grant_from(&fields)?)))
             }
             Some("reused") => Ok(Refreshed::Reused),
             Some("unknown") => Ok(Refreshed::Unknown),
