@@ -13,6 +13,8 @@
 pub mod client;
 pub mod consent;
 pub mod grants;
+#[cfg(feature = "jwt")]
+pub mod jwt;
 pub mod pkce;
 
 use std::sync::Arc;
@@ -26,6 +28,8 @@ pub use grants::{
     AccessGrant, Approvable, AuthorizeRequest, BearerError, GrantSettings, OAuthError,
     TokenResponse,
 };
+#[cfg(feature = "jwt")]
+pub use jwt::{JwtError, JwtSettings, JwtValidator};
 
 /// The built-in authorization server of a gate: its issuer (the gateway's public URL), the
 /// protected resource (`<issuer>/mcp`), lifetimes and scopes; its clients and grants live in
