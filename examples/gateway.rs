@@ -588,7 +588,7 @@ async fn serve<St: KeyStore>(
 
     // On with --oauth or the config's `oauth` section; a flag wins over the file.
     let file = gate.config().oauth.clone();
-    let oauth = (args.oauth || file.is_some()).then(|| {
+    let oauth = (args.oauth || file.is_some()).then(|| -> Result<_, String> {
         let file = file.unwrap_or_default();
         let issuer = args
             .public_url
@@ -608,12 +608,26 @@ async fn serve<St: KeyStore>(
             scopes: file.scopes.clone(),
             ..defaults
         };
-        Arc::new(paygate_mcp::oauth::OAuthServer::with_settings(
-            &issuer,
-            grant_settings,
-            gate.clone(),
-        ))
+        let server =
+            paygate_mcp::oauth::OAuthServer::with_settings(&issuer, grant_settings, gate.clone());
+        // An external identity provider's tokens, besides the built-in sign-in.
+        #[cfg(feature = "jwt")]
+        let server = match file.jwt.clone() {
+            Some(jwt) => {
+                let resource = format!("{issuer}/mcp");
+                let validator = paygate_mcp::oauth::JwtValidator::with_http(
+                    jwt,
+                    resource,
+                    gate.clock().clone(),
+                )
+                .map_err(|e| format!("oauth.jwt: {e}"))?;
+                server.with_jwt(validator)
+            }
+            None => server,
+        };
+        Ok(Arc::new(server))
     });
+    let oauth = oauth.transpose()?;
     let mut layer = PayGateLayer::from_gate(gate.clone());
     let mut admin = AdminService::new(gate.clone(), &admin_key)
         .map_err(|e| format!("--admin-key: {e}"))?
@@ -622,7 +636,11 @@ async fn serve<St: KeyStore>(
     if let Some(oauth) = &oauth {
         layer = layer.with_oauth(oauth.clone());
         admin = admin.with_oauth(oauth.clone());
-        tracing::info!(issuer = oauth.issuer(), "OAuth sign-in enabled");
+        tracing::info!(
+            issuer = oauth.issuer(),
+            authorization_servers = ?oauth.authorization_servers(),
+            "OAuth sign-in enabled"
+        );
     }
     let mcp = ServiceBuilder::new().layer(layer).service(downstream);
     let admin = observers

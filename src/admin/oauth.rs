@@ -108,7 +108,7 @@ pub(crate) fn resource_metadata<St: KeyStore>(state: &AdminState<St>) -> Handled
         StatusCode::OK,
         &json!({
             "resource": s.resource(),
-            "authorization_servers": [s.issuer()],
+            "authorization_servers": s.authorization_servers(),
             "bearer_methods_supported": ["header"],
             "scopes_supported": s.settings().scopes,
         }),

@@ -11,7 +11,10 @@ pub(crate) use crate::amount::whole;
 use crate::key::{mask_key, MAX_NAME_LEN};
 use crate::quota::Quota;
 
+pub mod jwt;
 mod redact;
+
+pub use jwt::{AutoProvision, JwtSettings};
 
 /// The methods that pass without a key and without billing unless configured otherwise.
 pub const DEFAULT_FREE_METHODS: [&str; 7] = [
@@ -263,9 +266,24 @@ pub struct OAuthSettings {
     /// that asks for no scope is granted all of them. Empty: scopes are not checked.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scopes: Vec<String>,
-    /// An external identity provider's JWTs (SPEC §12): not supported yet, refused.
+    /// An external identity provider whose JWT access tokens are accepted (SPEC §12):
+    /// `issuer`, `jwksUri`, `audiences`, `accountClaim`, `algorithms`, `autoProvision`
+    /// (see `oauth::JwtSettings`; needs the `jwt` feature).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub jwt: Option<serde_json::Value>,
+    pub jwt: Option<JwtSettings>,
+}
+
+/// Checks the `oauth.jwt` section; without the `jwt` feature nothing could validate the
+/// tokens, so it is refused with the way to build with it.
+fn check_jwt(jwt: &JwtSettings) -> Result<(), ConfigError> {
+    if cfg!(not(feature = "jwt")) {
+        return Err(ConfigError::invalid(
+            "oauth.jwt",
+            "tokens from an external identity provider need the `jwt` feature: build with --features jwt",
+        ));
+    }
+    jwt.check()
+        .map_err(|e| ConfigError::invalid("oauth.jwt", e))
 }
 
 /// One MCP server behind a multi-server gateway: a command over stdio or a remote URL.
@@ -533,11 +551,8 @@ impl PayGateConfig {
                     "at most 16 scopes, each 1 to 64 visible ASCII characters without spaces, quotes or backslashes",
                 ));
             }
-            if oauth.jwt.is_some() {
-                return Err(ConfigError::invalid(
-                    "oauth.jwt",
-                    "tokens from an external identity provider are not accepted yet; remove the field to use the built-in sign-in",
-                ));
+            if let Some(jwt) = &oauth.jwt {
+                check_jwt(jwt)?;
             }
         }
         if self.stripe_webhook_secret.is_some() {

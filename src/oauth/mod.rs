@@ -29,7 +29,7 @@ pub use grants::{
     TokenResponse,
 };
 #[cfg(feature = "jwt")]
-pub use jwt::{JwtError, JwtSettings, JwtValidator};
+pub use jwt::{JwtError, JwtSettings, JwtValidator, OAUTH_SUBJECT_TAG};
 
 /// The built-in authorization server of a gate: its issuer (the gateway's public URL), the
 /// protected resource (`<issuer>/mcp`), lifetimes and scopes; its clients and grants live in
@@ -48,6 +48,12 @@ pub struct OAuthServer<S = MemoryKeyStore> {
     settings: GrantSettings,
     limits: GrantLimits,
     gate: Arc<Gate<S>>,
+    /// An external identity provider whose JWTs are accepted too.
+    #[cfg(feature = "jwt")]
+    jwt: Option<Arc<JwtValidator>>,
+    /// One key provisioned at a time (for a JWT subject seen for the first time).
+    #[cfg(feature = "jwt")]
+    provisioning: tokio::sync::Mutex<()>,
 }
 
 impl<S> std::fmt::Debug for OAuthServer<S> {
@@ -79,6 +85,10 @@ impl<S: KeyStore> OAuthServer<S> {
             settings,
             limits: GrantLimits::default(),
             gate,
+            #[cfg(feature = "jwt")]
+            jwt: None,
+            #[cfg(feature = "jwt")]
+            provisioning: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -97,18 +107,45 @@ impl<S: KeyStore> OAuthServer<S> {
         self
     }
 
+    /// Accepts the JWT access tokens of an external identity provider as well (SPEC §12,
+    /// `oauth.jwt`): each acts for the key whose `oauthSubject` tag is its account claim.
+    /// The protected resource metadata then names the provider first, so clients sign in
+    /// there.
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// use paygate_mcp::oauth::{JwtSettings, JwtValidator, OAuthServer};
+    /// use paygate_mcp::{Gate, PayGateConfig};
+    /// let gate = Arc::new(Gate::new(PayGateConfig::default()).unwrap());
+    /// let idp = JwtSettings::new("https://id.example.com/", "https://id.example.com/jwks");
+    /// let jwt = JwtValidator::with_http(idp, "https://mcp.example.com/mcp", gate.clock().clone()).unwrap();
+    /// let server = OAuthServer::new("https://mcp.example.com", gate).with_jwt(jwt);
+    /// # let _ = server;
+    /// ```
+    #[cfg(feature = "jwt")]
+    pub fn with_jwt(mut self, validator: JwtValidator) -> Self {
+        self.jwt = Some(Arc::new(validator));
+        self
+    }
+
     fn store(&self) -> &S {
         self.gate.store()
     }
 
     /// What a bearer token sent to the protected resource acts for: an access token this
-    /// server issued, valid now and holding the scopes the server needs.
+    /// server issued, or a JWT of the configured identity provider; valid now and holding
+    /// the scopes the server needs.
     pub async fn authenticate(&self, token: &str) -> Result<AccessGrant, BearerError> {
         if self.issued(token) {
-            self.authenticate_access(token).await
-        } else {
-            Err(BearerError::Invalid)
+            return self.authenticate_access(token).await;
         }
+        #[cfg(feature = "jwt")]
+        if let Some(jwt) = &self.jwt {
+            if jwt::looks_like_jwt(token) {
+                return self.authenticate_jwt(jwt, token).await;
+            }
+        }
+        Err(BearerError::Invalid)
     }
 }
 
@@ -141,6 +178,22 @@ impl<S> OAuthServer<S> {
     /// Whether a bearer token is this server's to check (rather than an API key sent as a
     /// bearer token).
     pub fn handles(&self, token: &str) -> bool {
+        #[cfg(feature = "jwt")]
+        if self.jwt.is_some() && jwt::looks_like_jwt(token) {
+            return true;
+        }
         self.issued(token)
+    }
+
+    /// The authorization servers clients are sent to: the identity provider first when one
+    /// is configured, then this gateway's own.
+    pub fn authorization_servers(&self) -> Vec<String> {
+        let mut servers = Vec::new();
+        #[cfg(feature = "jwt")]
+        if let Some(jwt) = &self.jwt {
+            servers.push(jwt.settings().issuer.clone());
+        }
+        servers.push(self.issuer.clone());
+        servers
     }
 }
