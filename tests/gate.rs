@@ -472,7 +472,7 @@ fn store_failures_fail_closed() {
         clients() -> Vec<Client>;
         revoke_client(&str) -> bool;
         add_code(TokenDigest, CodeGrant, i64, GrantLimits) -> bool;
-        take_code(&TokenDigest, i64) -> CodeTaken;
+        take_code(&TokenDigest, &str, i64) -> CodeTaken;
         add_grant(TokenDigest, i64, Grant, i64, GrantLimits) -> bool;
         refresh_grant(&TokenDigest, &str, TokenPair, i64, GrantLimits) -> Refreshed;
         access_grant(&TokenDigest, i64) -> Option<Grant>;

@@ -57,6 +57,7 @@ fn grant(family: &str, client: u32, acct: u8, tokens: TokenPair) -> Grant {
         key_id: account(acct),
         key: KeyDigest::of(&format!("pg_{acct:048x}")),
         scope: "mcp".into(),
+        resource: "http://127.0.0.1:3402/mcp".into(),
         created_ms: NOW,
         access: tokens.access,
         access_expires_ms: tokens.access_expires_ms,
@@ -73,7 +74,7 @@ async fn codes_are_taken_once_and_a_replay_ends_the_grant<S: KeyStore>(s: &S) {
         .add_code(code, code_grant(1, 1), NOW, limits)
         .await
         .unwrap());
-    let CodeTaken::Fresh(got) = s.take_code(&code, NOW).await.unwrap() else {
+    let CodeTaken::Fresh(got) = s.take_code(&code, "pgc_1", NOW).await.unwrap() else {
         panic!("the code is there");
     };
     assert_eq!(got, code_grant(1, 1));
@@ -85,9 +86,15 @@ async fn codes_are_taken_once_and_a_replay_ends_the_grant<S: KeyStore>(s: &S) {
         .unwrap());
     assert_eq!(s.access_grant(&tokens.access, NOW).await.unwrap(), Some(g));
     // The code again: refused, and the grant it made ends.
-    assert_eq!(s.take_code(&code, NOW).await.unwrap(), CodeTaken::Reused);
+    assert_eq!(
+        s.take_code(&code, "pgc_1", NOW).await.unwrap(),
+        CodeTaken::Reused
+    );
     assert_eq!(s.access_grant(&tokens.access, NOW).await.unwrap(), None);
-    assert_eq!(s.take_code(&code, NOW).await.unwrap(), CodeTaken::Unknown);
+    assert_eq!(
+        s.take_code(&code, "pgc_1", NOW).await.unwrap(),
+        CodeTaken::Unknown
+    );
     // An expired code is unknown.
     let late = token_digest("code-2");
     assert!(s
@@ -95,7 +102,7 @@ async fn codes_are_taken_once_and_a_replay_ends_the_grant<S: KeyStore>(s: &S) {
         .await
         .unwrap());
     assert_eq!(
-        s.take_code(&late, NOW + 60_000).await.unwrap(),
+        s.take_code(&late, "pgc_1", NOW + 60_000).await.unwrap(),
         CodeTaken::Unknown
     );
     // No grant for a revoked or unknown client.
@@ -332,6 +339,82 @@ async fn bounds_hold<S: KeyStore>(s: &S) {
     assert_eq!(s.access_grant(&current.access, NOW).await.unwrap(), None);
 }
 
+async fn another_client_cannot_burn_a_code_or_a_grant<S: KeyStore>(s: &S) {
+    let limits = GrantLimits::default();
+    s.add_client(client(1, NOW), limits).await.unwrap();
+    s.add_client(client(2, NOW), limits).await.unwrap();
+    let code = token_digest("code-1");
+    s.add_code(code, code_grant(1, 1), NOW, limits)
+        .await
+        .unwrap();
+    // A stolen code presented by another client: refused, and still its owner's.
+    assert_eq!(
+        s.take_code(&code, "pgc_2", NOW).await.unwrap(),
+        CodeTaken::OtherClient
+    );
+    assert!(matches!(
+        s.take_code(&code, "pgc_1", NOW).await.unwrap(),
+        CodeTaken::Fresh(_)
+    ));
+    let first = pair("1", NOW);
+    s.add_grant(code, NOW + 60_000, grant("f1", 1, 1, first), NOW, limits)
+        .await
+        .unwrap();
+    // Replayed by another client: the grant it made lives on.
+    assert_eq!(
+        s.take_code(&code, "pgc_2", NOW).await.unwrap(),
+        CodeTaken::OtherClient
+    );
+    assert!(s.access_grant(&first.access, NOW).await.unwrap().is_some());
+    // A spent refresh token presented by another client ends nothing either.
+    let second = pair("2", NOW);
+    assert!(matches!(
+        s.refresh_grant(&first.refresh, "pgc_1", second, NOW, limits)
+            .await
+            .unwrap(),
+        Refreshed::Rotated(_)
+    ));
+    assert_eq!(
+        s.refresh_grant(&first.refresh, "pgc_2", pair("3", NOW), NOW, limits)
+            .await
+            .unwrap(),
+        Refreshed::OtherClient
+    );
+    assert!(s.access_grant(&second.access, NOW).await.unwrap().is_some());
+}
+
+async fn clients_left_without_grants_make_room<S: KeyStore>(s: &S) {
+    let limits = GrantLimits {
+        clients: 2,
+        ..GrantLimits::default()
+    };
+    for n in 0..2 {
+        s.add_client(client(n, NOW + i64::from(n)), limits)
+            .await
+            .unwrap();
+        let family = format!("f{n}");
+        let g = grant(&family, n, n as u8 + 1, pair(&family, NOW));
+        let code = token_digest(&family);
+        assert!(s.add_grant(code, NOW + 1, g, NOW, limits).await.unwrap());
+    }
+    // Both clients hold grants: no room.
+    assert!(!s.add_client(client(2, NOW + 2), limits).await.unwrap());
+    // Client 1's only grant ends with its account: it may be evicted now.
+    s.revoke_account(&account(2)).await.unwrap();
+    assert!(s.add_client(client(2, NOW + 2), limits).await.unwrap());
+    // A revoked client holds nothing either, and is the oldest.
+    assert!(s.revoke_client("pgc_0").await.unwrap());
+    assert!(s.add_client(client(3, NOW + 3), limits).await.unwrap());
+    let ids: Vec<String> = s
+        .clients()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.client_id)
+        .collect();
+    assert_eq!(ids, ["pgc_2", "pgc_3"]);
+}
+
 macro_rules! grant_suite {
     ($name:ident, $make:expr, $run:path) => {
         mod $name {
@@ -350,6 +433,14 @@ macro_rules! grant_suite {
             #[test]
             fn revocation_reaches_what_it_should() {
                 $run(async { super::revocation_reaches_what_it_should(&$make).await });
+            }
+            #[test]
+            fn another_client_cannot_burn_a_code_or_a_grant() {
+                $run(async { super::another_client_cannot_burn_a_code_or_a_grant(&$make).await });
+            }
+            #[test]
+            fn clients_left_without_grants_make_room() {
+                $run(async { super::clients_left_without_grants_make_room(&$make).await });
             }
             #[test]
             fn bounds_hold() {

@@ -403,7 +403,11 @@ impl<S: KeyStore> OAuthServer<S> {
         let now = self.now_ms();
         let code_digest = token_digest(code);
         // Taken out first: whatever follows, this code is spent.
-        let grant = match self.store().take_code(&code_digest, now).await? {
+        let taken = self
+            .store()
+            .take_code(&code_digest, &client.client_id, now)
+            .await?;
+        let grant = match taken {
             CodeTaken::Fresh(grant) => grant,
             CodeTaken::Reused => {
                 return Err(err(
@@ -414,13 +418,13 @@ impl<S: KeyStore> OAuthServer<S> {
             CodeTaken::Unknown => {
                 return Err(err("invalid_grant", "the code is unknown or has expired"))
             }
+            CodeTaken::OtherClient => {
+                return Err(err(
+                    "invalid_grant",
+                    "the code was issued to another client",
+                ))
+            }
         };
-        if grant.client_id != client.client_id {
-            return Err(err(
-                "invalid_grant",
-                "the code was issued to another client",
-            ));
-        }
         // RFC 6749 §4.1.3: named in the authorization request, so required here, identical.
         let redirect_ok = match redirect_uri {
             Some(uri) => uri == grant.redirect_uri,
@@ -452,6 +456,7 @@ impl<S: KeyStore> OAuthServer<S> {
             key_id: grant.key_id,
             key: grant.key,
             scope: grant.scope.clone(),
+            resource: self.settings.resource.clone(),
             created_ms: now,
             access: tokens.access,
             access_expires_ms: tokens.access_expires_ms,
@@ -552,6 +557,11 @@ impl<S: KeyStore> OAuthServer<S> {
             .await
             .map_err(|_| BearerError::Unavailable)?
             .ok_or(BearerError::Invalid)?;
+        // RFC 8707: a token is for the resource it was issued for (gateways with another
+        // public URL may share the store).
+        if !grant.resource.is_empty() && grant.resource != self.settings.resource {
+            return Err(BearerError::Invalid);
+        }
         self.check_scope(&grant.scope)?;
         Ok(AccessGrant {
             key_id: grant.key_id,

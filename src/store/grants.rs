@@ -6,7 +6,7 @@
 //! are each one atomic step of the store: taking a code once, spending a refresh token once
 //! (a second use ends its whole family), ending every grant of an account or client. The
 //! rules around them (PKCE, redirect URIs, client authentication) are the authorization
-//! server's, in `crate::oauth`.
+//! server's, in the `oauth` module.
 
 use std::future::Future;
 
@@ -118,6 +118,10 @@ pub struct Grant {
     pub key: KeyDigest,
     /// The scope granted.
     pub scope: String,
+    /// The protected resource it was issued for (RFC 8707); empty in grants stored before
+    /// it was recorded.
+    #[serde(default)]
+    pub resource: String,
     /// When it was granted.
     pub created_ms: i64,
     /// The current access token's digest.
@@ -154,6 +158,8 @@ pub enum CodeTaken {
     Reused,
     /// No such code (or it expired).
     Unknown,
+    /// The code (or the grant it made) is another client's; nothing changed.
+    OtherClient,
 }
 
 /// What spending a refresh token did.
@@ -161,7 +167,7 @@ pub enum CodeTaken {
 pub enum Refreshed {
     /// The token was spent and the grant now holds the new pair.
     Rotated(Box<Grant>),
-    /// The token was spent before: its whole family has been ended.
+    /// The token was spent before by its own client: its whole family has been ended.
     Reused,
     /// No such live refresh token.
     Unknown,
@@ -232,10 +238,13 @@ pub trait GrantStore: Send + Sync + 'static {
         limits: GrantLimits,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
-    /// Takes a code out, once. A code presented again ends the grant its first use made.
+    /// Takes a code of client `client_id` out, once. The same client presenting it again
+    /// ends the grant its first use made; another client's attempt changes nothing (so a
+    /// stolen code cannot be used to burn the victim's sign-in).
     fn take_code(
         &self,
         code: &TokenDigest,
+        client_id: &str,
         now_ms: i64,
     ) -> impl Future<Output = Result<CodeTaken, StoreError>> + Send;
 
@@ -251,7 +260,9 @@ pub trait GrantStore: Send + Sync + 'static {
         limits: GrantLimits,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
-    /// Spends the refresh token `presented` of client `client_id` and installs `next`.
+    /// Spends the refresh token `presented` of client `client_id` and installs `next`. A
+    /// spent token presented again by its client ends the family; by another client it
+    /// changes nothing.
     fn refresh_grant(
         &self,
         presented: &TokenDigest,

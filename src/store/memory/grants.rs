@@ -273,23 +273,32 @@ impl GrantTable {
         true
     }
 
-    fn take_code(&self, code: &TokenDigest, now_ms: i64) -> CodeTaken {
+    fn take_code(&self, code: &TokenDigest, client_id: &str, now_ms: i64) -> CodeTaken {
         let mut t = self.table.write();
-        if let Some(grant) = t.codes.remove(code) {
-            return if now_ms < grant.expires_ms {
-                CodeTaken::Fresh(grant)
-            } else {
-                CodeTaken::Unknown
+        if let Some(grant) = t.codes.get(code) {
+            if grant.client_id != client_id {
+                return CodeTaken::OtherClient;
+            }
+            return match t.codes.remove(code) {
+                Some(grant) if now_ms < grant.expires_ms => CodeTaken::Fresh(grant),
+                _ => CodeTaken::Unknown,
             };
         }
-        match t.used_codes.remove(code) {
-            Some((family, until)) if now_ms < until => {
-                t.end(&family);
-                self.changed();
-                CodeTaken::Reused
-            }
-            _ => CodeTaken::Unknown,
+        let Some((family, until)) = t.used_codes.get(code).cloned() else {
+            return CodeTaken::Unknown;
+        };
+        if now_ms >= until {
+            t.used_codes.remove(code);
+            return CodeTaken::Unknown;
         }
+        let owner = t.families.get(&family).map(|f| f.grant.client_id.clone());
+        if owner.is_some_and(|o| o != client_id) {
+            return CodeTaken::OtherClient;
+        }
+        t.used_codes.remove(code);
+        t.end(&family);
+        self.changed();
+        CodeTaken::Reused
     }
 
     fn add_grant(
@@ -297,11 +306,17 @@ impl GrantTable {
         code: TokenDigest,
         code_expires_ms: i64,
         grant: Grant,
+        now_ms: i64,
         limits: GrantLimits,
     ) -> bool {
         let mut t = self.table.write();
         if t.clients.get(&grant.client_id).is_none_or(|c| c.revoked) {
             return false;
+        }
+        // Each exchanged code is remembered for its minute; without a periodic sweep the
+        // expired ones go here, so the table stays within a minute of exchanges.
+        if t.used_codes.len() >= limits.codes {
+            t.used_codes.retain(|_, (_, until)| now_ms < *until);
         }
         t.used_codes
             .insert(code, (grant.family.clone(), code_expires_ms));
@@ -336,6 +351,10 @@ impl GrantTable {
     ) -> Refreshed {
         let mut t = self.table.write();
         if let Some(family) = t.spent.get(presented).cloned() {
+            let owner = t.families.get(&family).map(|f| f.grant.client_id.as_str());
+            if owner.is_some_and(|o| o != client_id) {
+                return Refreshed::OtherClient;
+            }
             t.end(&family);
             self.changed();
             return Refreshed::Reused;
@@ -384,7 +403,8 @@ impl GrantTable {
         let t = self.table.read();
         let token = t.tokens.get(access).filter(|t| t.kind == Kind::Access)?;
         let f = t.families.get(&token.family)?;
-        (f.grant.access == *access && now_ms < f.grant.access_expires_ms).then(|| f.grant.clone())
+        let live = now_ms < f.grant.access_expires_ms && now_ms < f.grant.refresh_expires_ms;
+        (f.grant.access == *access && live).then(|| f.grant.clone())
     }
 
     fn revoke_token(&self, token: &TokenDigest, client_id: &str) -> bool {
@@ -403,6 +423,10 @@ impl GrantTable {
             Kind::Refresh => t.end(&found.family),
             Kind::Access => {
                 t.tokens.remove(token);
+                // Kept in the grant for the state file: expired, so a reload cannot revive it.
+                if let Some(f) = t.families.get_mut(&found.family) {
+                    f.grant.access_expires_ms = i64::MIN;
+                }
             }
         }
         self.changed();
@@ -448,8 +472,13 @@ impl GrantStore for MemoryKeyStore {
         ready(Ok(self.grants.add_code(code, grant, now_ms, limits)))
     }
 
-    fn take_code(&self, code: &TokenDigest, now_ms: i64) -> Ready<Result<CodeTaken, StoreError>> {
-        ready(Ok(self.grants.take_code(code, now_ms)))
+    fn take_code(
+        &self,
+        code: &TokenDigest,
+        client_id: &str,
+        now_ms: i64,
+    ) -> Ready<Result<CodeTaken, StoreError>> {
+        ready(Ok(self.grants.take_code(code, client_id, now_ms)))
     }
 
     fn add_grant(
@@ -457,13 +486,14 @@ impl GrantStore for MemoryKeyStore {
         code: TokenDigest,
         code_expires_ms: i64,
         grant: Grant,
-        _now_ms: i64,
+        now_ms: i64,
         limits: GrantLimits,
     ) -> Ready<Result<bool, StoreError>> {
         ready(Ok(self.grants.add_grant(
             code,
             code_expires_ms,
             grant,
+            now_ms,
             limits,
         )))
     }

@@ -79,7 +79,8 @@ fn digest_of(hex_text: &str) -> Option<TokenDigest> {
 }
 
 /// A grant from the fields the scripts return: family, client, key id, key, scope, created,
-/// then (when present) access, access expiry, refresh, refresh expiry.
+/// access, access expiry, refresh, refresh expiry, resource (absent in grants stored before
+/// it was recorded).
 fn grant_from(fields: &[String]) -> Result<Grant, StoreError> {
     let num = |i: usize| -> Result<i64, StoreError> {
         fields
@@ -100,6 +101,7 @@ fn grant_from(fields: &[String]) -> Result<Grant, StoreError> {
         access_expires_ms: num(7)?,
         refresh: digest(8)?,
         refresh_expires_ms: num(9)?,
+        resource: fields.get(10).cloned().unwrap_or_default(),
     })
 }
 
@@ -234,9 +236,17 @@ impl GrantStore for RedisKeyStore {
         Ok(n == 1)
     }
 
-    async fn take_code(&self, code: &TokenDigest, now_ms: i64) -> Result<CodeTaken, StoreError> {
+    async fn take_code(
+        &self,
+        code: &TokenDigest,
+        client_id: &str,
+        now_ms: i64,
+    ) -> Result<CodeTaken, StoreError> {
         let reply: Vec<Value> = self
-            .run(&self.scripts.oauth.code_take, &[hex::encode(code)])
+            .run(
+                &self.scripts.oauth.code_take,
+                &[hex::encode(code), client_id.to_string()],
+            )
             .await?;
         let parts: Vec<Option<String>> = reply.iter().map(text).collect();
         match parts.as_slice() {
@@ -251,6 +261,7 @@ impl GrantStore for RedisKeyStore {
             }
             [Some(tag)] if tag == "reused" => Ok(CodeTaken::Reused),
             [Some(tag)] if tag == "unknown" => Ok(CodeTaken::Unknown),
+            [Some(tag)] if tag == "other_client" => Ok(CodeTaken::OtherClient),
             _ => Err(corrupt("code reply")),
         }
     }
@@ -281,6 +292,7 @@ impl GrantStore for RedisKeyStore {
                     grant.refresh_expires_ms.to_string(),
                     now_ms.to_string(),
                     limits.grants_per_account.to_string(),
+                    grant.resource,
                 ],
             )
             .await?;
@@ -312,13 +324,15 @@ impl GrantStore for RedisKeyStore {
             .await?;
         let parts: Vec<String> = reply.iter().filter_map(text).collect();
         match parts.first().map(String::as_str) {
-            Some("ok") => {
-                let mut fields = parts[1..].to_vec();
+            Some("ok") if parts.len() >= 8 => {
+                // family, client, key id, key, scope, created, then the new pair, resource.
+                let mut fields = parts[1..7].to_vec();
                 fields.extend([
                     hex::encode(next.access),
                     next.access_expires_ms.to_string(),
                     hex::encode(next.refresh),
                     next.refresh_expires_ms.to_string(),
+                    parts[7].clone(),
                 ]);
                 Ok(Refreshed::Rotated(Box::new(grant_from(&fields)?)))
             }

@@ -8,6 +8,22 @@ local function ttl(until_ms, now)
   return math.max(1, math.floor(tonumber(until_ms) - now))
 end
 
+-- Makes sure `key` lives at least `ms` more milliseconds (lists of grants live as long as
+-- the longest grant in them).
+local function extend(key, ms)
+  local left = redis.call('PTTL', key)
+  if left >= 0 and left < ms then redis.call('PEXPIRE', key, ms) end
+  if left == -1 then redis.call('PEXPIRE', key, ms) end
+end
+
+-- A client left without grants may be evicted again when registrations reach the bound.
+local function maybe_unused(client)
+  if redis.call('SCARD', k('byclient', client)) == 0 then
+    local created = redis.call('ZSCORE', k('clients'), client)
+    if created then redis.call('ZADD', k('unused'), created, client) end
+  end
+end
+
 -- Ends a grant: its tokens, the spent refresh tokens it remembers, its place in the
 -- account's and the client's lists.
 local function end_grant(fam)
@@ -19,6 +35,9 @@ local function end_grant(fam)
     for s in string.gmatch(f[3], '%x+') do redis.call('DEL', k('spent', s)) end
   end
   if f[4] then redis.call('ZREM', k('account', f[4]), fam) end
-  if f[5] then redis.call('SREM', k('byclient', f[5]), fam) end
   redis.call('DEL', g)
+  if f[5] then
+    redis.call('SREM', k('byclient', f[5]), fam)
+    maybe_unused(f[5])
+  end
 end

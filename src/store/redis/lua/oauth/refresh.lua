@@ -4,6 +4,8 @@ local now = tonumber(ARGV[8])
 local d = ARGV[2]
 local fam = redis.call('GET', k('spent', d))
 if fam then
+  local owner = redis.call('HGET', k('grant', fam), 'client')
+  if owner and owner ~= ARGV[3] then return {'other_client'} end
   end_grant(fam)
   return {'reused'}
 end
@@ -26,7 +28,10 @@ redis.call('SET', k('spent', d), fam, 'PX', ttl(ARGV[7], now))
 redis.call('HSET', g, 'access', ARGV[4], 'aexp', ARGV[5], 'refresh', ARGV[6], 'rexp', ARGV[7],
   'spent', table.concat(spent, ' '))
 redis.call('PEXPIRE', g, ttl(ARGV[7], now))
+extend(k('byclient', f[1]), ttl(ARGV[7], now))
+local kid = redis.call('HGET', g, 'kid')
+if kid then extend(k('account', kid), ttl(ARGV[7], now)) end
 redis.call('SET', k('tok', ARGV[4]), 'a' .. fam, 'PX', ttl(ARGV[5], now))
 redis.call('SET', k('tok', ARGV[6]), 'r' .. fam, 'PX', ttl(ARGV[7], now))
-local out = redis.call('HMGET', g, 'client', 'kid', 'key', 'scope', 'created')
-return {'ok', fam, out[1], out[2], out[3], out[4], out[5]}
+local out = redis.call('HMGET', g, 'client', 'kid', 'key', 'scope', 'created', 'res')
+return {'ok', fam, out[1], out[2], out[3], out[4], out[5], out[6] or ''}
