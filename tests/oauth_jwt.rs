@@ -275,3 +275,100 @@ async fn the_resource_metadata_sends_clients_to_the_identity_provider() {
     let doc: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(doc["authorization_servers"], json!([IDP, ISSUER]));
 }
+
+#[tokio::test]
+async fn a_revoked_subject_is_not_provisioned_again() {
+    let s = Setup::new(Some(25)).await;
+    let token = s.sign("rsa-1", RSA_1, &s.claims("user-9"));
+    assert_eq!(s.call(&token).await.0, StatusCode::OK);
+    let tags = [(OAUTH_SUBJECT_TAG.to_string(), "user-9".to_string())].into();
+    let first = s.gate.search_keys(&tags, 10).await.unwrap();
+    assert_eq!(first.len(), 1);
+    // The operator revokes the subject's key: its tokens stop, and no new key is made.
+    s.gate.revoke(first[0].id()).await.unwrap();
+    let (status, headers) = s.call(&token).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(invalid(&headers));
+    assert_eq!(s.gate.search_keys(&tags, 10).await.unwrap().len(), 1);
+    assert_eq!(s.gate.key_stats().await.unwrap().active_keys, 0);
+}
+
+#[tokio::test]
+async fn a_token_without_the_needed_scope_provisions_nothing() {
+    let jwks = Jwks::serve().await;
+    let clock = common::clock_at(common::T0);
+    let gate = Arc::new(
+        Gate::with_store(
+            PayGateConfig::default(),
+            MemoryKeyStore::new(),
+            clock.clone(),
+        )
+        .unwrap(),
+    );
+    let mut idp = JwtSettings::new(IDP, &jwks.url);
+    idp.auto_provision = Some(AutoProvision { credits: 25 });
+    let validator = JwtValidator::with_http(idp, format!("{ISSUER}/mcp"), clock.clone()).unwrap();
+    let mut settings = paygate_mcp::oauth::GrantSettings::new(format!("{ISSUER}/mcp"));
+    settings.scopes = vec!["mcp:tools".into()];
+    let oauth =
+        Arc::new(OAuthServer::with_settings(ISSUER, settings, gate.clone()).with_jwt(validator));
+    let s = Setup {
+        clock,
+        gate,
+        oauth,
+        jwks,
+    };
+    let mut claims = s.claims("user-5");
+    claims["scope"] = json!("openid profile");
+    let (status, headers) = s.call(&s.sign("rsa-1", RSA_1, &claims)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(headers["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .contains("insufficient_scope"));
+    assert_eq!(s.gate.key_stats().await.unwrap().total_keys, 0);
+    claims["scope"] = json!("openid mcp:tools");
+    assert_eq!(
+        s.call(&s.sign("rsa-1", RSA_1, &claims)).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(s.gate.key_stats().await.unwrap().total_keys, 1);
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn gateways_sharing_redis_provision_one_key_per_subject() {
+    use paygate_mcp::store::redis::{RedisConfig, RedisKeyStore, RedisTime};
+    let server = common::redis_server::RedisServer::start();
+    let jwks = Jwks::serve().await;
+    let clock = common::clock_at(common::T0);
+    let mut gateways = Vec::new();
+    for _ in 0..2 {
+        let config = RedisConfig::new(server.url())
+            .with_prefix("jwt:")
+            .with_time(RedisTime::Request);
+        let store = RedisKeyStore::connect(config).await.unwrap();
+        let gate =
+            Arc::new(Gate::with_store(PayGateConfig::default(), store, clock.clone()).unwrap());
+        let mut idp = JwtSettings::new(IDP, &jwks.url);
+        idp.auto_provision = Some(AutoProvision { credits: 25 });
+        let validator =
+            JwtValidator::with_http(idp, format!("{ISSUER}/mcp"), clock.clone()).unwrap();
+        let oauth = Arc::new(OAuthServer::new(ISSUER, gate.clone()).with_jwt(validator));
+        gateways.push((gate, oauth));
+    }
+    let now = paygate_mcp::Clock::now_ms(&*clock) / 1000;
+    let claims =
+        json!({"iss": IDP, "aud": format!("{ISSUER}/mcp"), "sub": "shared", "exp": now + 300});
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some("rsa-1".into());
+    let token =
+        jsonwebtoken::encode(&header, &claims, &EncodingKey::from_rsa_der(&der(RSA_1))).unwrap();
+    let (a, b) = tokio::join!(
+        gateways[0].1.authenticate(&token),
+        gateways[1].1.authenticate(&token)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.key_id, b.key_id, "both gateways bill one key");
+    assert_eq!(gateways[0].0.key_stats().await.unwrap().total_keys, 1);
+}

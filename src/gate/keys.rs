@@ -11,7 +11,7 @@ use std::fmt;
 use super::Gate;
 use crate::amount::MAX_AMOUNT;
 use crate::blocking::block_on;
-use crate::key::{generate_key, mask_key, KeyDigest, KeyRecord, KeyRef};
+use crate::key::{generate_key, mask_key, KeyDigest, KeyId, KeyRecord, KeyRef};
 use crate::store::{KeyPage, KeyStore, KeyUpdate, MemoryKeyStore, StoreError, StoreStats};
 
 /// The longest key the gate accepts, to store or to look up.
@@ -107,9 +107,25 @@ impl<S: KeyStore> Gate<S> {
         credits: u64,
         setup: &[KeyUpdate],
     ) -> Result<IssuedKey, GateError> {
+        self.create_key_as(None, name, credits, setup).await
+    }
+
+    /// [`Gate::create_key_with`] for the account `id` when given: a second key for the same
+    /// id is refused ([`StoreError::Duplicate`]), so callers racing to make one account's
+    /// key (gateways sharing a store) make one.
+    pub(crate) async fn create_key_as(
+        &self,
+        id: Option<KeyId>,
+        name: &str,
+        credits: u64,
+        setup: &[KeyUpdate],
+    ) -> Result<IssuedKey, GateError> {
         check_credits(credits)?;
         let key = new_key()?;
         let mut record = KeyRecord::new(&key, name, credits, self.clock.now_ms());
+        if id.is_some() {
+            record.key_id = id;
+        }
         for change in setup {
             change.apply(&mut record)?;
         }
@@ -248,7 +264,7 @@ impl<S: KeyStore> Gate<S> {
     pub async fn revoke(&self, key: impl Into<KeyRef<'_>>) -> Result<Option<KeyRecord>, GateError> {
         let rec = self.update_key(key, KeyUpdate::Revoke).await?;
         if let Some(rec) = &rec {
-            self.store.revoke_account(&rec.id()).await?;
+            self.end_grants(rec).await;
         }
         Ok(rec)
     }
@@ -269,7 +285,7 @@ impl<S: KeyStore> Gate<S> {
             .await?;
         if let Some(record) = &record {
             // A grant was approved with the old key: it does not carry over to the new one.
-            self.store.revoke_account(&record.id()).await?;
+            self.end_grants(record).await;
         }
         Ok(record.map(|record| IssuedKey {
             key: new_key,
@@ -279,6 +295,16 @@ impl<S: KeyStore> Gate<S> {
 }
 
 impl<S: KeyStore> Gate<S> {
+    /// Ends the OAuth grants acting for `rec`'s account after its key was revoked or
+    /// rotated. The key change has happened either way, so a store failure here is logged,
+    /// not returned: those grants act for a key that no longer works (they are checked by
+    /// its digest on every call), and the store drops them when they expire.
+    async fn end_grants(&self, rec: &KeyRecord) {
+        if let Err(e) = self.store.revoke_account(&rec.id()).await {
+            tracing::warn!(key_id = %rec.id(), error = %e, "OAuth grants of a revoked or rotated key not ended");
+        }
+    }
+
     /// Imports the state file of paygate-mcp 1.8 (its plaintext keys become digest
     /// records with their balances, counters, ACL, quota, tags, allowlist and expiry), and
     /// says what it skipped. Keys already in the store are left as they are.

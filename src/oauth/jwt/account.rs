@@ -4,12 +4,28 @@
 use std::collections::BTreeMap;
 
 use super::{JwtError, JwtValidator};
-use crate::key::{KeyRecord, MAX_TAG_LEN};
+use crate::gate::GateError;
+use crate::key::{KeyDigest, KeyId, KeyRecord, MAX_TAG_LEN};
 use crate::oauth::{AccessGrant, BearerError, OAuthServer};
-use crate::store::{KeyStore, KeyUpdate};
+use crate::store::{KeyStore, KeyUpdate, StoreError};
 
 /// The tag that names the identity-provider account a key pays for.
 pub const OAUTH_SUBJECT_TAG: &str = "oauthSubject";
+
+/// Keys found for a subject.
+enum Subject {
+    /// Its one working key.
+    Key(Box<KeyRecord>),
+    /// Keys carry it, none of them usable (revoked), or more than one active: refused,
+    /// never provisioned again (an operator who revoked a subject's key meant it).
+    Refused,
+    /// No key carries it.
+    Unknown,
+}
+
+/// Keys read per subject lookup; more than a handful carrying one subject is an operator's
+/// mistake, refused either way.
+const SUBJECT_LOOKUP: usize = 16;
 
 impl<S: KeyStore> OAuthServer<S> {
     /// What a JWT of the configured identity provider acts for: the active key whose
@@ -29,14 +45,16 @@ impl<S: KeyStore> OAuthServer<S> {
         if valid.account.chars().count() > MAX_TAG_LEN {
             return Err(BearerError::Invalid);
         }
+        // Before anything is made for it: a token without the needed scopes gets nothing.
+        self.check_scope(&valid.scope)?;
         let rec = match self.subject_key(&valid.account).await? {
-            Some(rec) => rec,
-            None => self.provision(jwt, &valid.account).await?,
+            Subject::Key(rec) => *rec,
+            Subject::Refused => return Err(BearerError::Invalid),
+            Subject::Unknown => self.provision(jwt, &valid.account).await?,
         };
         if !rec.active || rec.is_expired_at(self.gate.clock().now_ms()) {
             return Err(BearerError::Invalid);
         }
-        self.check_scope(&valid.scope)?;
         Ok(AccessGrant {
             key_id: rec.id(),
             key: rec.key_hash,
@@ -45,48 +63,62 @@ impl<S: KeyStore> OAuthServer<S> {
         })
     }
 
-    /// The key tagged with `subject`. Two keys carrying one subject is an operator's
-    /// mistake: neither is used, rather than billing one of them at random.
-    async fn subject_key(&self, subject: &str) -> Result<Option<KeyRecord>, BearerError> {
+    /// The keys tagged with `subject`.
+    async fn subject_key(&self, subject: &str) -> Result<Subject, BearerError> {
         let tags = BTreeMap::from([(OAUTH_SUBJECT_TAG.to_string(), subject.to_string())]);
         let found = self
             .gate
-            .search_keys(&tags, 2)
+            .search_keys(&tags, SUBJECT_LOOKUP)
             .await
             .map_err(|_| BearerError::Unavailable)?;
-        let active: Vec<KeyRecord> = found.into_iter().filter(|r| r.active).collect();
-        match active.len() {
-            0 | 1 => Ok(active.into_iter().next()),
-            _ => {
-                tracing::warn!(
-                    subject,
-                    "more than one active key carries this oauthSubject; the token is refused"
-                );
-                Err(BearerError::Invalid)
-            }
+        if found.is_empty() {
+            return Ok(Subject::Unknown);
         }
+        let mut active: Vec<KeyRecord> = found.into_iter().filter(|r| r.active).collect();
+        if active.len() > 1 {
+            tracing::warn!(
+                subject,
+                "more than one active key carries this oauthSubject; its tokens are refused"
+            );
+        }
+        Ok(match (active.pop(), active.is_empty()) {
+            (Some(rec), true) => Subject::Key(Box::new(rec)),
+            _ => Subject::Refused,
+        })
     }
 
-    /// A key for a subject seen for the first time, when the settings allow it. One at a
-    /// time, looked up again first, so two first calls make one key.
+    /// A key for a subject seen for the first time, when the settings allow it. Its account
+    /// id is derived from the issuer and subject, so gateways racing to make it (on one
+    /// Redis) make one: the store refuses a second key for an id.
     async fn provision(&self, jwt: &JwtValidator, subject: &str) -> Result<KeyRecord, BearerError> {
         let Some(auto) = &jwt.settings().auto_provision else {
             return Err(BearerError::Invalid);
         };
         let _one_at_a_time = self.provisioning.lock().await;
-        if let Some(rec) = self.subject_key(subject).await? {
-            return Ok(rec);
-        }
+        let issuer = &jwt.settings().issuer;
+        let id = KeyId::derived(&KeyDigest::of(&format!(
+            "oauthSubject\n{issuer}\n{subject}"
+        )));
         let tags = BTreeMap::from([(OAUTH_SUBJECT_TAG.to_string(), Some(subject.to_string()))]);
         let name: String = subject.chars().take(100).collect();
-        let issued = self
+        let made = self
             .gate
-            .create_key_with(&name, auto.credits, &[KeyUpdate::MergeTags(tags)])
-            .await
-            .map_err(|e| {
+            .create_key_as(Some(id), &name, auto.credits, &[KeyUpdate::MergeTags(tags)])
+            .await;
+        let issued = match made {
+            Ok(issued) => issued,
+            // Made a moment ago, here or by another gateway.
+            Err(GateError::Store(StoreError::Duplicate)) => {
+                return match self.subject_key(subject).await? {
+                    Subject::Key(rec) => Ok(*rec),
+                    _ => Err(BearerError::Invalid),
+                }
+            }
+            Err(e) => {
                 tracing::warn!(error = %e, "could not provision a key for a signed-in subject");
-                BearerError::Unavailable
-            })?;
+                return Err(BearerError::Unavailable);
+            }
+        };
         self.gate.emit(
             "key.created",
             serde_json::json!({
