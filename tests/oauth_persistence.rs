@@ -212,6 +212,18 @@ async fn tokens_survive_a_restart_with_the_state_file() {
     // The client survived too: it signs in again without registering.
     let listed = after.oauth.clients().await.unwrap();
     assert!(listed.iter().any(|c| c.client_id == t.client));
+    // A revoked access token stays revoked across a reload; its refresh token still works.
+    let t3 = after.sign_in(&key).await;
+    after
+        .oauth
+        .revoke_token(&t3.client, None, &t3.access)
+        .await
+        .unwrap();
+    after.gate.store().save_to(&path).unwrap();
+    let (store, _) = MemoryKeyStore::load_from(&path).unwrap();
+    let after = Gateway::over(store);
+    assert_eq!(after.call(&t3.access).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(after.refresh(&t3).await.0, StatusCode::OK);
     // A revocation is saved like any change.
     let t2 = after.sign_in(&key).await;
     after.gate.revoke(key.as_str()).await.unwrap();
@@ -222,16 +234,41 @@ async fn tokens_survive_a_restart_with_the_state_file() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
-#[test]
-fn a_state_file_with_a_damaged_oauth_section_is_refused_untouched() {
+#[tokio::test]
+async fn damaged_oauth_entries_cost_only_themselves() {
     let dir = std::env::temp_dir().join(format!("paygate-oauth-bad-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("state.json");
-    let doc = json!({"version": 1, "keys": [], "oauth": {"clients": [{"clientId": 7}]}});
+    let gw = Gateway::over(MemoryKeyStore::new());
+    let key = gw.gate.create_key("alice", 20).await.unwrap();
+    let t = gw.sign_in(&key).await;
+    gw.gate.store().save_to(&path).unwrap();
+    // Hand-edited: a client of the wrong shape, a repeated client, a grant that is not one,
+    // and a copy of the real grant (same tokens) under another id.
+    let mut doc: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let client = doc["oauth"]["clients"][0].clone();
+    let mut copy = doc["oauth"]["grants"][0].clone();
+    copy["family"] = json!("another");
+    let clients = doc["oauth"]["clients"].as_array_mut().unwrap();
+    clients.insert(0, json!({"clientId": 7}));
+    clients.push(json!({"clientId": client["clientId"], "clientName": "impostor", "redirectUris": [], "auth": "none", "createdMs": 0, "revoked": true}));
+    let grants = doc["oauth"]["grants"].as_array_mut().unwrap();
+    grants.push(json!("not a grant"));
+    grants.push(copy);
     std::fs::write(&path, doc.to_string()).unwrap();
+    let (store, report) = MemoryKeyStore::load_from(&path).unwrap();
+    assert_eq!((report.loaded, report.skipped), (1, 0), "every key loads");
+    let after = Gateway::over(store);
+    assert_eq!(after.call(&t.access).await, StatusCode::OK);
+    let clients = after.oauth.clients().await.unwrap();
+    assert_eq!(clients.len(), 1);
+    assert!(!clients[0].revoked, "the first entry of a client wins");
+    // A section that is not an object at all: the file is refused and left as it was.
+    let bad = json!({"version": 1, "keys": [], "oauth": 5}).to_string();
+    std::fs::write(&path, &bad).unwrap();
     let err = MemoryKeyStore::load_from(&path).unwrap_err().to_string();
     assert!(err.contains("left untouched"), "{err}");
-    assert_eq!(std::fs::read_to_string(&path).unwrap(), doc.to_string());
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), bad);
     std::fs::remove_dir_all(dir).unwrap();
 }
 

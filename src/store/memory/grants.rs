@@ -109,12 +109,10 @@ pub(crate) struct GrantTable {
 
 /// What a state file holds of the grants: clients and live grants (codes live a minute and
 /// are not kept).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub(crate) struct GrantSnapshot {
-    #[serde(default)]
     clients: Vec<Client>,
-    #[serde(default)]
     grants: Vec<Family>,
 }
 
@@ -122,6 +120,17 @@ impl GrantSnapshot {
     pub(crate) fn is_empty(&self) -> bool {
         self.clients.is_empty() && self.grants.is_empty()
     }
+}
+
+/// The `oauth` section as read: each entry on its own, so one damaged entry costs that
+/// client or grant (its user signs in again), not the keys of the whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct GrantSection {
+    #[serde(default)]
+    clients: Vec<serde_json::Value>,
+    #[serde(default)]
+    grants: Vec<serde_json::Value>,
 }
 
 impl GrantTable {
@@ -145,25 +154,41 @@ impl GrantTable {
         GrantSnapshot { clients, grants }
     }
 
-    /// Restores a snapshot (into an empty table). Grants of unknown clients are dropped.
-    pub(crate) fn restore(&self, snap: GrantSnapshot) -> usize {
+    /// Restores the `oauth` section of a state file (into an empty table). Entries that do
+    /// not parse, repeat a client or grant, share a token with another grant, or belong to
+    /// an unknown or revoked client are skipped; returns how many.
+    pub(crate) fn restore(&self, section: GrantSection) -> usize {
         let mut t = self.table.write();
-        for c in snap.clients {
-            t.clients.insert(c.client_id.clone(), c);
+        let mut skipped = 0;
+        for value in section.clients {
+            match serde_json::from_value::<Client>(value) {
+                Ok(c) if !t.clients.contains_key(&c.client_id) => {
+                    t.clients.insert(c.client_id.clone(), c);
+                }
+                _ => skipped += 1,
+            }
         }
-        let mut dropped = 0;
-        for f in snap.grants {
+        for value in section.grants {
+            let Ok(f) = serde_json::from_value::<Family>(value) else {
+                skipped += 1;
+                continue;
+            };
             let known = t
                 .clients
                 .get(&f.grant.client_id)
                 .is_some_and(|c| !c.revoked);
-            if known && !t.families.contains_key(&f.grant.family) {
+            let clash = t.families.contains_key(&f.grant.family)
+                || [f.grant.access, f.grant.refresh]
+                    .iter()
+                    .chain(f.spent.iter().map(|d| &d.0))
+                    .any(|d| t.tokens.contains_key(d) || t.spent.contains_key(d));
+            if known && !clash {
                 t.insert_family(f);
             } else {
-                dropped += 1;
+                skipped += 1;
             }
         }
-        dropped
+        skipped
     }
 
     /// How much the table holds: clients, codes, live tokens, grants, spent refresh tokens.

@@ -11,7 +11,7 @@ use parking_lot::{Mutex, RwLock};
 mod charge;
 mod grants;
 
-pub(crate) use grants::GrantSnapshot;
+pub(crate) use grants::{GrantSection, GrantSnapshot};
 
 use super::compact::StoredKey;
 use super::{

@@ -14,7 +14,7 @@ use super::save::sync_dir;
 use super::{io_err, rejected_path, LoadReport, OriginalPin, StateFileError, STATE_FILE_VERSION};
 use crate::blocking::block_on;
 use crate::key::KeyRecord;
-use crate::store::memory::GrantSnapshot;
+use crate::store::memory::GrantSection;
 use crate::store::{KeyStore, MemoryKeyStore};
 
 /// Most skip reasons kept in a [`LoadReport`].
@@ -45,7 +45,7 @@ struct RejectedLine<'a> {
 struct Header {
     version: Option<u32>,
     keys: bool,
-    oauth: Option<GrantSnapshot>,
+    oauth: Option<GrantSection>,
 }
 
 /// Reads a state file record by record into a store, so a file of a million keys never
@@ -110,7 +110,7 @@ impl<'de> Visitor<'de> for FileSeed<'_> {
                 }
                 "oauth" => header
                     .oauth
-                    .replace(map.next_value::<GrantSnapshot>()?)
+                    .replace(map.next_value::<GrantSection>()?)
                     .is_some(),
                 other => {
                     return Err(A::Error::custom(format!(
