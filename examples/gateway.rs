@@ -6,15 +6,16 @@
 //!     [--refund-on-failure] [--import-key "pg_...:100"] [--state-file FILE]
 //!     [--webhook-url URL] [--webhook-secret SECRET] [--redis-url redis://127.0.0.1:6379]
 //!     [--server "npx -y @modelcontextprotocol/server-everything"] [--remote-url URL]
-//!     [--print-keys]
+//!     [--print-keys] [--oauth] [--public-url URL] [--oauth-access-ttl SECS]
 //!
 //! `--redis-url` needs `--features redis`; without it keys live in memory (and in the
 //! `--state-file`, when given).
 //! ```
 //!
 //! A paygate-mcp 1.8 config file loads unchanged with `--config`: its `port`, `adminKey`,
-//! `stateFile` and `importKeys` are used when the matching flag is absent (a flag wins), and
-//! its `oauth` and `stripeWebhookSecret`, not supported yet, are refused by name.
+//! `stateFile`, `importKeys`, `publicUrl` and `oauth` are used when the matching flag is
+//! absent (a flag wins); its `stripeWebhookSecret`, not supported yet, is refused by name.
+//! `oauth.jwt` (an external identity provider) needs `--features jwt`.
 
 #[path = "common/client_addr.rs"]
 mod client_addr;
@@ -125,21 +126,7 @@ struct Args {
 }
 
 fn public_url(v: &str) -> Result<String, String> {
-    let v = v.trim_end_matches('/');
-    let ok = (v.starts_with("https://") || v.starts_with("http://"))
-        && !v.contains(['?', '#', '@', ' ']);
-    if !ok {
-        return Err(format!(
-            "'{v}' is not an http(s) URL without query, fragment or credentials"
-        ));
-    }
-    // API keys are typed into the consent page: never over plain http off this machine.
-    if !paygate_mcp::config::secure_or_loopback(v) {
-        return Err(format!(
-            "'{v}' must be https, or http on 127.0.0.1, localhost or [::1]"
-        ));
-    }
-    Ok(v.to_string())
+    paygate_mcp::config::check_public_url(v)
 }
 
 fn cors_origin(v: &str) -> Result<http::HeaderValue, String> {
@@ -593,6 +580,7 @@ async fn serve<St: KeyStore>(
         let issuer = args
             .public_url
             .clone()
+            .or_else(|| gate.config().public_url.clone())
             .or_else(|| file.issuer.clone())
             .unwrap_or_else(|| format!("http://127.0.0.1:{}", settings.port))
             .trim_end_matches('/')

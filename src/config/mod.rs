@@ -220,6 +220,11 @@ pub struct PayGateConfig {
         skip_serializing_if = "BTreeMap::is_empty"
     )]
     pub import_keys: BTreeMap<String, u64>,
+    /// Gateway: the public base URL clients reach it at (`--public-url` wins); the OAuth
+    /// issuer, and the protected resource is `<publicUrl>/mcp`. Default
+    /// `http://127.0.0.1:<port>`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
     /// Gateway: OAuth 2.1 sign-in with the built-in authorization server (1.8's `oauth`
     /// settings; the same as `--oauth`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -337,6 +342,38 @@ pub fn secure_or_loopback(url: &str) -> bool {
     matches!(host, "127.0.0.1" | "localhost" | "::1")
 }
 
+/// The gateway's public base URL (`publicUrl`, `--public-url`, `oauth.issuer`), without a
+/// trailing `/`: an origin (the OAuth endpoints and metadata are served at its root), https
+/// or http on a loopback host (API keys are typed into its consent page).
+///
+/// ```
+/// use paygate_mcp::config::check_public_url;
+/// assert_eq!(check_public_url("https://mcp.example.com/").unwrap(), "https://mcp.example.com");
+/// assert!(check_public_url("http://mcp.example.com").is_err());
+/// assert!(check_public_url("https://mcp.example.com/tenant").is_err());
+/// ```
+pub fn check_public_url(url: &str) -> Result<String, String> {
+    let url = url.trim_end_matches('/');
+    let plain = is_http_url(url) && !url.contains(['?', '#', '@', ' ']);
+    if !plain {
+        return Err(format!(
+            "'{url}' is not an http:// or https:// URL without query, fragment or credentials"
+        ));
+    }
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or_default();
+    if rest.contains('/') {
+        return Err(format!(
+            "'{url}' has a path: give the origin the gateway is reached at (its OAuth endpoints and metadata are served at the root)"
+        ));
+    }
+    if !secure_or_loopback(url) {
+        return Err(format!(
+            "'{url}' must be https (API keys are typed into its consent page), or http on 127.0.0.1, localhost or [::1]"
+        ));
+    }
+    Ok(url.to_string())
+}
+
 fn is_http_url(url: &str) -> bool {
     (url.starts_with("http://") || url.starts_with("https://")) && url.len() >= 10
 }
@@ -378,6 +415,7 @@ impl Default for PayGateConfig {
             import_keys: BTreeMap::new(),
             oauth: None,
             stripe_webhook_secret: None,
+            public_url: None,
         }
     }
 }
@@ -510,21 +548,12 @@ impl PayGateConfig {
                 ));
             }
         }
+        if let Some(url) = &self.public_url {
+            check_public_url(url).map_err(|e| ConfigError::invalid("publicUrl", e))?;
+        }
         if let Some(oauth) = &self.oauth {
             if let Some(issuer) = &oauth.issuer {
-                let plain = is_http_url(issuer) && !issuer.contains(['?', '#', '@', ' ']);
-                if !plain {
-                    return Err(ConfigError::invalid(
-                        "oauth.issuer",
-                        "must be an http:// or https:// URL without query, fragment or credentials",
-                    ));
-                }
-                if !secure_or_loopback(issuer) {
-                    return Err(ConfigError::invalid(
-                        "oauth.issuer",
-                        "must be https (API keys are typed into its consent page), or http on 127.0.0.1, localhost or [::1]",
-                    ));
-                }
+                check_public_url(issuer).map_err(|e| ConfigError::invalid("oauth.issuer", e))?;
             }
             for (field, ttl) in [
                 ("oauth.accessTokenTtl", oauth.access_token_ttl),
@@ -957,6 +986,18 @@ mod tests {
         let oauth = cfg.oauth.unwrap();
         assert_eq!(oauth.issuer.as_deref(), Some("https://auth.example.com"));
         assert_eq!(oauth.refresh_token_ttl, Some(86_400));
+        let cfg = PayGateConfig::from_json_str(r#"{"publicUrl": "https://mcp.example.com"}"#);
+        assert_eq!(
+            cfg.unwrap().public_url.as_deref(),
+            Some("https://mcp.example.com")
+        );
+        for bad in [
+            r#"{"publicUrl": "http://mcp.example.com"}"#,
+            r#"{"publicUrl": "https://mcp.example.com/tenant"}"#,
+            r#"{"oauth": {"issuer": "https://mcp.example.com/tenant"}}"#,
+        ] {
+            assert!(PayGateConfig::from_json_str(bad).is_err(), "{bad}");
+        }
         assert!(PayGateConfig::from_json_str(r#"{"oauth": {}}"#)
             .unwrap()
             .oauth

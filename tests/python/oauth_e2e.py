@@ -143,6 +143,10 @@ async def run() -> int:
             r = await session.call_tool("echo", {"message": "hi"})  # 401 -> PRM -> ASM -> DCR -> consent -> token -> retry
             assert not r.is_error and bot.redirects == 1, (r, bot.redirects)
             assert await balance() == start - 1, "the call was paid by the approving key"
+            # Signed in, tools/list goes with the token too (free: nothing is charged).
+            listed = [t.name for t in (await session.list_tools()).tools]
+            assert "echo" in listed and bot.redirects == 1, listed
+            assert await balance() == start - 1
             first = storage.tokens
             assert first is not None and first.expires_in is not None
 
