@@ -57,6 +57,10 @@ struct Table {
     spent: HashMap<TokenDigest, String>,
     /// Each account's grants, oldest first.
     by_account: HashMap<KeyId, VecDeque<String>>,
+    /// Live grants per client.
+    granted: HashMap<String, usize>,
+    /// Clients holding no grant, oldest first: the ones a registration at the bound evicts.
+    idle: std::collections::BTreeSet<(i64, String)>,
 }
 
 impl Table {
@@ -76,6 +80,23 @@ impl Table {
                 self.by_account.remove(&f.grant.key_id);
             }
         }
+        let client = &f.grant.client_id;
+        let left = self.granted.get_mut(client).map(|n| {
+            *n = n.saturating_sub(1);
+            *n
+        });
+        if left == Some(0) {
+            self.granted.remove(client);
+            if let Some(c) = self.clients.get(client) {
+                self.idle.insert((c.created_ms, c.client_id.clone()));
+            }
+        }
+    }
+
+    fn add_client(&mut self, client: Client) {
+        self.idle
+            .insert((client.created_ms, client.client_id.clone()));
+        self.clients.insert(client.client_id.clone(), client);
     }
 
     fn install(&mut self, family: &str, grant: &Grant) {
@@ -95,6 +116,11 @@ impl Table {
             .entry(f.grant.key_id)
             .or_default()
             .push_back(family.clone());
+        let client = f.grant.client_id.clone();
+        *self.granted.entry(client.clone()).or_default() += 1;
+        if let Some(c) = self.clients.get(&client) {
+            self.idle.remove(&(c.created_ms, client));
+        }
         self.families.insert(family, f);
     }
 }
@@ -162,9 +188,7 @@ impl GrantTable {
         let mut skipped = 0;
         for value in section.clients {
             match serde_json::from_value::<Client>(value) {
-                Ok(c) if !t.clients.contains_key(&c.client_id) => {
-                    t.clients.insert(c.client_id.clone(), c);
-                }
+                Ok(c) if !t.clients.contains_key(&c.client_id) => t.add_client(c),
                 _ => skipped += 1,
             }
         }
@@ -235,26 +259,16 @@ impl GrantTable {
     fn add_client(&self, client: Client, limits: GrantLimits) -> bool {
         let mut t = self.table.write();
         if t.clients.len() >= limits.clients {
-            // Registration is open to anyone: at the bound, the oldest client that never
-            // got a grant makes room, so a flood cannot lock real clients out.
-            let granted: std::collections::HashSet<&str> = t
-                .families
-                .values()
-                .map(|f| f.grant.client_id.as_str())
-                .collect();
-            let unused = t
-                .clients
-                .values()
-                .filter(|c| !granted.contains(c.client_id.as_str()))
-                .min_by_key(|c| c.created_ms)
-                .map(|c| c.client_id.clone());
-            let Some(id) = unused else {
+            // Registration is open to anyone: at the bound, the oldest client holding no
+            // grant (never used, revoked, or its grants ended) makes room, so a flood cannot
+            // lock real clients out.
+            let Some((_, id)) = t.idle.pop_first() else {
                 return false;
             };
+            // Its codes (if any) die at the exchange: the client is unknown by then.
             t.clients.remove(&id);
-            t.codes.retain(|_, c| c.client_id != id);
         }
-        t.clients.insert(client.client_id.clone(), client);
+        t.add_client(client);
         self.changed();
         true
     }
