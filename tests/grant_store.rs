@@ -242,7 +242,8 @@ async fn revocation_reaches_what_it_should<S: KeyStore>(s: &S) {
 async fn bounds_hold<S: KeyStore>(s: &S) {
     let limits = GrantLimits {
         clients: 5,
-        codes: 3,
+        codes: 4,
+        codes_per_account: 3,
         grants_per_account: 2,
         spent_per_grant: 2,
     };
@@ -266,7 +267,7 @@ async fn bounds_hold<S: KeyStore>(s: &S) {
         .map(|c| c.client_id)
         .collect();
     assert_eq!(ids, ["pgc_0", "pgc_2", "pgc_3", "pgc_4", "pgc_5"]);
-    // Codes: at most three waiting; expired ones make room.
+    // Codes: at most three per account and four in all; expired ones make room.
     for n in 0..3 {
         let code = token_digest(&format!("k{n}"));
         assert!(s
@@ -279,7 +280,15 @@ async fn bounds_hold<S: KeyStore>(s: &S) {
         .await
         .unwrap());
     assert!(s
-        .add_code(token_digest("k4"), code_grant(0, 1), NOW + 60_000, limits)
+        .add_code(token_digest("k4"), code_grant(0, 2), NOW, limits)
+        .await
+        .unwrap());
+    assert!(!s
+        .add_code(token_digest("k5"), code_grant(0, 3), NOW, limits)
+        .await
+        .unwrap());
+    assert!(s
+        .add_code(token_digest("k6"), code_grant(0, 1), NOW + 60_000, limits)
         .await
         .unwrap());
     // Grants per account: a third ends the oldest.

@@ -347,7 +347,7 @@ impl<S: KeyStore> OAuthServer<S> {
         if !added {
             return Err(err(
                 "temporarily_unavailable",
-                "too many sign-ins in progress",
+                "too many sign-ins in progress for this key or this server; try again in a minute",
             ));
         }
         Ok(code)

@@ -185,6 +185,9 @@ pub struct GrantLimits {
     pub clients: usize,
     /// Most codes waiting to be exchanged.
     pub codes: usize,
+    /// Most codes one account is issued per code lifetime (a minute), so no key holder can
+    /// fill the store's room for codes and stall everyone's sign-in.
+    pub codes_per_account: usize,
     /// Most grants per account; a new one ends the oldest.
     pub grants_per_account: usize,
     /// Spent refresh tokens remembered per grant, to spot one presented again.
@@ -196,6 +199,7 @@ impl Default for GrantLimits {
         Self {
             clients: 10_000,
             codes: 100_000,
+            codes_per_account: 30,
             grants_per_account: 50,
             spent_per_grant: 8,
         }
@@ -229,7 +233,8 @@ pub trait GrantStore: Send + Sync + 'static {
         client_id: &str,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
-    /// Keeps a code until `grant.expires_ms`; `false` when `limits.codes` live codes wait.
+    /// Keeps a code until `grant.expires_ms`; `false` when `limits.codes` live codes wait,
+    /// or the account was issued `limits.codes_per_account` codes that have not expired.
     fn add_code(
         &self,
         code: TokenDigest,

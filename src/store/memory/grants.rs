@@ -59,6 +59,8 @@ struct Table {
     by_account: HashMap<KeyId, VecDeque<String>>,
     /// Live grants per client.
     granted: HashMap<String, usize>,
+    /// Expiries of the codes issued to each account, oldest first.
+    issued: HashMap<KeyId, VecDeque<i64>>,
     /// Clients holding no grant, oldest first: the ones a registration at the bound evicts.
     idle: std::collections::BTreeSet<(i64, String)>,
 }
@@ -232,6 +234,8 @@ impl GrantTable {
         let mut t = self.table.write();
         t.codes.retain(|_, c| now_ms < c.expires_ms);
         t.used_codes.retain(|_, (_, until)| now_ms < *until);
+        t.issued
+            .retain(|_, q| q.back().is_some_and(|until| now_ms < *until));
         let ended: Vec<String> = t
             .families
             .values()
@@ -304,10 +308,20 @@ impl GrantTable {
         if t.codes.len() >= limits.codes {
             t.codes.retain(|_, c| now_ms < c.expires_ms);
             t.used_codes.retain(|_, (_, until)| now_ms < *until);
+            t.issued
+                .retain(|_, q| q.back().is_some_and(|until| now_ms < *until));
             if t.codes.len() >= limits.codes {
                 return false;
             }
         }
+        let issued = t.issued.entry(grant.key_id).or_default();
+        while issued.front().is_some_and(|until| *until <= now_ms) {
+            issued.pop_front();
+        }
+        if issued.len() >= limits.codes_per_account {
+            return false;
+        }
+        issued.push_back(grant.expires_ms);
         t.codes.insert(code, grant);
         true
     }

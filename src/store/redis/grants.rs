@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | `oauth:client:<id>` | hash | `json` (the client), `revoked` |
 //! | `oauth:clients`, `oauth:unused` | sorted set | every client / those never granted anything, by registration time |
-//! | `oauth:code:<digest>` | string | a code's grant (JSON), expiring with it; `oauth:codes` bounds their number |
+//! | `oauth:code:<digest>` | string | a code's grant (JSON), expiring with it; `oauth:codes` bounds their number, `oauth:issued:<keyId>` each account's |
 //! | `oauth:used:<digest>` | string | for a code's lifetime after its exchange, the grant it made |
 //! | `oauth:grant:<family>` | hash | a grant: client, account, scope, current token digests and expiries, spent refresh tokens; expires with its refresh token |
 //! | `oauth:tok:<digest>` | string | `a<family>` or `r<family>` for each live token, expiring with it |
@@ -230,6 +230,8 @@ impl GrantStore for RedisKeyStore {
                     grant.expires_ms.to_string(),
                     now_ms.to_string(),
                     limits.codes.to_string(),
+                    grant.key_id.to_string(),
+                    limits.codes_per_account.to_string(),
                 ],
             )
             .await?;
