@@ -5,6 +5,7 @@
 # after the key is revoked. The SDK is installed into .test-deps/pyvenv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/gateway.sh
 venv=.test-deps/pyvenv
 if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import mcp' 2>/dev/null; then
   if ! python3 -m venv "$venv" 2>/dev/null; then
@@ -28,12 +29,7 @@ start_gateway() {
   PAYGATE_ADMIN_KEY=oauth-e2e-admin-key-0123456789 \
     target/debug/examples/gateway --port "$port" --oauth --oauth-access-ttl 2 --print-keys "$@" >"$log" 2>&1 &
   pid=$!
-  for _ in $(seq 1 100); do
-    grep -q '^export PAYGATE_ADMIN_KEY=' "$log" && break
-    kill -0 $pid 2>/dev/null || { cat "$log"; echo "gateway exited early"; exit 1; }
-    sleep 0.1
-  done
-  eval "$(grep '^export ' "$log")"
+  wait_for_keys $pid "$log"
 }
 
 new_key() {

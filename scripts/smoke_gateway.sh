@@ -2,18 +2,14 @@
 # Starts the gateway exactly as the README says and runs the README's curl lines against it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/gateway.sh
 cargo build --quiet --example gateway
 log=$(mktemp)
 # Output goes to a file, not a terminal: --print-keys asks for the export lines there.
 cargo run --quiet --example gateway -- --print-keys >"$log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; rm -f "$log"' EXIT
-for _ in $(seq 1 100); do
-  grep -q '^export PAYGATE_ADMIN_KEY=' "$log" && break
-  kill -0 $pid 2>/dev/null || { cat "$log"; echo "gateway exited early"; exit 1; }
-  sleep 0.1
-done
-eval "$(grep '^export ' "$log")"
+wait_for_keys $pid "$log"
 [ -n "${PAYGATE_KEY:-}" ] || { cat "$log"; echo "no API key printed"; exit 1; }
 ran=0
 while IFS= read -r line; do

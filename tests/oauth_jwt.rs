@@ -9,25 +9,23 @@
 
 mod common;
 
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use paygate_mcp::config::AutoProvision;
 use paygate_mcp::oauth::{JwtSettings, JwtValidator, OAuthServer, OAUTH_SUBJECT_TAG};
 use paygate_mcp::{
     AdminService, Clock as _, Gate, KeyUpdate, ManualClock, MemoryKeyStore, PayGateConfig,
-    PayGateLayer,
 };
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tower::{service_fn, ServiceBuilder, ServiceExt};
+use tower::ServiceExt;
 
 const ISSUER: &str = "http://127.0.0.1:3402";
 const IDP: &str = "https://id.example.com/";
@@ -134,19 +132,7 @@ impl Setup {
     }
 
     async fn call(&self, token: &str) -> (StatusCode, http::HeaderMap) {
-        let svc = ServiceBuilder::new()
-            .layer(PayGateLayer::from_gate(self.gate.clone()).with_oauth(self.oauth.clone()))
-            .service(service_fn(|_req: Request<Full<Bytes>>| async {
-                let body = json!({"jsonrpc": "2.0", "id": 1, "result": {"content": []}});
-                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body.to_string()))))
-            }));
-        let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "search"}});
-        let req = Request::post("http://localhost/mcp")
-            .header("authorization", format!("Bearer {token}"))
-            .body(Full::new(Bytes::from(body.to_string())))
-            .unwrap();
-        let resp = svc.oneshot(req).await.unwrap();
-        (resp.status(), resp.headers().clone())
+        common::bearer_call(&self.gate, &self.oauth, token).await
     }
 
     async fn credits(&self, key: &str) -> u64 {

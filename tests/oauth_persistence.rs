@@ -6,19 +6,18 @@
 
 mod common;
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use paygate_mcp::oauth::OAuthServer;
-use paygate_mcp::{AdminService, Gate, KeyStore, MemoryKeyStore, PayGateConfig, PayGateLayer};
+use paygate_mcp::{AdminService, Gate, KeyStore, MemoryKeyStore, PayGateConfig};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use tower::{service_fn, ServiceBuilder, ServiceExt};
+use tower::ServiceExt;
 
 const ISSUER: &str = "http://127.0.0.1:3402";
 const REDIRECT: &str = "http://127.0.0.1:53682/callback";
@@ -157,19 +156,7 @@ impl<S: KeyStore> Gateway<S> {
 
     /// A paid `tools/call` with the bearer token through the layer.
     async fn call(&self, access: &str) -> StatusCode {
-        let svc = ServiceBuilder::new()
-            .layer(PayGateLayer::from_gate(self.gate.clone()).with_oauth(self.oauth.clone()))
-            .service(service_fn(|_req: Request<Full<Bytes>>| async {
-                let body = json!({"jsonrpc": "2.0", "id": 1, "result": {"content": []}});
-                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body.to_string()))))
-            }));
-        let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "search"}});
-        let req = Request::post("http://localhost/mcp")
-            .header("authorization", format!("Bearer {access}"))
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body.to_string())))
-            .unwrap();
-        svc.oneshot(req).await.unwrap().status()
+        common::bearer_call(&self.gate, &self.oauth, access).await.0
     }
 
     async fn credits(&self, key: &str) -> u64 {

@@ -1050,37 +1050,7 @@ conformance_suite!(
 );
 
 #[cfg(feature = "redis")]
-mod redis_backend {
-    use std::sync::OnceLock;
-
-    use paygate_mcp::store::redis::{RedisConfig, RedisKeyStore, RedisTime};
-
-    use super::common::redis_server::RedisServer;
-
-    /// One server for the whole suite; every test gets its own key prefix.
-    fn server() -> &'static RedisServer {
-        static SERVER: OnceLock<RedisServer> = OnceLock::new();
-        SERVER.get_or_init(RedisServer::start)
-    }
-
-    pub async fn store() -> RedisKeyStore {
-        let prefix = format!("t{}:", paygate_mcp::generate_key().unwrap_or_default());
-        let config = RedisConfig::new(server().url())
-            .with_prefix(prefix)
-            .with_time(RedisTime::Request);
-        RedisKeyStore::connect(config)
-            .await
-            .expect("connect to the test redis-server")
-    }
-
-    pub fn run<F: std::future::Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime")
-            .block_on(f)
-    }
-}
+use common::redis_server::suite as redis_backend;
 
 #[cfg(feature = "redis")]
 conformance_suite!(redis, redis_backend::store().await, redis_backend::run);

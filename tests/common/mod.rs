@@ -72,3 +72,35 @@ pub async fn body_text(
 }
 
 pub mod gateway;
+
+/// A paid `tools/call` (tool `search`) with `Authorization: Bearer <token>` through
+/// `PayGateLayer::with_oauth(oauth)` over a server that answers every call with a result:
+/// the answer's status and headers.
+pub async fn bearer_call<St: paygate_mcp::KeyStore>(
+    gate: &Arc<Gate<St>>,
+    oauth: &Arc<paygate_mcp::oauth::OAuthServer<St>>,
+    token: &str,
+) -> (http::StatusCode, http::HeaderMap) {
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use tower::{ServiceBuilder, ServiceExt};
+    let svc = ServiceBuilder::new()
+        .layer(paygate_mcp::PayGateLayer::from_gate(gate.clone()).with_oauth(oauth.clone()))
+        .service(tower::service_fn(
+            |_req: http::Request<Full<Bytes>>| async {
+                let body =
+                    serde_json::json!({"jsonrpc": "2.0", "id": 1, "result": {"content": []}});
+                Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from(
+                    body.to_string(),
+                ))))
+            },
+        ));
+    let body = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "search"}});
+    let req = http::Request::post("http://localhost/mcp")
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("a request");
+    let resp = svc.oneshot(req).await.expect("the layer answers");
+    (resp.status(), resp.headers().clone())
+}

@@ -170,3 +170,39 @@ impl Drop for RedisServer {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// What the store suites (`store_conformance.rs`, `grant_store.rs`) run on Redis with: one
+/// server for the whole test binary, a fresh key prefix per store.
+#[cfg(feature = "redis")]
+pub mod suite {
+    use std::sync::OnceLock;
+
+    use paygate_mcp::store::redis::{RedisConfig, RedisKeyStore, RedisTime};
+
+    use super::RedisServer;
+
+    fn server() -> &'static RedisServer {
+        static SERVER: OnceLock<RedisServer> = OnceLock::new();
+        SERVER.get_or_init(RedisServer::start)
+    }
+
+    /// A store with a prefix of its own on the shared server, on the request's time.
+    pub async fn store() -> RedisKeyStore {
+        let prefix = format!("t{}:", paygate_mcp::generate_key().unwrap_or_default());
+        let config = RedisConfig::new(server().url())
+            .with_prefix(prefix)
+            .with_time(RedisTime::Request);
+        RedisKeyStore::connect(config)
+            .await
+            .expect("connect to the test redis-server")
+    }
+
+    /// Runs a test body on a runtime of its own.
+    pub fn run<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(f)
+    }
+}
