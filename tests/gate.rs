@@ -454,6 +454,12 @@ fn store_failures_fail_closed() {
         fn stats(&self) -> Ready<Result<StoreStats, StoreError>> {
             ready(Err(StoreError::Unavailable("down".into())))
         }
+        fn credit_payment(
+            &self,
+            _: &paygate_mcp::store::PaymentCredit<'_>,
+        ) -> Ready<Result<paygate_mcp::store::PaymentOutcome, StoreError>> {
+            ready(Err(StoreError::Unavailable("down".into())))
+        }
     }
     // The OAuth grants live in the same store: down with it.
     macro_rules! down {

@@ -929,6 +929,139 @@ async fn a_charge_refunds_in_parts<S: KeyStore>(s: &S) {
     );
 }
 
+async fn payments_credit_once<S: KeyStore>(s: &S) {
+    use paygate_mcp::store::{PaymentCredit, PaymentOutcome, PAYMENT_RETENTION_MS};
+    s.insert(rec(1, 10)).await.unwrap();
+    let id = KeyId::derived(&KeyDigest::of(&key(1)));
+    let id = s
+        .get(&KeyDigest::of(&key(1)))
+        .await
+        .unwrap()
+        .map_or(id, |r| r.id());
+    let pay = |ids: &'static [&'static str], credits, now_ms| PaymentCredit {
+        key_id: id,
+        credits,
+        ids,
+        now_ms,
+    };
+    let credited = s
+        .credit_payment(&pay(&["evt_1", "cs_1"], 50, NOW))
+        .await
+        .unwrap();
+    let PaymentOutcome::Credited(after) = credited else {
+        panic!("credited: {credited:?}");
+    };
+    assert_eq!(after.credits, 60);
+    // The same event again, the same session under a new event: nothing.
+    for ids in [&["evt_1", "cs_1"][..], &["evt_2", "cs_1"], &["evt_1"]] {
+        let again = s
+            .credit_payment(&PaymentCredit {
+                key_id: id,
+                credits: 50,
+                ids,
+                now_ms: NOW + 1_000,
+            })
+            .await
+            .unwrap();
+        assert_eq!(again, PaymentOutcome::AlreadyCredited, "{ids:?}");
+    }
+    // Twenty deliveries of one new payment at once: one credit.
+    let delivery = pay(&["evt_3", "cs_3"], 5, NOW + 2_000);
+    let deliveries: Vec<_> = (0..20).map(|_| s.credit_payment(&delivery)).collect();
+    let outcomes = futures_join_all(deliveries).await;
+    let credited = outcomes
+        .iter()
+        .filter(|o| matches!(o, Ok(PaymentOutcome::Credited(_))))
+        .count();
+    assert_eq!(credited, 1, "{outcomes:?}");
+    assert_eq!(balance_of(s, 1).await, 65);
+    // The credit follows the account through a rotation.
+    s.rotate(
+        &KeyDigest::of(&key(1)),
+        KeyDigest::of(&key(2)),
+        "pg_r...".into(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let moved = s
+        .credit_payment(&pay(&["evt_4"], 1, NOW + 3_000))
+        .await
+        .unwrap();
+    assert!(matches!(moved, PaymentOutcome::Credited(r) if r.credits == 66));
+    // Unknown account, too large, revoked, malformed ids: nothing changes.
+    let stranger = PaymentCredit {
+        key_id: KeyId::derived(&KeyDigest::of("pg_nobody_0000000000000")),
+        ..pay(&["evt_5"], 1, NOW)
+    };
+    assert_eq!(
+        s.credit_payment(&stranger).await.unwrap(),
+        PaymentOutcome::UnknownAccount
+    );
+    assert_eq!(
+        s.credit_payment(&pay(&["evt_6"], paygate_mcp::amount::MAX_AMOUNT, NOW))
+            .await
+            .unwrap(),
+        PaymentOutcome::TooLarge
+    );
+    assert!(s.credit_payment(&pay(&[], 1, NOW)).await.is_err());
+    assert!(s.credit_payment(&pay(&["a b"], 1, NOW)).await.is_err());
+    // Not recorded by the refusals: the same ids credit once the key can take them.
+    s.update(&KeyDigest::of(&key(2)), &KeyUpdate::Revoke)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.credit_payment(&pay(&["evt_7"], 1, NOW)).await.unwrap(),
+        PaymentOutcome::Revoked
+    );
+    assert_eq!(balance_of(s, 2).await, 66);
+    // Ids are forgotten after the retention: a 31-day-old id no longer blocks.
+    s.insert(rec(3, 0)).await.unwrap();
+    let id3 = s.get(&KeyDigest::of(&key(3))).await.unwrap().unwrap().id();
+    let late = PaymentCredit {
+        key_id: id3,
+        credits: 1,
+        ids: &["evt_1"],
+        now_ms: NOW + PAYMENT_RETENTION_MS + 1,
+    };
+    assert!(matches!(
+        s.credit_payment(&late).await.unwrap(),
+        PaymentOutcome::Credited(_)
+    ));
+}
+
+async fn balance_of<S: KeyStore>(s: &S, n: u32) -> u64 {
+    s.get(&KeyDigest::of(&key(n)))
+        .await
+        .unwrap()
+        .unwrap()
+        .credits
+}
+
+/// Every future of `all`, polled together (as concurrent deliveries are).
+async fn futures_join_all<F: std::future::Future>(all: Vec<F>) -> Vec<F::Output> {
+    let mut all: Vec<std::pin::Pin<Box<F>>> = all.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = all.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, slot) in all.iter_mut().zip(out.iter_mut()) {
+            if slot.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *slot = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
+}
+
 macro_rules! conformance_suite {
     ($backend:ident, $make:expr, $run:path) => {
         mod $backend {
@@ -1030,6 +1163,13 @@ macro_rules! conformance_suite {
                 $run(async {
                     let store = $make;
                     super::search_and_stats(&store).await
+                });
+            }
+            #[test]
+            fn payments_credit_once() {
+                $run(async {
+                    let store = $make;
+                    super::payments_credit_once(&store).await
                 });
             }
             #[test]

@@ -13,8 +13,10 @@ use crate::quota::Quota;
 
 pub mod jwt;
 mod redact;
+pub mod stripe;
 
 pub use jwt::{AutoProvision, JwtSettings};
+pub use stripe::{CreditPackage, StripeSettings};
 
 /// The methods that pass without a key and without billing unless configured otherwise.
 pub const DEFAULT_FREE_METHODS: [&str; 7] = [
@@ -229,10 +231,12 @@ pub struct PayGateConfig {
     /// settings; the same as `--oauth`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub oauth: Option<OAuthSettings>,
-    /// 1.8's Stripe webhook signing secret. Accepted so a 1.8 file parses, but refused by
-    /// [`validate`](Self::validate) when present: Stripe payments are not supported yet.
+    /// 1.8's Stripe webhook signing secret: the same as `stripe.webhookSecret` (which wins).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stripe_webhook_secret: Option<String>,
+    /// Gateway: selling credits with Stripe (SPEC §13).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stripe: Option<StripeSettings>,
 }
 
 /// The `oauth` section: the built-in OAuth 2.1 authorization server (SPEC §12), as
@@ -415,6 +419,7 @@ impl Default for PayGateConfig {
             import_keys: BTreeMap::new(),
             oauth: None,
             stripe_webhook_secret: None,
+            stripe: None,
             public_url: None,
         }
     }
@@ -584,13 +589,45 @@ impl PayGateConfig {
                 check_jwt(jwt)?;
             }
         }
-        if self.stripe_webhook_secret.is_some() {
+        if self
+            .stripe_webhook_secret
+            .as_deref()
+            .is_some_and(|s| s.trim().is_empty())
+        {
             return Err(ConfigError::invalid(
                 "stripeWebhookSecret",
-                "Stripe payments are not supported by this gateway yet; remove the field (credits are added with POST /topup)",
+                "is empty: give the webhook endpoint's signing secret (whsec_...) or remove the field",
             ));
         }
+        if let Some(stripe) = &self.stripe {
+            stripe
+                .check()
+                .map_err(|e| ConfigError::invalid("stripe", e))?;
+        }
         Ok(())
+    }
+
+    /// The Stripe settings in force: the `stripe` section, with 1.8's `stripeWebhookSecret`
+    /// as its webhook secret when the section has none; `None` when neither is given.
+    ///
+    /// ```
+    /// use paygate_mcp::PayGateConfig;
+    /// let cfg = PayGateConfig::from_json_str(r#"{"stripeWebhookSecret": "whsec_123"}"#).unwrap();
+    /// assert_eq!(cfg.stripe_settings().unwrap().webhook_secret.as_deref(), Some("whsec_123"));
+    /// ```
+    pub fn stripe_settings(&self) -> Option<StripeSettings> {
+        let mut settings = match (&self.stripe, &self.stripe_webhook_secret) {
+            (None, None) => return None,
+            (Some(s), _) => s.clone(),
+            (None, Some(_)) => StripeSettings {
+                api_base: stripe::STRIPE_API.to_string(),
+                ..StripeSettings::default()
+            },
+        };
+        if settings.webhook_secret.is_none() {
+            settings.webhook_secret = self.stripe_webhook_secret.clone();
+        }
+        Some(settings)
     }
 
     fn validate_servers(&self) -> Result<(), ConfigError> {
@@ -1026,19 +1063,14 @@ mod tests {
             assert_eq!(field_of(json), field, "{json}");
         }
         assert!(PayGateConfig::from_json_str(r#"{"oauth": null}"#).is_ok());
-        for json in [
-            r#"{"stripeWebhookSecret": "whsec_abc123"}"#,
-            r#"{"stripeWebhookSecret": ""}"#,
-        ] {
-            let (field, message) = message_of(json);
-            assert_eq!(field, "stripeWebhookSecret", "{json}");
-            assert!(
-                message.contains("Stripe payments are not supported"),
-                "{message}"
-            );
-            assert!(message.contains("remove the field"), "{message}");
-            assert!(!message.contains("whsec_abc123"), "{message}");
-        }
+        let cfg = PayGateConfig::from_json_str(r#"{"stripeWebhookSecret": "whsec_abc123"}"#);
+        assert!(
+            cfg.unwrap().stripe_settings().is_some(),
+            "1.8's secret is read"
+        );
+        let (field, message) = message_of(r#"{"stripeWebhookSecret": ""}"#);
+        assert_eq!(field, "stripeWebhookSecret");
+        assert!(message.contains("is empty"), "{message}");
     }
 
     #[test]
@@ -1091,7 +1123,7 @@ mod tests {
             25
         );
         assert!(cfg.oauth.is_none() && cfg.stripe_webhook_secret.is_none());
-        // The same file with 1.8's OAuth or Stripe settings added is refused by name.
+        // The same file with 1.8's OAuth or Stripe settings added is read.
         let mut json: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         json["oauth"] = serde_json::json!({"issuer": "http://localhost:4020"});
@@ -1101,7 +1133,12 @@ mod tests {
         );
         json["oauth"] = serde_json::Value::Null;
         json["stripeWebhookSecret"] = serde_json::json!("whsec_test");
-        assert_eq!(field_of(&json.to_string()), "stripeWebhookSecret");
+        let cfg = PayGateConfig::from_json_str(&json.to_string()).unwrap();
+        assert_eq!(
+            cfg.stripe_settings().unwrap().webhook_secret.as_deref(),
+            Some("whsec_test"),
+            "1.8's Stripe secret is read"
+        );
     }
 
     #[test]

@@ -20,6 +20,7 @@ use crate::ratelimit::RateState;
 mod compact;
 pub mod grants;
 pub mod memory;
+pub mod payments;
 #[cfg(feature = "redis")]
 pub mod redis;
 pub mod state_file;
@@ -29,6 +30,7 @@ pub use grants::{
     Refreshed, TokenDigest, TokenPair,
 };
 pub use memory::MemoryKeyStore;
+pub use payments::{PaymentCredit, PaymentOutcome, PaymentSeen, PAYMENT_RETENTION_MS};
 pub use state_file::{LoadReport, StateFileError};
 
 /// Why a store operation failed (as opposed to a key being denied).
@@ -523,4 +525,12 @@ pub trait KeyStore: GrantStore + Send + Sync + 'static {
 
     /// Aggregates over all keys, in constant time.
     fn stats(&self) -> impl Future<Output = Result<StoreStats, StoreError>> + Send;
+
+    /// Adds a payment's credits to the account `payment.key_id` and records its ids, in one
+    /// atomic step: when any of the ids was credited in the last
+    /// [`PAYMENT_RETENTION_MS`], nothing changes ([`PaymentOutcome::AlreadyCredited`]).
+    fn credit_payment(
+        &self,
+        payment: &PaymentCredit<'_>,
+    ) -> impl Future<Output = Result<PaymentOutcome, StoreError>> + Send;
 }

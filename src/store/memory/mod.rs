@@ -10,6 +10,7 @@ use parking_lot::{Mutex, RwLock};
 
 mod charge;
 mod grants;
+mod payments;
 
 pub(crate) use grants::{GrantSection, GrantSnapshot};
 
@@ -145,6 +146,9 @@ pub struct MemoryKeyStore {
     rotations: RwLock<()>,
     /// OAuth clients and grants (SPEC §12), saved in the state file with the keys.
     pub(crate) grants: grants::GrantTable,
+    /// Payments credited (SPEC §13), saved in the state file with the keys. Taken before
+    /// any other lock.
+    payments: Mutex<payments::PaymentLog>,
 }
 
 impl Default for MemoryKeyStore {
@@ -195,6 +199,7 @@ impl MemoryKeyStore {
             ids: RwLock::new(HashMap::new()),
             rotations: RwLock::new(()),
             grants: grants::GrantTable::default(),
+            payments: Mutex::default(),
         }
     }
 
@@ -591,6 +596,13 @@ impl KeyStore for MemoryKeyStore {
             head = now;
         }
         ready(Ok(None))
+    }
+
+    fn credit_payment(
+        &self,
+        payment: &crate::store::PaymentCredit<'_>,
+    ) -> Ready<Result<crate::store::PaymentOutcome, StoreError>> {
+        ready(self.credit_payment_now(payment))
     }
 
     fn stats(&self) -> Ready<Result<StoreStats, StoreError>> {

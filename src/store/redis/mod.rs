@@ -20,6 +20,7 @@
 //! | `paygate:schema` | string | `2` once every key is in the id and tag indexes |
 //! | `paygate:tag:<name length>:<name>=<value>` | set | digests of the keys carrying the tag |
 //! | `paygate:stats` | hash | key count, active keys, credits held |
+//! | `paygate:payments` | sorted set | payment ids credited in the last 30 days, by time |
 //! | `paygate:oauth:...` | | OAuth clients, codes and grants (see `grants.rs`) |
 //!
 //! Key rotation and the store-wide statistics touch more than one slot: on Redis Cluster run
@@ -140,6 +141,7 @@ struct Scripts {
     policy: Script,
     rotate: Script,
     reindex: Script,
+    payment: Script,
     oauth: grants::GrantScripts,
 }
 
@@ -203,6 +205,7 @@ impl RedisKeyStore {
                 policy: script(include_str!("lua/policy.lua")),
                 rotate: script(include_str!("lua/rotate.lua")),
                 reindex: script(include_str!("lua/reindex.lua")),
+                payment: script(include_str!("lua/payment.lua")),
                 oauth: grants::GrantScripts::new(),
             }),
             owed: Arc::new(Mutex::new(Backlog::open(
@@ -328,6 +331,55 @@ impl RedisKeyStore {
             }
         }
         self.fetch(key).await
+    }
+}
+
+impl RedisKeyStore {
+    async fn credit_payment_inner(
+        &self,
+        p: &crate::store::PaymentCredit<'_>,
+    ) -> Result<crate::store::PaymentOutcome, StoreError> {
+        use crate::store::PaymentOutcome;
+        crate::store::payments::check_ids(p.ids)?;
+        let mut conn = self.conn.clone();
+        let mut inv = self.scripts.payment.key(format!("{}payments", self.prefix));
+        inv.key(self.ids_key())
+            .key(self.stats_key())
+            .arg(&*self.prefix)
+            .arg(p.key_id.to_string())
+            .arg(p.credits)
+            .arg(MAX_AMOUNT)
+            .arg(p.now_ms)
+            .arg(p.now_ms.saturating_sub(crate::store::PAYMENT_RETENTION_MS));
+        for id in p.ids {
+            inv.arg(*id);
+        }
+        let reply: Vec<redis::Value> = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+        let code = match reply.first() {
+            Some(redis::Value::Int(n)) => *n,
+            _ => return Err(corrupt("payment reply")),
+        };
+        match code {
+            1 => {
+                let digest = match reply.get(1) {
+                    Some(redis::Value::BulkString(b)) => std::str::from_utf8(b)
+                        .ok()
+                        .and_then(KeyDigest::from_hex)
+                        .ok_or_else(|| corrupt("payment reply"))?,
+                    _ => return Err(corrupt("payment reply")),
+                };
+                let rec = self
+                    .fetch(&digest)
+                    .await?
+                    .ok_or_else(|| corrupt("payment"))?;
+                Ok(PaymentOutcome::Credited(Box::new(rec)))
+            }
+            0 => Ok(PaymentOutcome::AlreadyCredited),
+            -1 => Ok(PaymentOutcome::UnknownAccount),
+            -2 => Ok(PaymentOutcome::TooLarge),
+            -3 => Ok(PaymentOutcome::Revoked),
+            _ => Err(corrupt("payment reply")),
+        }
     }
 }
 
@@ -490,6 +542,13 @@ impl KeyStore for RedisKeyStore {
 
     async fn find_id(&self, id: &KeyId) -> Result<Option<KeyDigest>, StoreError> {
         self.find_id_inner(id).await
+    }
+
+    async fn credit_payment(
+        &self,
+        payment: &crate::store::PaymentCredit<'_>,
+    ) -> Result<crate::store::PaymentOutcome, StoreError> {
+        self.credit_payment_inner(payment).await
     }
 
     async fn stats(&self) -> Result<StoreStats, StoreError> {

@@ -46,6 +46,7 @@ struct Header {
     version: Option<u32>,
     keys: bool,
     oauth: Option<GrantSection>,
+    payments: Option<Vec<serde_json::Value>>,
 }
 
 /// Reads a state file record by record into a store, so a file of a million keys never
@@ -112,9 +113,13 @@ impl<'de> Visitor<'de> for FileSeed<'_> {
                     .oauth
                     .replace(map.next_value::<GrantSection>()?)
                     .is_some(),
+                "payments" => header
+                    .payments
+                    .replace(map.next_value::<Vec<serde_json::Value>>()?)
+                    .is_some(),
                 other => {
                     return Err(A::Error::custom(format!(
-                        "unknown top-level field '{}' (a state file has version, savedAt, keys and oauth)",
+                        "unknown top-level field '{}' (a state file has version, savedAt, keys, oauth and payments)",
                         quoted(other)
                     )))
                 }
@@ -278,6 +283,12 @@ impl MemoryKeyStore {
         }
         if !header.keys {
             return Err(corrupt("no 'keys' list".into()));
+        }
+        if let Some(seen) = header.payments {
+            let skipped = store.restore_payments(seen);
+            if skipped > 0 {
+                tracing::warn!(skipped, "payment ids in the state file skipped (damaged)");
+            }
         }
         if let Some(grants) = header.oauth {
             let dropped = store.grants.restore(grants);

@@ -11,6 +11,7 @@ use super::{backup_path, io_err, StateFileError, STATE_FILE_VERSION};
 use crate::key::KeyRecord;
 use crate::store::memory::GrantSnapshot;
 use crate::store::MemoryKeyStore;
+use crate::store::PaymentSeen;
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -20,6 +21,8 @@ struct FileOut<'a> {
     keys: &'a [KeyRecord],
     #[serde(skip_serializing_if = "GrantSnapshot::is_empty")]
     oauth: GrantSnapshot,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    payments: Vec<PaymentSeen>,
 }
 
 /// Makes the parent directory's entries (renames, new files) durable.
@@ -67,7 +70,7 @@ impl MemoryKeyStore {
         let path = path.as_ref();
         // One save at a time, so backups and the pin follow the order of the snapshots.
         let mut pin = self.original.lock();
-        let keys = self.export();
+        let (keys, payments) = self.export_with_payments();
         let oauth = self.grants.snapshot();
         let tmp = temp_path(path);
         let pinned = pin.as_mut().filter(|p| p.path == path);
@@ -80,6 +83,7 @@ impl MemoryKeyStore {
                 saved_at: chrono::Utc::now(),
                 keys: &keys,
                 oauth,
+                payments,
             };
             serde_json::to_writer(&mut out, &doc)?;
             out.flush()?;
