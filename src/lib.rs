@@ -49,6 +49,7 @@ pub mod layer;
 pub mod meter;
 pub mod metrics;
 pub mod oauth;
+pub mod payments;
 pub mod pricing;
 pub mod quota;
 pub mod ratelimit;

@@ -36,6 +36,7 @@ use crate::store::{KeyStore, MemoryKeyStore, StoreError};
 
 pub(crate) mod keys;
 pub(crate) mod oauth;
+pub(crate) mod payments;
 pub(crate) mod reports;
 
 /// Largest admin request body.
@@ -84,6 +85,8 @@ pub(crate) struct AdminState<St> {
     pub(crate) upstreams: Vec<(String, HealthCheck)>,
     /// The built-in OAuth authorization server, when enabled.
     pub(crate) oauth: Option<Arc<crate::oauth::OAuthServer<St>>>,
+    /// Stripe payments, when the config has a `stripe` section.
+    pub(crate) payments: Option<Arc<payments::Payments>>,
 }
 
 // By hand: `Gate<St>` sits behind an `Arc`, so no `St: Clone` is needed.
@@ -97,6 +100,7 @@ impl<St> Clone for AdminState<St> {
             started_ms: self.started_ms,
             upstreams: self.upstreams.clone(),
             oauth: self.oauth.clone(),
+            payments: self.payments.clone(),
         }
     }
 }
@@ -113,6 +117,7 @@ impl<St: KeyStore> AdminService<St> {
     pub fn new(gate: Arc<Gate<St>>, admin_key: &str) -> Result<Self, AdminKeyError> {
         check_admin_key(admin_key)?;
         let started_ms = gate.clock().now_ms();
+        let payments = payments::Payments::from_settings(gate.config().stripe_settings());
         Ok(Self {
             state: Arc::new(AdminState {
                 gate,
@@ -122,6 +127,7 @@ impl<St: KeyStore> AdminService<St> {
                 started_ms,
                 upstreams: Vec::new(),
                 oauth: None,
+                payments,
             }),
         })
     }
@@ -429,6 +435,7 @@ impl<St: KeyStore> AdminState<St> {
             route(M::GET, "/pricing", Public, |s, _, _| now(reports::pricing(s))),
             route(M::GET, "/.well-known/mcp-payment", Public, |s, _, _| now(reports::discovery(s))),
             route(M::GET, "/balance", Public, |s, r, ip| Box::pin(keys::balance(s, r, ip))),
+            route(M::POST, "/stripe/webhook", Public, |s, r, _| Box::pin(payments::stripe_webhook(s, r))),
             route(M::GET, "/keys", Admin, |s, r, _| Box::pin(keys::list(s, r))),
             route(M::POST, "/keys", Admin, |s, r, _| Box::pin(keys::create(s, r))),
             route(M::POST, "/topup", Admin, |s, r, _| Box::pin(keys::topup(s, r))),
@@ -457,6 +464,8 @@ impl<St: KeyStore> AdminState<St> {
             route(M::POST, "/oauth/authorize", Public, |s, r, _| Box::pin(oauth::authorize_submit(s, r))),
             route(M::POST, "/oauth/token", Public, |s, r, _| Box::pin(oauth::token(s, r))),
             route(M::POST, "/oauth/revoke", Public, |s, r, _| Box::pin(oauth::revoke(s, r))),
+            #[cfg(feature = "stripe")]
+            route(M::POST, "/checkout", Public, |s, r, _| Box::pin(payments::checkout(s, r))),
             route(M::GET, "/oauth/clients", Admin, |s, _, _| Box::pin(oauth::clients(s))),
             route(M::POST, "/oauth/clients/revoke", Admin, |s, r, _| Box::pin(oauth::revoke_client(s, r))),
         ]

@@ -136,8 +136,17 @@ pub(crate) fn pricing<St: KeyStore>(state: &AdminState<St>) -> Handled {
             "globalQuota": cfg.global_quota,
             "freeMethods": cfg.free_methods,
             "refundOnFailure": cfg.refund_on_failure,
+            "packages": packages(state),
         }),
     ))
+}
+
+/// The credit packages on sale through Stripe (empty without a `stripe` section).
+fn packages<St>(state: &AdminState<St>) -> serde_json::Value {
+    state
+        .payments
+        .as_ref()
+        .map_or_else(|| json!([]), |p| p.packages())
 }
 
 /// `GET /.well-known/mcp-payment`: 1.8's metadata fields and this crate's.
@@ -150,7 +159,8 @@ pub(crate) fn discovery<St: KeyStore>(state: &AdminState<St>) -> Handled {
         "currency": "credits",
         "defaultPrice": cfg.default_credits_per_call,
         "toolPricing": tool_prices(state),
-        "endpoints": {"mcp": "/mcp", "balance": "/balance", "pricing": "/pricing"},
+        "endpoints": {"mcp": "/mcp", "balance": "/balance", "pricing": "/pricing", "checkout": "/checkout"},
+        "packages": packages(state),
         "errorCodes": {
             "-32402": "Payment required: insufficient credits, spending limit or quota",
             "-32001": "Rate limited: retry after retryAfterSeconds",
