@@ -7,14 +7,16 @@
 //!     [--webhook-url URL] [--webhook-secret SECRET] [--redis-url redis://127.0.0.1:6379]
 //!     [--server "npx -y @modelcontextprotocol/server-everything"] [--remote-url URL]
 //!     [--print-keys] [--oauth] [--public-url URL] [--oauth-access-ttl SECS]
+//!     [--stripe-webhook-secret whsec_...] [--stripe-secret-key sk_...]
+//!     [--stripe-package "id:credits:price_..."] [--stripe-success-url URL]
 //!
 //! `--redis-url` needs `--features redis`; without it keys live in memory (and in the
 //! `--state-file`, when given).
 //! ```
 //!
 //! A paygate-mcp 1.8 config file loads unchanged with `--config`: its `port`, `adminKey`,
-//! `stateFile`, `importKeys`, `publicUrl` and `oauth` are used when the matching flag is
-//! absent (a flag wins); its `stripeWebhookSecret`, not supported yet, is refused by name.
+//! `stateFile`, `importKeys`, `publicUrl`, `oauth` and `stripeWebhookSecret` are used when
+//! the matching flag is absent (a flag wins).
 //! `oauth.jwt` (an external identity provider) needs `--features jwt`.
 
 #[path = "common/client_addr.rs"]
@@ -119,6 +121,22 @@ struct Args {
     /// oauth.accessTokenTtl).
     #[arg(long, value_name = "SECS")]
     oauth_access_ttl: Option<u64>,
+    /// Stripe's webhook signing secret (whsec_...): POST /stripe/webhook credits paid
+    /// checkouts.
+    #[arg(long, value_name = "SECRET")]
+    stripe_webhook_secret: Option<String>,
+    /// Stripe's secret API key (sk_...): POST /checkout sells the --stripe-package packages.
+    #[arg(long, value_name = "KEY")]
+    stripe_secret_key: Option<String>,
+    /// A credit package for sale, "id:credits:price_..." (repeatable).
+    #[arg(long = "stripe-package", value_name = "ID:CREDITS:PRICE", value_parser = stripe_package)]
+    stripe_packages: Vec<paygate_mcp::config::CreditPackage>,
+    /// Where Stripe Checkout sends a buyer after paying (and after cancelling).
+    #[arg(long, value_name = "URL")]
+    stripe_success_url: Option<String>,
+    /// Stripe's API base (default https://api.stripe.com).
+    #[arg(long, value_name = "URL")]
+    stripe_api_base: Option<String>,
     /// Browser origins allowed to call the gateway, e.g. "https://app.example" (repeatable);
     /// any origin when not given. Keys travel in headers, never cookies.
     #[arg(long = "cors-origin", value_name = "ORIGIN", value_parser = cors_origin)]
@@ -187,6 +205,20 @@ fn tool_prices(v: &str) -> Result<Vec<(String, u64)>, String> {
         .collect()
 }
 
+fn stripe_package(v: &str) -> Result<paygate_mcp::config::CreditPackage, String> {
+    let mut parts = v.splitn(3, ':');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(id), Some(credits), Some(price)) if !id.is_empty() && !price.is_empty() => {
+            Ok(paygate_mcp::config::CreditPackage {
+                id: id.to_string(),
+                credits: whole(credits)?,
+                price_id: price.to_string(),
+            })
+        }
+        _ => Err("expected ID:CREDITS:PRICE_ID, e.g. starter:500:price_1Nx...".to_string()),
+    }
+}
+
 fn import_key(v: &str) -> Result<(String, u64), String> {
     let (key, credits) = v
         .rsplit_once(':')
@@ -229,6 +261,36 @@ fn config_from(args: &Args) -> Result<PayGateConfig, String> {
     if let Some(url) = &args.remote_url {
         cfg.remote_url = Some(url.clone());
         cfg.servers.clear();
+    }
+    let stripe_flags = args.stripe_webhook_secret.is_some()
+        || args.stripe_secret_key.is_some()
+        || !args.stripe_packages.is_empty()
+        || args.stripe_success_url.is_some()
+        || args.stripe_api_base.is_some();
+    if stripe_flags {
+        // Flags win over the config's stripe section, field by field.
+        let mut stripe =
+            cfg.stripe_settings()
+                .unwrap_or_else(|| paygate_mcp::config::StripeSettings {
+                    api_base: paygate_mcp::config::stripe::STRIPE_API.to_string(),
+                    ..Default::default()
+                });
+        if let Some(secret) = &args.stripe_webhook_secret {
+            stripe.webhook_secret = Some(secret.clone());
+        }
+        if let Some(key) = &args.stripe_secret_key {
+            stripe.secret_key = Some(key.clone());
+        }
+        if !args.stripe_packages.is_empty() {
+            stripe.packages = args.stripe_packages.clone();
+        }
+        if let Some(url) = &args.stripe_success_url {
+            stripe.success_url = Some(url.clone());
+        }
+        if let Some(base) = &args.stripe_api_base {
+            stripe.api_base = base.clone();
+        }
+        cfg.stripe = Some(stripe);
     }
     cfg.validate().map_err(|e| e.to_string())?;
     Ok(cfg)
@@ -628,6 +690,14 @@ async fn serve<St: KeyStore>(
             issuer = oauth.issuer(),
             authorization_servers = ?oauth.authorization_servers(),
             "OAuth sign-in enabled"
+        );
+    }
+    if let Some(stripe) = gate.config().stripe_settings() {
+        tracing::info!(
+            webhook = stripe.webhook_secret.is_some(),
+            checkout = stripe.secret_key.is_some(),
+            packages = stripe.packages.len(),
+            "Stripe payments enabled: POST /stripe/webhook, POST /checkout"
         );
     }
     let mcp = ServiceBuilder::new().layer(layer).service(downstream);

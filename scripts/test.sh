@@ -9,8 +9,9 @@ if ! command -v redis-server >/dev/null 2>&1; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
 fi
-# python3 runs the small fake MCP servers of the stdio tests; curl drives the README smoke run.
-for tool in python3 curl; do
+# python3 runs the small fake MCP servers of the stdio tests; curl drives the README smoke run;
+# openssl signs the README's Stripe walk-through event.
+for tool in python3 curl openssl; do
   if ! command -v "$tool" >/dev/null 2>&1; then
     echo "installing $tool (the tests need it)"
     if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
@@ -33,3 +34,4 @@ cargo test --all-features --all-targets "$@"
 cargo test --all-features --doc "$@"
 scripts/smoke_gateway.sh
 scripts/oauth_e2e.sh
+scripts/stripe_walkthrough.sh
