@@ -72,6 +72,8 @@ pub struct Metrics {
     rate_limit_hits: Counter,
     refunds: Counter,
     refunded_credits: Counter,
+    purchases: Counter,
+    purchased_credits: Counter,
     http_requests: Family<HttpLabels, Counter>,
     active_keys: Gauge,
     total_credits: Gauge,
@@ -99,6 +101,7 @@ impl Metrics {
         let http_requests = Family::<HttpLabels, Counter>::default();
         let (rate_limit_hits, refunds, refunded_credits) =
             (Counter::default(), Counter::default(), Counter::default());
+        let (purchases, purchased_credits) = (Counter::default(), Counter::default());
         let (active_keys, total_credits, pending_alerts, uptime) = (
             Gauge::default(),
             Gauge::default(),
@@ -130,6 +133,16 @@ impl Metrics {
             "paygate_refunded_credits",
             "Credits refunded",
             refunded_credits.clone(),
+        );
+        registry.register(
+            "paygate_purchases",
+            "Payments credited (Stripe)",
+            purchases.clone(),
+        );
+        registry.register(
+            "paygate_purchased_credits",
+            "Credits bought through payments (Stripe)",
+            purchased_credits.clone(),
         );
         registry.register(
             "paygate_http_requests",
@@ -164,6 +177,8 @@ impl Metrics {
             rate_limit_hits,
             refunds,
             refunded_credits,
+            purchases,
+            purchased_credits,
             http_requests,
             active_keys,
             total_credits,
@@ -264,6 +279,16 @@ impl EventSink for Metrics {
     }
 
     fn admin(&self, event: &AdminEvent) {
+        if event.event_type == "billing.stripe_topup" {
+            self.purchases.inc();
+            if let Some(credits) = event
+                .data
+                .get("creditsAdded")
+                .and_then(serde_json::Value::as_u64)
+            {
+                self.purchased_credits.inc_by(credits);
+            }
+        }
         if event.event_type == "billing.refund" {
             self.refunds.inc();
             if let Some(credits) = event
@@ -309,6 +334,11 @@ mod tests {
             timestamp: chrono::Utc::now(),
             data: serde_json::json!({"credits": 4}),
         });
+        m.admin(&AdminEvent {
+            event_type: "billing.stripe_topup".into(),
+            timestamp: chrono::Utc::now(),
+            data: serde_json::json!({"creditsAdded": 500}),
+        });
         m.observe_http("POST", 200);
         clock.advance_secs(90);
         let text = m.render(
@@ -325,6 +355,8 @@ mod tests {
             "paygate_rate_limit_hits_total 2",
             "paygate_refunds_total 1",
             "paygate_refunded_credits_total 4",
+            "paygate_purchases_total 1",
+            "paygate_purchased_credits_total 500",
             r#"paygate_http_requests_total{method="POST",status="200"} 1"#,
             "paygate_active_keys 2",
             "paygate_total_credits_available 50",

@@ -133,6 +133,19 @@ async fn a_paid_checkout_credits_its_key_once_whatever_stripe_redelivers() {
     assert_eq!(shop.credits(&issued.key).await, 510);
     assert_eq!(shop.events.count("billing.stripe_topup"), 1);
     assert_eq!(shop.events.count("key.topup"), 1);
+    let topup = shop.events.0.lock()[0].1.clone();
+    assert_eq!(
+        (
+            topup["keyId"].as_str(),
+            topup["creditsAdded"].as_u64(),
+            topup["paymentId"].as_str()
+        ),
+        (Some(kid.as_str()), Some(500), Some("cs_1"))
+    );
+    assert!(
+        !topup.to_string().contains(&issued.key),
+        "no full key in events"
+    );
     // Redelivered; the same session under a new event; the async success of it.
     let mut async_success = paid("evt_3", "cs_1", &kid);
     async_success["type"] = json!("checkout.session.async_payment_succeeded");

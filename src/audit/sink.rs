@@ -84,6 +84,8 @@ fn describe(event_type: &str, data: &Value) -> String {
         "admin.auth_failed" => "Admin authentication failed",
         "admin.alerts_configured" => "Alert rules configured",
         "billing.refund" => "Charge refunded",
+        "billing.stripe_topup" => "Credits bought with Stripe",
+        "billing.stripe_unmatched" => "Stripe payment not credited (no usable key)",
         "alert.fired" => "Alert fired",
         other => return format!("Event {other}{}", key_suffix(data)),
     };
