@@ -129,6 +129,7 @@ impl Shop {
     fn new(stripe: &FakeStripe) -> Self {
         let cfg = common::gateway::config(json!({
             "stripe": {
+                "webhookSecret": "whsec_test_0123456789",
                 "secretKey": SECRET_KEY,
                 "apiBase": stripe.base,
                 "packages": [

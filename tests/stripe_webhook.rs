@@ -241,7 +241,9 @@ async fn unsigned_stale_or_malformed_deliveries_are_refused_and_change_nothing()
     let stranger = paid("evt_3", "cs_3", "kid_00000000000000000000");
     let other =
         json!({"id": "evt_4", "type": "customer.created", "data": {"object": {"id": "cus_1"}}});
-    for event in [unpaid, stranger, other] {
+    let mut unreadable = paid("evt_6", "cs_6", "kid_not_an_id");
+    unreadable["data"]["object"]["metadata"]["paygate_package"] = json!("gone");
+    for event in [unpaid, stranger, other, unreadable] {
         let (status, body) = shop.deliver(&event).await;
         assert_eq!(
             (status, body["credited"].as_bool()),
@@ -252,8 +254,8 @@ async fn unsigned_stale_or_malformed_deliveries_are_refused_and_change_nothing()
     assert_eq!(shop.credits(&issued.key).await, 10);
     assert_eq!(
         shop.events.count("billing.stripe_unmatched"),
-        1,
-        "the operator hears of the stranger's payment"
+        2,
+        "the operator hears of the stranger's payment and of the unreadable one"
     );
     // 1.8's metadata: the key itself.
     let mut legacy = paid("evt_5", "cs_5", &kid);

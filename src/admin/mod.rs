@@ -465,7 +465,7 @@ impl<St: KeyStore> AdminState<St> {
             route(M::POST, "/oauth/token", Public, |s, r, _| Box::pin(oauth::token(s, r))),
             route(M::POST, "/oauth/revoke", Public, |s, r, _| Box::pin(oauth::revoke(s, r))),
             #[cfg(feature = "stripe")]
-            route(M::POST, "/checkout", Public, |s, r, _| Box::pin(payments::checkout(s, r))),
+            route(M::POST, "/checkout", Public, |s, r, ip| Box::pin(payments::checkout(s, r, ip))),
             route(M::GET, "/oauth/clients", Admin, |s, _, _| Box::pin(oauth::clients(s))),
             route(M::POST, "/oauth/clients/revoke", Admin, |s, r, _| Box::pin(oauth::revoke_client(s, r))),
         ]

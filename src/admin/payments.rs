@@ -42,13 +42,23 @@ impl Payments {
 
     /// The packages on sale, for `/pricing` and discovery.
     pub(crate) fn packages(&self) -> serde_json::Value {
-        let sellable = self.settings.secret_key.is_some();
+        let sellable = self.sells();
         json!(self
             .settings
             .packages
             .iter()
             .map(|p| json!({"id": p.id, "credits": p.credits, "purchasable": sellable}))
             .collect::<Vec<_>>())
+    }
+}
+
+impl Payments {
+    /// Whether `POST /checkout` sells (a secret key, and a client to reach Stripe with).
+    pub(crate) fn sells(&self) -> bool {
+        #[cfg(feature = "stripe")]
+        return self.client.is_some();
+        #[cfg(not(feature = "stripe"))]
+        return false;
     }
 }
 
@@ -79,9 +89,11 @@ pub(crate) async fn stripe_webhook<St: KeyStore>(
         tracing::warn!(error = %e, "Stripe webhook refused");
         return Err(bad_request(format!("webhook signature: {e}")));
     }
-    let purchase = match event::read(&req.body, &p.settings) {
+    let now_secs = now_ms.div_euclid(1000);
+    let purchase = match event::read_at(&req.body, &p.settings, Some(now_secs)) {
         Ok(Action::Credit(purchase)) => purchase,
         Ok(Action::Ignore(reason)) => return Ok(ignored(&reason)),
+        Ok(Action::Unusable(reason)) => return Ok(unusable(state, &req.body, &reason)),
         Err(e) => return Err(bad_request(e.to_string())),
     };
     let Some(account) = account_of(state, &purchase).await? else {
@@ -188,15 +200,43 @@ fn unmatched<St: KeyStore>(state: &AdminState<St>, purchase: &Purchase, why: &st
     ignored(why)
 }
 
+/// A paid event that names no usable account or amount: 200 (redelivering it would not
+/// help), and the operator is told which event to look at.
+fn unusable<St: KeyStore>(state: &AdminState<St>, body: &[u8], why: &str) -> super::Reply {
+    let event: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let id = |v: &serde_json::Value| v.get("id").and_then(|i| i.as_str()).map(str::to_string);
+    let (event_id, payment_id) = (id(&event), event.pointer("/data/object").and_then(id));
+    tracing::warn!(
+        event = event_id.as_deref(),
+        why,
+        "a Stripe payment could not be credited"
+    );
+    state.gate.emit(
+        "billing.stripe_unmatched",
+        json!({"actor": "stripe", "eventId": event_id, "paymentId": payment_id, "reason": why}),
+    );
+    ignored(why)
+}
+
 /// `POST /checkout` `{"package": "<id>"}` with `X-API-Key` (or an OAuth access token): a
 /// Stripe Checkout Session for the caller's account, `{url, sessionId}`.
 #[cfg(feature = "stripe")]
-pub(crate) async fn checkout<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Handled {
+pub(crate) async fn checkout<St: KeyStore>(
+    state: &AdminState<St>,
+    req: &AdminRequest,
+    client_ip: Option<std::net::IpAddr>,
+) -> Handled {
     let p = payments(state)?;
     let Some(client) = &p.client else {
         return Err(error(StatusCode::NOT_FOUND, "not found"));
     };
     let account = caller(state, req).await?;
+    if !account.permits_ip(client_ip) {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "this key is not allowed from this address",
+        ));
+    }
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Body {

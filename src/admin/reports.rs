@@ -141,6 +141,15 @@ pub(crate) fn pricing<St: KeyStore>(state: &AdminState<St>) -> Handled {
     ))
 }
 
+/// The endpoints a client uses: `/checkout` only where credits are on sale.
+fn endpoints<St>(state: &AdminState<St>) -> serde_json::Value {
+    let mut endpoints = json!({"mcp": "/mcp", "balance": "/balance", "pricing": "/pricing"});
+    if state.payments.as_ref().is_some_and(|p| p.sells()) {
+        endpoints["checkout"] = json!("/checkout");
+    }
+    endpoints
+}
+
 /// The credit packages on sale through Stripe (empty without a `stripe` section).
 fn packages<St>(state: &AdminState<St>) -> serde_json::Value {
     state
@@ -159,7 +168,7 @@ pub(crate) fn discovery<St: KeyStore>(state: &AdminState<St>) -> Handled {
         "currency": "credits",
         "defaultPrice": cfg.default_credits_per_call,
         "toolPricing": tool_prices(state),
-        "endpoints": {"mcp": "/mcp", "balance": "/balance", "pricing": "/pricing", "checkout": "/checkout"},
+        "endpoints": endpoints(state),
         "packages": packages(state),
         "errorCodes": {
             "-32402": "Payment required: insufficient credits, spending limit or quota",

@@ -592,7 +592,7 @@ impl PayGateConfig {
         if self
             .stripe_webhook_secret
             .as_deref()
-            .is_some_and(|s| s.trim().is_empty())
+            .is_some_and(|s| s.trim().is_empty() || s.len() > 512)
         {
             return Err(ConfigError::invalid(
                 "stripeWebhookSecret",
@@ -603,6 +603,16 @@ impl PayGateConfig {
             stripe
                 .check()
                 .map_err(|e| ConfigError::invalid("stripe", e))?;
+        }
+        // Selling without hearing of the payments would take money and credit nothing.
+        if self
+            .stripe_settings()
+            .is_some_and(|s| s.secret_key.is_some() && s.webhook_secret.is_none())
+        {
+            return Err(ConfigError::invalid(
+                "stripe",
+                "secretKey sells credits, but without a webhookSecret no payment would ever be credited: add the webhook endpoint's signing secret",
+            ));
         }
         Ok(())
     }
@@ -1071,6 +1081,14 @@ mod tests {
         let (field, message) = message_of(r#"{"stripeWebhookSecret": ""}"#);
         assert_eq!(field, "stripeWebhookSecret");
         assert!(message.contains("is empty"), "{message}");
+        // Selling without a webhook secret would take money and credit nothing.
+        let selling = r#"{"stripe": {"secretKey": "sk_test_1", "successUrl": "https://x.example/ok",
+            "packages": [{"id": "p", "credits": 1, "priceId": "price_1"}]}}"#;
+        let (field, message) = message_of(selling);
+        assert_eq!(field, "stripe");
+        assert!(message.contains("webhookSecret"), "{message}");
+        let with_18_secret = selling.replacen('{', r#"{"stripeWebhookSecret": "whsec_1", "#, 1);
+        assert!(PayGateConfig::from_json_str(&with_18_secret).is_ok());
     }
 
     #[test]

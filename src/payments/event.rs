@@ -10,6 +10,9 @@ use crate::key::KeyId;
 /// Longest event body read (Stripe's events are a few KiB).
 pub const MAX_EVENT_BYTES: usize = 256 * 1024;
 
+/// Oldest paying event credited, in seconds: a day inside the 30 days payment ids are kept.
+pub const MAX_EVENT_AGE_SECS: i64 = 29 * 86_400;
+
 /// The account a payment is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Account {
@@ -36,8 +39,11 @@ pub struct Purchase {
 pub enum Action {
     /// Credit it (once).
     Credit(Purchase),
-    /// Answer 200 and change nothing, for this reason.
+    /// Answer 200 and change nothing, for this reason: the event does not pay.
     Ignore(String),
+    /// Answer 200 and change nothing, but tell the operator: money was taken and cannot be
+    /// credited (its metadata names no usable account or amount).
+    Unusable(String),
 }
 
 /// Why an event body is refused (400).
@@ -57,6 +63,16 @@ pub struct EventError(pub String);
 /// assert_eq!((p.credits, p.ids.join(",")), (500, "evt_1,cs_1".to_string()));
 /// ```
 pub fn read(body: &[u8], settings: &StripeSettings) -> Result<Action, EventError> {
+    read_at(body, settings, None)
+}
+
+/// [`read`], refusing paying events created more than [`MAX_EVENT_AGE_SECS`] before
+/// `now_secs` (their ids may have left the payment record, so they could credit again).
+pub fn read_at(
+    body: &[u8],
+    settings: &StripeSettings,
+    now_secs: Option<i64>,
+) -> Result<Action, EventError> {
     if body.len() > MAX_EVENT_BYTES {
         return Err(EventError("the event is larger than 256 KiB".into()));
     }
@@ -71,7 +87,22 @@ pub fn read(body: &[u8], settings: &StripeSettings) -> Result<Action, EventError
         .and_then(|d| d.get("object"))
         .filter(|o| o.is_object())
         .ok_or_else(|| EventError("the event has no data.object".into()))?;
+    // A connected account's event (Stripe Connect) is not this merchant's payment.
+    if event.get("account").is_some_and(|a| !a.is_null()) {
+        return Ok(Action::Ignore(
+            "an event of a connected account does not add credits".into(),
+        ));
+    }
+    let subscription = object.get("mode").and_then(Value::as_str) == Some("subscription");
     let metadata = match kind.as_str() {
+        // A subscription's payments, the first included, are its invoices.
+        "checkout.session.completed" | "checkout.session.async_payment_succeeded"
+            if subscription =>
+        {
+            return Ok(Action::Ignore(
+                "a subscription is credited by its invoice.paid events".into(),
+            ))
+        }
         "checkout.session.completed" => {
             if object.get("payment_status").and_then(Value::as_str) != Some("paid") {
                 return Ok(Action::Ignore(
@@ -81,18 +112,32 @@ pub fn read(body: &[u8], settings: &StripeSettings) -> Result<Action, EventError
             object.get("metadata")
         }
         "checkout.session.async_payment_succeeded" => object.get("metadata"),
-        // Subscription invoices carry the subscription's metadata; where depends on the API
-        // version.
-        "invoice.paid" => [
-            object.get("metadata"),
-            object.pointer("/subscription_details/metadata"),
-            object.pointer("/parent/subscription_details/metadata"),
-        ]
-        .into_iter()
-        .flatten()
-        .find(|m| m.get("paygate_key_id").is_some() || m.get("paygate_api_key").is_some()),
+        "invoice.paid" => {
+            // A trial, a full discount or the customer's balance: no money was taken.
+            if object.get("amount_paid").and_then(Value::as_i64) == Some(0) {
+                return Ok(Action::Ignore("the invoice took no money".into()));
+            }
+            // Subscription invoices carry the subscription's metadata; where depends on the
+            // API version.
+            [
+                object.get("metadata"),
+                object.pointer("/subscription_details/metadata"),
+                object.pointer("/parent/subscription_details/metadata"),
+            ]
+            .into_iter()
+            .flatten()
+            .find(|m| m.get("paygate_key_id").is_some() || m.get("paygate_api_key").is_some())
+        }
         _ => return Ok(Action::Ignore(format!("{kind} does not add credits"))),
     };
+    let created = event.get("created").and_then(Value::as_i64);
+    if let (Some(now), Some(created)) = (now_secs, created) {
+        if now.saturating_sub(created) > MAX_EVENT_AGE_SECS {
+            return Ok(Action::Unusable(
+                "the event is older than 29 days: its payment may be credited already".into(),
+            ));
+        }
+    }
     let Some(object_id) = text(object, "id") else {
         return Err(EventError("the paid object has no id".into()));
     };
@@ -101,7 +146,7 @@ pub fn read(body: &[u8], settings: &StripeSettings) -> Result<Action, EventError
         match id.parse::<KeyId>() {
             Ok(id) => Account::KeyId(id),
             Err(_) => {
-                return Ok(Action::Ignore(
+                return Ok(Action::Unusable(
                     "metadata.paygate_key_id is not a key id".into(),
                 ))
             }
@@ -113,17 +158,18 @@ pub fn read(body: &[u8], settings: &StripeSettings) -> Result<Action, EventError
             "no metadata.paygate_key_id: not a paygate purchase".into(),
         ));
     };
-    let credits = match metadata.get("paygate_credits") {
-        Some(Value::String(s)) => s.trim().parse::<u64>().ok(),
-        Some(Value::Number(n)) => n.as_u64(),
-        _ => None,
-    }
-    .or_else(|| {
-        text(&metadata, "paygate_package").and_then(|p| settings.package(&p).map(|p| p.credits))
-    })
-    .filter(|c| *c > 0);
+    // The operator's package list has the last word on what a package buys.
+    let package =
+        text(&metadata, "paygate_package").and_then(|p| settings.package(&p).map(|p| p.credits));
+    let credits = package
+        .or(match metadata.get("paygate_credits") {
+            Some(Value::String(s)) => s.trim().parse::<u64>().ok(),
+            Some(Value::Number(n)) => n.as_u64(),
+            _ => None,
+        })
+        .filter(|c| *c > 0);
     let Some(credits) = credits else {
-        return Ok(Action::Ignore(
+        return Ok(Action::Unusable(
             "no metadata.paygate_credits or known metadata.paygate_package".into(),
         ));
     };
@@ -194,7 +240,11 @@ mod tests {
             ),
             (
                 "checkout.session.completed",
-                json!({"id": "cs_3", "payment_status": "paid", "metadata": {"paygate_key_id": "kid_0123456789abcdef0123"}}),
+                json!({"id": "cs_4", "mode": "subscription", "payment_status": "paid", "metadata": meta}),
+            ),
+            (
+                "invoice.paid",
+                json!({"id": "in_2", "amount_paid": 0, "metadata": meta}),
             ),
         ] {
             assert!(
@@ -205,6 +255,44 @@ mod tests {
                 "{kind} {object}"
             );
         }
+        // Paid, but nothing to credit with: the operator must hear of it.
+        for metadata in [
+            json!({"paygate_key_id": "kid_0123456789abcdef0123"}),
+            json!({"paygate_key_id": "not-a-key-id", "paygate_credits": 5}),
+        ] {
+            let object = json!({"id": "cs_3", "payment_status": "paid", "metadata": metadata});
+            assert!(matches!(
+                read(&event("checkout.session.completed", object), &settings).unwrap(),
+                Action::Unusable(_)
+            ));
+        }
+        // The package's credits win over the metadata's; a connected account's event and an
+        // event older than the payment record credit nothing.
+        let cheap = json!({"id": "cs_5", "payment_status": "paid", "metadata":
+            {"paygate_key_id": "kid_0123456789abcdef0123", "paygate_package": "starter", "paygate_credits": "9999999"}});
+        let Action::Credit(p) = read(
+            &event("checkout.session.completed", cheap.clone()),
+            &settings,
+        )
+        .unwrap() else {
+            panic!("credits");
+        };
+        assert_eq!(p.credits, 500);
+        let mut connect: Value =
+            serde_json::from_slice(&event("checkout.session.completed", cheap.clone())).unwrap();
+        connect["account"] = json!("acct_1");
+        assert!(matches!(
+            read(connect.to_string().as_bytes(), &settings).unwrap(),
+            Action::Ignore(_)
+        ));
+        let mut old: Value =
+            serde_json::from_slice(&event("checkout.session.completed", cheap)).unwrap();
+        old["created"] = json!(1_700_000_000);
+        let now = 1_700_000_000 + MAX_EVENT_AGE_SECS + 1;
+        assert!(matches!(
+            read_at(old.to_string().as_bytes(), &settings, Some(now)).unwrap(),
+            Action::Unusable(_)
+        ));
         for bad in [
             &b"not json"[..],
             br#"{"id": "evt_1"}"#,

@@ -31,10 +31,11 @@ pub enum SignatureError {
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// HMAC-SHA256 of `"<t>.<body>"` (HMAC takes keys of any length, so this is always `Some`).
-fn digest(secret: &str, t: i64, body: &[u8]) -> Option<[u8; 32]> {
+/// HMAC-SHA256 of `"<t>.<body>"`, `t` as the header wrote it (HMAC takes keys of any
+/// length, so this is always `Some`).
+fn digest(secret: &str, t: &str, body: &[u8]) -> Option<[u8; 32]> {
     let mut mac = HmacSha256::new_from_slice(secret.as_bytes()).ok()?;
-    mac.update(t.to_string().as_bytes());
+    mac.update(t.as_bytes());
     mac.update(b".");
     mac.update(body);
     Some(mac.finalize().into_bytes().into())
@@ -51,7 +52,7 @@ fn digest(secret: &str, t: i64, body: &[u8]) -> Option<[u8; 32]> {
 /// assert_eq!(verify(Some(&header), body, "whsec_test", 1_700_000_100), Ok(()));
 /// ```
 pub fn sign(body: &[u8], secret: &str, t: i64) -> String {
-    let digest = digest(secret, t, body).unwrap_or_default();
+    let digest = digest(secret, &t.to_string(), body).unwrap_or_default();
     format!("t={t},v1={}", hex::encode(digest))
 }
 
@@ -75,8 +76,15 @@ pub fn verify(
             .ok_or(SignatureError::Malformed)?;
         match name {
             "t" => {
-                let at: i64 = value.parse().map_err(|_| SignatureError::Malformed)?;
-                if t.replace(at).is_some() {
+                // Digits only: the signed text is the header's own.
+                let digits = !value.is_empty()
+                    && value.len() <= 12
+                    && value.bytes().all(|b| b.is_ascii_digit());
+                let at: i64 = match value.parse() {
+                    Ok(at) if digits => at,
+                    _ => return Err(SignatureError::Malformed),
+                };
+                if t.replace((at, value)).is_some() {
                     return Err(SignatureError::Malformed);
                 }
             }
@@ -90,14 +98,14 @@ pub fn verify(
             _ => {}
         }
     }
-    let t = t.ok_or(SignatureError::Malformed)?;
+    let (t, t_text) = t.ok_or(SignatureError::Malformed)?;
     if signatures.is_empty() {
         return Err(SignatureError::Mismatch);
     }
     if now_secs.abs_diff(t) > TOLERANCE_SECS as u64 {
         return Err(SignatureError::Stale);
     }
-    let expected = digest(secret, t, body).ok_or(SignatureError::Mismatch)?;
+    let expected = digest(secret, t_text, body).ok_or(SignatureError::Mismatch)?;
     let matched = signatures.iter().fold(subtle::Choice::from(0), |any, sig| {
         any | sig.ct_eq(&expected[..])
     });
