@@ -968,7 +968,7 @@ async fn payments_credit_once<S: KeyStore>(s: &S) {
     // Twenty deliveries of one new payment at once: one credit.
     let delivery = pay(&["evt_3", "cs_3"], 5, NOW + 2_000);
     let deliveries: Vec<_> = (0..20).map(|_| s.credit_payment(&delivery)).collect();
-    let outcomes = futures_join_all(deliveries).await;
+    let outcomes = common::join_all(deliveries).await;
     let credited = outcomes
         .iter()
         .filter(|o| matches!(o, Ok(PaymentOutcome::Credited(_))))
@@ -1036,30 +1036,6 @@ async fn balance_of<S: KeyStore>(s: &S, n: u32) -> u64 {
         .unwrap()
         .unwrap()
         .credits
-}
-
-/// Every future of `all`, polled together (as concurrent deliveries are).
-async fn futures_join_all<F: std::future::Future>(all: Vec<F>) -> Vec<F::Output> {
-    let mut all: Vec<std::pin::Pin<Box<F>>> = all.into_iter().map(Box::pin).collect();
-    let mut out: Vec<Option<F::Output>> = all.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (f, slot) in all.iter_mut().zip(out.iter_mut()) {
-            if slot.is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => *slot = Some(v),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    out.into_iter().flatten().collect()
 }
 
 macro_rules! conformance_suite {

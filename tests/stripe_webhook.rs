@@ -163,7 +163,7 @@ async fn a_paid_checkout_credits_its_key_once_whatever_stripe_redelivers() {
     // Twenty copies of a new payment at once.
     let event = paid("evt_4", "cs_4", &kid);
     let deliveries = (0..20).map(|_| shop.deliver(&event));
-    let answers = futures_join(deliveries.collect()).await;
+    let answers = common::join_all(deliveries.collect()).await;
     assert!(answers.iter().all(|(s, _)| *s == StatusCode::OK));
     let credited = answers
         .iter()
@@ -313,41 +313,11 @@ async fn two_gateways_on_redis_credit_a_payment_once() {
     let kid = issued.record.id().to_string();
     let event = paid("evt_r", "cs_r", &kid);
     let deliveries: Vec<_> = (0..20).map(|n| shops[n % 2].deliver(&event)).collect();
-    let answers = futures_join(deliveries).await;
+    let answers = common::join_all(deliveries).await;
     let credited = answers
         .iter()
         .filter(|(_, b)| b["credited"] == json!(true))
         .count();
     assert_eq!(credited, 1, "{answers:?}");
     assert_eq!(shops[1].credits(&issued.key).await, 501);
-}
-
-/// Polls every future together, as concurrent deliveries are.
-async fn futures_join<F: std::future::Future>(all: Vec<F>) -> Vec<F::Output> {
-    let handles: Vec<_> = all.into_iter().map(Box::pin).collect();
-    let mut out = Vec::new();
-    let mut pending: Vec<_> = handles.into_iter().map(Some).collect();
-    let mut results: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut left = false;
-        for (slot, result) in pending.iter_mut().zip(results.iter_mut()) {
-            if let Some(f) = slot {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => {
-                        *result = Some(v);
-                        *slot = None;
-                    }
-                    std::task::Poll::Pending => left = true,
-                }
-            }
-        }
-        if left {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    out.extend(results.into_iter().flatten());
-    out
 }

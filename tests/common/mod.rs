@@ -104,3 +104,28 @@ pub async fn bearer_call<St: paygate_mcp::KeyStore>(
     let resp = svc.oneshot(req).await.expect("the layer answers");
     (resp.status(), resp.headers().clone())
 }
+
+/// Every future of `all`, polled together (as concurrent deliveries or callers are), their
+/// outputs in order.
+pub async fn join_all<F: std::future::Future>(all: Vec<F>) -> Vec<F::Output> {
+    let mut all: Vec<std::pin::Pin<Box<F>>> = all.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = all.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, slot) in all.iter_mut().zip(out.iter_mut()) {
+            if slot.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *slot = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
+}
