@@ -35,6 +35,8 @@ pub mod amount;
 pub mod analytics;
 pub mod audit;
 pub mod blocking;
+#[cfg(feature = "client")]
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod deny;

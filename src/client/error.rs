@@ -1,0 +1,93 @@
+//! What a call through a gateway can end in, by class: the gateway's denials as the
+//! JSON-RPC error codes SPEC §3 gives them, the tool's own errors, and transport failures.
+
+use std::time::Duration;
+
+/// Why a call did not return a tool result.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ClientError {
+    /// `-32402`: not enough credits, a spending limit or a quota.
+    #[error("payment required ({reason}): {credits_required} credits needed")]
+    PaymentRequired {
+        /// The gate's reason (`insufficient_credits`, `spending_limit`, ...).
+        reason: String,
+        /// What the call costs.
+        credits_required: u64,
+        /// The key's balance, when known.
+        remaining: Option<u64>,
+    },
+    /// `-32001`: a rate limit.
+    #[error("rate limited ({reason})")]
+    RateLimited {
+        /// The gate's reason (`rate_limited`, `tool_rate_limited`).
+        reason: String,
+        /// When a call could pass (`retryAfterSeconds`, else `Retry-After`).
+        retry_after: Option<Duration>,
+    },
+    /// `-32002` or HTTP 401: a missing, invalid or expired key or token.
+    #[error("unauthorized ({reason})")]
+    Unauthorized {
+        /// The gate's reason, or `invalid_token` / `http_401`.
+        reason: String,
+    },
+    /// `-32003` or HTTP 403: the key may not call this tool (or its token lacks a scope).
+    #[error("forbidden ({reason})")]
+    Forbidden {
+        /// The gate's reason.
+        reason: String,
+    },
+    /// Any other JSON-RPC error: the tool's, the server's or the gateway's.
+    #[error("JSON-RPC error {code}: {message}")]
+    Tool {
+        /// The JSON-RPC code.
+        code: i64,
+        /// Its message.
+        message: String,
+        /// Its data, if any.
+        data: Option<serde_json::Value>,
+    },
+    /// The gateway could not be reached, or answered what is not MCP.
+    #[error("transport: {0}")]
+    Transport(String),
+}
+
+impl ClientError {
+    /// The error for a JSON-RPC error object.
+    pub(crate) fn from_rpc(error: &serde_json::Value, retry_header: Option<Duration>) -> Self {
+        let code = error.get("code").and_then(|c| c.as_i64()).unwrap_or(0);
+        let message = error
+            .get("message")
+            .and_then(|m| m.as_str())
+            .unwrap_or_default()
+            .to_string();
+        let data = error.get("data").cloned();
+        let field = |name: &str| data.as_ref().and_then(|d| d.get(name));
+        let reason = field("reason")
+            .and_then(|r| r.as_str())
+            .unwrap_or_default()
+            .to_string();
+        match code {
+            -32402 => ClientError::PaymentRequired {
+                reason,
+                credits_required: field("creditsRequired")
+                    .and_then(|c| c.as_u64())
+                    .unwrap_or(0),
+                remaining: field("remainingCredits").and_then(|c| c.as_u64()),
+            },
+            -32001 => ClientError::RateLimited {
+                reason,
+                retry_after: field("retryAfterSeconds")
+                    .and_then(|s| s.as_u64())
+                    .map(Duration::from_secs)
+                    .or(retry_header),
+            },
+            -32002 => ClientError::Unauthorized { reason },
+            -32003 => ClientError::Forbidden { reason },
+            _ => ClientError::Tool {
+                code,
+                message,
+                data,
+            },
+        }
+    }
+}

@@ -1,0 +1,465 @@
+//! The client side (SPEC §15, cargo feature `client`): [`PayGateClient`] calls tools through
+//! a paygate gateway with an API key or an OAuth access token, lists the tools with their
+//! prices, reads the balance, and turns the gateway's denials into a typed [`ClientError`]
+//! by class. It can wait out rate limits (as long as the gateway's `Retry-After` says, up to
+//! a bound) and, on `-32402`, ask an [`on_payment_required`](PayGateClientBuilder::on_payment_required)
+//! hook to buy credits, then retry once.
+//!
+//! It speaks MCP Streamable HTTP itself: JSON and SSE answers, `Mcp-Session-Id`.
+
+mod answer;
+mod error;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+
+pub use error::ClientError;
+
+/// The MCP protocol version the client asks for.
+pub const PROTOCOL_VERSION: &str = "2025-06-18";
+/// Largest answer read.
+const MAX_ANSWER: usize = 8 * 1024 * 1024;
+
+/// A boxed future, as the hooks return.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// How the client authenticates.
+#[derive(Clone)]
+pub enum Credentials {
+    /// `X-API-Key`.
+    ApiKey(String),
+    /// `Authorization: Bearer` (an OAuth access token).
+    Bearer(String),
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Credentials::ApiKey(_) => "ApiKey(***)",
+            Credentials::Bearer(_) => "Bearer(***)",
+        })
+    }
+}
+
+/// What a `-32402` said, handed to the payment hook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentRequired {
+    /// The tool called.
+    pub tool: String,
+    /// The gate's reason (`insufficient_credits`, ...).
+    pub reason: String,
+    /// What the call costs.
+    pub credits_required: u64,
+    /// The balance, when known.
+    pub remaining: Option<u64>,
+}
+
+/// What the payment hook decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PaymentDecision {
+    /// Credits were bought: call again (once).
+    Retry,
+    /// Give up: the call fails with [`ClientError::PaymentRequired`].
+    GiveUp,
+}
+
+type PaymentHook = Arc<dyn Fn(PaymentRequired) -> BoxFuture<PaymentDecision> + Send + Sync>;
+type Sleeper = Arc<dyn Fn(Duration) -> BoxFuture<()> + Send + Sync>;
+
+/// What the gateway reported with the last answer (its response headers).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallInfo {
+    /// `X-Credits-Remaining`.
+    pub credits_remaining: Option<u64>,
+    /// `X-RateLimit-Limit`.
+    pub rate_limit: Option<u64>,
+    /// `X-RateLimit-Remaining`.
+    pub rate_remaining: Option<u64>,
+    /// `X-RateLimit-Reset` (epoch seconds).
+    pub rate_reset: Option<u64>,
+}
+
+/// A tool and what it costs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PricedTool {
+    /// Its name.
+    pub name: String,
+    /// Its description.
+    pub description: Option<String>,
+    /// Credits per call (`_pricing.creditsPerCall`), when the gateway says.
+    pub credits_per_call: Option<u64>,
+    /// The whole tool as listed (input schema, `_pricing`, ...).
+    pub raw: Value,
+}
+
+/// Builds a [`PayGateClient`].
+pub struct PayGateClientBuilder {
+    base: String,
+    credentials: Credentials,
+    mcp_path: String,
+    rate_limit_retries: u32,
+    max_wait: Duration,
+    sleep: Sleeper,
+    on_payment_required: Option<PaymentHook>,
+    timeout: Duration,
+}
+
+impl PayGateClientBuilder {
+    /// The path of the MCP endpoint (default `/mcp`).
+    pub fn mcp_path(mut self, path: &str) -> Self {
+        self.mcp_path = path.to_string();
+        self
+    }
+
+    /// Waits out a rate limit up to `retries` times, when the gateway's `Retry-After` is at
+    /// most `max_wait` (default: no waiting).
+    pub fn wait_on_rate_limit(mut self, retries: u32, max_wait: Duration) -> Self {
+        self.rate_limit_retries = retries;
+        self.max_wait = max_wait;
+        self
+    }
+
+    /// How the client waits (default `tokio::time::sleep`); tests move a clock instead.
+    pub fn sleeper(
+        mut self,
+        sleep: impl Fn(Duration) -> BoxFuture<()> + Send + Sync + 'static,
+    ) -> Self {
+        self.sleep = Arc::new(sleep);
+        self
+    }
+
+    /// Called on `-32402`: buy credits (through `POST /checkout`, an operator, a person)
+    /// and answer [`PaymentDecision::Retry`] to call again, once.
+    pub fn on_payment_required(
+        mut self,
+        hook: impl Fn(PaymentRequired) -> BoxFuture<PaymentDecision> + Send + Sync + 'static,
+    ) -> Self {
+        self.on_payment_required = Some(Arc::new(hook));
+        self
+    }
+
+    /// The longest one HTTP exchange may take (default 60 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The client.
+    pub fn build(self) -> Result<PayGateClient, ClientError> {
+        let http = reqwest::Client::builder()
+            .timeout(self.timeout)
+            .build()
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        Ok(PayGateClient {
+            http,
+            base: self.base.trim_end_matches('/').to_string(),
+            mcp_path: self.mcp_path,
+            credentials: Mutex::new(self.credentials),
+            session: Mutex::new(None),
+            next_id: AtomicU64::new(1),
+            rate_limit_retries: self.rate_limit_retries,
+            max_wait: self.max_wait,
+            sleep: self.sleep,
+            on_payment_required: self.on_payment_required,
+            last: Mutex::new(CallInfo::default()),
+        })
+    }
+}
+
+/// Calls tools through a paygate gateway.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), paygate_mcp::client::ClientError> {
+/// use paygate_mcp::client::{Credentials, PayGateClient};
+/// let client = PayGateClient::builder("http://127.0.0.1:3402", Credentials::ApiKey("pg_...".into()))
+///     .build()?;
+/// client.initialize().await?;
+/// for tool in client.list_tools().await? {
+///     println!("{} costs {:?}", tool.name, tool.credits_per_call);
+/// }
+/// let result = client.call_tool("search", serde_json::json!({"q": "rust"})).await?;
+/// println!("{result} ({:?} credits left)", client.last_call().credits_remaining);
+/// # Ok(()) }
+/// ```
+pub struct PayGateClient {
+    http: reqwest::Client,
+    base: String,
+    mcp_path: String,
+    credentials: Mutex<Credentials>,
+    session: Mutex<Option<String>>,
+    next_id: AtomicU64,
+    rate_limit_retries: u32,
+    max_wait: Duration,
+    sleep: Sleeper,
+    on_payment_required: Option<PaymentHook>,
+    last: Mutex<CallInfo>,
+}
+
+impl std::fmt::Debug for PayGateClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PayGateClient")
+            .field("base", &self.base)
+            .field("credentials", &*self.credentials.lock())
+            .finish_non_exhaustive()
+    }
+}
+
+fn header_u64(headers: &http::HeaderMap, name: &str) -> Option<u64> {
+    headers.get(name)?.to_str().ok()?.trim().parse().ok()
+}
+
+impl PayGateClient {
+    /// A builder for the gateway at `base_url` (its origin: `/mcp`, `/balance` and
+    /// `/pricing` are below it).
+    pub fn builder(base_url: &str, credentials: Credentials) -> PayGateClientBuilder {
+        PayGateClientBuilder {
+            base: base_url.to_string(),
+            credentials,
+            mcp_path: "/mcp".into(),
+            rate_limit_retries: 0,
+            max_wait: Duration::ZERO,
+            sleep: Arc::new(|d| Box::pin(tokio::time::sleep(d))),
+            on_payment_required: None,
+            timeout: Duration::from_secs(60),
+        }
+    }
+
+    /// Replaces the credentials (a refreshed OAuth token, a rotated key).
+    pub fn set_credentials(&self, credentials: Credentials) {
+        *self.credentials.lock() = credentials;
+    }
+
+    /// What the gateway reported with the last answer.
+    pub fn last_call(&self) -> CallInfo {
+        *self.last.lock()
+    }
+
+    fn authorize(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &*self.credentials.lock() {
+            Credentials::ApiKey(key) => req.header("x-api-key", key),
+            Credentials::Bearer(token) => req.bearer_auth(token),
+        }
+    }
+
+    /// One JSON-RPC request to the MCP endpoint: its result, or the error by class.
+    async fn rpc(&self, method: &str, params: Value) -> Result<Value, ClientError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+        let mut req = self
+            .http
+            .post(format!("{}{}", self.base, self.mcp_path))
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", PROTOCOL_VERSION);
+        if let Some(session) = self.session.lock().clone() {
+            req = req.header("mcp-session-id", session);
+        }
+        let resp = self
+            .authorize(req)
+            .body(body.to_string())
+            .send()
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        if let Some(session) = headers.get("mcp-session-id").and_then(|v| v.to_str().ok()) {
+            *self.session.lock() = Some(session.to_string());
+        }
+        *self.last.lock() = CallInfo {
+            credits_remaining: header_u64(&headers, "x-credits-remaining"),
+            rate_limit: header_u64(&headers, "x-ratelimit-limit"),
+            rate_remaining: header_u64(&headers, "x-ratelimit-remaining"),
+            rate_reset: header_u64(&headers, "x-ratelimit-reset"),
+        };
+        let retry_after = header_u64(&headers, "retry-after").map(Duration::from_secs);
+        let content_type = headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let bytes = read_bounded(resp).await?;
+        match answer::find_answer(&content_type, &bytes, id) {
+            Some(message) => match message.get("error") {
+                Some(error) => Err(ClientError::from_rpc(error, retry_after)),
+                None => Ok(message.get("result").cloned().unwrap_or(Value::Null)),
+            },
+            None => Err(match status.as_u16() {
+                401 => ClientError::Unauthorized {
+                    reason: "http_401".into(),
+                },
+                403 => ClientError::Forbidden {
+                    reason: "http_403".into(),
+                },
+                code => {
+                    ClientError::Transport(format!("HTTP {code} without an answer to the request"))
+                }
+            }),
+        }
+    }
+
+    /// Opens the MCP session (`initialize`, then `notifications/initialized`); the server's
+    /// `Mcp-Session-Id` goes with every later request. Answers the server's capabilities.
+    pub async fn initialize(&self) -> Result<Value, ClientError> {
+        let result = self
+            .rpc(
+                "initialize",
+                json!({
+                    "protocolVersion": PROTOCOL_VERSION,
+                    "capabilities": {},
+                    "clientInfo": {"name": "paygate-mcp-client", "version": env!("CARGO_PKG_VERSION")},
+                }),
+            )
+            .await?;
+        let mut req = self
+            .http
+            .post(format!("{}{}", self.base, self.mcp_path))
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", PROTOCOL_VERSION);
+        if let Some(session) = self.session.lock().clone() {
+            req = req.header("mcp-session-id", session);
+        }
+        self.authorize(req)
+            .body(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}).to_string())
+            .send()
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        Ok(result)
+    }
+
+    /// Every tool the key may call, with its price.
+    pub async fn list_tools(&self) -> Result<Vec<PricedTool>, ClientError> {
+        let result = self.rpc("tools/list", json!({})).await?;
+        let tools = result
+            .get("tools")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        Ok(tools
+            .into_iter()
+            .map(|t| PricedTool {
+                name: t
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+                description: t
+                    .get("description")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+                credits_per_call: t
+                    .pointer("/_pricing/creditsPerCall")
+                    .and_then(Value::as_u64),
+                raw: t,
+            })
+            .collect())
+    }
+
+    /// Calls `name` with `arguments`: the tool's result (`CallToolResult`; a tool that failed
+    /// says so in its `isError`), or why the gateway did not run it. Waits out rate limits
+    /// and asks the payment hook as configured.
+    pub async fn call_tool(&self, name: &str, arguments: Value) -> Result<Value, ClientError> {
+        let mut waits = 0;
+        let mut paid = false;
+        loop {
+            let outcome = self
+                .rpc("tools/call", json!({"name": name, "arguments": arguments}))
+                .await;
+            match outcome {
+                Err(ClientError::RateLimited {
+                    retry_after: Some(wait),
+                    ..
+                }) if waits < self.rate_limit_retries && wait <= self.max_wait => {
+                    waits += 1;
+                    (self.sleep)(wait).await;
+                }
+                Err(ClientError::PaymentRequired {
+                    reason,
+                    credits_required,
+                    remaining,
+                }) if !paid && self.on_payment_required.is_some() => {
+                    let info = PaymentRequired {
+                        tool: name.to_string(),
+                        reason: reason.clone(),
+                        credits_required,
+                        remaining,
+                    };
+                    let decision = match &self.on_payment_required {
+                        Some(hook) => hook(info).await,
+                        None => PaymentDecision::GiveUp,
+                    };
+                    if decision == PaymentDecision::GiveUp {
+                        return Err(ClientError::PaymentRequired {
+                            reason,
+                            credits_required,
+                            remaining,
+                        });
+                    }
+                    paid = true;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// `GET /balance`: the key's credits and limits, as the gateway shows them.
+    pub async fn balance(&self) -> Result<Value, ClientError> {
+        let req = self.http.get(format!("{}/balance", self.base));
+        self.get_json(self.authorize(req)).await
+    }
+
+    /// `POST /checkout`: a Stripe Checkout Session buying `package` for this key; answers
+    /// `{url, sessionId, ...}` (send a person to `url`).
+    pub async fn checkout(&self, package: &str) -> Result<Value, ClientError> {
+        let req = self
+            .http
+            .post(format!("{}/checkout", self.base))
+            .header("content-type", "application/json")
+            .body(json!({"package": package}).to_string());
+        self.get_json(self.authorize(req)).await
+    }
+
+    async fn get_json(&self, req: reqwest::RequestBuilder) -> Result<Value, ClientError> {
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        let status = resp.status();
+        let body: Value = serde_json::from_slice(&read_bounded(resp).await?).unwrap_or_default();
+        let reason = || {
+            body.get("reason")
+                .or_else(|| body.get("error"))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        match status.as_u16() {
+            200..=299 => Ok(body),
+            401 => Err(ClientError::Unauthorized { reason: reason() }),
+            403 => Err(ClientError::Forbidden { reason: reason() }),
+            code => Err(ClientError::Transport(format!("HTTP {code}: {}", reason()))),
+        }
+    }
+}
+
+/// The body, refused past [`MAX_ANSWER`].
+async fn read_bounded(mut resp: reqwest::Response) -> Result<Vec<u8>, ClientError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| ClientError::Transport(e.to_string()))?
+    {
+        if body.len() + chunk.len() > MAX_ANSWER {
+            return Err(ClientError::Transport("answer larger than 8 MiB".into()));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}

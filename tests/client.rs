@@ -1,0 +1,229 @@
+//! `PayGateClient` (SPEC §15) against a whole gateway on a loopback port (the layers and the
+//! admin API over a counting MCP server, as `examples/gateway.rs` serves them): every denial
+//! class comes back typed, a rate limit is waited out for exactly the gateway's
+//! `Retry-After`, a `-32402` is paid through the hook and the call is charged once, and JSON
+//! and SSE answers read alike.
+#![cfg(feature = "client")]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use paygate_mcp::client::{ClientError, Credentials, PayGateClient, PaymentDecision};
+use paygate_mcp::KeyUpdate;
+use serde_json::json;
+
+use common::gateway::{Reply, TestGateway};
+
+async fn gateway(cfg: serde_json::Value) -> TestGateway {
+    TestGateway::start(common::gateway::config(cfg).unwrap())
+        .await
+        .unwrap()
+}
+
+fn client(gw: &TestGateway, key: &str) -> PayGateClient {
+    PayGateClient::builder(
+        &format!("http://{}", gw.host()),
+        Credentials::ApiKey(key.into()),
+    )
+    .build()
+    .unwrap()
+}
+
+#[tokio::test]
+async fn tools_prices_balance_and_a_paid_call() {
+    let gw = gateway(
+        json!({"defaultCreditsPerCall": 2, "toolPricing": {"search": {"creditsPerCall": 5}}}),
+    )
+    .await;
+    let key = gw.key(20).await;
+    let c = client(&gw, &key);
+    c.initialize().await.unwrap();
+    let tools = c.list_tools().await.unwrap();
+    let price = |name: &str| {
+        tools
+            .iter()
+            .find(|t| t.name == name)
+            .and_then(|t| t.credits_per_call)
+    };
+    assert_eq!((price("search"), price("echo")), (Some(5), Some(2)));
+    let result = c.call_tool("search", json!({"q": "rust"})).await.unwrap();
+    assert!(result.get("content").is_some(), "{result}");
+    assert_eq!(c.last_call().credits_remaining, Some(15));
+    assert_eq!(c.balance().await.unwrap()["credits"], json!(15));
+    // The same over SSE.
+    gw.set_reply(Reply::Sse);
+    c.call_tool("search", json!({})).await.unwrap();
+    assert_eq!(gw.credits(&key).await, 10);
+}
+
+#[tokio::test]
+async fn every_denial_comes_back_typed() {
+    let gw = gateway(json!({"defaultCreditsPerCall": 5, "globalRateLimitPerMin": 1})).await;
+    // Payment: not enough credits.
+    let poor = gw.key(1).await;
+    let err = client(&gw, &poor)
+        .call_tool("echo", json!({}))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        ClientError::PaymentRequired {
+            reason: "insufficient_credits".into(),
+            credits_required: 5,
+            remaining: Some(1),
+        }
+    );
+    // Unauthorized: an unknown key.
+    let err = client(&gw, "pg_nobody_00000000000000")
+        .call_tool("echo", json!({}))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ClientError::Unauthorized { ref reason } if reason == "invalid_api_key"),
+        "{err:?}"
+    );
+    // Forbidden: a tool off the key's list.
+    let narrow = gw.key(100).await;
+    common::update(
+        &gw.gate,
+        &narrow,
+        KeyUpdate::SetAcl {
+            allowed_tools: vec!["search".into()],
+            denied_tools: vec![],
+        },
+    );
+    let err = client(&gw, &narrow)
+        .call_tool("echo", json!({}))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::Forbidden { .. }), "{err:?}");
+    // Rate limited, with when to come back.
+    let busy = gw.key(100).await;
+    let c = client(&gw, &busy);
+    c.call_tool("echo", json!({})).await.unwrap();
+    let err = c.call_tool("echo", json!({})).await.unwrap_err();
+    let ClientError::RateLimited {
+        retry_after: Some(wait),
+        ..
+    } = err
+    else {
+        panic!("rate limited: {err:?}");
+    };
+    assert!(wait > Duration::ZERO && wait <= Duration::from_secs(60));
+    // A JSON-RPC error of the server behind the gateway.
+    let other = gw.key(100).await;
+    gw.set_reply(Reply::RpcError);
+    let err = client(&gw, &other)
+        .call_tool("echo", json!({}))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::Tool { .. }), "{err:?}");
+    // Nothing listening.
+    let gone = PayGateClient::builder("http://127.0.0.1:9", Credentials::ApiKey(other.clone()))
+        .build()
+        .unwrap();
+    assert!(matches!(
+        gone.call_tool("echo", json!({})).await,
+        Err(ClientError::Transport(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_rate_limit_is_waited_out_for_the_gateways_retry_after() {
+    let gw =
+        Arc::new(gateway(json!({"defaultCreditsPerCall": 1, "globalRateLimitPerMin": 1})).await);
+    let key = gw.key(10).await;
+    let waited: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let (w, clock) = (waited.clone(), gw.clock.clone());
+    let c = PayGateClient::builder(
+        &format!("http://{}", gw.host()),
+        Credentials::ApiKey(key.clone()),
+    )
+    .wait_on_rate_limit(2, Duration::from_secs(120))
+    // The gateway's clock moves instead of this test sleeping.
+    .sleeper(move |d| {
+        w.lock().push(d);
+        clock.advance_ms(d.as_millis() as i64);
+        Box::pin(async {})
+    })
+    .build()
+    .unwrap();
+    c.call_tool("echo", json!({})).await.unwrap();
+    // What the gateway says to wait, asked directly.
+    let probe = client(&gw, &key)
+        .call_tool("echo", json!({}))
+        .await
+        .unwrap_err();
+    let ClientError::RateLimited {
+        retry_after: Some(expected),
+        ..
+    } = probe
+    else {
+        panic!("{probe:?}");
+    };
+    c.call_tool("echo", json!({})).await.unwrap();
+    assert_eq!(
+        *waited.lock(),
+        vec![expected],
+        "waited exactly the gateway's Retry-After"
+    );
+    assert_eq!(gw.credits(&key).await, 8, "two calls, each charged once");
+    // A wait longer than allowed is not taken.
+    let impatient = PayGateClient::builder(
+        &format!("http://{}", gw.host()),
+        Credentials::ApiKey(key.clone()),
+    )
+    .wait_on_rate_limit(1, Duration::from_secs(1))
+    .sleeper(|_| panic!("must not wait past the bound"))
+    .build()
+    .unwrap();
+    assert!(matches!(
+        impatient.call_tool("echo", json!({})).await,
+        Err(ClientError::RateLimited { .. })
+    ));
+}
+
+#[tokio::test]
+async fn payment_required_is_paid_through_the_hook_and_charged_once() {
+    let gw = Arc::new(gateway(json!({"defaultCreditsPerCall": 5})).await);
+    let key = gw.key(2).await;
+    let asked: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let (a, gate, k) = (asked.clone(), gw.gate.clone(), key.clone());
+    let c = PayGateClient::builder(
+        &format!("http://{}", gw.host()),
+        Credentials::ApiKey(key.clone()),
+    )
+    .on_payment_required(move |needed| {
+        a.lock().push(needed.credits_required);
+        let (gate, k) = (gate.clone(), k.clone());
+        // Stands in for a purchase: an operator's top-up.
+        Box::pin(async move {
+            gate.top_up(k.as_str(), 10).await.unwrap();
+            PaymentDecision::Retry
+        })
+    })
+    .build()
+    .unwrap();
+    c.call_tool("echo", json!({})).await.unwrap();
+    assert_eq!(*asked.lock(), vec![5]);
+    assert_eq!(gw.credits(&key).await, 7, "2 + 10 bought - 5 charged once");
+    // A hook that gives up: the typed error, once.
+    let broke = gw.key(0).await;
+    let calls: Arc<Mutex<u32>> = Arc::default();
+    let n = calls.clone();
+    let c = PayGateClient::builder(&format!("http://{}", gw.host()), Credentials::ApiKey(broke))
+        .on_payment_required(move |_| {
+            *n.lock() += 1;
+            Box::pin(async { PaymentDecision::GiveUp })
+        })
+        .build()
+        .unwrap();
+    assert!(matches!(
+        c.call_tool("echo", json!({})).await,
+        Err(ClientError::PaymentRequired { .. })
+    ));
+    assert_eq!(*calls.lock(), 1);
+}
