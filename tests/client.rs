@@ -227,3 +227,111 @@ async fn payment_required_is_paid_through_the_hook_and_charged_once() {
     ));
     assert_eq!(*calls.lock(), 1);
 }
+
+#[tokio::test]
+async fn an_expired_oauth_token_is_refreshed_mid_session() {
+    use base64::Engine as _;
+    use common::gateway::{Downstream, DownstreamState, IdEcho};
+    use paygate_mcp::client::OAuthTokens;
+    use paygate_mcp::oauth::{AuthorizeRequest, GrantSettings, OAuthServer, Registration};
+    use paygate_mcp::{AdminService, Gate, MemoryKeyStore, PayGateConfig, PayGateLayer};
+    use sha2::Digest as _;
+    use tower::ServiceBuilder;
+
+    let clock = common::clock_at(common::T0);
+    let cfg = PayGateConfig::default().with_default_price(2);
+    let gate = Arc::new(Gate::with_store(cfg, MemoryKeyStore::new(), clock.clone()).unwrap());
+    let issuer = "http://127.0.0.1:3402";
+    let mut settings = GrantSettings::new(format!("{issuer}/mcp"));
+    settings.access_ttl_secs = 60;
+    let oauth = Arc::new(OAuthServer::with_settings(issuer, settings, gate.clone()));
+    let downstream = Arc::new(DownstreamState {
+        calls: Default::default(),
+        reply: Mutex::new(Reply::Result),
+        echo: Mutex::new(IdEcho::Raw),
+    });
+    let mcp = ServiceBuilder::new()
+        .layer(PayGateLayer::from_gate(gate.clone()).with_oauth(oauth.clone()))
+        .service(Downstream(downstream));
+    let admin = AdminService::new(gate.clone(), common::gateway::ADMIN_KEY)
+        .unwrap()
+        .with_oauth(oauth.clone());
+    let app = axum::Router::new()
+        .nest_service("/mcp", mcp)
+        .fallback_service(admin);
+    let (addr, _stop) = common::mcp::serve_at(app).await;
+    // Signed in already: a client, a code approved with alice's key, a token pair.
+    let issued = gate.create_key_with("alice", 10, &[]).await.unwrap();
+    let redirect = "http://127.0.0.1:53682/callback";
+    let client_id = oauth
+        .register(Registration {
+            redirect_uris: vec![redirect.into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .client
+        .client_id;
+    let verifier = "a-verifier-of-plenty-of-characters-0123456789-abcdefgh";
+    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(sha2::Sha256::digest(verifier.as_bytes()));
+    let request = AuthorizeRequest {
+        response_type: "code".into(),
+        client_id: client_id.clone(),
+        redirect_uri: Some(redirect.into()),
+        code_challenge: challenge,
+        code_challenge_method: Some("S256".into()),
+        resource: None,
+        scope: None,
+    };
+    let code = oauth.issue_code(&request, &issued.record).await.unwrap();
+    let tokens = oauth
+        .exchange_code(
+            &client_id,
+            None,
+            &code,
+            Some(redirect),
+            Some(verifier),
+            None,
+        )
+        .await
+        .unwrap();
+    let first_refresh = tokens.refresh_token.clone();
+    let c = PayGateClient::builder(
+        &format!("http://{addr}"),
+        Credentials::OAuth(OAuthTokens {
+            access_token: tokens.access_token,
+            refresh_token: tokens.refresh_token,
+            token_url: format!("http://{addr}/oauth/token"),
+            client_id,
+            client_secret: None,
+        }),
+    )
+    .build()
+    .unwrap();
+    c.initialize().await.unwrap();
+    c.call_tool("echo", json!({})).await.unwrap();
+    // The access token expires mid-session: the client refreshes and calls again, paid once.
+    clock.advance_secs(61);
+    c.call_tool("echo", json!({})).await.unwrap();
+    assert_eq!(
+        gate.get_key(issued.key.as_str())
+            .await
+            .unwrap()
+            .unwrap()
+            .credits,
+        6
+    );
+    let paygate_mcp::client::Credentials::OAuth(now) = c.credentials() else {
+        panic!("still OAuth");
+    };
+    assert_ne!(
+        now.refresh_token, first_refresh,
+        "rotated; the client keeps the new one"
+    );
+    // Once the key is revoked, refreshing cannot help: the call is unauthorized.
+    gate.revoke(issued.key.as_str()).await.unwrap();
+    clock.advance_secs(61);
+    let err = c.call_tool("echo", json!({})).await.unwrap_err();
+    assert!(matches!(err, ClientError::Unauthorized { .. }), "{err:?}");
+}

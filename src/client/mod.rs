@@ -34,8 +34,26 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 pub enum Credentials {
     /// `X-API-Key`.
     ApiKey(String),
-    /// `Authorization: Bearer` (an OAuth access token).
+    /// `Authorization: Bearer` (an OAuth access token, used as it is).
     Bearer(String),
+    /// OAuth tokens the client refreshes itself when the access token is refused.
+    OAuth(OAuthTokens),
+}
+
+/// An OAuth grant the client keeps fresh: when a call is answered 401, it spends the refresh
+/// token at `token_url` (`grant_type=refresh_token`) and calls again, once.
+#[derive(Clone)]
+pub struct OAuthTokens {
+    /// The current access token.
+    pub access_token: String,
+    /// The current refresh token (rotated by each refresh).
+    pub refresh_token: String,
+    /// The authorization server's token endpoint (`<gateway>/oauth/token` for the built-in one).
+    pub token_url: String,
+    /// The client id it registered with.
+    pub client_id: String,
+    /// Its secret, for a confidential client (sent as `client_secret_post`).
+    pub client_secret: Option<String>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -43,6 +61,7 @@ impl std::fmt::Debug for Credentials {
         f.write_str(match self {
             Credentials::ApiKey(_) => "ApiKey(***)",
             Credentials::Bearer(_) => "Bearer(***)",
+            Credentials::OAuth(_) => "OAuth(***)",
         })
     }
 }
@@ -244,11 +263,69 @@ impl PayGateClient {
         match &*self.credentials.lock() {
             Credentials::ApiKey(key) => req.header("x-api-key", key),
             Credentials::Bearer(token) => req.bearer_auth(token),
+            Credentials::OAuth(tokens) => req.bearer_auth(&tokens.access_token),
+        }
+    }
+
+    /// The credentials in use (after a refresh, the new tokens: keep them).
+    pub fn credentials(&self) -> Credentials {
+        self.credentials.lock().clone()
+    }
+
+    /// Spends the refresh token for a new pair; `false` when there is none or it is refused.
+    async fn refresh(&self) -> Result<bool, ClientError> {
+        let Credentials::OAuth(tokens) = self.credentials.lock().clone() else {
+            return Ok(false);
+        };
+        let mut form = vec![
+            ("grant_type", "refresh_token".to_string()),
+            ("refresh_token", tokens.refresh_token.clone()),
+            ("client_id", tokens.client_id.clone()),
+        ];
+        if let Some(secret) = &tokens.client_secret {
+            form.push(("client_secret", secret.clone()));
+        }
+        let body = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(form.iter().map(|(k, v)| (*k, v.as_str())))
+            .finish();
+        let resp = self
+            .http
+            .post(&tokens.token_url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        if !resp.status().is_success() {
+            return Ok(false);
+        }
+        let doc: Value = serde_json::from_slice(&read_bounded(resp).await?).unwrap_or_default();
+        let text = |name: &str| doc.get(name).and_then(Value::as_str).map(str::to_string);
+        let Some(access_token) = text("access_token") else {
+            return Ok(false);
+        };
+        let refreshed = OAuthTokens {
+            access_token,
+            refresh_token: text("refresh_token").unwrap_or(tokens.refresh_token),
+            ..tokens
+        };
+        *self.credentials.lock() = Credentials::OAuth(refreshed);
+        Ok(true)
+    }
+
+    /// [`PayGateClient::rpc_once`], refreshing an OAuth access token the gateway refuses and
+    /// trying once more.
+    async fn rpc(&self, method: &str, params: Value) -> Result<Value, ClientError> {
+        match self.rpc_once(method, params.clone()).await {
+            Err(ClientError::Unauthorized { .. }) if self.refresh().await? => {
+                self.rpc_once(method, params).await
+            }
+            other => other,
         }
     }
 
     /// One JSON-RPC request to the MCP endpoint: its result, or the error by class.
-    async fn rpc(&self, method: &str, params: Value) -> Result<Value, ClientError> {
+    async fn rpc_once(&self, method: &str, params: Value) -> Result<Value, ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
         let mut req = self
