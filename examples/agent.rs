@@ -112,7 +112,13 @@ async fn pay(
     credits: u64,
     package: &str,
 ) -> PaymentDecision {
-    let http = reqwest::Client::new();
+    let http = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+    {
+        Ok(http) => http,
+        Err(_) => return PaymentDecision::GiveUp,
+    };
     match admin_key {
         Some(admin) => {
             let sent = http

@@ -230,12 +230,10 @@ async fn payment_required_is_paid_through_the_hook_and_charged_once() {
 
 #[tokio::test]
 async fn an_expired_oauth_token_is_refreshed_mid_session() {
-    use base64::Engine as _;
     use common::gateway::{Downstream, DownstreamState, IdEcho};
     use paygate_mcp::client::OAuthTokens;
-    use paygate_mcp::oauth::{AuthorizeRequest, GrantSettings, OAuthServer, Registration};
+    use paygate_mcp::oauth::{GrantSettings, OAuthServer};
     use paygate_mcp::{AdminService, Gate, MemoryKeyStore, PayGateConfig, PayGateLayer};
-    use sha2::Digest as _;
     use tower::ServiceBuilder;
 
     let clock = common::clock_at(common::T0);
@@ -262,40 +260,7 @@ async fn an_expired_oauth_token_is_refreshed_mid_session() {
     let (addr, _stop) = common::mcp::serve_at(app).await;
     // Signed in already: a client, a code approved with alice's key, a token pair.
     let issued = gate.create_key_with("alice", 10, &[]).await.unwrap();
-    let redirect = "http://127.0.0.1:53682/callback";
-    let client_id = oauth
-        .register(Registration {
-            redirect_uris: vec![redirect.into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .client
-        .client_id;
-    let verifier = "a-verifier-of-plenty-of-characters-0123456789-abcdefgh";
-    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(sha2::Sha256::digest(verifier.as_bytes()));
-    let request = AuthorizeRequest {
-        response_type: "code".into(),
-        client_id: client_id.clone(),
-        redirect_uri: Some(redirect.into()),
-        code_challenge: challenge,
-        code_challenge_method: Some("S256".into()),
-        resource: None,
-        scope: None,
-    };
-    let code = oauth.issue_code(&request, &issued.record).await.unwrap();
-    let tokens = oauth
-        .exchange_code(
-            &client_id,
-            None,
-            &code,
-            Some(redirect),
-            Some(verifier),
-            None,
-        )
-        .await
-        .unwrap();
+    let (client_id, tokens) = common::oauth_sign_in(&oauth, &issued.record).await;
     let first_refresh = tokens.refresh_token.clone();
     let c = PayGateClient::builder(
         &format!("http://{addr}"),
@@ -328,6 +293,24 @@ async fn an_expired_oauth_token_is_refreshed_mid_session() {
     assert_ne!(
         now.refresh_token, first_refresh,
         "rotated; the client keeps the new one"
+    );
+    // Two calls meet an expired token at once: one refresh between them, so the grant
+    // (which a second use of one refresh token would end) lives on.
+    clock.advance_secs(61);
+    let (a, b) = tokio::join!(
+        c.call_tool("echo", json!({})),
+        c.call_tool("echo", json!({}))
+    );
+    assert!(a.is_ok() && b.is_ok(), "{a:?} {b:?}");
+    clock.advance_secs(61);
+    c.call_tool("echo", json!({})).await.unwrap();
+    assert_eq!(
+        gate.get_key(issued.key.as_str())
+            .await
+            .unwrap()
+            .unwrap()
+            .credits,
+        0
     );
     // Once the key is revoked, refreshing cannot help: the call is unauthorized.
     gate.revoke(issued.key.as_str()).await.unwrap();

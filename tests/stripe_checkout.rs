@@ -305,41 +305,13 @@ async fn a_retried_purchase_is_the_same_session_and_failures_are_clear() {
 
 #[tokio::test]
 async fn a_signed_in_client_buys_with_its_oauth_token() {
-    use base64::Engine as _;
-    use paygate_mcp::oauth::{AuthorizeRequest, OAuthServer, Registration};
-    use sha2::Digest as _;
+    use paygate_mcp::oauth::OAuthServer;
     let stripe = FakeStripe::start().await;
     let shop = Shop::new(&stripe);
     let oauth = Arc::new(OAuthServer::new("http://127.0.0.1:3402", shop.gate.clone()));
     let admin = shop.admin.clone().with_oauth(oauth.clone());
     let issued = shop.gate.create_key_with("carol", 0, &[]).await.unwrap();
-    let redirect = "http://127.0.0.1:53682/callback";
-    let client = oauth
-        .register(Registration {
-            redirect_uris: vec![redirect.into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .client
-        .client_id;
-    let verifier = "a-verifier-of-plenty-of-characters-0123456789-abcdefgh";
-    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(sha2::Sha256::digest(verifier.as_bytes()));
-    let request = AuthorizeRequest {
-        response_type: "code".into(),
-        client_id: client.clone(),
-        redirect_uri: Some(redirect.into()),
-        code_challenge: challenge,
-        code_challenge_method: Some("S256".into()),
-        resource: None,
-        scope: None,
-    };
-    let code = oauth.issue_code(&request, &issued.record).await.unwrap();
-    let tokens = oauth
-        .exchange_code(&client, None, &code, Some(redirect), Some(verifier), None)
-        .await
-        .unwrap();
+    let (_, tokens) = common::oauth_sign_in(&oauth, &issued.record).await;
     let shop = Shop {
         gate: shop.gate.clone(),
         admin,

@@ -100,7 +100,7 @@ pub struct CallInfo {
     pub rate_limit: Option<u64>,
     /// `X-RateLimit-Remaining`.
     pub rate_remaining: Option<u64>,
-    /// `X-RateLimit-Reset` (epoch seconds).
+    /// `X-RateLimit-Reset` (seconds until the window frees a call).
     pub rate_reset: Option<u64>,
 }
 
@@ -171,8 +171,10 @@ impl PayGateClientBuilder {
 
     /// The client.
     pub fn build(self) -> Result<PayGateClient, ClientError> {
+        // No redirects: a key in `X-API-Key` would follow one to another host.
         let http = reqwest::Client::builder()
             .timeout(self.timeout)
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| ClientError::Transport(e.to_string()))?;
         Ok(PayGateClient {
@@ -187,6 +189,7 @@ impl PayGateClientBuilder {
             sleep: self.sleep,
             on_payment_required: self.on_payment_required,
             last: Mutex::new(CallInfo::default()),
+            refreshing: tokio::sync::Mutex::new(()),
         })
     }
 }
@@ -218,6 +221,9 @@ pub struct PayGateClient {
     sleep: Sleeper,
     on_payment_required: Option<PaymentHook>,
     last: Mutex<CallInfo>,
+    /// One refresh at a time: a refresh token works once, and a second use would end the
+    /// whole grant.
+    refreshing: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for PayGateClient {
@@ -272,11 +278,25 @@ impl PayGateClient {
         self.credentials.lock().clone()
     }
 
-    /// Spends the refresh token for a new pair; `false` when there is none or it is refused.
-    async fn refresh(&self) -> Result<bool, ClientError> {
+    /// The OAuth access token in use, if the credentials are refreshable.
+    fn access_token(&self) -> Option<String> {
+        match &*self.credentials.lock() {
+            Credentials::OAuth(tokens) => Some(tokens.access_token.clone()),
+            _ => None,
+        }
+    }
+
+    /// Spends the refresh token for a new pair after `refused` (the access token a call was
+    /// refused with) failed; `false` when there is nothing to refresh or the refresh is
+    /// refused. When another call refreshed meanwhile, its tokens are used instead.
+    async fn refresh(&self, refused: &str) -> Result<bool, ClientError> {
+        let _one_at_a_time = self.refreshing.lock().await;
         let Credentials::OAuth(tokens) = self.credentials.lock().clone() else {
             return Ok(false);
         };
+        if tokens.access_token != refused {
+            return Ok(true);
+        }
         let mut form = vec![
             ("grant_type", "refresh_token".to_string()),
             ("refresh_token", tokens.refresh_token.clone()),
@@ -304,30 +324,34 @@ impl PayGateClient {
         let Some(access_token) = text("access_token") else {
             return Ok(false);
         };
-        let refreshed = OAuthTokens {
-            access_token,
-            refresh_token: text("refresh_token").unwrap_or(tokens.refresh_token),
-            ..tokens
-        };
-        *self.credentials.lock() = Credentials::OAuth(refreshed);
+        let mut current = self.credentials.lock();
+        if let Credentials::OAuth(now) = &mut *current {
+            now.access_token = access_token;
+            if let Some(rotated) = text("refresh_token") {
+                now.refresh_token = rotated;
+            }
+        }
         Ok(true)
     }
 
     /// [`PayGateClient::rpc_once`], refreshing an OAuth access token the gateway refuses and
     /// trying once more.
     async fn rpc(&self, method: &str, params: Value) -> Result<Value, ClientError> {
+        let used = self.access_token();
         match self.rpc_once(method, params.clone()).await {
-            Err(ClientError::Unauthorized { .. }) if self.refresh().await? => {
-                self.rpc_once(method, params).await
-            }
+            // Not for a refusal a new token cannot change (the key's IP allowlist).
+            Err(ClientError::Unauthorized { reason }) if reason != "ip_not_allowed" => match used {
+                Some(refused) if self.refresh(&refused).await? => {
+                    self.rpc_once(method, params).await
+                }
+                _ => Err(ClientError::Unauthorized { reason }),
+            },
             other => other,
         }
     }
 
-    /// One JSON-RPC request to the MCP endpoint: its result, or the error by class.
-    async fn rpc_once(&self, method: &str, params: Value) -> Result<Value, ClientError> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+    /// A POST to the MCP endpoint with the session and credentials.
+    fn mcp_post(&self) -> reqwest::RequestBuilder {
         let mut req = self
             .http
             .post(format!("{}{}", self.base, self.mcp_path))
@@ -337,8 +361,15 @@ impl PayGateClient {
         if let Some(session) = self.session.lock().clone() {
             req = req.header("mcp-session-id", session);
         }
+        self.authorize(req)
+    }
+
+    /// One JSON-RPC request to the MCP endpoint: its result, or the error by class.
+    async fn rpc_once(&self, method: &str, params: Value) -> Result<Value, ClientError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
         let resp = self
-            .authorize(req)
+            .mcp_post()
             .body(body.to_string())
             .send()
             .await
@@ -393,16 +424,7 @@ impl PayGateClient {
                 }),
             )
             .await?;
-        let mut req = self
-            .http
-            .post(format!("{}{}", self.base, self.mcp_path))
-            .header("content-type", "application/json")
-            .header("accept", "application/json, text/event-stream")
-            .header("mcp-protocol-version", PROTOCOL_VERSION);
-        if let Some(session) = self.session.lock().clone() {
-            req = req.header("mcp-session-id", session);
-        }
-        self.authorize(req)
+        self.mcp_post()
             .body(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}).to_string())
             .send()
             .await
@@ -410,14 +432,28 @@ impl PayGateClient {
         Ok(result)
     }
 
-    /// Every tool the key may call, with its price.
+    /// Every tool the key may call, with its price (every page of the listing).
     pub async fn list_tools(&self) -> Result<Vec<PricedTool>, ClientError> {
-        let result = self.rpc("tools/list", json!({})).await?;
-        let tools = result
-            .get("tools")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
+        let mut tools = Vec::new();
+        let mut cursor: Option<String> = None;
+        // A server that keeps answering cursors is not followed forever.
+        for _ in 0..100 {
+            let params = match &cursor {
+                Some(c) => json!({"cursor": c}),
+                None => json!({}),
+            };
+            let result = self.rpc("tools/list", params).await?;
+            if let Some(page) = result.get("tools").and_then(Value::as_array) {
+                tools.extend(page.iter().cloned());
+            }
+            cursor = result
+                .get("nextCursor")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            if cursor.is_none() {
+                break;
+            }
+        }
         Ok(tools
             .into_iter()
             .map(|t| PricedTool {

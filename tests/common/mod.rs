@@ -129,3 +129,49 @@ pub async fn join_all<F: std::future::Future>(all: Vec<F>) -> Vec<F::Output> {
     .await;
     out.into_iter().flatten().collect()
 }
+
+/// A client registered with `oauth` and signed in with `account`'s key (PKCE S256, the
+/// loopback redirect URI the tests use): its id and tokens.
+pub async fn oauth_sign_in<St: paygate_mcp::KeyStore>(
+    oauth: &paygate_mcp::oauth::OAuthServer<St>,
+    account: &paygate_mcp::KeyRecord,
+) -> (String, paygate_mcp::oauth::TokenResponse) {
+    use base64::Engine as _;
+    use paygate_mcp::oauth::{AuthorizeRequest, Registration};
+    use sha2::Digest as _;
+    let redirect = "http://127.0.0.1:53682/callback";
+    let client_id = oauth
+        .register(Registration {
+            redirect_uris: vec![redirect.into()],
+            ..Default::default()
+        })
+        .await
+        .expect("registers")
+        .client
+        .client_id;
+    let verifier = "a-verifier-of-plenty-of-characters-0123456789-abcdefgh";
+    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(sha2::Sha256::digest(verifier.as_bytes()));
+    let request = AuthorizeRequest {
+        response_type: "code".into(),
+        client_id: client_id.clone(),
+        redirect_uri: Some(redirect.into()),
+        code_challenge: challenge,
+        code_challenge_method: Some("S256".into()),
+        resource: None,
+        scope: None,
+    };
+    let code = oauth.issue_code(&request, account).await.expect("a code");
+    let tokens = oauth
+        .exchange_code(
+            &client_id,
+            None,
+            &code,
+            Some(redirect),
+            Some(verifier),
+            None,
+        )
+        .await
+        .expect("tokens");
+    (client_id, tokens)
+}
