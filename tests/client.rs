@@ -52,6 +52,12 @@ async fn tools_prices_balance_and_a_paid_call() {
     let result = c.call_tool("search", json!({"q": "rust"})).await.unwrap();
     assert!(result.get("content").is_some(), "{result}");
     assert_eq!(c.last_call().credits_remaining, Some(15));
+    c.list_tools().await.unwrap();
+    assert_eq!(
+        c.last_call().credits_remaining,
+        Some(15),
+        "a free method keeps the figures"
+    );
     assert_eq!(c.balance().await.unwrap()["credits"], json!(15));
     // The same over SSE.
     gw.set_reply(Reply::Sse);
@@ -207,7 +213,9 @@ async fn payment_required_is_paid_through_the_hook_and_charged_once() {
     })
     .build()
     .unwrap();
+    let before = gw.downstream_calls();
     c.call_tool("echo", json!({})).await.unwrap();
+    assert_eq!(gw.downstream_calls() - before, 1, "the tool ran once");
     assert_eq!(*asked.lock(), vec![5]);
     assert_eq!(gw.credits(&key).await, 7, "2 + 10 bought - 5 charged once");
     // A hook that gives up: the typed error, once.

@@ -260,7 +260,7 @@ impl PayGateClient {
         *self.credentials.lock() = credentials;
     }
 
-    /// What the gateway reported with the last answer.
+    /// What the gateway reported with the answer to the last tool call.
     pub fn last_call(&self) -> CallInfo {
         *self.last.lock()
     }
@@ -379,12 +379,15 @@ impl PayGateClient {
         if let Some(session) = headers.get("mcp-session-id").and_then(|v| v.to_str().ok()) {
             *self.session.lock() = Some(session.to_string());
         }
-        *self.last.lock() = CallInfo {
-            credits_remaining: header_u64(&headers, "x-credits-remaining"),
-            rate_limit: header_u64(&headers, "x-ratelimit-limit"),
-            rate_remaining: header_u64(&headers, "x-ratelimit-remaining"),
-            rate_reset: header_u64(&headers, "x-ratelimit-reset"),
-        };
+        // Only tool calls carry the gateway's figures; a free method must not blank them.
+        if method == "tools/call" {
+            *self.last.lock() = CallInfo {
+                credits_remaining: header_u64(&headers, "x-credits-remaining"),
+                rate_limit: header_u64(&headers, "x-ratelimit-limit"),
+                rate_remaining: header_u64(&headers, "x-ratelimit-remaining"),
+                rate_reset: header_u64(&headers, "x-ratelimit-reset"),
+            };
+        }
         let retry_after = header_u64(&headers, "retry-after").map(Duration::from_secs);
         let content_type = headers
             .get("content-type")
