@@ -27,7 +27,7 @@ trap 'kill $pid 2>/dev/null || true; rm -rf "$log" "$log.err" "$work"' EXIT
 # Starts the gateway with OAuth on $port (and any extra flags) and reads its admin key.
 start_gateway() {
   PAYGATE_ADMIN_KEY=oauth-e2e-admin-key-0123456789 \
-    target/debug/examples/gateway --port "$port" --oauth --oauth-access-ttl 2 --print-keys "$@" >"$log" 2>&1 &
+    target/debug/examples/gateway --port "$port" --oauth --oauth-access-ttl "${ACCESS_TTL:-2}" --print-keys "$@" >"$log" 2>&1 &
   pid=$!
   wait_for_keys $pid "$log"
 }
@@ -53,7 +53,10 @@ done
 echo "OAuth end-to-end with the MCP Python SDK: ok (none, client_secret_basic)"
 
 # Tokens survive a restart: signed in before, the same tokens pay for a call after, with no
-# new consent (the grants are saved in the state file with the keys).
+# new consent (the grants are saved in the state file with the keys). The access token lives
+# long enough to outlast the restart: the SDK, given stored tokens, cannot tell they expired
+# and answers a 401 by signing in again rather than refreshing.
+export ACCESS_TTL=300
 kill $pid && wait $pid || true
 start_gateway --state-file "$work/state.json"
 key=$(new_key)
