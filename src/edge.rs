@@ -1,6 +1,6 @@
-//! What the HTTP edges (the layers, the admin API) share about a connection: the client's
-//! address, believed through trusted proxies only, and closing a connection after an early
-//! reply.
+//! What the HTTP edges (the layers, the admin API) share about a request: the client's
+//! address, believed through trusted proxies only, the bearer token it sends, and closing a
+//! connection after an early reply.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -78,4 +78,11 @@ pub(crate) fn closing<R>(mut resp: Response<R>) -> Response<R> {
     resp.headers_mut()
         .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     resp
+}
+
+/// The token of `Authorization: Bearer <token>`.
+pub(crate) fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
+    let auth = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = auth.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }

@@ -93,11 +93,18 @@ pub(crate) async fn stripe_webhook<St: KeyStore>(
     let purchase = match event::read_at(&req.body, &p.settings, Some(now_secs)) {
         Ok(Action::Credit(purchase)) => purchase,
         Ok(Action::Ignore(reason)) => return Ok(ignored(&reason)),
-        Ok(Action::Unusable(reason)) => return Ok(unusable(state, &req.body, &reason)),
+        Ok(Action::Unusable { reason, ids }) => {
+            return Ok(unmatched(state, &ids, json!({}), &reason))
+        }
         Err(e) => return Err(bad_request(e.to_string())),
     };
     let Some(account) = account_of(state, &purchase).await? else {
-        return Ok(unmatched(state, &purchase, "no key holds the account"));
+        return Ok(unmatched(
+            state,
+            &purchase.ids,
+            known(&purchase),
+            "no key holds the account",
+        ));
     };
     let ids: Vec<&str> = purchase.ids.iter().map(String::as_str).collect();
     let credit = PaymentCredit {
@@ -137,13 +144,22 @@ pub(crate) async fn stripe_webhook<St: KeyStore>(
             ))
         }
         PaymentOutcome::AlreadyCredited => Ok(ignored("this payment was credited already")),
-        PaymentOutcome::UnknownAccount => {
-            Ok(unmatched(state, &purchase, "no key holds the account"))
-        }
-        PaymentOutcome::Revoked => Ok(unmatched(state, &purchase, "the key is revoked")),
+        PaymentOutcome::UnknownAccount => Ok(unmatched(
+            state,
+            &purchase.ids,
+            known(&purchase),
+            "no key holds the account",
+        )),
+        PaymentOutcome::Revoked => Ok(unmatched(
+            state,
+            &purchase.ids,
+            known(&purchase),
+            "the key is revoked",
+        )),
         PaymentOutcome::TooLarge => Ok(unmatched(
             state,
-            &purchase,
+            &purchase.ids,
+            known(&purchase),
             "the balance would pass the largest amount",
         )),
     }
@@ -175,47 +191,40 @@ fn ignored(reason: &str) -> super::Reply {
 }
 
 /// Money was paid but cannot be credited: 200 (Stripe retrying would not help), and the
-/// operator is told through the audit log and admin events.
-fn unmatched<St: KeyStore>(state: &AdminState<St>, purchase: &Purchase, why: &str) -> super::Reply {
+/// operator is told through the audit log and admin events which payment (`ids`: the event's,
+/// then the paid object's) to look at, with what is known of it (`known`).
+fn unmatched<St: KeyStore>(
+    state: &AdminState<St>,
+    ids: &[String],
+    known: serde_json::Value,
+    why: &str,
+) -> super::Reply {
     tracing::warn!(
-        event = purchase.ids.first().map(String::as_str),
+        event = ids.first().map(String::as_str),
         why,
         "a Stripe payment could not be credited"
     );
+    let mut data = json!({
+        "actor": "stripe",
+        "eventId": ids.first(),
+        "paymentId": ids.get(1),
+        "reason": why,
+    });
+    if let (Some(data), serde_json::Value::Object(known)) = (data.as_object_mut(), known) {
+        data.extend(known);
+    }
+    state.gate.emit("billing.stripe_unmatched", data);
+    ignored(why)
+}
+
+/// What is known of a purchase that cannot be credited: its account (a key masked) and
+/// credits.
+fn known(purchase: &Purchase) -> serde_json::Value {
     let account = match &purchase.account {
         Account::KeyId(id) => json!(id),
         Account::ApiKey(key) => json!(crate::key::mask_key(key)),
     };
-    state.gate.emit(
-        "billing.stripe_unmatched",
-        json!({
-            "actor": "stripe",
-            "account": account,
-            "credits": purchase.credits,
-            "eventId": purchase.ids.first(),
-            "paymentId": purchase.ids.get(1),
-            "reason": why,
-        }),
-    );
-    ignored(why)
-}
-
-/// A paid event that names no usable account or amount: 200 (redelivering it would not
-/// help), and the operator is told which event to look at.
-fn unusable<St: KeyStore>(state: &AdminState<St>, body: &[u8], why: &str) -> super::Reply {
-    let event: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
-    let id = |v: &serde_json::Value| v.get("id").and_then(|i| i.as_str()).map(str::to_string);
-    let (event_id, payment_id) = (id(&event), event.pointer("/data/object").and_then(id));
-    tracing::warn!(
-        event = event_id.as_deref(),
-        why,
-        "a Stripe payment could not be credited"
-    );
-    state.gate.emit(
-        "billing.stripe_unmatched",
-        json!({"actor": "stripe", "eventId": event_id, "paymentId": payment_id, "reason": why}),
-    );
-    ignored(why)
+    json!({"account": account, "credits": purchase.credits})
 }
 
 /// `POST /checkout` `{"package": "<id>"}` with `X-API-Key` (or an OAuth access token): a
@@ -279,14 +288,9 @@ async fn caller<St: KeyStore>(
     };
     let rec = if let Some(key) = header("x-api-key").filter(|k| !k.is_empty()) {
         state.gate.get_key(key).await?
-    } else if let (Some(oauth), Some(token)) = (
-        &state.oauth,
-        header("authorization").and_then(|a| {
-            a.split_once(' ')
-                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-                .map(|(_, t)| t.trim())
-        }),
-    ) {
+    } else if let (Some(oauth), Some(token)) =
+        (&state.oauth, crate::edge::bearer_token(&req.headers))
+    {
         match oauth.authenticate(token).await {
             Ok(grant) => state.gate.get_key(grant.key_id).await?,
             Err(_) => return Err(unauthorized()),

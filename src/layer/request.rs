@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use super::respond::{closing, json_response, rpc_error};
 use super::{BearerResolver, BoxError, GateBody};
 use crate::config::PayGateConfig;
-use crate::edge::client_ip;
+use crate::edge::{bearer_token, client_ip};
 use crate::jsonrpc::{self, ParsedRequest, RpcRequest};
 use crate::key::KeyDigest;
 use crate::oauth::{BearerError, OAuthServer};
@@ -180,7 +180,7 @@ async fn credentials<St: KeyStore>(
     oauth: Option<&OAuthServer<St>>,
 ) -> (Option<Arc<str>>, Option<KeyDigest>, Option<BearerError>) {
     if let (Some(oauth), None) = (oauth, parts.headers.get(&X_API_KEY)) {
-        if let Some(token) = bearer_token(parts).filter(|t| oauth.handles(t)) {
+        if let Some(token) = bearer_token(&parts.headers).filter(|t| oauth.handles(t)) {
             return match oauth.authenticate(token).await {
                 Ok(grant) => (None, Some(grant.key), None),
                 // Kept as a key that matches nothing, so it is denied as invalid.
@@ -191,24 +191,13 @@ async fn credentials<St: KeyStore>(
     (api_key(parts, bearer), None, None)
 }
 
-/// The token of `Authorization: Bearer <token>`.
-fn bearer_token(parts: &http::request::Parts) -> Option<&str> {
-    let auth = parts
-        .headers
-        .get(http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?;
-    let (scheme, token) = auth.trim().split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-}
-
 /// `X-API-Key`, else `Authorization: Bearer <token>` through the resolver.
 fn api_key(parts: &http::request::Parts, bearer: Option<&BearerResolver>) -> Option<Arc<str>> {
     if let Some(v) = parts.headers.get(&X_API_KEY) {
         // A key that is not visible ASCII can match nothing; keep it so it is denied as invalid.
         return Some(Arc::from(v.to_str().map_or("\u{fffd}", str::trim)));
     }
-    let token = bearer_token(parts)?;
+    let token = bearer_token(&parts.headers)?;
     match bearer {
         Some(resolve) => resolve(token).map(Arc::from),
         None => Some(Arc::from(token)),

@@ -43,7 +43,12 @@ pub enum Action {
     Ignore(String),
     /// Answer 200 and change nothing, but tell the operator: money was taken and cannot be
     /// credited (its metadata names no usable account or amount).
-    Unusable(String),
+    Unusable {
+        /// Why.
+        reason: String,
+        /// The event's id, then the paid object's when it has one.
+        ids: Vec<String>,
+    },
 }
 
 /// Why an event body is refused (400).
@@ -130,12 +135,21 @@ pub fn read_at(
         }
         _ => return Ok(Action::Ignore(format!("{kind} does not add credits"))),
     };
+    let unusable = |reason: &str| {
+        let ids = std::iter::once(id.clone())
+            .chain(text(object, "id"))
+            .collect();
+        Ok(Action::Unusable {
+            reason: reason.into(),
+            ids,
+        })
+    };
     let created = event.get("created").and_then(Value::as_i64);
     if let (Some(now), Some(created)) = (now_secs, created) {
         if now.saturating_sub(created) > MAX_EVENT_AGE_SECS {
-            return Ok(Action::Unusable(
-                "the event is older than 29 days: its payment may be credited already".into(),
-            ));
+            return unusable(
+                "the event is older than 29 days: its payment may be credited already",
+            );
         }
     }
     let Some(object_id) = text(object, "id") else {
@@ -145,11 +159,7 @@ pub fn read_at(
     let account = if let Some(id) = text(&metadata, "paygate_key_id") {
         match id.parse::<KeyId>() {
             Ok(id) => Account::KeyId(id),
-            Err(_) => {
-                return Ok(Action::Unusable(
-                    "metadata.paygate_key_id is not a key id".into(),
-                ))
-            }
+            Err(_) => return unusable("metadata.paygate_key_id is not a key id"),
         }
     } else if let Some(key) = text(&metadata, "paygate_api_key") {
         Account::ApiKey(key)
@@ -169,9 +179,7 @@ pub fn read_at(
         })
         .filter(|c| *c > 0);
     let Some(credits) = credits else {
-        return Ok(Action::Unusable(
-            "no metadata.paygate_credits or known metadata.paygate_package".into(),
-        ));
+        return unusable("no metadata.paygate_credits or known metadata.paygate_package");
     };
     Ok(Action::Credit(Purchase {
         account,
@@ -263,7 +271,7 @@ mod tests {
             let object = json!({"id": "cs_3", "payment_status": "paid", "metadata": metadata});
             assert!(matches!(
                 read(&event("checkout.session.completed", object), &settings).unwrap(),
-                Action::Unusable(_)
+                Action::Unusable { .. }
             ));
         }
         // The package's credits win over the metadata's; a connected account's event and an
@@ -291,7 +299,7 @@ mod tests {
         let now = 1_700_000_000 + MAX_EVENT_AGE_SECS + 1;
         assert!(matches!(
             read_at(old.to_string().as_bytes(), &settings, Some(now)).unwrap(),
-            Action::Unusable(_)
+            Action::Unusable { .. }
         ));
         for bad in [
             &b"not json"[..],

@@ -23,6 +23,17 @@ impl PaymentLog {
         }
     }
 
+    /// The ids, oldest first.
+    fn seen(&self) -> Vec<PaymentSeen> {
+        self.order
+            .iter()
+            .map(|(at_ms, id)| PaymentSeen {
+                id: id.clone(),
+                at_ms: *at_ms,
+            })
+            .collect()
+    }
+
     fn record(&mut self, id: &str, at_ms: i64) {
         if self.seen.insert(id.to_string(), at_ms).is_none() {
             self.order.push_back((at_ms, id.to_string()));
@@ -76,28 +87,12 @@ impl MemoryKeyStore {
     pub(crate) fn export_with_payments(&self) -> (Vec<crate::key::KeyRecord>, Vec<PaymentSeen>) {
         let log = self.payments.lock();
         let keys = self.export();
-        let seen = log
-            .order
-            .iter()
-            .map(|(at_ms, id)| PaymentSeen {
-                id: id.clone(),
-                at_ms: *at_ms,
-            })
-            .collect();
-        (keys, seen)
+        (keys, log.seen())
     }
 
     /// The payment ids remembered, oldest first.
     pub fn payments_seen(&self) -> Vec<PaymentSeen> {
-        self.payments
-            .lock()
-            .order
-            .iter()
-            .map(|(at_ms, id)| PaymentSeen {
-                id: id.clone(),
-                at_ms: *at_ms,
-            })
-            .collect()
+        self.payments.lock().seen()
     }
 
     /// Remembers payment ids read from a state file; returns how many were not usable.

@@ -105,6 +105,19 @@ fn grant_from(fields: &[String]) -> Result<Grant, StoreError> {
     })
 }
 
+/// A client from its hash's `json` and `revoked` fields (`None` when it is gone).
+fn client_from(
+    json: Option<String>,
+    revoked: Option<String>,
+) -> Result<Option<Client>, StoreError> {
+    let Some(json) = json else {
+        return Ok(None);
+    };
+    let mut client: Client = serde_json::from_str(&json).map_err(|_| corrupt("client"))?;
+    client.revoked = revoked.as_deref() == Some("1");
+    Ok(Some(client))
+}
+
 impl RedisKeyStore {
     fn oauth_key(&self, parts: &[&str]) -> String {
         format!("{}oauth:{}", self.prefix, parts.join(":"))
@@ -154,12 +167,7 @@ impl RedisKeyStore {
             .query_async(&mut conn)
             .await
             .map_err(unavailable)?;
-        let Some(json) = json else {
-            return Ok(None);
-        };
-        let mut client: Client = serde_json::from_str(&json).map_err(|_| corrupt("client"))?;
-        client.revoked = revoked.as_deref() == Some("1");
-        Ok(Some(client))
+        client_from(json, revoked)
     }
 
     async fn clients_inner(&self) -> Result<Vec<Client>, StoreError> {
@@ -183,10 +191,7 @@ impl RedisKeyStore {
             let rows: Vec<(Option<String>, Option<String>)> =
                 pipe.query_async(&mut conn).await.map_err(unavailable)?;
             for (json, revoked) in rows {
-                let Some(json) = json else { continue };
-                let mut c: Client = serde_json::from_str(&json).map_err(|_| corrupt("client"))?;
-                c.revoked = revoked.as_deref() == Some("1");
-                out.push(c);
+                out.extend(client_from(json, revoked)?);
             }
         }
         Ok(out)
