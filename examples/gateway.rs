@@ -51,7 +51,7 @@ const SNAPSHOT_EVERY: Duration = Duration::from_secs(5);
 #[derive(Debug, Parser)]
 #[command(name = "gateway", version)]
 struct Args {
-    /// Port to listen on (127.0.0.1); else the config's port, else 3402.
+    /// Port to listen on (127.0.0.1; 0 takes a free one); else the config's port, else 3402.
     #[arg(long, value_name = "N")]
     port: Option<u16>,
     /// Admin API key (16+ printable characters); else PAYGATE_ADMIN_KEY, else the config's
@@ -717,11 +717,14 @@ async fn serve<St: KeyStore>(
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .map_err(|e| format!("cannot listen on 127.0.0.1:{port}: {e}"))?;
+    // `--port 0` takes a free port: name the one the system gave.
+    let port = listener.local_addr().map_or(port, |a| a.port());
     let url = format!("http://127.0.0.1:{port}/mcp");
     println!(
         "PayGate MCP gateway on {url} ({}), admin API on http://127.0.0.1:{port}/",
         gate.config().name
     );
+    println!("Dashboard: http://127.0.0.1:{port}/dashboard (sign in with the admin key)");
     // Secrets go to a person at a terminal, never into a log file by default.
     if args.print_keys || std::io::stdout().is_terminal() {
         println!("Paste these into your shell:");

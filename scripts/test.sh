@@ -3,31 +3,33 @@
 # machine passes with no manual step.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# apt_install WHY PACKAGE...: installs Debian packages, as root or through sudo.
+apt_install() {
+  local why=$1
+  shift
+  echo "installing $* ($why)"
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
 if ! command -v redis-server >/dev/null 2>&1; then
-  echo "installing redis-server (the Redis store tests start their own)"
-  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
+  apt_install "the Redis store tests start their own" redis-server
 fi
 # python3 runs the small fake MCP servers of the stdio tests; curl drives the README smoke run;
 # openssl signs the README's Stripe walk-through event.
 for tool in python3 curl openssl; do
-  if ! command -v "$tool" >/dev/null 2>&1; then
-    echo "installing $tool (the tests need it)"
-    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$tool" >/dev/null
-  fi
+  command -v "$tool" >/dev/null 2>&1 || apt_install "the tests need it" "$tool"
 done
+# Headless Chromium and its WebDriver for the dashboard's browser tests.
+if ! command -v chromedriver >/dev/null 2>&1 || ! [ -x /usr/lib/chromium/chromium ]; then
+  apt_install "the dashboard's browser tests drive them" chromium chromium-driver
+fi
 # A real third-party MCP server for the stdio upstream tests, from the npm registry.
 EVERYTHING=@modelcontextprotocol/server-everything@2026.8.31
 if [ ! -f .test-deps/node_modules/@modelcontextprotocol/server-everything/dist/index.js ]; then
-  if ! command -v npm >/dev/null 2>&1; then
-    echo "installing nodejs and npm (the stdio upstream tests run a Node MCP server)"
-    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nodejs npm >/dev/null
-  fi
+  command -v npm >/dev/null 2>&1 ||
+    apt_install "the stdio upstream tests run a Node MCP server" nodejs npm
   npm install --silent --no-audit --no-fund --prefix .test-deps "$EVERYTHING"
 fi
 cargo test --all-features --all-targets "$@"

@@ -39,6 +39,7 @@ pub mod blocking;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod dashboard;
 pub mod deny;
 pub mod edge;
 #[doc(hidden)]

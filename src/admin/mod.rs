@@ -514,6 +514,9 @@ where
             resp
         }
     };
+    if crate::dashboard::owns(parts.uri.path()) {
+        return early(crate::dashboard::serve(&parts.method, parts.uri.path()));
+    }
     let path = parts.uri.path().trim_end_matches('/');
     let cfg = state.gate.config();
     let client_ip = crate::edge::client_ip(&parts, cfg.trusted_proxy_hops, &cfg.trusted_proxies);

@@ -1,0 +1,359 @@
+//! The dashboard in a real browser: headless Chromium over WebDriver, against the example
+//! gateway as users run it (and the admin API mounted under a prefix). The operator signs in,
+//! lists, creates, tops up and revokes keys, sees the overview chart of real calls, and
+//! hostile key names and tags show as text and run nothing. The console stays free of errors.
+
+#[path = "common/browser.rs"]
+mod browser;
+
+use browser::{Browser, ExampleGateway};
+use serde_json::{json, Value};
+
+const ADMIN: &str = "dashboard-admin-key-0123456789-abcdefghij";
+const HOSTILE_NAME: &str = r#"<img src=x onerror="window.__xss=1">Mallory"#;
+const HOSTILE_TAG: &str = "<script>window.__xss=2</script>";
+
+/// A JavaScript string literal of `s`.
+fn js_str(s: &str) -> String {
+    serde_json::to_string(s).expect("a string serializes")
+}
+
+/// The expression for the keys table's row of the key named `name`.
+fn row_named(name: &str) -> String {
+    format!(
+        "[...document.querySelectorAll('#keys-table tbody tr')].find(tr => tr.querySelector('.key-name').textContent === {})",
+        js_str(name)
+    )
+}
+
+async fn sign_in(browser: &Browser, page: &str, admin_key: &str) {
+    browser.client.goto(page).await.expect("the page loads");
+    browser
+        .until(
+            "the login form",
+            "document.querySelector('input[name=adminKey]')",
+        )
+        .await;
+    browser.type_into("input[name=adminKey]", admin_key).await;
+    browser.click("#login-form button[type=submit]").await;
+}
+
+async fn open_view(browser: &Browser, view: &str) {
+    browser.click(&format!("#nav a[data-view={view}]")).await;
+    browser
+        .until(
+            &format!("the {view} view"),
+            &format!("!document.querySelector('#view-{view}').hidden"),
+        )
+        .await;
+}
+
+/// A `tools/call` of the demo server's `tool` with `api_key`; the JSON-RPC answer.
+async fn call(gateway: &ExampleGateway, api_key: &str, tool: &str) -> Value {
+    reqwest::Client::new()
+        .post(gateway.url("/mcp"))
+        .header("x-api-key", api_key)
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                      "params": {"name": tool, "arguments": {"query": "hi"}}}))
+        .send()
+        .await
+        .expect("the gateway answers")
+        .json()
+        .await
+        .expect("a JSON-RPC answer")
+}
+
+/// Creates a key through the admin API; its secret.
+async fn create_key(gateway: &ExampleGateway, name: &str, credits: u64) -> String {
+    let created: Value = reqwest::Client::new()
+        .post(gateway.url("/keys"))
+        .header("x-admin-key", ADMIN)
+        .json(&json!({"name": name, "credits": credits}))
+        .send()
+        .await
+        .expect("the admin API answers")
+        .json()
+        .await
+        .expect("a JSON answer");
+    created["key"].as_str().expect("the new key").to_string()
+}
+
+/// Saves the overview as a PNG under `target/screenshots/`, and over `docs/` when
+/// `UPDATE_SCREENSHOTS=1` (how the README's picture is made).
+async fn save_screenshot(browser: &Browser, name: &str) {
+    let png = browser.client.screenshot().await.expect("a screenshot");
+    assert!(png.starts_with(b"\x89PNG"), "the screenshot is a PNG");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut dirs = vec![root.join("target").join("screenshots")];
+    if std::env::var("UPDATE_SCREENSHOTS").is_ok_and(|v| v == "1") {
+        dirs.push(root.join("docs"));
+    }
+    for dir in dirs {
+        std::fs::create_dir_all(&dir).expect("a screenshot folder");
+        std::fs::write(dir.join(name), &png).expect("the screenshot is written");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_runs_the_business_from_the_dashboard() {
+    let gateway = ExampleGateway::start(&["--admin-key", ADMIN, "--tool-price", "search:5,echo:1"]);
+    let browser = Browser::start().await;
+    sign_in(&browser, &gateway.url("/dashboard"), ADMIN).await;
+    browser
+        .until(
+            "the overview",
+            "!document.querySelector('#view-overview').hidden",
+        )
+        .await;
+    // The key is held by this tab only: no cookie, not in the address, not in the page.
+    let kept = browser
+        .js(
+            "return [sessionStorage.getItem('paygate.adminKey'), document.cookie, location.href, \
+             document.documentElement.outerHTML.includes(arguments[0]), localStorage.length];",
+            vec![json!(ADMIN)],
+        )
+        .await;
+    assert_eq!(kept[0], ADMIN);
+    assert_eq!(kept[1], "");
+    assert!(!kept[2].as_str().unwrap().contains(ADMIN));
+    assert_eq!(kept[3], false);
+    assert_eq!(kept[4], 0);
+
+    // The key list shows the key the gateway made at start.
+    open_view(&browser, "keys").await;
+    browser
+        .until(
+            "the first key",
+            "document.querySelectorAll('#keys-table tbody tr').length === 1",
+        )
+        .await;
+
+    // Create a key whose name and tag are markup: it shows as text and runs nothing.
+    browser.click("#create-open").await;
+    browser
+        .type_into("#create-form input[name=name]", HOSTILE_NAME)
+        .await;
+    browser
+        .type_into("#create-form input[name=credits]", "50")
+        .await;
+    browser
+        .type_into(
+            "#create-form input[name=tags]",
+            &format!("team={HOSTILE_TAG}"),
+        )
+        .await;
+    browser.click("#create-form button[type=submit]").await;
+    let secret = browser
+        .until(
+            "the new key's secret",
+            "!document.querySelector('#secret').hidden && document.querySelector('#secret-value').textContent",
+        )
+        .await;
+    let secret = secret.as_str().expect("the secret is text").to_string();
+    assert!(secret.starts_with("pg_"), "{secret}");
+    let row = row_named(HOSTILE_NAME);
+    browser.until("the new key's row", &row).await;
+    let shown = browser
+        .js(
+            &format!(
+                "const tr = {row}; return [tr.dataset.keyId, tr.querySelector('.key-tags').textContent, \
+                 tr.querySelector('.key-credits').textContent, \
+                 document.querySelectorAll('main img, main script, #keys-table [onerror]').length, \
+                 window.__xss === undefined, document.querySelector('#keys-table').textContent.includes(arguments[0])];"
+            ),
+            vec![json!(secret)],
+        )
+        .await;
+    let key_id = shown[0].as_str().expect("a keyId").to_string();
+    assert!(key_id.starts_with("kid_"), "{key_id}");
+    assert_eq!(shown[1], format!("team={HOSTILE_TAG}"));
+    assert_eq!(shown[2], "50");
+    assert_eq!(shown[3], 0, "no element was made from the name or tag");
+    assert_eq!(shown[4], true, "nothing ran");
+    assert_eq!(shown[5], false, "the table shows the masked key only");
+
+    // The secret is shown once: after Done it is nowhere in the page.
+    browser.click("#secret-done").await;
+    let gone = browser
+        .js(
+            "return [document.querySelector('#secret').hidden, \
+             document.documentElement.outerHTML.includes(arguments[0]), \
+             JSON.stringify(sessionStorage).includes(arguments[0])];",
+            vec![json!(secret)],
+        )
+        .await;
+    assert_eq!(gone, json!([true, false, false]));
+
+    // Top up by keyId, and see the new balance.
+    let manage = format!("tr[data-key-id='{key_id}'] button[data-action=manage]");
+    browser.click(&manage).await;
+    browser
+        .until(
+            "the key dialog",
+            "document.querySelector('#key-dialog').open",
+        )
+        .await;
+    browser
+        .type_into("#topup-form input[name=credits]", "25")
+        .await;
+    browser.click("#topup-form button[type=submit]").await;
+    browser
+        .until(
+            "the new balance",
+            &format!("({row})?.querySelector('.key-credits').textContent === '75'"),
+        )
+        .await;
+    browser.click("#key-dialog-close").await;
+
+    // Calls appear in the overview: the new key's, and another agent's on two tools.
+    let research = create_key(&gateway, "research-agent", 200).await;
+    let calls = [
+        (&research, "search", 6),
+        (&research, "echo", 4),
+        (&secret, "echo", 3),
+    ];
+    for (key, tool, times) in calls {
+        for _ in 0..times {
+            let answer = call(&gateway, key, tool).await;
+            assert!(
+                answer.get("result").is_some(),
+                "the call went through: {answer}"
+            );
+        }
+    }
+    open_view(&browser, "overview").await;
+    let charted = browser
+        .until(
+            "the chart of the calls",
+            "[...document.querySelectorAll('#chart-series svg rect.point.s1')].reduce((n, c) => n + Number(c.dataset.value), 0)",
+        )
+        .await;
+    assert_eq!(charted, 13, "the chart's columns add up to the calls made");
+    let credits = browser
+        .js(
+            "return [...document.querySelectorAll('#chart-series svg circle.point.s2')].reduce((n, c) => n + Number(c.dataset.value), 0)",
+            vec![],
+        )
+        .await;
+    assert_eq!(
+        credits,
+        6 * 5 + 4 + 3,
+        "the credit line adds up to the prices charged"
+    );
+    browser
+        .until(
+            "the tool bars",
+            "document.querySelectorAll('#chart-tools svg rect.bar-fill').length === 2",
+        )
+        .await;
+    let calls = browser
+        .js(
+            "return document.querySelector('[data-stat=calls] dd').textContent",
+            vec![],
+        )
+        .await;
+    assert_eq!(calls, "13");
+    save_screenshot(&browser, "dashboard-overview.png").await;
+
+    // Revoke, through the page's own confirmation.
+    open_view(&browser, "keys").await;
+    browser.until("the key's row", &row).await;
+    browser.click(&manage).await;
+    browser.click("#key-revoke").await;
+    browser
+        .until(
+            "the confirmation",
+            "document.querySelector('#confirm-dialog').open",
+        )
+        .await;
+    browser.click("#confirm-ok").await;
+    browser
+        .until(
+            "the revoked status",
+            &format!("({row})?.querySelector('.key-status').textContent === 'revoked'"),
+        )
+        .await;
+    let refused = call(&gateway, &secret, "echo").await;
+    assert!(
+        refused.get("error").is_some(),
+        "a revoked key is refused: {refused}"
+    );
+
+    let errors = browser.console_errors().await;
+    assert!(errors.is_empty(), "console errors: {errors:#?}");
+    browser.client.close().await.expect("the session ends");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_works_behind_a_path_prefix_and_refuses_a_wrong_key() {
+    use paygate_mcp::{AdminService, Gate, PayGateConfig};
+
+    let gate = std::sync::Arc::new(Gate::new(PayGateConfig::default()).expect("a valid config"));
+    let admin = AdminService::new(gate, ADMIN).expect("a valid admin key");
+    let app = axum::Router::new().nest_service("/ops/paygate", admin);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a loopback port");
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let created = reqwest::Client::new()
+        .post(format!("{base}/ops/paygate/keys"))
+        .header("x-admin-key", ADMIN)
+        .json(&json!({"name": "prefixed", "credits": 7}))
+        .send()
+        .await
+        .expect("the admin API answers");
+    assert_eq!(created.status(), 201);
+
+    let browser = Browser::start().await;
+    let page = format!("{base}/ops/paygate/dashboard");
+    sign_in(
+        &browser,
+        &page,
+        "not-the-admin-key-but-just-as-long-0123456",
+    )
+    .await;
+    let refused = browser
+        .until(
+            "the refusal",
+            "document.querySelector('#login-error').textContent",
+        )
+        .await;
+    assert!(refused.as_str().unwrap().contains("refused"), "{refused}");
+    let state = browser
+        .js(
+            "return [sessionStorage.length, document.querySelector('#nav').hidden];",
+            vec![],
+        )
+        .await;
+    assert_eq!(state, json!([0, true]), "a refused key is not kept");
+    // The refusal's 401 is in the console (and shows the console is read); nothing else is.
+    let console = browser.console().await;
+    assert!(
+        console
+            .iter()
+            .any(|(level, m)| level == "SEVERE" && m.contains("401")),
+        "{console:?}"
+    );
+
+    browser.type_into("input[name=adminKey]", ADMIN).await;
+    browser.click("#login-form button[type=submit]").await;
+    open_view(&browser, "keys").await;
+    browser
+        .until("the prefixed key", &row_named("prefixed"))
+        .await;
+    let credits = browser
+        .js(
+            &format!(
+                "return ({}).querySelector('.key-credits').textContent",
+                row_named("prefixed")
+            ),
+            vec![],
+        )
+        .await;
+    assert_eq!(credits, "7");
+    let errors = browser.console_errors().await;
+    assert!(errors.is_empty(), "console errors: {errors:#?}");
+    browser.client.close().await.expect("the session ends");
+}
