@@ -204,7 +204,43 @@ async fn an_operator_runs_the_business_from_the_dashboard() {
             &format!("({row})?.querySelector('.key-credits').textContent === '75'"),
         )
         .await;
+    // Tags are edited as lines; a removed line deletes its tag.
+    browser
+        .type_into("#tags-form textarea[name=tags]", "region=eu\nteam=blue")
+        .await;
+    browser.click("#tags-form button[type=submit]").await;
+    browser
+        .until(
+            "the new tags",
+            &format!("({row})?.querySelector('.key-tags').textContent === 'region=euteam=blue'"),
+        )
+        .await;
     browser.click("#key-dialog-close").await;
+
+    // An alert rule saved in the alerts view fires on the calls below.
+    open_view(&browser, "alerts").await;
+    browser.click("#rule-add").await;
+    let rule = "#rules-table tbody tr:last-child";
+    browser
+        .client
+        .find(fantoccini::Locator::Css(&format!(
+            "{rule} select[name=type]"
+        )))
+        .await
+        .expect("the rule's type")
+        .select_by_value("credits_low")
+        .await
+        .expect("credits_low is offered");
+    browser
+        .type_into(&format!("{rule} input[name=threshold]"), "1000")
+        .await;
+    browser.click("#rules-form button[type=submit]").await;
+    browser
+        .until(
+            "the saved rules",
+            "document.querySelector('#notice').textContent.includes('1 alert rules configured')",
+        )
+        .await;
 
     // Calls appear in the overview: the new key's, and another agent's on two tools.
     let research = create_key(&gateway, "research-agent", 200).await;
@@ -255,6 +291,48 @@ async fn an_operator_runs_the_business_from_the_dashboard() {
         .await;
     assert_eq!(calls, "13");
     save_screenshot(&browser, "dashboard-overview.png").await;
+
+    // The alerts the calls fired, under the rule read back from the gateway.
+    open_view(&browser, "alerts").await;
+    let fired = browser
+        .until(
+            "the fired alerts",
+            "[...document.querySelectorAll('#fired-alerts tbody tr')].map(tr => tr.cells[1].textContent)",
+        )
+        .await;
+    assert!(
+        fired
+            .as_array()
+            .is_some_and(|a| !a.is_empty() && a.iter().all(|t| t == "credits_low")),
+        "{fired}"
+    );
+    let rules = browser
+        .js(
+            "return [...document.querySelectorAll('#rules-table tbody tr')].map(tr =>              [tr.querySelector('[name=type]').value, tr.querySelector('[name=threshold]').value])",
+            vec![],
+        )
+        .await;
+    assert_eq!(rules, json!([["credits_low", "1000"]]));
+
+    // The audit log lists what the operator did, and filters by type.
+    open_view(&browser, "audit").await;
+    browser
+        .until(
+            "the audit events",
+            "document.querySelectorAll('#audit-events tbody tr').length >= 3",
+        )
+        .await;
+    browser
+        .type_into("#audit-form input[name=types]", "key.topup")
+        .await;
+    browser.click("#audit-form button[type=submit]").await;
+    let types = browser
+        .until(
+            "only top-ups",
+            "(() => { const t = [...document.querySelectorAll('#audit-events tbody tr')].map(tr => tr.cells[1].textContent);              return t.length > 0 && t.every(x => x === 'key.topup') && t; })()",
+        )
+        .await;
+    assert_eq!(types, json!(["key.topup"]), "one top-up was made");
 
     // Revoke, through the page's own confirmation.
     open_view(&browser, "keys").await;
