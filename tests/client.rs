@@ -236,8 +236,18 @@ async fn payment_required_is_paid_through_the_hook_and_charged_once() {
     assert_eq!(*calls.lock(), 1);
 }
 
-#[tokio::test]
-async fn an_expired_oauth_token_is_refreshed_mid_session() {
+/// A gateway with the built-in OAuth server (access tokens live 60 s on its manual clock),
+/// and a client signed in as alice (10 credits, calls cost 2) holding her token pair.
+struct OAuthGateway {
+    addr: std::net::SocketAddr,
+    gate: Arc<paygate_mcp::Gate<paygate_mcp::MemoryKeyStore>>,
+    clock: Arc<paygate_mcp::ManualClock>,
+    alice: paygate_mcp::IssuedKey,
+    tokens: paygate_mcp::client::OAuthTokens,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn oauth_gateway() -> OAuthGateway {
     use common::gateway::{Downstream, DownstreamState, IdEcho};
     use paygate_mcp::client::OAuthTokens;
     use paygate_mcp::oauth::{GrantSettings, OAuthServer};
@@ -265,36 +275,55 @@ async fn an_expired_oauth_token_is_refreshed_mid_session() {
     let app = axum::Router::new()
         .nest_service("/mcp", mcp)
         .fallback_service(admin);
-    let (addr, _stop) = common::mcp::serve_at(app).await;
+    let (addr, stop) = common::mcp::serve_at(app).await;
     // Signed in already: a client, a code approved with alice's key, a token pair.
-    let issued = gate.create_key_with("alice", 10, &[]).await.unwrap();
-    let (client_id, tokens) = common::oauth_sign_in(&oauth, &issued.record).await;
-    let first_refresh = tokens.refresh_token.clone();
-    let c = PayGateClient::builder(
-        &format!("http://{addr}"),
-        Credentials::OAuth(OAuthTokens {
-            access_token: tokens.access_token,
-            refresh_token: tokens.refresh_token,
-            token_url: format!("http://{addr}/oauth/token"),
-            client_id,
-            client_secret: None,
-        }),
-    )
-    .build()
-    .unwrap();
+    let alice = gate.create_key_with("alice", 10, &[]).await.unwrap();
+    let (client_id, tokens) = common::oauth_sign_in(&oauth, &alice.record).await;
+    let tokens = OAuthTokens {
+        access_token: tokens.access_token,
+        refresh_token: tokens.refresh_token,
+        token_url: format!("http://{addr}/oauth/token"),
+        client_id,
+        client_secret: None,
+    };
+    OAuthGateway {
+        addr,
+        gate,
+        clock,
+        alice,
+        tokens,
+        _stop: stop,
+    }
+}
+
+impl OAuthGateway {
+    fn client(&self) -> PayGateClient {
+        PayGateClient::builder(
+            &format!("http://{}", self.addr),
+            Credentials::OAuth(self.tokens.clone()),
+        )
+        .build()
+        .unwrap()
+    }
+
+    async fn alice_credits(&self) -> u64 {
+        let key = self.alice.key.as_str();
+        self.gate.get_key(key).await.unwrap().unwrap().credits
+    }
+}
+
+#[tokio::test]
+async fn an_expired_oauth_token_is_refreshed_mid_session() {
+    let gw = oauth_gateway().await;
+    let (clock, gate) = (&gw.clock, &gw.gate);
+    let first_refresh = gw.tokens.refresh_token.clone();
+    let c = gw.client();
     c.initialize().await.unwrap();
     c.call_tool("echo", json!({})).await.unwrap();
     // The access token expires mid-session: the client refreshes and calls again, paid once.
     clock.advance_secs(61);
     c.call_tool("echo", json!({})).await.unwrap();
-    assert_eq!(
-        gate.get_key(issued.key.as_str())
-            .await
-            .unwrap()
-            .unwrap()
-            .credits,
-        6
-    );
+    assert_eq!(gw.alice_credits().await, 6);
     let paygate_mcp::client::Credentials::OAuth(now) = c.credentials() else {
         panic!("still OAuth");
     };
@@ -312,17 +341,182 @@ async fn an_expired_oauth_token_is_refreshed_mid_session() {
     assert!(a.is_ok() && b.is_ok(), "{a:?} {b:?}");
     clock.advance_secs(61);
     c.call_tool("echo", json!({})).await.unwrap();
-    assert_eq!(
-        gate.get_key(issued.key.as_str())
-            .await
-            .unwrap()
-            .unwrap()
-            .credits,
-        0
-    );
+    assert_eq!(gw.alice_credits().await, 0);
     // Once the key is revoked, refreshing cannot help: the call is unauthorized.
-    gate.revoke(issued.key.as_str()).await.unwrap();
+    gate.revoke(gw.alice.key.as_str()).await.unwrap();
     clock.advance_secs(61);
     let err = c.call_tool("echo", json!({})).await.unwrap_err();
     assert!(matches!(err, ClientError::Unauthorized { .. }), "{err:?}");
+}
+
+/// rmcp's client over [`PayGateClient::rmcp_transport`]: the same credentials, policies and
+/// typed errors as the client's own calls.
+#[cfg(feature = "rmcp")]
+mod rmcp_agent {
+    use super::*;
+    use rmcp::model::{CallToolRequestParams, CallToolResult};
+    use rmcp::service::{RoleClient, RunningService};
+    use rmcp::ServiceExt;
+
+    type Agent = RunningService<RoleClient, ()>;
+
+    async fn agent(client: PayGateClient) -> Agent {
+        ().serve(Arc::new(client).rmcp_transport())
+            .await
+            .expect("the rmcp client initializes through the gateway")
+    }
+
+    async fn echo(agent: &Agent) -> Result<CallToolResult, ClientError> {
+        agent
+            .call_tool(CallToolRequestParams::new("echo"))
+            .await
+            .map_err(ClientError::from)
+    }
+
+    #[tokio::test]
+    async fn every_denial_comes_back_typed() {
+        let gw = gateway(json!({"defaultCreditsPerCall": 5, "globalRateLimitPerMin": 1})).await;
+        let tools = agent(client(&gw, &gw.key(100).await))
+            .await
+            .list_all_tools()
+            .await
+            .unwrap();
+        assert_eq!(tools.len(), 2, "listing is free and passes");
+
+        let poor = gw.key(1).await;
+        assert_eq!(
+            echo(&agent(client(&gw, &poor)).await).await.unwrap_err(),
+            ClientError::PaymentRequired {
+                reason: "insufficient_credits".into(),
+                credits_required: 5,
+                remaining: Some(1),
+            }
+        );
+
+        let narrow = gw.key(100).await;
+        common::update(
+            &gw.gate,
+            &narrow,
+            KeyUpdate::SetAcl {
+                allowed_tools: vec!["search".into()],
+                denied_tools: vec![],
+            },
+        );
+        let err = echo(&agent(client(&gw, &narrow)).await).await.unwrap_err();
+        assert!(matches!(err, ClientError::Forbidden { .. }), "{err:?}");
+
+        let busy = agent(client(&gw, &gw.key(100).await)).await;
+        echo(&busy).await.unwrap();
+        let err = echo(&busy).await.unwrap_err();
+        assert!(
+            matches!(err, ClientError::RateLimited { retry_after: Some(w), .. } if w > Duration::ZERO),
+            "{err:?}"
+        );
+
+        // Revoked mid-session: unauthorized from then on.
+        let leaving = gw.key(100).await;
+        let session = agent(client(&gw, &leaving)).await;
+        gw.gate.revoke(leaving.as_str()).await.unwrap();
+        let err = echo(&session).await.unwrap_err();
+        assert!(
+            matches!(err, ClientError::Unauthorized { ref reason } if reason == "invalid_api_key"),
+            "{err:?}"
+        );
+
+        // The server's own JSON-RPC error.
+        let other = agent(client(&gw, &gw.key(100).await)).await;
+        gw.set_reply(Reply::RpcError);
+        let err = echo(&other).await.unwrap_err();
+        assert!(
+            matches!(err, ClientError::Tool { code: -32000, .. }),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_rate_limit_is_waited_out_and_a_payment_retried_once() {
+        let gw = gateway(json!({"defaultCreditsPerCall": 5, "globalRateLimitPerMin": 1})).await;
+        let key = gw.key(7).await;
+        let waited: Arc<Mutex<Vec<Duration>>> = Arc::default();
+        let bought: Arc<Mutex<Vec<u64>>> = Arc::default();
+        let (w, clock) = (waited.clone(), gw.clock.clone());
+        let (b, gate, k) = (bought.clone(), gw.gate.clone(), key.clone());
+        let c = PayGateClient::builder(
+            &format!("http://{}", gw.host()),
+            Credentials::ApiKey(key.clone()),
+        )
+        .wait_on_rate_limit(2, Duration::from_secs(120))
+        .sleeper(move |d| {
+            w.lock().push(d);
+            clock.advance_ms(d.as_millis() as i64);
+            Box::pin(async {})
+        })
+        .on_payment_required(move |needed| {
+            b.lock().push(needed.credits_required);
+            let (gate, k) = (gate.clone(), k.clone());
+            Box::pin(async move {
+                gate.top_up(k.as_str(), 10).await.unwrap();
+                PaymentDecision::Retry
+            })
+        })
+        .build()
+        .unwrap();
+        let agent = agent(c).await;
+        echo(&agent).await.unwrap();
+        // What the gateway says to wait, asked by a plain client with the same key.
+        let probe = client(&gw, &key)
+            .call_tool("echo", json!({}))
+            .await
+            .unwrap_err();
+        let ClientError::RateLimited {
+            retry_after: Some(expected),
+            ..
+        } = probe
+        else {
+            panic!("{probe:?}");
+        };
+        // Rate limited, then short of credits (2 left, 5 needed): waits, pays, runs once.
+        let before = gw.downstream_calls();
+        echo(&agent).await.unwrap();
+        assert_eq!(gw.downstream_calls() - before, 1, "the tool ran once");
+        assert_eq!(
+            *waited.lock(),
+            vec![expected],
+            "the gateway's exact Retry-After"
+        );
+        assert_eq!(*bought.lock(), vec![5]);
+        assert_eq!(
+            gw.credits(&key).await,
+            7,
+            "7 - 5 + 10 bought - 5 charged once"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_expired_oauth_token_is_refreshed_under_rmcp() {
+        let gw = oauth_gateway().await;
+        let client = Arc::new(gw.client());
+        let agent = ().serve(client.rmcp_transport()).await.unwrap();
+        echo(&agent).await.unwrap();
+        gw.clock.advance_secs(61);
+        echo(&agent).await.unwrap();
+        assert_eq!(gw.alice_credits().await, 6, "each call paid once");
+        let Credentials::OAuth(now) = client.credentials() else {
+            panic!("still OAuth");
+        };
+        assert_ne!(
+            now.refresh_token, gw.tokens.refresh_token,
+            "rotated and kept"
+        );
+        gw.gate.revoke(gw.alice.key.as_str()).await.unwrap();
+        gw.clock.advance_secs(61);
+        let err = agent
+            .call_tool(CallToolRequestParams::new("echo"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(ClientError::from(err), ClientError::Transport(ref m) if m.contains("Auth")),
+            "a refusal no refresh can mend ends the call"
+        );
+    }
 }

@@ -9,6 +9,8 @@
 
 mod answer;
 mod error;
+#[cfg(feature = "rmcp")]
+pub mod rmcp;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -102,6 +104,14 @@ pub struct CallInfo {
     pub rate_remaining: Option<u64>,
     /// `X-RateLimit-Reset` (seconds until the window frees a call).
     pub rate_reset: Option<u64>,
+}
+
+/// How far one call has gone through the retry policy: rate-limit waits taken, whether the
+/// payment hook was asked.
+#[derive(Default)]
+struct Retries {
+    waits: u32,
+    paid: bool,
 }
 
 /// A tool and what it costs.
@@ -481,46 +491,49 @@ impl PayGateClient {
     /// says so in its `isError`), or why the gateway did not run it. Waits out rate limits
     /// and asks the payment hook as configured.
     pub async fn call_tool(&self, name: &str, arguments: Value) -> Result<Value, ClientError> {
-        let mut waits = 0;
-        let mut paid = false;
+        let mut retries = Retries::default();
         loop {
             let outcome = self
                 .rpc("tools/call", json!({"name": name, "arguments": arguments}))
                 .await;
             match outcome {
-                Err(ClientError::RateLimited {
-                    retry_after: Some(wait),
-                    ..
-                }) if waits < self.rate_limit_retries && wait <= self.max_wait => {
-                    waits += 1;
-                    (self.sleep)(wait).await;
-                }
-                Err(ClientError::PaymentRequired {
-                    reason,
-                    credits_required,
-                    remaining,
-                }) if !paid && self.on_payment_required.is_some() => {
-                    let info = PaymentRequired {
-                        tool: name.to_string(),
-                        reason: reason.clone(),
-                        credits_required,
-                        remaining,
-                    };
-                    let decision = match &self.on_payment_required {
-                        Some(hook) => hook(info).await,
-                        None => PaymentDecision::GiveUp,
-                    };
-                    if decision == PaymentDecision::GiveUp {
-                        return Err(ClientError::PaymentRequired {
-                            reason,
-                            credits_required,
-                            remaining,
-                        });
-                    }
-                    paid = true;
-                }
+                Err(error) if self.try_again(name, &error, &mut retries).await => continue,
                 other => return other,
             }
+        }
+    }
+
+    /// After `error` answered a call of `tool`: waits out a rate limit, or asks the payment
+    /// hook, as configured, and says whether to call again. Shared by [`Self::call_tool`]
+    /// and the rmcp transport, so both follow one policy.
+    async fn try_again(&self, tool: &str, error: &ClientError, retries: &mut Retries) -> bool {
+        match error {
+            ClientError::RateLimited {
+                retry_after: Some(wait),
+                ..
+            } if retries.waits < self.rate_limit_retries && *wait <= self.max_wait => {
+                retries.waits += 1;
+                (self.sleep)(*wait).await;
+                true
+            }
+            ClientError::PaymentRequired {
+                reason,
+                credits_required,
+                remaining,
+            } if !retries.paid => {
+                let Some(hook) = &self.on_payment_required else {
+                    return false;
+                };
+                retries.paid = true;
+                let info = PaymentRequired {
+                    tool: tool.to_string(),
+                    reason: reason.clone(),
+                    credits_required: *credits_required,
+                    remaining: *remaining,
+                };
+                hook(info).await == PaymentDecision::Retry
+            }
+            _ => false,
         }
     }
 
