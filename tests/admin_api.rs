@@ -722,6 +722,16 @@ async fn status_analytics_alerts_metrics_pricing_discovery() {
         StatusCode::BAD_REQUEST
     );
     app.call(&key, "t").await; // 1 credit left: credits_low fires
+                               // The dashboard reads without taking: a script polling /alerts still gets the alert.
+    for _ in 0..2 {
+        let peeked = app.get("/alerts?peek=true").await;
+        assert_eq!(peeked.json["count"], 1);
+        assert_eq!(peeked.json["alerts"][0]["type"], "credits_low");
+    }
+    assert_eq!(
+        app.get("/alerts?peek=maybe").await.status,
+        StatusCode::BAD_REQUEST
+    );
     let r = app.get("/alerts").await;
     assert_eq!(r.json["count"], 1);
     assert_eq!(r.json["alerts"][0]["type"], "credits_low");

@@ -95,9 +95,54 @@ async fn save_screenshot(browser: &Browser, name: &str) {
     }
 }
 
+/// Reads a key as the admin API lists it, by keyId.
+async fn listed(gateway: &ExampleGateway, key_id: &str) -> Value {
+    let keys: Value = reqwest::Client::new()
+        .get(gateway.url("/keys"))
+        .header("x-admin-key", ADMIN)
+        .send()
+        .await
+        .expect("the admin API answers")
+        .json()
+        .await
+        .expect("a JSON answer");
+    keys.as_array()
+        .and_then(|keys| keys.iter().find(|k| k["keyId"] == key_id))
+        .cloned()
+        .unwrap_or_else(|| panic!("{key_id} is listed: {keys}"))
+}
+
+/// Makes `times` calls of `tool` with `key`, each one let through.
+async fn calls(gateway: &ExampleGateway, key: &str, tool: &str, times: usize) {
+    for _ in 0..times {
+        let answer = call(gateway, key, tool).await;
+        assert!(
+            answer.get("result").is_some(),
+            "the call went through: {answer}"
+        );
+    }
+}
+
+/// The sum of `data-value` over the elements `css` matches.
+async fn charted(browser: &Browser, css: &str) -> Value {
+    browser
+        .js(
+            "return [...document.querySelectorAll(arguments[0])].reduce((n, e) => n + Number(e.dataset.value), 0)",
+            vec![json!(css)],
+        )
+        .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_runs_the_business_from_the_dashboard() {
     let gateway = ExampleGateway::start(&["--admin-key", ADMIN, "--tool-price", "search:5,echo:1"]);
+    // Two agents at work before the operator looks.
+    let research = create_key(&gateway, "research-agent", 200).await;
+    let support = create_key(&gateway, "support-bot", 100).await;
+    calls(&gateway, &research, "search", 6).await;
+    calls(&gateway, &research, "echo", 4).await;
+    calls(&gateway, &support, "echo", 5).await;
+
     let browser = Browser::start().await;
     sign_in(&browser, &gateway.url("/dashboard"), ADMIN).await;
     browser
@@ -120,12 +165,34 @@ async fn an_operator_runs_the_business_from_the_dashboard() {
     assert_eq!(kept[3], false);
     assert_eq!(kept[4], 0);
 
-    // The key list shows the key the gateway made at start.
+    // The overview charts the calls: columns add up to the calls, the line to the credits.
+    browser
+        .until(
+            "the chart of the calls",
+            "document.querySelectorAll('#chart-series svg rect.point.s1').length > 0 \
+             && document.querySelectorAll('#chart-tools svg rect.bar-fill').length === 2",
+        )
+        .await;
+    assert_eq!(
+        charted(&browser, "#chart-series svg rect.point.s1").await,
+        15
+    );
+    assert_eq!(
+        charted(&browser, "#chart-series svg circle.point.s2").await,
+        6 * 5 + 4 + 5
+    );
+    assert_eq!(
+        charted(&browser, "#chart-tools svg rect.bar-fill").await,
+        39
+    );
+    save_screenshot(&browser, "dashboard-overview.png").await;
+
+    // The key list: the key the gateway made at start and the two agents.
     open_view(&browser, "keys").await;
     browser
         .until(
-            "the first key",
-            "document.querySelectorAll('#keys-table tbody tr').length === 1",
+            "the keys",
+            "document.querySelectorAll('#keys-table tbody tr').length === 3",
         )
         .await;
 
@@ -204,17 +271,73 @@ async fn an_operator_runs_the_business_from_the_dashboard() {
             &format!("({row})?.querySelector('.key-credits').textContent === '75'"),
         )
         .await;
-    // Tags are edited as lines; a removed line deletes its tag.
+
+    // Tags: remove the markup one, add another; then, in the same dialog, swap again (the
+    // dialog follows what the API answered, so the second save deletes the first's tag).
+    let edit_tags = |remove: &'static str, add: (&'static str, &'static str)| {
+        let browser = &browser;
+        async move {
+            browser
+                .js(
+                    "[...document.querySelectorAll('#tags-table tbody tr')] \
+                     .find(tr => tr.querySelector('[name=tagName]').value === arguments[0]) \
+                     .querySelector('button').click();",
+                    vec![json!(remove)],
+                )
+                .await;
+            browser.click("#tag-add").await;
+            let last = "#tags-table tbody tr:last-child";
+            browser
+                .type_into(&format!("{last} input[name=tagName]"), add.0)
+                .await;
+            browser
+                .type_into(&format!("{last} input[name=tagValue]"), add.1)
+                .await;
+            browser.click("#tags-form button[type=submit]").await;
+        }
+    };
+    edit_tags("team", ("region", "eu")).await;
+    let tags_are = |text: &str| {
+        format!(
+            "({row})?.querySelector('.key-tags').textContent === {}",
+            js_str(text)
+        )
+    };
     browser
-        .type_into("#tags-form textarea[name=tags]", "region=eu\nteam=blue")
+        .until("the first tag edit", &tags_are("region=eu"))
         .await;
-    browser.click("#tags-form button[type=submit]").await;
+    edit_tags("region", ("tier", "gold")).await;
+    browser
+        .until("the second tag edit", &tags_are("tier=gold"))
+        .await;
+
+    // Tools, quota and spending limit, read back from the API.
+    browser
+        .type_into("#acl-form input[name=deniedTools]", "search")
+        .await;
+    browser.click("#acl-form button[type=submit]").await;
+    browser
+        .type_into("#quota-form input[name=dailyCallLimit]", "100")
+        .await;
+    browser.click("#quota-form button[type=submit]").await;
+    browser
+        .type_into("#limits-form input[name=spendingLimit]", "500")
+        .await;
+    browser.click("#limits-form button[type=submit]").await;
     browser
         .until(
-            "the new tags",
-            &format!("({row})?.querySelector('.key-tags').textContent === 'region=euteam=blue'"),
+            "the saved limit",
+            "document.querySelector('#key-dialog .dialog-notice').textContent.startsWith('Saved the spending limit')",
         )
         .await;
+    let saved = listed(&gateway, &key_id).await;
+    assert_eq!(saved["deniedTools"], json!(["search"]));
+    assert_eq!(
+        saved["quota"],
+        json!({"dailyCallLimit": 100, "monthlyCallLimit": 0, "dailyCreditLimit": 0, "monthlyCreditLimit": 0})
+    );
+    assert_eq!(saved["spendingLimit"], 500);
+    assert_eq!(saved["tags"], json!({"tier": "gold"}));
     browser.click("#key-dialog-close").await;
 
     // An alert rule saved in the alerts view fires on the calls below.
@@ -242,57 +365,35 @@ async fn an_operator_runs_the_business_from_the_dashboard() {
         )
         .await;
 
-    // Calls appear in the overview: the new key's, and another agent's on two tools.
-    let research = create_key(&gateway, "research-agent", 200).await;
-    let calls = [
-        (&research, "search", 6),
-        (&research, "echo", 4),
-        (&secret, "echo", 3),
-    ];
-    for (key, tool, times) in calls {
-        for _ in 0..times {
-            let answer = call(&gateway, key, tool).await;
-            assert!(
-                answer.get("result").is_some(),
-                "the call went through: {answer}"
-            );
-        }
-    }
+    // The new key's calls reach the overview.
+    calls(&gateway, &secret, "echo", 3).await;
     open_view(&browser, "overview").await;
-    let charted = browser
+    browser
         .until(
-            "the chart of the calls",
-            "[...document.querySelectorAll('#chart-series svg rect.point.s1')].reduce((n, c) => n + Number(c.dataset.value), 0)",
-        )
-        .await;
-    assert_eq!(charted, 13, "the chart's columns add up to the calls made");
-    let credits = browser
-        .js(
-            "return [...document.querySelectorAll('#chart-series svg circle.point.s2')].reduce((n, c) => n + Number(c.dataset.value), 0)",
-            vec![],
+            "the new calls",
+            "document.querySelector('[data-stat=calls] dd').textContent === '18'",
         )
         .await;
     assert_eq!(
-        credits,
-        6 * 5 + 4 + 3,
-        "the credit line adds up to the prices charged"
+        charted(&browser, "#chart-series svg rect.point.s1").await,
+        18
     );
-    browser
-        .until(
-            "the tool bars",
-            "document.querySelectorAll('#chart-tools svg rect.bar-fill').length === 2",
-        )
-        .await;
-    let calls = browser
+    assert_eq!(
+        charted(&browser, "#chart-series svg circle.point.s2").await,
+        42
+    );
+    let consumers = browser
         .js(
-            "return document.querySelector('[data-stat=calls] dd').textContent",
+            "return document.querySelector('#top-consumers').textContent",
             vec![],
         )
         .await;
-    assert_eq!(calls, "13");
-    save_screenshot(&browser, "dashboard-overview.png").await;
+    assert!(
+        consumers.as_str().unwrap().contains(HOSTILE_NAME),
+        "{consumers}"
+    );
 
-    // The alerts the calls fired, under the rule read back from the gateway.
+    // The alerts the calls fired, read without taking them: a script still gets them.
     open_view(&browser, "alerts").await;
     let fired = browser
         .until(
@@ -308,11 +409,22 @@ async fn an_operator_runs_the_business_from_the_dashboard() {
     );
     let rules = browser
         .js(
-            "return [...document.querySelectorAll('#rules-table tbody tr')].map(tr =>              [tr.querySelector('[name=type]').value, tr.querySelector('[name=threshold]').value])",
+            "return [...document.querySelectorAll('#rules-table tbody tr')].map(tr => \
+             [tr.querySelector('[name=type]').value, tr.querySelector('[name=threshold]').value])",
             vec![],
         )
         .await;
     assert_eq!(rules, json!([["credits_low", "1000"]]));
+    let polled: Value = reqwest::Client::new()
+        .get(gateway.url("/alerts"))
+        .header("x-admin-key", ADMIN)
+        .send()
+        .await
+        .expect("the admin API answers")
+        .json()
+        .await
+        .expect("a JSON answer");
+    assert_eq!(polled["count"], json!(fired.as_array().unwrap().len()));
 
     // The audit log lists what the operator did, and filters by type.
     open_view(&browser, "audit").await;
@@ -329,13 +441,37 @@ async fn an_operator_runs_the_business_from_the_dashboard() {
     let types = browser
         .until(
             "only top-ups",
-            "(() => { const t = [...document.querySelectorAll('#audit-events tbody tr')].map(tr => tr.cells[1].textContent);              return t.length > 0 && t.every(x => x === 'key.topup') && t; })()",
+            "(() => { const t = [...document.querySelectorAll('#audit-events tbody tr')].map(tr => tr.cells[1].textContent); \
+             return t.length > 0 && t.every(x => x === 'key.topup') && t; })()",
         )
         .await;
     assert_eq!(types, json!(["key.topup"]), "one top-up was made");
 
-    // Revoke, through the page's own confirmation.
+    // Rotate: a new secret, shown once; the old key stops, the new one works.
     open_view(&browser, "keys").await;
+    browser.until("the key's row", &row).await;
+    browser.click(&manage).await;
+    browser.click("#key-rotate").await;
+    browser
+        .until(
+            "the confirmation",
+            "document.querySelector('#confirm-dialog').open",
+        )
+        .await;
+    browser.click("#confirm-ok").await;
+    let rotated = browser
+        .until(
+            "the rotated key's secret",
+            "!document.querySelector('#secret').hidden && document.querySelector('#secret-value').textContent",
+        )
+        .await;
+    let rotated = rotated.as_str().unwrap().to_string();
+    assert_ne!(rotated, secret);
+    assert!(call(&gateway, &secret, "echo").await.get("error").is_some());
+    calls(&gateway, &rotated, "echo", 1).await;
+    browser.click("#secret-done").await;
+
+    // Revoke, through the page's own confirmation.
     browser.until("the key's row", &row).await;
     browser.click(&manage).await;
     browser.click("#key-revoke").await;
@@ -352,10 +488,15 @@ async fn an_operator_runs_the_business_from_the_dashboard() {
             &format!("({row})?.querySelector('.key-status').textContent === 'revoked'"),
         )
         .await;
-    let refused = call(&gateway, &secret, "echo").await;
+    let refused = call(&gateway, &rotated, "echo").await;
     assert!(
         refused.get("error").is_some(),
         "a revoked key is refused: {refused}"
+    );
+    assert_eq!(
+        browser.js("return window.__xss === undefined && document.querySelectorAll('img[src=x], script:not([src])').length === 0", vec![]).await,
+        true,
+        "the markup ran nowhere: keys, overview, alerts, dialogs"
     );
 
     let errors = browser.console_errors().await;

@@ -451,7 +451,7 @@ impl<St: KeyStore> AdminState<St> {
             route(M::GET, "/usage", Admin, |s, r, _| now(reports::usage(s, r))),
             route(M::GET, "/status", Admin, |s, _, _| Box::pin(reports::status(s))),
             route(M::GET, "/analytics", Admin, |s, r, _| now(reports::analytics(s, r))),
-            route(M::GET, "/alerts", Admin, |s, _, _| now(reports::alerts(s))),
+            route(M::GET, "/alerts", Admin, |s, r, _| now(reports::alerts(s, r))),
             route(M::POST, "/alerts", Admin, |s, r, _| now(reports::configure_alerts(s, r))),
             route(M::GET, "/audit", Admin, |s, r, _| now(reports::audit(s, r))),
             route(M::GET, "/audit/export", Admin, |s, r, _| now(reports::audit_export(s, r))),

@@ -332,8 +332,14 @@ pub(crate) fn analytics<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest
     Ok(json_reply(StatusCode::OK, &report))
 }
 
-pub(crate) fn alerts<St: KeyStore>(state: &AdminState<St>) -> Handled {
-    let alerts = state.gate.alerts().consume();
+/// `GET /alerts`: takes the pending alerts, as 1.8 did; with `peek=true` (the dashboard) it
+/// reads them and leaves them for the reader that takes them.
+pub(crate) fn alerts<St: KeyStore>(state: &AdminState<St>, req: &AdminRequest) -> Handled {
+    let alerts = match req.query.get("peek").map(String::as_str) {
+        None | Some("false") => state.gate.alerts().consume(),
+        Some("true") => state.gate.alerts().pending(),
+        Some(_) => return Err(bad_request("'peek' must be true or false")),
+    };
     Ok(json_reply(
         StatusCode::OK,
         &json!({"alerts": alerts, "count": alerts.len(), "rules": state.gate.alerts().rules()}),

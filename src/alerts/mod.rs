@@ -156,6 +156,11 @@ impl AlertEngine {
         self.pending.lock().drain(..).collect()
     }
 
+    /// Every pending alert, oldest first, left in place for [`consume`](Self::consume).
+    pub fn pending(&self) -> Vec<Alert> {
+        self.pending.lock().iter().cloned().collect()
+    }
+
     /// Alerts waiting to be consumed.
     pub fn pending_count(&self) -> usize {
         self.pending.lock().len()

@@ -10,41 +10,43 @@ const TYPES = [
   ['key_expiry_soon', 'Expiry within (seconds)'],
   ['rate_limit_spike', 'Rate-limit denials in 5 minutes'],
 ];
-const KEPT = 500;
-const received = []; // fired alerts this tab was handed, newest first
-
 function ruleRow(rule = { type: TYPES[0][0], threshold: 80 }) {
   const tr = el('tr', {},
     el('td', {}, el('select', { name: 'type', 'aria-label': 'Watches' },
       TYPES.map(([value, label]) => el('option', { value, selected: value === rule.type }, label)))),
     el('td', {}, el('input', { name: 'threshold', type: 'number', min: 0, step: 1, required: true, value: rule.threshold, 'aria-label': 'Threshold' })),
     el('td', {}, el('input', { name: 'cooldownSeconds', type: 'number', min: 0, step: 1, value: rule.cooldownSeconds ?? '', placeholder: '300', 'aria-label': 'Cooldown in seconds' })),
-    el('td', {}, el('button', { type: 'button', class: 'quiet', onclick: () => tr.remove() }, 'Remove')));
+    el('td', {}, el('button', {
+      type: 'button', class: 'quiet', onclick: () => tr.remove(),
+      'aria-label': `Remove the rule ${rule.type} at ${rule.threshold}`,
+    }, 'Remove')));
   return tr;
 }
 
-function showFired() {
+/** The alerts waiting for a reader, read without taking them (`peek=true`). */
+async function showFired() {
+  const { data } = await get('/alerts', { peek: 'true' });
+  const newestFirst = [...data.alerts].reverse();
   fill($('#fired-alerts'), table([
     ['When', (a) => time(a.timestamp)],
     ['Type', (a) => a.type],
-    ['Key', (a) => `${a.keyName} (${a.keyId})`],
+    ['Key', (a) => [el('div', {}, a.keyName), el('code', { class: 'muted' }, a.keyId)]],
     ['Message', (a) => a.message],
     ['Value', (a) => number(a.currentValue), 'num'],
-  ], received, { empty: 'No alert has fired since this tab opened.' }));
+  ], newestFirst, { empty: 'No alert is waiting.' }));
+  return data;
 }
 
-/** Reads the rules and takes the alerts fired since the last look. */
+/** Reads the rules into the editor, and the waiting alerts. */
 export async function showAlerts() {
-  const { data } = await get('/alerts');
-  received.unshift(...[...data.alerts].reverse());
-  received.splice(KEPT);
+  const data = await showFired();
   fill($('#rules-table tbody'), data.rules.map(ruleRow));
-  showFired();
 }
 
 export function setupAlerts(run) {
   $('#rule-add').addEventListener('click', () => $('#rules-table tbody').append(ruleRow()));
-  $('#alerts-check').addEventListener('click', () => run(showAlerts));
+  // Only the alerts: the rules being edited stay as they are.
+  $('#alerts-check').addEventListener('click', (e) => run(showFired, e.currentTarget));
   $('#rules-form').addEventListener('submit', (e) => {
     e.preventDefault();
     const rules = [...$('#rules-table tbody').rows].map((tr) => {
@@ -56,6 +58,6 @@ export function setupAlerts(run) {
     run(async () => {
       const { data } = await post('/alerts', { rules });
       notify(data.message);
-    });
+    }, e.submitter);
   });
 }

@@ -4,8 +4,12 @@
 
 const STORAGE_KEY = 'paygate.adminKey';
 
-/** The admin API's base path: the page's own path less `/dashboard`, so a prefix carries over. */
-export const apiBase = location.pathname.replace(/\/dashboard\/?$/, '');
+/**
+ * The admin API's base: the folder the page is in (the page is `<prefix>/dashboard`), so a
+ * prefix in front of the API carries over. Resolved as a URL, never by string pasting, and
+ * every request is checked to stay on this origin before the key is attached.
+ */
+const apiBase = new URL('./', location.href);
 
 /** An answer the API refused, with its HTTP status and the API's own message. */
 export class ApiError extends Error {
@@ -26,7 +30,8 @@ export const session = {
  * out). Resolves to `{data, headers}`; rejects with an ApiError carrying the API's message.
  */
 export async function request(method, path, { body, query } = {}) {
-  const url = new URL(apiBase + path, location.origin);
+  const url = new URL(path.replace(/^\//, ''), apiBase);
+  if (url.origin !== location.origin) throw new ApiError(0, 'Refused: the API would not be on this origin.');
   for (const [name, value] of Object.entries(query || {})) {
     if (value !== undefined && value !== null && value !== '') url.searchParams.set(name, value);
   }
@@ -47,12 +52,30 @@ export async function request(method, path, { body, query } = {}) {
     throw new ApiError(0, `The request was not sent: ${e.message}`);
   }
   const type = resp.headers.get('content-type') || '';
-  const data = type.includes('json') ? await resp.json().catch(() => null) : await resp.text();
+  let data;
+  if (type.includes('json')) {
+    data = await resp.json().catch(() => undefined);
+    if (data === undefined || data === null) throw new ApiError(resp.status, `The gateway's answer to ${path} was not readable JSON.`);
+  } else {
+    data = await resp.text();
+  }
   if (!resp.ok) {
-    const message = data && typeof data.error === 'string' ? data.error : `HTTP ${resp.status}`;
+    const message = typeof data === 'object' && typeof data.error === 'string' ? data.error : `HTTP ${resp.status}`;
     throw new ApiError(resp.status, message);
   }
   return { data, headers: resp.headers };
+}
+
+/**
+ * A guard for views whose answers can cross: each call of `ticket()` returns a check that
+ * holds only while no later ticket was taken, so an older answer never overwrites a newer one.
+ */
+export function latest() {
+  let issued = 0;
+  return () => {
+    const mine = ++issued;
+    return () => mine === issued;
+  };
 }
 
 export const get = (path, query) => request('GET', path, { query });

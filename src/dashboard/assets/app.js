@@ -10,25 +10,45 @@ import { setupOverview, showOverview } from './overview.js';
 
 const VIEWS = { overview: showOverview, keys: showKeys, alerts: showAlerts, audit: showAudit };
 
-function signedOut(message = '') {
+const SIGNED_OUT_BECAUSE = 'paygate.signedOutBecause';
+
+/**
+ * Forgets the admin key and starts the page afresh, so nothing the last session showed or
+ * was still fetching stays in it; `message` is shown on the login form.
+ */
+function signOut(message = '') {
   session.signOut();
-  hideSecret();
-  for (const d of document.querySelectorAll('dialog[open]')) d.close();
+  if (message) sessionStorage.setItem(SIGNED_OUT_BECAUSE, message);
+  location.replace(location.pathname + location.search);
+}
+
+function showLogin() {
   for (const v of document.querySelectorAll('.view')) v.hidden = true;
   $('#nav').hidden = true;
   $('#sign-out').hidden = true;
   $('#login').hidden = false;
-  $('#login-error').textContent = message;
+  $('#login-error').textContent = sessionStorage.getItem(SIGNED_OUT_BECAUSE) || '';
+  sessionStorage.removeItem(SIGNED_OUT_BECAUSE);
   $('#admin-key').focus();
 }
 
-/** Runs `task`; a refused admin key signs the tab out, any other failure is reported. */
-async function run(task) {
+/**
+ * Runs `task`, with `control` (the button that asked for it) held down until it settles, so
+ * a double click cannot top up or create twice. A refused admin key signs the tab out; any
+ * other failure is reported.
+ */
+async function run(task, control) {
+  if (control) {
+    if (control.disabled) return;
+    control.disabled = true;
+  }
   try {
     await task();
   } catch (e) {
-    if (e instanceof ApiError && e.status === 401) signedOut('The gateway refused this admin key.');
+    if (e instanceof ApiError && e.status === 401) signOut('The gateway refused this admin key.');
     else notify(e.message || String(e), 'bad');
+  } finally {
+    if (control) control.disabled = false;
   }
 }
 
@@ -37,8 +57,10 @@ function currentView() {
   return Object.hasOwn(VIEWS, name) ? name : 'overview';
 }
 
+let shown = null;
+
 function show() {
-  if (!session.key()) return signedOut();
+  if (!session.key()) return showLogin();
   const name = currentView();
   $('#login').hidden = true;
   $('#nav').hidden = false;
@@ -49,6 +71,9 @@ function show() {
     else a.removeAttribute('aria-current');
   }
   if (name !== 'keys') hideSecret();
+  // Focus follows a change of view (the control that led here may now be hidden).
+  if (shown !== name) $(`#${name}-title`).focus();
+  shown = name;
   return run(VIEWS[name]);
 }
 
@@ -60,17 +85,15 @@ $('#login-form').addEventListener('submit', async (e) => {
   try {
     await get('/status');
   } catch (err) {
-    return signedOut(err instanceof ApiError && err.status === 401
-      ? 'The gateway refused this admin key.'
-      : err.message);
+    if (err instanceof ApiError && err.status === 401) return signOut('The gateway refused this admin key.');
+    session.signOut();
+    $('#login-error').textContent = err.message;
+    return undefined;
   }
   $('#login-error').textContent = '';
-  await show();
+  return show();
 });
-$('#sign-out').addEventListener('click', () => {
-  signedOut();
-  notify('Signed out.');
-});
+$('#sign-out').addEventListener('click', () => signOut());
 window.addEventListener('hashchange', () => {
   notify('');
   show();

@@ -1,11 +1,12 @@
 // The audit log: filters, pages by offset (newest first), and a CSV export that is fetched
 // with the admin key and saved from memory (a plain link could not carry the key).
 
-import { get } from './api.js';
+import { get, latest } from './api.js';
 import { $, el, fill, fromLocalInput, notify, number, table, time } from './dom.js';
 
 const PAGE = 50;
 let offset = 0;
+const ticket = latest();
 
 function filters() {
   const form = $('#audit-form');
@@ -18,7 +19,9 @@ function filters() {
 }
 
 export async function showAudit() {
+  const current = ticket();
   const { data } = await get('/audit', { ...filters(), limit: PAGE, offset });
+  if (!current()) return;
   fill($('#audit-count'), data.total
     ? `Events ${number(offset + 1)}–${number(offset + data.count)} of ${number(data.total)}`
     : 'No events match.');
@@ -57,5 +60,5 @@ export function setupAudit(run) {
     offset += PAGE;
     run(showAudit);
   });
-  $('#audit-export').addEventListener('click', () => run(exportCsv));
+  $('#audit-export').addEventListener('click', (e) => run(exportCsv, e.currentTarget));
 }

@@ -15,13 +15,11 @@ function niceMax(max) {
   return 10 * step;
 }
 
-/** A short local time: the hour for hourly buckets, the day for daily ones. */
-function tick(value, daily) {
+/** A short local time for an axis. */
+function tick(value) {
   const date = new Date(value);
   if (Number.isNaN(date.getTime())) return String(value);
-  return daily
-    ? date.toLocaleDateString([], { month: 'short', day: 'numeric' })
-    : date.toLocaleString([], { month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit' });
+  return date.toLocaleString([], { month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit' });
 }
 
 /**
@@ -29,7 +27,7 @@ function tick(value, daily) {
  * line with a dot per bucket. Every bucket of each is a `.point` with its value in
  * `data-value`, and a tooltip.
  */
-export function timeSeriesChart(buckets, { bars: [barField, barLabel], line: [lineField, lineLabel], daily }) {
+export function timeSeriesChart(buckets, { bars: [barField, barLabel], line: [lineField, lineLabel] }) {
   if (buckets.length === 0) return el('p', { class: 'muted' }, 'No buckets in this range.');
   const value = (b, field) => b[field] || 0;
   const top = niceMax(Math.max(...buckets.flatMap((b) => [value(b, barField), value(b, lineField)])));
@@ -50,7 +48,7 @@ export function timeSeriesChart(buckets, { bars: [barField, barLabel], line: [li
       x: i === 0 ? PAD.left : i === buckets.length - 1 ? WIDTH - PAD.right : x(i),
       y: HEIGHT - 8,
       'text-anchor': i === 0 ? 'start' : i === buckets.length - 1 ? 'end' : 'middle',
-    }, tick(buckets[i].start, daily)));
+    }, tick(buckets[i].start)));
   const columns = svg('g', { class: 'series s1', dataset: { field: barField } },
     buckets.map((b, i) => svg('rect', {
       class: 'point column s1', x: (x(i) - slot * 0.35).toFixed(1), width: (slot * 0.7).toFixed(1),
@@ -81,7 +79,8 @@ export function barChart(rows, { label, value, detail, empty = 'Nothing yet.' })
   const height = rows.length * rowH + 4;
   const top = niceMax(Math.max(...rows.map(value)));
   const barW = (v) => Math.max(1, ((width - labelW - 60) * v) / top);
-  return svg('svg', { viewBox: `0 0 ${width} ${height}`, role: 'img', 'aria-label': `${rows.length} rows` },
+  const described = rows.map((row) => `${label(row)}: ${detail(row)}`).join('; ');
+  return svg('svg', { viewBox: `0 0 ${width} ${height}`, role: 'img', 'aria-label': described },
     rows.map((row, i) => svg('g', { class: 'bar-row', transform: `translate(0 ${i * rowH})` },
       svg('text', { class: 'bar-label', x: labelW - 8, y: 17, 'text-anchor': 'end' }, truncate(label(row), 20)),
       svg('rect', { class: 'bar-fill', x: labelW, y: 4, height: rowH - 8, width: barW(value(row)).toFixed(1), dataset: { value: value(row) } },

@@ -82,11 +82,20 @@ export function toLocalInput(value) {
 export const list = (text) => String(text || '').split(',').map((s) => s.trim()).filter(Boolean);
 
 let noticeTimer;
-/** Tells the operator what happened, in the page's live region. */
+/**
+ * Tells the operator what happened: in the page's live region, and in the open dialog's own
+ * when one is open (the page behind a modal dialog is hidden from assistive technology).
+ */
 export function notify(message, kind = 'good') {
   const notice = $('#notice');
   notice.className = kind;
   notice.textContent = message;
+  const inDialog = $('dialog[open] .dialog-notice');
+  if (inDialog) {
+    inDialog.className = `dialog-notice ${kind}`;
+    inDialog.setAttribute('role', kind === 'bad' ? 'alert' : 'status');
+    inDialog.textContent = message;
+  }
   clearTimeout(noticeTimer);
   if (kind === 'good') noticeTimer = setTimeout(() => { notice.textContent = ''; }, 6000);
 }

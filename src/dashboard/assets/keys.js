@@ -1,17 +1,18 @@
 // The keys view: one page of keys at a time (the API's cursor pages, so it costs the same at a
 // million keys), search by tag, and the row actions of key_forms.js.
 
-import { get, post } from './api.js';
-import { $, el, fill, number, time } from './dom.js';
+import { get, latest, post } from './api.js';
+import { $, el, fill, notify, number, time } from './dom.js';
 import { openKey, setupKeyForms } from './key_forms.js';
 
 const state = {
   pageSize: 50,
-  cursor: null, // this page's cursor (null: the first page)
+  cursor: null, // the shown page's cursor (null: the first page)
   previous: [], // the cursors of the pages before it
   next: null,
   search: null, // {tag, value} while a search is shown
 };
+const ticket = latest();
 
 function keyStatus(k) {
   if (!k.active) return el('span', { class: 'status-revoked' }, 'revoked');
@@ -42,22 +43,30 @@ function nextCursor(link) {
   return match ? match[1] : null;
 }
 
-async function showPage() {
-  const { data, headers } = await get('/keys', { limit: state.pageSize, cursor: state.cursor });
-  state.next = nextCursor(headers.get('link'));
+/** Shows the page at `cursor` (after `previous`); the state moves only once it arrived. */
+async function showPage(cursor = state.cursor, previous = state.previous) {
+  const current = ticket();
+  const { data, headers } = await get('/keys', { limit: state.pageSize, cursor });
+  if (!current()) return;
+  Object.assign(state, { cursor, previous, next: nextCursor(headers.get('link')) });
   const total = Number(headers.get('x-total-count'));
-  const first = state.previous.length * state.pageSize;
+  const first = previous.length * state.pageSize;
   fill($('#keys-count'), data.length
     ? `Keys ${number(first + 1)}–${number(first + data.length)} of ${number(total)}`
     : 'No keys yet.');
   fill($('#keys-table tbody'), data.map(row));
-  $('#keys-prev').disabled = state.previous.length === 0;
+  $('#keys-prev').disabled = previous.length === 0;
   $('#keys-next').disabled = !state.next;
 }
 
-async function showSearch() {
-  const { data } = await post('/keys/search', { tags: { [state.search.tag]: state.search.value } });
-  fill($('#keys-count'), `${number(data.count)} keys with ${state.search.tag}=${state.search.value}`);
+async function showSearch(search) {
+  const current = ticket();
+  const { data } = await post('/keys/search', { tags: { [search.tag]: search.value } });
+  if (!current()) return;
+  state.search = search;
+  $('#search-clear').hidden = false;
+  const shown = `${number(data.count)} keys with ${search.tag}=${search.value}`;
+  fill($('#keys-count'), data.truncated ? `The first ${shown} (there are more)` : shown);
   fill($('#keys-table tbody'), data.keys.map(row));
   $('#keys-prev').disabled = true;
   $('#keys-next').disabled = true;
@@ -66,33 +75,29 @@ async function showSearch() {
 /** Shows the current page, or the current search. */
 export function showKeys() {
   $('#search-clear').hidden = !state.search;
-  return state.search ? showSearch() : showPage();
+  return state.search ? showSearch(state.search) : showPage();
 }
 
 export function setupKeys(run) {
   setupKeyForms(run, showKeys);
   $('#keys-page-size').addEventListener('change', (e) => {
     state.pageSize = Number(e.target.value);
-    state.cursor = null;
-    state.previous = [];
-    run(showKeys);
+    run(() => showPage(null, []));
   });
+  // A second click before the page arrives asks for the same page: the state moves only
+  // when an answer is shown, and only the latest answer is.
   $('#keys-next').addEventListener('click', () => {
-    if (!state.next) return;
-    state.previous.push(state.cursor);
-    state.cursor = state.next;
-    run(showKeys);
+    if (state.next) run(() => showPage(state.next, [...state.previous, state.cursor]));
   });
   $('#keys-prev').addEventListener('click', () => {
-    if (state.previous.length === 0) return;
-    state.cursor = state.previous.pop();
-    run(showKeys);
+    if (state.previous.length) run(() => showPage(state.previous.at(-1), state.previous.slice(0, -1)));
   });
   $('#search-form').addEventListener('submit', (e) => {
     e.preventDefault();
     const form = e.target;
-    state.search = { tag: form.tag.value.trim(), value: form.value.value };
-    run(showKeys);
+    const tag = form.tag.value.trim();
+    if (!tag) return notify('A tag name is needed to search.', 'bad');
+    return run(() => showSearch({ tag, value: form.value.value }), e.submitter);
   });
   $('#search-clear').addEventListener('click', () => {
     state.search = null;

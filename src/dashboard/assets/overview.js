@@ -1,6 +1,6 @@
 // The overview: the gateway's status, and charts of the analytics report.
 
-import { get } from './api.js';
+import { get, latest } from './api.js';
 import { $, el, fill, number, table } from './dom.js';
 import { barChart, timeSeriesChart } from './charts.js';
 
@@ -27,12 +27,27 @@ export function setupOverview(run) {
   $('#overview-refresh').addEventListener('click', () => run(showOverview));
 }
 
+const ticket = latest();
+
+/** The gateway's own clock, from its `Date` header (ours may be off). */
+function gatewayNow(headers) {
+  const date = Date.parse(headers.get('date') || '');
+  return Number.isNaN(date) ? Date.now() : date;
+}
+
 export async function showOverview() {
+  const current = ticket();
   const range = RANGES[$('#overview-range').value] || RANGES['24h'];
-  // The gateway's clock ends the range (`to` defaults to its now); `from` comes from ours.
-  const query = { granularity: range.granularity, topN: 10 };
-  if (range.hours !== 24) query.from = new Date(Date.now() - range.hours * 3600e3).toISOString();
-  const [status, report] = await Promise.all([get('/status'), get('/analytics', query)]);
+  const status = await get('/status');
+  // The range ends at the gateway's now, rounded up to its next second (the header's precision).
+  const to = Math.ceil((gatewayNow(status.headers) + 1) / 1000) * 1000;
+  const report = await get('/analytics', {
+    granularity: range.granularity,
+    topN: 10,
+    from: new Date(to - range.hours * 3600e3).toISOString(),
+    to: new Date(to).toISOString(),
+  });
+  if (!current()) return;
   const s = status.data;
   const r = report.data;
   fill($('#server-name'), s.name ? `· ${s.name}` : '');
@@ -47,7 +62,7 @@ export async function showOverview() {
     stat('Up for', uptime(s.uptimeSeconds), 'uptime'),
     s.shadowMode ? stat('Mode', 'Shadow (nothing is charged)', 'mode') : null);
   fill($('#chart-series'), timeSeriesChart(r.timeSeries, {
-    bars: ['calls', 'Calls'], line: ['credits', 'Credits'], daily: range.granularity === 'daily',
+    bars: ['calls', 'Calls'], line: ['credits', 'Credits'],
   }));
   const earners = [...r.tools].sort((a, b) => b.credits - a.credits || b.calls - a.calls);
   fill($('#chart-tools'), barChart(earners.slice(0, 12), {
