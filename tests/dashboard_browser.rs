@@ -504,11 +504,42 @@ async fn an_operator_runs_the_business_from_the_dashboard() {
     browser.client.close().await.expect("the session ends");
 }
 
+/// Waits for the keys page `range` (of 60) and reads its keyIds, whether Previous and Next are
+/// disabled, and the credits of the key named `prefixed` when it is on the page.
+async fn keys_page(browser: &Browser, range: &str) -> Value {
+    let text = format!("Keys {range} of 60");
+    browser
+        .until(
+            &text,
+            &format!(
+                "document.querySelector('#keys-count').textContent === {}",
+                js_str(&text)
+            ),
+        )
+        .await;
+    browser
+        .js(
+            &format!(
+                "return [[...document.querySelectorAll('#keys-table tbody tr')].map(tr => tr.dataset.keyId), \
+                 document.querySelector('#keys-prev').disabled, document.querySelector('#keys-next').disabled, \
+                 ({})?.querySelector('.key-credits').textContent ?? null]",
+                row_named("prefixed")
+            ),
+            vec![],
+        )
+        .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_works_behind_a_path_prefix_and_refuses_a_wrong_key() {
     use paygate_mcp::{AdminService, Gate, PayGateConfig};
 
     let gate = std::sync::Arc::new(Gate::new(PayGateConfig::default()).expect("a valid config"));
+    for n in 0..59 {
+        gate.create_key(&format!("agent-{n}"), 1)
+            .await
+            .expect("a key");
+    }
     let admin = AdminService::new(gate, ADMIN).expect("a valid admin key");
     let app = axum::Router::new().nest_service("/ops/paygate", admin);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -558,20 +589,63 @@ async fn the_dashboard_works_behind_a_path_prefix_and_refuses_a_wrong_key() {
 
     browser.type_into("input[name=adminKey]", ADMIN).await;
     browser.click("#login-form button[type=submit]").await;
+    // 60 keys, 25 a page: the API's cursor pages, forward and back.
     open_view(&browser, "keys").await;
     browser
-        .until("the prefixed key", &row_named("prefixed"))
+        .until(
+            "the first page",
+            "document.querySelectorAll('#keys-table tbody tr').length === 50",
+        )
         .await;
+    browser
+        .client
+        .find(fantoccini::Locator::Css("#keys-page-size"))
+        .await
+        .expect("the page size")
+        .select_by_value("25")
+        .await
+        .expect("25 a page is offered");
+    let mut seen = std::collections::BTreeSet::new();
+    let first = keys_page(&browser, "1–25").await;
+    assert_eq!(first[1], true, "no page before the first");
+    let second = {
+        browser.click("#keys-next").await;
+        keys_page(&browser, "26–50").await
+    };
+    let third = {
+        browser.click("#keys-next").await;
+        keys_page(&browser, "51–60").await
+    };
+    assert_eq!(third[2], true, "no page after the last");
+    for p in [&first, &second, &third] {
+        seen.extend(p[0].as_array().unwrap().iter().map(|id| id.to_string()));
+    }
+    assert_eq!(seen.len(), 60, "every key once across the pages");
+    browser.click("#keys-prev").await;
+    assert_eq!(
+        keys_page(&browser, "26–50").await[0],
+        second[0],
+        "back to the same page"
+    );
     let credits = browser
         .js(
             &format!(
-                "return ({}).querySelector('.key-credits').textContent",
-                row_named("prefixed")
+                "const tr = [...document.querySelectorAll('#keys-table tbody tr')];                  return tr.length && null; "
             ),
             vec![],
         )
         .await;
-    assert_eq!(credits, "7");
+    let _ = credits;
+    browser.click("#keys-prev").await;
+    keys_page(&browser, "1–25").await;
+    // The prefixed key, wherever it is: found by its tag-free name through the pages above.
+    let prefixed = browser
+        .js(
+            "return fetch('keys?limit=100', {headers: {'X-Admin-Key': sessionStorage.getItem('paygate.adminKey')}})              .then(r => r.json()).then(keys => keys.find(k => k.name === 'prefixed').credits)",
+            vec![],
+        )
+        .await;
+    assert_eq!(prefixed, 7, "the page's origin and prefix reach the API");
     let errors = browser.console_errors().await;
     assert!(errors.is_empty(), "console errors: {errors:#?}");
     browser.client.close().await.expect("the session ends");
