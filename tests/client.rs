@@ -170,6 +170,25 @@ async fn a_rate_limit_is_waited_out_for_the_gateways_retry_after() {
     else {
         panic!("{probe:?}");
     };
+    // The HTTP header says the same as the body's figure the client read.
+    let raw = reqwest::Client::new()
+        .post(format!("http://{}/mcp", gw.host()))
+        .header("x-api-key", &key)
+        .header("accept", "application/json, text/event-stream")
+        .json(
+            &json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "echo"}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let header: u64 = raw.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let body: serde_json::Value = raw.json().await.unwrap();
+    assert_eq!(body["error"]["data"]["retryAfterSeconds"], json!(header));
+    assert_eq!(Duration::from_secs(header), expected);
     c.call_tool("echo", json!({})).await.unwrap();
     assert_eq!(
         *waited.lock(),

@@ -4,45 +4,114 @@
 
 use serde_json::Value;
 
-/// The JSON-RPC message answering request `id` in `body` (JSON or SSE); an error with a
-/// null id (the server could not read the request) answers it too.
-pub(crate) fn find_answer(content_type: &str, body: &[u8], id: u64) -> Option<Value> {
-    let is_ours = |m: &Value| {
-        let ours = match m.get("id") {
-            Some(Value::Null) => m.get("error").is_some(),
-            Some(v) => v.as_u64() == Some(id) || v.as_f64() == Some(id as f64),
-            None => false,
-        };
-        ours && (m.get("result").is_some() || m.get("error").is_some())
+/// Whether `m` answers request `id`: a result or error with that id, or an error with a null
+/// id (the server could not read the request).
+pub(crate) fn answers(m: &Value, id: u64) -> bool {
+    let ours = match m.get("id") {
+        Some(Value::Null) => m.get("error").is_some(),
+        Some(v) => v.as_u64() == Some(id) || v.as_f64() == Some(id as f64),
+        None => false,
     };
-    if content_type
+    ours && (m.get("result").is_some() || m.get("error").is_some())
+}
+
+/// Whether a `Content-Type` is an SSE stream.
+pub(crate) fn is_event_stream(content_type: &str) -> bool {
+    content_type
         .to_ascii_lowercase()
         .starts_with("text/event-stream")
-    {
-        let text = String::from_utf8_lossy(body);
-        // Events are separated by a blank line; their data lines are joined by newlines.
-        let mut data = String::new();
-        for line in text.lines().chain(std::iter::once("")) {
-            let line = line.strip_suffix('\r').unwrap_or(line);
-            if line.is_empty() {
-                if !data.is_empty() {
-                    if let Ok(m) = serde_json::from_str::<Value>(&data) {
-                        if is_ours(&m) {
-                            return Some(m);
-                        }
-                    }
-                    data.clear();
+}
+
+/// The JSON-RPC message answering request `id` in `body` (JSON or a whole SSE stream).
+pub(crate) fn find_answer(content_type: &str, body: &[u8], id: u64) -> Option<Value> {
+    if is_event_stream(content_type) {
+        let mut reader = SseReader::default();
+        let mut events = reader.push(body);
+        events.extend(reader.finish());
+        events
+            .iter()
+            .filter_map(|data| serde_json::from_str::<Value>(data).ok())
+            .find(|m| answers(m, id))
+    } else {
+        serde_json::from_slice::<Value>(body)
+            .ok()
+            .filter(|m| answers(m, id))
+    }
+}
+
+/// An SSE stream read as it arrives (the WHATWG `text/event-stream` format): events end at a
+/// blank line, their `data:` lines join with newlines, and `id:` sets the id to resume from.
+#[derive(Debug, Default)]
+pub(crate) struct SseReader {
+    line: Vec<u8>,
+    data: String,
+    has_data: bool,
+    /// The last event id the stream set: where a resumed stream (`Last-Event-ID`) picks up.
+    pub(crate) last_event_id: Option<String>,
+}
+
+impl SseReader {
+    /// A reader for the rest of a stream resumed after event `last`.
+    pub(crate) fn resuming(last: String) -> Self {
+        Self {
+            last_event_id: Some(last),
+            ..Self::default()
+        }
+    }
+
+    /// Reads `chunk`; answers the data of every event it completed.
+    pub(crate) fn push(&mut self, chunk: &[u8]) -> Vec<String> {
+        let mut events = Vec::new();
+        for &byte in chunk {
+            if byte == b'\n' {
+                let mut line = std::mem::take(&mut self.line);
+                if line.last() == Some(&b'\r') {
+                    line.pop();
                 }
-            } else if let Some(rest) = line.strip_prefix("data:") {
-                if !data.is_empty() {
-                    data.push('\n');
-                }
-                data.push_str(rest.strip_prefix(' ').unwrap_or(rest));
+                self.field(&line, &mut events);
+            } else {
+                self.line.push(byte);
             }
         }
-        None
-    } else {
-        serde_json::from_slice::<Value>(body).ok().filter(is_ours)
+        events
+    }
+
+    /// The stream ended: an event left without its blank line still counts.
+    pub(crate) fn finish(&mut self) -> Vec<String> {
+        let mut events = Vec::new();
+        let line = std::mem::take(&mut self.line);
+        if !line.is_empty() {
+            self.field(&line, &mut events);
+        }
+        self.field(b"", &mut events);
+        events
+    }
+
+    fn field(&mut self, line: &[u8], events: &mut Vec<String>) {
+        if line.is_empty() {
+            if self.has_data {
+                events.push(std::mem::take(&mut self.data));
+                self.has_data = false;
+            }
+            return;
+        }
+        let text = String::from_utf8_lossy(line);
+        let (name, value) = match text.split_once(':') {
+            Some((name, value)) => (name, value.strip_prefix(' ').unwrap_or(value)),
+            None => (&*text, ""),
+        };
+        match name {
+            "data" => {
+                if self.has_data {
+                    self.data.push('\n');
+                }
+                self.data.push_str(value);
+                self.has_data = true;
+            }
+            // An id with NUL is ignored, as the format says.
+            "id" if !value.contains('\0') => self.last_event_id = Some(value.to_string()),
+            _ => {}
+        }
     }
 }
 
@@ -67,5 +136,19 @@ mod tests {
         let parse =
             br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"parse error"}}"#;
         assert!(find_answer("application/json", parse, 3).is_some());
+    }
+
+    #[test]
+    fn events_are_cut_wherever_the_chunks_fall_and_ids_are_kept() {
+        let stream =
+            b"id: e1\ndata: {\"a\":1}\r\n\r\n: comment\nid: e2\ndata: x\ndata: y\n\ndata: tail";
+        for split in 0..stream.len() {
+            let mut reader = SseReader::default();
+            let mut events = reader.push(&stream[..split]);
+            events.extend(reader.push(&stream[split..]));
+            assert_eq!(events, vec![r#"{"a":1}"#, "x\ny"], "split at {split}");
+            assert_eq!(reader.last_event_id.as_deref(), Some("e2"));
+            assert_eq!(reader.finish(), vec!["tail"]);
+        }
     }
 }

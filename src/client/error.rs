@@ -91,3 +91,27 @@ impl ClientError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_rate_limit_waits_for_the_body_figure_else_the_header() {
+        let header = Some(Duration::from_secs(9));
+        let with_figure =
+            json!({"code": -32001, "data": {"reason": "rate_limited", "retryAfterSeconds": 4}});
+        let without = json!({"code": -32001, "data": {"reason": "rate_limited"}});
+        let wait = |e: ClientError| match e {
+            ClientError::RateLimited { retry_after, .. } => retry_after,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            wait(ClientError::from_rpc(&with_figure, header)),
+            Some(Duration::from_secs(4))
+        );
+        assert_eq!(wait(ClientError::from_rpc(&without, header)), header);
+        assert_eq!(wait(ClientError::from_rpc(&without, None)), None);
+    }
+}

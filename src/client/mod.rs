@@ -5,16 +5,19 @@
 //! a bound) and, on `-32402`, ask an [`on_payment_required`](PayGateClientBuilder::on_payment_required)
 //! hook to buy credits, then retry once.
 //!
-//! It speaks MCP Streamable HTTP itself: JSON and SSE answers, `Mcp-Session-Id`.
+//! It speaks MCP Streamable HTTP itself (see `wire`): JSON answers and SSE streams read as
+//! they arrive, `Mcp-Session-Id` and the negotiated protocol version, a new session when the
+//! server forgot ours, a cut stream resumed from its last event id.
 
 mod answer;
 mod error;
 #[cfg(feature = "rmcp")]
 pub mod rmcp;
+mod wire;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +25,7 @@ use parking_lot::Mutex;
 use serde_json::{json, Value};
 
 pub use error::ClientError;
+use wire::{read_bounded, Sent};
 
 /// The MCP protocol version the client asks for.
 pub const PROTOCOL_VERSION: &str = "2025-06-18";
@@ -193,6 +197,7 @@ impl PayGateClientBuilder {
             mcp_path: self.mcp_path,
             credentials: Mutex::new(self.credentials),
             session: Mutex::new(None),
+            protocol: Mutex::new(PROTOCOL_VERSION.to_string()),
             next_id: AtomicU64::new(1),
             rate_limit_retries: self.rate_limit_retries,
             max_wait: self.max_wait,
@@ -225,6 +230,8 @@ pub struct PayGateClient {
     mcp_path: String,
     credentials: Mutex<Credentials>,
     session: Mutex<Option<String>>,
+    /// The protocol version sent as `MCP-Protocol-Version`: ours until `initialize` answers.
+    protocol: Mutex<String>,
     next_id: AtomicU64,
     rate_limit_retries: u32,
     max_wait: Duration,
@@ -344,83 +351,27 @@ impl PayGateClient {
         Ok(true)
     }
 
-    /// [`PayGateClient::rpc_once`], refreshing an OAuth access token the gateway refuses and
-    /// trying once more.
+    /// [`PayGateClient::rpc_once`], opening a new session when the server forgot ours (404),
+    /// and refreshing an OAuth access token the gateway refuses; each once.
     async fn rpc(&self, method: &str, params: Value) -> Result<Value, ClientError> {
         let used = self.access_token();
-        match self.rpc_once(method, params.clone()).await {
+        let outcome = match self.rpc_once(method, params.clone()).await {
+            Sent::SessionExpired if method != "initialize" => {
+                // Boxed: `initialize` comes back through here (never to this arm).
+                Box::pin(self.initialize()).await?;
+                self.rpc_once(method, params.clone()).await.into_result()
+            }
+            sent => sent.into_result(),
+        };
+        match outcome {
             // Not for a refusal a new token cannot change (the key's IP allowlist).
             Err(ClientError::Unauthorized { reason }) if reason != "ip_not_allowed" => match used {
                 Some(refused) if self.refresh(&refused).await? => {
-                    self.rpc_once(method, params).await
+                    self.rpc_once(method, params).await.into_result()
                 }
                 _ => Err(ClientError::Unauthorized { reason }),
             },
             other => other,
-        }
-    }
-
-    /// A POST to the MCP endpoint with the session and credentials.
-    fn mcp_post(&self) -> reqwest::RequestBuilder {
-        let mut req = self
-            .http
-            .post(format!("{}{}", self.base, self.mcp_path))
-            .header("content-type", "application/json")
-            .header("accept", "application/json, text/event-stream")
-            .header("mcp-protocol-version", PROTOCOL_VERSION);
-        if let Some(session) = self.session.lock().clone() {
-            req = req.header("mcp-session-id", session);
-        }
-        self.authorize(req)
-    }
-
-    /// One JSON-RPC request to the MCP endpoint: its result, or the error by class.
-    async fn rpc_once(&self, method: &str, params: Value) -> Result<Value, ClientError> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
-        let resp = self
-            .mcp_post()
-            .body(body.to_string())
-            .send()
-            .await
-            .map_err(|e| ClientError::Transport(e.to_string()))?;
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        if let Some(session) = headers.get("mcp-session-id").and_then(|v| v.to_str().ok()) {
-            *self.session.lock() = Some(session.to_string());
-        }
-        // Only tool calls carry the gateway's figures; a free method must not blank them.
-        if method == "tools/call" {
-            *self.last.lock() = CallInfo {
-                credits_remaining: header_u64(&headers, "x-credits-remaining"),
-                rate_limit: header_u64(&headers, "x-ratelimit-limit"),
-                rate_remaining: header_u64(&headers, "x-ratelimit-remaining"),
-                rate_reset: header_u64(&headers, "x-ratelimit-reset"),
-            };
-        }
-        let retry_after = header_u64(&headers, "retry-after").map(Duration::from_secs);
-        let content_type = headers
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string();
-        let bytes = read_bounded(resp).await?;
-        match answer::find_answer(&content_type, &bytes, id) {
-            Some(message) => match message.get("error") {
-                Some(error) => Err(ClientError::from_rpc(error, retry_after)),
-                None => Ok(message.get("result").cloned().unwrap_or(Value::Null)),
-            },
-            None => Err(match status.as_u16() {
-                401 => ClientError::Unauthorized {
-                    reason: "http_401".into(),
-                },
-                403 => ClientError::Forbidden {
-                    reason: "http_403".into(),
-                },
-                code => {
-                    ClientError::Transport(format!("HTTP {code} without an answer to the request"))
-                }
-            }),
         }
     }
 
@@ -437,6 +388,10 @@ impl PayGateClient {
                 }),
             )
             .await?;
+        // Later requests name the version the server chose.
+        if let Some(version) = result.get("protocolVersion").and_then(Value::as_str) {
+            *self.protocol.lock() = version.to_string();
+        }
         self.mcp_post()
             .body(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}).to_string())
             .send()
@@ -575,20 +530,4 @@ impl PayGateClient {
             code => Err(ClientError::Transport(format!("HTTP {code}: {}", reason()))),
         }
     }
-}
-
-/// The body, refused past [`MAX_ANSWER`].
-async fn read_bounded(mut resp: reqwest::Response) -> Result<Vec<u8>, ClientError> {
-    let mut body = Vec::new();
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .map_err(|e| ClientError::Transport(e.to_string()))?
-    {
-        if body.len() + chunk.len() > MAX_ANSWER {
-            return Err(ClientError::Transport("answer larger than 8 MiB".into()));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
 }
