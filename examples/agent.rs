@@ -73,6 +73,14 @@ async fn run(args: Args) -> Result<(), ClientError> {
                     "{}: {} credits needed ({}), {:?} left",
                     needed.tool, needed.credits_required, needed.reason, needed.remaining
                 );
+                // Credits mend only a short balance: a quota or a spending limit stays
+                // reached whatever is bought.
+                if needed.reason != "insufficient_credits" {
+                    eprintln!("buying credits would not help; stopping");
+                    return PaymentDecision::GiveUp;
+                }
+                // Enough for the call that was refused, at least.
+                let top_up = top_up.max(needed.credits_required);
                 pay(&url, &key, admin_key.as_deref(), top_up, &package).await
             })
         })

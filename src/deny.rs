@@ -83,6 +83,36 @@ impl DenyCategory {
 }
 
 impl DenyReason {
+    /// Every reason, in declaration order.
+    pub const ALL: [DenyReason; 15] = [
+        DenyReason::MissingApiKey,
+        DenyReason::InvalidApiKey,
+        DenyReason::ApiKeyExpired,
+        DenyReason::IpNotAllowed,
+        DenyReason::ToolNotAllowed,
+        DenyReason::ToolDenied,
+        DenyReason::RateLimited,
+        DenyReason::ToolRateLimited,
+        DenyReason::InsufficientCredits,
+        DenyReason::SpendingLimitExceeded,
+        DenyReason::DailyCallQuotaExceeded,
+        DenyReason::MonthlyCallQuotaExceeded,
+        DenyReason::DailyCreditQuotaExceeded,
+        DenyReason::MonthlyCreditQuotaExceeded,
+        DenyReason::StoreUnavailable,
+    ];
+
+    /// The reason whose machine name is `name`.
+    ///
+    /// ```
+    /// use paygate_mcp::DenyReason;
+    /// assert_eq!(DenyReason::from_name("insufficient_credits"), Some(DenyReason::InsufficientCredits));
+    /// assert_eq!(DenyReason::from_name("resource_not_found"), None);
+    /// ```
+    pub fn from_name(name: &str) -> Option<DenyReason> {
+        DenyReason::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+
     /// The machine reason (`insufficient_credits`, ...).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -132,5 +162,18 @@ impl DenyReason {
 impl fmt::Display for DenyReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_is_listed_once_and_read_back_by_name() {
+        for (i, r) in DenyReason::ALL.iter().enumerate() {
+            assert_eq!(DenyReason::from_name(r.as_str()), Some(*r));
+            assert!(!DenyReason::ALL[..i].contains(r));
+        }
     }
 }

@@ -98,7 +98,8 @@ pub use webhook::verify_signature;
 #[cfg(feature = "webhook")]
 pub use webhook::{WebhookConfig, WebhookError, WebhookHandle, WebhookSink, WebhookStats};
 
-/// The README's examples, compiled and run as doc tests.
+/// The README's examples, compiled and run as doc tests. They use the client and its rmcp
+/// transport, so they are built with those features (the README's test command has them all).
 #[doc = include_str!("../README.md")]
-#[cfg(doctest)]
+#[cfg(all(doctest, feature = "client", feature = "rmcp"))]
 pub struct ReadmeDoctests;

@@ -253,6 +253,35 @@ async fn payment_required_is_paid_through_the_hook_and_charged_once() {
         Err(ClientError::PaymentRequired { .. })
     ));
     assert_eq!(*calls.lock(), 1);
+
+    // Two calls short of credits at once ask the hook once: the second retries on the
+    // first one's purchase instead of buying again.
+    let empty = gw.key(0).await;
+    let bought: Arc<Mutex<u32>> = Arc::default();
+    let (b, gate, k) = (bought.clone(), gw.gate.clone(), empty.clone());
+    let c = PayGateClient::builder(
+        &format!("http://{}", gw.host()),
+        Credentials::ApiKey(empty.clone()),
+    )
+    .on_payment_required(move |_| {
+        *b.lock() += 1;
+        let (gate, k) = (gate.clone(), k.clone());
+        Box::pin(async move {
+            // Slow enough that the other call is refused meanwhile.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            gate.top_up(k.as_str(), 10).await.unwrap();
+            PaymentDecision::Retry
+        })
+    })
+    .build()
+    .unwrap();
+    let (a, b) = tokio::join!(
+        c.call_tool("echo", json!({})),
+        c.call_tool("echo", json!({}))
+    );
+    assert!(a.is_ok() && b.is_ok(), "{a:?} {b:?}");
+    assert_eq!(*bought.lock(), 1, "one purchase for both");
+    assert_eq!(gw.credits(&empty).await, 0, "10 bought, 5 + 5 charged");
 }
 
 /// A gateway with the built-in OAuth server (access tokens live 60 s on its manual clock),
@@ -339,6 +368,8 @@ async fn an_expired_oauth_token_is_refreshed_mid_session() {
     let c = gw.client();
     c.initialize().await.unwrap();
     c.call_tool("echo", json!({})).await.unwrap();
+    // The balance of the account the token acts for.
+    assert_eq!(c.balance().await.unwrap()["credits"], json!(8));
     // The access token expires mid-session: the client refreshes and calls again, paid once.
     clock.advance_secs(61);
     c.call_tool("echo", json!({})).await.unwrap();
@@ -533,9 +564,12 @@ mod rmcp_agent {
             .call_tool(CallToolRequestParams::new("echo"))
             .await
             .unwrap_err();
-        assert!(
-            matches!(ClientError::from(err), ClientError::Transport(ref m) if m.contains("Auth")),
-            "a refusal no refresh can mend ends the call"
+        assert_eq!(
+            ClientError::from(err),
+            ClientError::Unauthorized {
+                reason: "invalid_token".into()
+            },
+            "a refusal no refresh can mend ends the call, typed"
         );
     }
 }

@@ -60,6 +60,8 @@ struct Server {
     resumed_from: Mutex<Vec<String>>,
     /// Streams kept open until the test ends.
     open: Mutex<Vec<mpsc::Sender<Bytes>>>,
+    /// The protocol version `initialize` answers.
+    version: Mutex<Option<String>>,
 }
 
 fn answer(id: &Value, text: &str) -> Value {
@@ -82,8 +84,20 @@ async fn post(State(server): State<Arc<Server>>, headers: HeaderMap, body: Bytes
             *n += 1;
             format!("s{n}")
         };
+        if header("mcp-session-id").is_some() {
+            return (
+                StatusCode::BAD_REQUEST,
+                "initialize opens a session; it names none",
+            )
+                .into_response();
+        }
+        let version = server
+            .version
+            .lock()
+            .clone()
+            .unwrap_or_else(|| "2025-03-26".into());
         let result = json!({"jsonrpc": "2.0", "id": id, "result": {
-            "protocolVersion": "2025-03-26", "capabilities": {"tools": {}},
+            "protocolVersion": version, "capabilities": {"tools": {}},
             "serverInfo": {"name": "streams", "version": "0"}}});
         return ([("mcp-session-id", session)], axum::Json(result)).into_response();
     }
@@ -130,6 +144,19 @@ async fn post(State(server): State<Arc<Server>>, headers: HeaderMap, body: Bytes
             drop(tx);
             sse(rx)
         }
+        // An answer that tries to move the session elsewhere.
+        Some("moves_session") => (
+            [("mcp-session-id", "elsewhere")],
+            axum::Json(answer(&id, "moved?")),
+        )
+            .into_response(),
+        // A limit in front of the server: 429 with no JSON-RPC body.
+        Some("proxy_429") => (
+            StatusCode::TOO_MANY_REQUESTS,
+            [("retry-after", "7")],
+            "slow down",
+        )
+            .into_response(),
         _ => axum::Json(answer(&id, "plain")).into_response(),
     }
 }
@@ -221,4 +248,62 @@ async fn requests_name_the_protocol_version_the_server_chose() {
     let versions = server.versions.lock().clone();
     assert!(!versions.is_empty());
     assert!(versions.iter().all(|v| v == "2025-03-26"), "{versions:?}");
+}
+
+#[tokio::test]
+async fn calls_that_meet_a_forgotten_session_together_open_one_new_session() {
+    let (server, client, _stop) = start().await;
+    *server.sessions.lock() += 1;
+    let calls: Vec<_> = (0..4)
+        .map(|_| client.call_tool("echo", json!({})))
+        .collect();
+    for outcome in common::join_all(calls).await {
+        outcome.unwrap();
+    }
+    assert_eq!(
+        *server.sessions.lock(),
+        3,
+        "one new session for all four calls"
+    );
+}
+
+#[tokio::test]
+async fn only_initialize_sets_the_session() {
+    let (server, client, _stop) = start().await;
+    client.call_tool("moves_session", json!({})).await.unwrap();
+    let result = client.call_tool("echo", json!({})).await.unwrap();
+    assert_eq!(
+        text(&result),
+        "plain",
+        "still in the session initialize opened"
+    );
+    assert_eq!(*server.sessions.lock(), 1);
+}
+
+#[tokio::test]
+async fn a_protocol_version_that_is_none_is_refused_and_not_sent() {
+    let (server, client, _stop) = start().await;
+    *server.version.lock() = Some("2025-03-26\r\nX-Injected: 1".into());
+    let err = client.initialize().await.unwrap_err();
+    assert!(
+        matches!(err, paygate_mcp::client::ClientError::Transport(_)),
+        "{err:?}"
+    );
+    *server.version.lock() = None;
+    client.initialize().await.unwrap();
+    client.call_tool("echo", json!({})).await.unwrap();
+    assert!(server.versions.lock().iter().all(|v| v == "2025-03-26"));
+}
+
+#[tokio::test]
+async fn a_429_without_a_json_rpc_answer_is_a_rate_limit() {
+    let (_server, client, _stop) = start().await;
+    let err = client.call_tool("proxy_429", json!({})).await.unwrap_err();
+    assert_eq!(
+        err,
+        paygate_mcp::client::ClientError::RateLimited {
+            reason: "http_429".into(),
+            retry_after: Some(Duration::from_secs(7)),
+        }
+    );
 }

@@ -630,21 +630,40 @@ pub(crate) async fn balance<St: KeyStore>(
         .get("x-api-key")
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
-        .filter(|k| !k.is_empty())
-        .ok_or_else(|| {
+        .filter(|k| !k.is_empty());
+    let bearer = crate::edge::bearer_token(&req.headers);
+    let rec = match (key, &state.oauth, bearer) {
+        (Some(key), _, _) => state.gate.get_key(key).await?.ok_or_else(|| {
             refused(
+                StatusCode::NOT_FOUND,
+                "key not found",
+                DenyReason::InvalidApiKey,
+            )
+        })?,
+        // A client signed in with OAuth reads the balance of the account its token acts for.
+        (None, Some(oauth), Some(token)) => {
+            let invalid = || {
+                refused(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid or expired access token",
+                    DenyReason::InvalidApiKey,
+                )
+            };
+            let grant = oauth.authenticate(token).await.map_err(|_| invalid())?;
+            state
+                .gate
+                .get_key(grant.key_id)
+                .await?
+                .ok_or_else(invalid)?
+        }
+        _ => {
+            return Err(refused(
                 StatusCode::UNAUTHORIZED,
                 "send your API key in X-API-Key",
                 DenyReason::MissingApiKey,
-            )
-        })?;
-    let rec = state.gate.get_key(key).await?.ok_or_else(|| {
-        refused(
-            StatusCode::NOT_FOUND,
-            "key not found",
-            DenyReason::InvalidApiKey,
-        )
-    })?;
+            ))
+        }
+    };
     if !rec.active {
         return Err(refused(
             StatusCode::UNAUTHORIZED,

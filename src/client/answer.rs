@@ -108,7 +108,8 @@ impl SseReader {
                 self.data.push_str(value);
                 self.has_data = true;
             }
-            // An id with NUL is ignored, as the format says.
+            // An empty id clears it; one with NUL is ignored, as the format says.
+            "id" if value.is_empty() => self.last_event_id = None,
             "id" if !value.contains('\0') => self.last_event_id = Some(value.to_string()),
             _ => {}
         }

@@ -66,23 +66,29 @@ impl ClientError {
             .and_then(|r| r.as_str())
             .unwrap_or_default()
             .to_string();
-        match code {
-            -32402 => ClientError::PaymentRequired {
+        // A denial is the gateway's only when its reason is one of the gate's and belongs to
+        // the code: MCP and its SDKs use some of these codes for other things (`-32002`
+        // resource not found, `-32001` a request timeout), which must not trigger a token
+        // refresh, a wait or a payment.
+        let gate_reason =
+            crate::DenyReason::from_name(&reason).filter(|r| r.category().jsonrpc_code() == code);
+        match (code, gate_reason) {
+            (-32402, Some(_)) => ClientError::PaymentRequired {
                 reason,
                 credits_required: field("creditsRequired")
                     .and_then(|c| c.as_u64())
                     .unwrap_or(0),
                 remaining: field("remainingCredits").and_then(|c| c.as_u64()),
             },
-            -32001 => ClientError::RateLimited {
+            (-32001, Some(_)) => ClientError::RateLimited {
                 reason,
                 retry_after: field("retryAfterSeconds")
                     .and_then(|s| s.as_u64())
                     .map(Duration::from_secs)
                     .or(retry_header),
             },
-            -32002 => ClientError::Unauthorized { reason },
-            -32003 => ClientError::Forbidden { reason },
+            (-32002, Some(_)) => ClientError::Unauthorized { reason },
+            (-32003, Some(_)) => ClientError::Forbidden { reason },
             _ => ClientError::Tool {
                 code,
                 message,
@@ -96,6 +102,35 @@ impl ClientError {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn only_the_gates_reasons_make_a_denial() {
+        let resource =
+            json!({"code": -32002, "message": "Resource not found", "data": {"uri": "x"}});
+        assert!(matches!(
+            ClientError::from_rpc(&resource, None),
+            ClientError::Tool { code: -32002, .. }
+        ));
+        let timeout = json!({"code": -32001, "message": "Request timed out"});
+        assert!(matches!(
+            ClientError::from_rpc(&timeout, None),
+            ClientError::Tool { code: -32001, .. }
+        ));
+        // A gate reason under another family's code is not a denial either.
+        let crossed = json!({"code": -32402, "data": {"reason": "rate_limited"}});
+        assert!(matches!(
+            ClientError::from_rpc(&crossed, None),
+            ClientError::Tool { .. }
+        ));
+        let paid = json!({"code": -32402, "data": {"reason": "daily_call_quota_exceeded", "creditsRequired": 2}});
+        assert!(matches!(
+            ClientError::from_rpc(&paid, None),
+            ClientError::PaymentRequired {
+                credits_required: 2,
+                ..
+            }
+        ));
+    }
 
     #[test]
     fn a_rate_limit_waits_for_the_body_figure_else_the_header() {

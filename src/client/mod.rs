@@ -17,7 +17,7 @@ mod wire;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -177,7 +177,9 @@ impl PayGateClientBuilder {
         self
     }
 
-    /// The longest one HTTP exchange may take (default 60 s).
+    /// How long the gateway may stay silent (to connect, or between two pieces of an answer)
+    /// before a request fails; 60 s by default. It bounds silence, not the whole answer: a
+    /// tool that streams for minutes is not cut off.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -187,7 +189,8 @@ impl PayGateClientBuilder {
     pub fn build(self) -> Result<PayGateClient, ClientError> {
         // No redirects: a key in `X-API-Key` would follow one to another host.
         let http = reqwest::Client::builder()
-            .timeout(self.timeout)
+            .connect_timeout(self.timeout)
+            .read_timeout(self.timeout)
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| ClientError::Transport(e.to_string()))?;
@@ -195,7 +198,7 @@ impl PayGateClientBuilder {
             http,
             base: self.base.trim_end_matches('/').to_string(),
             mcp_path: self.mcp_path,
-            credentials: Mutex::new(self.credentials),
+            credentials: Arc::new(Mutex::new(self.credentials)),
             session: Mutex::new(None),
             protocol: Mutex::new(PROTOCOL_VERSION.to_string()),
             next_id: AtomicU64::new(1),
@@ -204,7 +207,10 @@ impl PayGateClientBuilder {
             sleep: self.sleep,
             on_payment_required: self.on_payment_required,
             last: Mutex::new(CallInfo::default()),
-            refreshing: tokio::sync::Mutex::new(()),
+            refreshing: Arc::new(tokio::sync::Mutex::new(())),
+            reopening: tokio::sync::Mutex::new(()),
+            paying: tokio::sync::Mutex::new(()),
+            payments: AtomicU64::new(0),
         })
     }
 }
@@ -228,7 +234,7 @@ pub struct PayGateClient {
     http: reqwest::Client,
     base: String,
     mcp_path: String,
-    credentials: Mutex<Credentials>,
+    credentials: Arc<Mutex<Credentials>>,
     session: Mutex<Option<String>>,
     /// The protocol version sent as `MCP-Protocol-Version`: ours until `initialize` answers.
     protocol: Mutex<String>,
@@ -240,7 +246,13 @@ pub struct PayGateClient {
     last: Mutex<CallInfo>,
     /// One refresh at a time: a refresh token works once, and a second use would end the
     /// whole grant.
-    refreshing: tokio::sync::Mutex<()>,
+    refreshing: Arc<tokio::sync::Mutex<()>>,
+    /// One new session at a time, after the server forgot ours.
+    reopening: tokio::sync::Mutex<()>,
+    /// One payment hook at a time; `payments` counts those that said to retry, so calls that
+    /// waited behind one retry on its purchase instead of buying again.
+    paying: tokio::sync::Mutex<()>,
+    payments: AtomicU64,
 }
 
 impl std::fmt::Debug for PayGateClient {
@@ -250,6 +262,14 @@ impl std::fmt::Debug for PayGateClient {
             .field("credentials", &*self.credentials.lock())
             .finish_non_exhaustive()
     }
+}
+
+/// `X-API-Key`'s value, marked sensitive (kept out of debug output, as a bearer token is);
+/// none for a key no header can carry (the gateway then answers that the key is missing).
+fn api_key_header(key: &str) -> Option<http::HeaderValue> {
+    let mut value = http::HeaderValue::from_str(key).ok()?;
+    value.set_sensitive(true);
+    Some(value)
 }
 
 fn header_u64(headers: &http::HeaderMap, name: &str) -> Option<u64> {
@@ -284,7 +304,10 @@ impl PayGateClient {
 
     fn authorize(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         match &*self.credentials.lock() {
-            Credentials::ApiKey(key) => req.header("x-api-key", key),
+            Credentials::ApiKey(key) => match api_key_header(key) {
+                Some(value) => req.header("x-api-key", value),
+                None => req,
+            },
             Credentials::Bearer(token) => req.bearer_auth(token),
             Credentials::OAuth(tokens) => req.bearer_auth(&tokens.access_token),
         }
@@ -306,49 +329,36 @@ impl PayGateClient {
     /// Spends the refresh token for a new pair after `refused` (the access token a call was
     /// refused with) failed; `false` when there is nothing to refresh or the refresh is
     /// refused. When another call refreshed meanwhile, its tokens are used instead.
+    ///
+    /// The exchange runs as its own task and keeps the new pair even if this call is dropped
+    /// half-way (a caller's timeout, rmcp cancelling a request): a rotated refresh token that
+    /// was lost would end the whole grant at its next use.
     async fn refresh(&self, refused: &str) -> Result<bool, ClientError> {
-        let _one_at_a_time = self.refreshing.lock().await;
+        let one_at_a_time = Arc::clone(&self.refreshing).lock_owned().await;
         let Credentials::OAuth(tokens) = self.credentials.lock().clone() else {
             return Ok(false);
         };
         if tokens.access_token != refused {
             return Ok(true);
         }
-        let mut form = vec![
-            ("grant_type", "refresh_token".to_string()),
-            ("refresh_token", tokens.refresh_token.clone()),
-            ("client_id", tokens.client_id.clone()),
-        ];
-        if let Some(secret) = &tokens.client_secret {
-            form.push(("client_secret", secret.clone()));
-        }
-        let body = form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(form.iter().map(|(k, v)| (*k, v.as_str())))
-            .finish();
-        let resp = self
-            .http
-            .post(&tokens.token_url)
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| ClientError::Transport(e.to_string()))?;
-        if !resp.status().is_success() {
-            return Ok(false);
-        }
-        let doc: Value = serde_json::from_slice(&read_bounded(resp).await?).unwrap_or_default();
-        let text = |name: &str| doc.get(name).and_then(Value::as_str).map(str::to_string);
-        let Some(access_token) = text("access_token") else {
-            return Ok(false);
-        };
-        let mut current = self.credentials.lock();
-        if let Credentials::OAuth(now) = &mut *current {
-            now.access_token = access_token;
-            if let Some(rotated) = text("refresh_token") {
-                now.refresh_token = rotated;
+        let (http, credentials) = (self.http.clone(), Arc::clone(&self.credentials));
+        let exchange = tokio::spawn(async move {
+            let _held = one_at_a_time;
+            let Some((access_token, rotated)) = exchange_refresh_token(&http, &tokens).await?
+            else {
+                return Ok(false);
+            };
+            if let Credentials::OAuth(now) = &mut *credentials.lock() {
+                now.access_token = access_token;
+                if let Some(rotated) = rotated {
+                    now.refresh_token = rotated;
+                }
             }
-        }
-        Ok(true)
+            Ok(true)
+        });
+        exchange
+            .await
+            .map_err(|e| ClientError::Transport(format!("token refresh: {e}")))?
     }
 
     /// [`PayGateClient::rpc_once`], opening a new session when the server forgot ours (404),
@@ -356,9 +366,8 @@ impl PayGateClient {
     async fn rpc(&self, method: &str, params: Value) -> Result<Value, ClientError> {
         let used = self.access_token();
         let outcome = match self.rpc_once(method, params.clone()).await {
-            Sent::SessionExpired if method != "initialize" => {
-                // Boxed: `initialize` comes back through here (never to this arm).
-                Box::pin(self.initialize()).await?;
+            Sent::SessionExpired(gone) if method != "initialize" => {
+                self.reopen(&gone).await?;
                 self.rpc_once(method, params.clone()).await.into_result()
             }
             sent => sent.into_result(),
@@ -375,9 +384,39 @@ impl PayGateClient {
         }
     }
 
+    /// Opens a new session after the server forgot `gone`, unless another call already did:
+    /// calls that meet the 404 together open one session between them.
+    async fn reopen(&self, gone: &str) -> Result<(), ClientError> {
+        let _one_at_a_time = self.reopening.lock().await;
+        let current = self.session.lock().clone();
+        if current.is_some_and(|now| now != gone) {
+            return Ok(());
+        }
+        // Boxed: `initialize` comes back through `rpc` (never to the arm that calls this).
+        Box::pin(self.initialize()).await.map(|_| ())
+    }
+
+    /// Ends the MCP session (`DELETE` with its id), as a client that is done should; the
+    /// next call opens a new one. A server that keeps no sessions answers 405, which is fine.
+    pub async fn close(&self) -> Result<(), ClientError> {
+        if self.session.lock().is_none() {
+            return Ok(());
+        }
+        let sent = self
+            .mcp_request(reqwest::Method::DELETE, "application/json")
+            .send()
+            .await;
+        *self.session.lock() = None;
+        sent.map(|_| ())
+            .map_err(|e| ClientError::Transport(e.to_string()))
+    }
+
     /// Opens the MCP session (`initialize`, then `notifications/initialized`); the server's
     /// `Mcp-Session-Id` goes with every later request. Answers the server's capabilities.
     pub async fn initialize(&self) -> Result<Value, ClientError> {
+        // A new session starts without an id, at our own version.
+        *self.session.lock() = None;
+        *self.protocol.lock() = PROTOCOL_VERSION.to_string();
         let result = self
             .rpc(
                 "initialize",
@@ -388,9 +427,17 @@ impl PayGateClient {
                 }),
             )
             .await?;
-        // Later requests name the version the server chose.
-        if let Some(version) = result.get("protocolVersion").and_then(Value::as_str) {
-            *self.protocol.lock() = version.to_string();
+        // Later requests name the version the server chose, if it is one (`YYYY-MM-DD`).
+        match result.get("protocolVersion").and_then(Value::as_str) {
+            Some(version) if wire::is_protocol_version(version) => {
+                *self.protocol.lock() = version.to_string();
+            }
+            other => {
+                return Err(ClientError::Transport(format!(
+                    "the server chose no protocol version this client can name: {:?}",
+                    other.map(|v| v.chars().take(40).collect::<String>())
+                )))
+            }
         }
         self.mcp_post()
             .body(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}).to_string())
@@ -480,13 +527,26 @@ impl PayGateClient {
                     return false;
                 };
                 retries.paid = true;
+                // Calls short of credits together ask the hook once: a call that waited while
+                // another's purchase went through retries on it.
+                let seen = self.payments.load(Ordering::Acquire);
+                let _one_at_a_time = self.paying.lock().await;
+                if self.payments.load(Ordering::Acquire) != seen {
+                    return true;
+                }
                 let info = PaymentRequired {
                     tool: tool.to_string(),
                     reason: reason.clone(),
                     credits_required: *credits_required,
                     remaining: *remaining,
                 };
-                hook(info).await == PaymentDecision::Retry
+                // Its own task: a purchase under way finishes even if this call is dropped.
+                let decision = tokio::spawn(hook(info)).await;
+                let retry = matches!(decision, Ok(PaymentDecision::Retry));
+                if retry {
+                    self.payments.fetch_add(1, Ordering::AcqRel);
+                }
+                retry
             }
             _ => false,
         }
@@ -530,4 +590,36 @@ impl PayGateClient {
             code => Err(ClientError::Transport(format!("HTTP {code}: {}", reason()))),
         }
     }
+}
+
+/// `grant_type=refresh_token` at the token endpoint: the new access token and, when the
+/// server rotated it, the new refresh token; `None` when the refresh is refused.
+async fn exchange_refresh_token(
+    http: &reqwest::Client,
+    tokens: &OAuthTokens,
+) -> Result<Option<(String, Option<String>)>, ClientError> {
+    let mut form = vec![
+        ("grant_type", "refresh_token"),
+        ("refresh_token", tokens.refresh_token.as_str()),
+        ("client_id", tokens.client_id.as_str()),
+    ];
+    if let Some(secret) = &tokens.client_secret {
+        form.push(("client_secret", secret));
+    }
+    let body = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(form)
+        .finish();
+    let resp = http
+        .post(&tokens.token_url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| ClientError::Transport(e.to_string()))?;
+    if !resp.status().is_success() {
+        return Ok(None);
+    }
+    let doc: Value = serde_json::from_slice(&read_bounded(resp).await?).unwrap_or_default();
+    let text = |name: &str| doc.get(name).and_then(Value::as_str).map(str::to_string);
+    Ok(text("access_token").map(|access| (access, text("refresh_token"))))
 }

@@ -79,7 +79,7 @@ impl PayGateHttp {
         match self.client.credentials() {
             Credentials::ApiKey(key) => {
                 // A key that is no header value cannot authenticate; the gateway says so.
-                if let Ok(value) = HeaderValue::from_str(&key) {
+                if let Some(value) = super::api_key_header(&key) {
                     headers.insert(HeaderName::from_static("x-api-key"), value);
                 }
                 (None, headers)
@@ -249,8 +249,21 @@ impl StreamableHttpClient for PayGateHttp {
 
 impl From<ServiceError> for ClientError {
     /// A JSON-RPC error the gateway or the server answered becomes its class (payment, rate
-    /// limit, unauthorized, forbidden, or `Tool`); anything else is `Transport`.
+    /// limit, unauthorized, forbidden, or `Tool`); the gateway's OAuth challenge (401, or 403
+    /// for a missing scope) becomes `Unauthorized` or `Forbidden`; anything else is
+    /// `Transport`.
     fn from(error: ServiceError) -> Self {
+        if let Some(challenge) = error.auth_challenge() {
+            return if challenge.contains("insufficient_scope") {
+                ClientError::Forbidden {
+                    reason: "insufficient_scope".into(),
+                }
+            } else {
+                ClientError::Unauthorized {
+                    reason: "invalid_token".into(),
+                }
+            };
+        }
         match &error {
             ServiceError::McpError(data) => match serde_json::to_value(data) {
                 Ok(value) => ClientError::from_rpc(&value, None),

@@ -13,20 +13,38 @@ use super::{header_u64, CallInfo, ClientError, PayGateClient, MAX_ANSWER};
 
 /// How often a stream cut before its answer is resumed.
 const MAX_RESUMES: usize = 2;
+/// How many requests of the server's own one call answers (a flood is not followed).
+const MAX_SERVER_REQUESTS: usize = 32;
+/// The longest session id taken.
+const MAX_SESSION_ID: usize = 256;
+
+/// Whether `v` reads as an MCP protocol version (`YYYY-MM-DD`), safe to send in a header.
+pub(super) fn is_protocol_version(v: &str) -> bool {
+    v.len() == 10
+        && v.bytes().enumerate().all(|(i, b)| match i {
+            4 | 7 => b == b'-',
+            _ => b.is_ascii_digit(),
+        })
+}
+
+/// Whether `v` is a session id as MCP defines it: visible ASCII (0x21 to 0x7E), bounded.
+fn is_session_id(v: &str) -> bool {
+    !v.is_empty() && v.len() <= MAX_SESSION_ID && v.bytes().all(|b| (0x21..=0x7e).contains(&b))
+}
 
 /// What one request came to.
 pub(super) enum Sent {
     /// The answer, or why there is none.
     Answer(Result<Value, ClientError>),
-    /// The server answered 404 to our session: it is gone, a new one is needed.
-    SessionExpired,
+    /// The server answered 404 to our session (this id): it is gone, a new one is needed.
+    SessionExpired(String),
 }
 
 impl Sent {
     pub(super) fn into_result(self) -> Result<Value, ClientError> {
         match self {
             Sent::Answer(answer) => answer,
-            Sent::SessionExpired => Err(ClientError::Transport(
+            Sent::SessionExpired(_) => Err(ClientError::Transport(
                 "the server ended the MCP session".into(),
             )),
         }
@@ -38,46 +56,74 @@ fn transport(e: reqwest::Error) -> ClientError {
 }
 
 impl PayGateClient {
-    /// A request to the MCP endpoint with the session, protocol version and credentials.
-    fn mcp_request(
+    /// A request to the MCP endpoint in the current session, with the protocol version and
+    /// credentials.
+    pub(super) fn mcp_request(
         &self,
         method: reqwest::Method,
         accept: &'static str,
+    ) -> reqwest::RequestBuilder {
+        let session = self.session.lock().clone();
+        self.mcp_request_in(method, accept, session.as_deref())
+    }
+
+    fn mcp_request_in(
+        &self,
+        method: reqwest::Method,
+        accept: &'static str,
+        session: Option<&str>,
     ) -> reqwest::RequestBuilder {
         let mut req = self
             .http
             .request(method, format!("{}{}", self.base, self.mcp_path))
             .header("accept", accept)
             .header("mcp-protocol-version", self.protocol.lock().clone());
-        if let Some(session) = self.session.lock().clone() {
+        if let Some(session) = session {
             req = req.header("mcp-session-id", session);
         }
         self.authorize(req)
     }
 
-    /// A JSON-RPC POST to the MCP endpoint.
+    /// A JSON-RPC POST to the MCP endpoint, in the current session.
     pub(super) fn mcp_post(&self) -> reqwest::RequestBuilder {
-        self.mcp_request(reqwest::Method::POST, "application/json, text/event-stream")
-            .header("content-type", "application/json")
+        let session = self.session.lock().clone();
+        self.mcp_post_in(session.as_deref())
+    }
+
+    /// A JSON-RPC POST to the MCP endpoint in `session` (none for `initialize`).
+    fn mcp_post_in(&self, session: Option<&str>) -> reqwest::RequestBuilder {
+        self.mcp_request_in(
+            reqwest::Method::POST,
+            "application/json, text/event-stream",
+            session,
+        )
+        .header("content-type", "application/json")
     }
 
     /// One JSON-RPC request to the MCP endpoint: its result, or the error by class.
     pub(super) async fn rpc_once(&self, method: &str, params: Value) -> Sent {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
-        let had_session = self.session.lock().is_some();
-        let resp = match self.mcp_post().body(body.to_string()).send().await {
+        let sent_session = self.session.lock().clone();
+        let post = self.mcp_post_in(sent_session.as_deref());
+        let resp = match post.body(body.to_string()).send().await {
             Ok(resp) => resp,
             Err(e) => return Sent::Answer(Err(transport(e))),
         };
         let status = resp.status();
-        if status == reqwest::StatusCode::NOT_FOUND && had_session {
-            *self.session.lock() = None;
-            return Sent::SessionExpired;
+        if let (reqwest::StatusCode::NOT_FOUND, Some(gone)) = (status, sent_session) {
+            // Forgotten only if no other call has opened a new session meanwhile.
+            let mut current = self.session.lock();
+            if current.as_deref() == Some(gone.as_str()) {
+                *current = None;
+            }
+            return Sent::SessionExpired(gone);
         }
         let headers = resp.headers().clone();
-        if let Some(session) = headers.get("mcp-session-id").and_then(|v| v.to_str().ok()) {
-            *self.session.lock() = Some(session.to_string());
+        // The session is the one `initialize` was given; later answers cannot move it.
+        if method == "initialize" {
+            let given = headers.get("mcp-session-id").and_then(|v| v.to_str().ok());
+            *self.session.lock() = given.filter(|v| is_session_id(v)).map(str::to_string);
         }
         // Only tool calls carry the gateway's figures; a free method must not blank them.
         if method == "tools/call" {
@@ -108,6 +154,11 @@ impl PayGateClient {
                 None => Ok(message.get("result").cloned().unwrap_or(Value::Null)),
             },
             Ok(None) => Err(match status.as_u16() {
+                // A proxy's or server's own limit, without the gateway's JSON-RPC denial.
+                429 => ClientError::RateLimited {
+                    reason: "http_429".into(),
+                    retry_after,
+                },
                 401 => ClientError::Unauthorized {
                     reason: "http_401".into(),
                 },
@@ -131,6 +182,7 @@ impl PayGateClient {
     ) -> Result<Option<Value>, ClientError> {
         let mut reader = SseReader::default();
         let mut read = 0;
+        let mut replies = 0;
         for resumes in 0..=MAX_RESUMES {
             if resumes > 0 {
                 let Some(last) = reader.last_event_id.clone() else {
@@ -143,15 +195,18 @@ impl PayGateClient {
                 reader = SseReader::resuming(last);
             }
             loop {
-                let (events, ended) = match resp.chunk().await.map_err(transport)? {
-                    Some(chunk) => {
+                let (events, ended) = match resp.chunk().await {
+                    Ok(Some(chunk)) => {
                         read += chunk.len();
                         if read > MAX_ANSWER {
                             return Err(ClientError::Transport("answer larger than 8 MiB".into()));
                         }
                         (reader.push(&chunk), false)
                     }
-                    None => (reader.finish(), true),
+                    Ok(None) => (reader.finish(), true),
+                    // A connection lost mid-stream resumes like a stream the server ended.
+                    Err(_) if reader.last_event_id.is_some() => (Vec::new(), true),
+                    Err(e) => return Err(transport(e)),
                 };
                 for data in events {
                     let Ok(message) = serde_json::from_str::<Value>(&data) else {
@@ -160,7 +215,9 @@ impl PayGateClient {
                     if answer::answers(&message, id) {
                         return Ok(Some(message));
                     }
-                    self.reply_to_server(&message).await;
+                    if replies < MAX_SERVER_REQUESTS && self.reply_to_server(&message).await {
+                        replies += 1;
+                    }
                 }
                 if ended {
                     break;
@@ -191,9 +248,9 @@ impl PayGateClient {
     /// Answers a request the server made on a stream, so a server that waits for the answer
     /// goes on: `ping` with an empty result, anything else as a method this client does not
     /// offer. Notifications and stray answers need nothing.
-    async fn reply_to_server(&self, message: &Value) {
+    async fn reply_to_server(&self, message: &Value) -> bool {
         let (Some(id), Some(method)) = (message.get("id"), message.get("method")) else {
-            return;
+            return false;
         };
         let reply = if method == "ping" {
             json!({"jsonrpc": "2.0", "id": id, "result": {}})
@@ -203,6 +260,7 @@ impl PayGateClient {
         };
         // The server's answer to a reply (202) says nothing the call needs.
         let _ = self.mcp_post().body(reply.to_string()).send().await;
+        true
     }
 }
 
