@@ -427,16 +427,18 @@ impl PayGateClient {
                 }),
             )
             .await?;
-        // Later requests name the version the server chose, if it is one (`YYYY-MM-DD`).
-        match result.get("protocolVersion").and_then(Value::as_str) {
-            Some(version) if wire::is_protocol_version(version) => {
-                *self.protocol.lock() = version.to_string();
+        // Later requests name the version the server chose, if it reads as one
+        // (`YYYY-MM-DD`); a server that names none is spoken to in ours.
+        match result.get("protocolVersion") {
+            None => {}
+            Some(Value::String(version)) if wire::is_protocol_version(version) => {
+                *self.protocol.lock() = version.clone();
             }
-            other => {
+            Some(other) => {
+                let shown: String = other.to_string().chars().take(40).collect();
                 return Err(ClientError::Transport(format!(
-                    "the server chose no protocol version this client can name: {:?}",
-                    other.map(|v| v.chars().take(40).collect::<String>())
-                )))
+                    "the server chose a protocol version this client cannot name: {shown}"
+                )));
             }
         }
         self.mcp_post()
