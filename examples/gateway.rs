@@ -19,6 +19,8 @@
 //! the matching flag is absent (a flag wins).
 //! `oauth.jwt` (an external identity provider) needs `--features jwt`.
 
+#[path = "common/baseline.rs"]
+mod baseline;
 #[path = "common/client_addr.rs"]
 mod client_addr;
 #[path = "common/demo_server.rs"]
@@ -141,6 +143,14 @@ struct Args {
     /// any origin when not given. Keys travel in headers, never cookies.
     #[arg(long = "cors-origin", value_name = "ORIGIN", value_parser = cors_origin)]
     cors_origins: Vec<http::HeaderValue>,
+    /// For benchmarks: answer every call at once with an empty result instead of running an
+    /// MCP server, so only the gateway's own cost is measured.
+    #[arg(long)]
+    noop_server: bool,
+    /// For benchmarks: serve the MCP server without the gate (no key checked, nothing
+    /// charged), the baseline a gated run is compared with. Never in production.
+    #[arg(long)]
+    ungated: bool,
 }
 
 fn public_url(v: &str) -> Result<String, String> {
@@ -422,7 +432,11 @@ async fn run(args: Args) -> Result<(), String> {
     };
     let sinks: Arc<dyn EventSink> = Arc::new(FanOut(sinks));
     let mut health = Vec::new();
-    let downstream = downstream(&cfg, &mut health).await?;
+    let downstream = if args.noop_server {
+        baseline::noop_server()
+    } else {
+        downstream(&cfg, &mut health).await?
+    };
     let observers = Observers {
         metrics,
         audit,
@@ -700,15 +714,22 @@ async fn serve<St: KeyStore>(
             "Stripe payments enabled: POST /stripe/webhook, POST /checkout"
         );
     }
-    let mcp = ServiceBuilder::new().layer(layer).service(downstream);
+    let mcp = ServiceBuilder::new()
+        .layer(layer)
+        .service(downstream.clone());
     let admin = observers
         .health
         .into_iter()
         .fold(admin, |admin, (name, check)| {
             admin.with_upstream_health(&name, move || check())
         });
-    let app = axum::Router::new()
-        .nest_service("/mcp", mcp)
+    let app = if args.ungated {
+        tracing::warn!("--ungated: /mcp is served without the gate; nothing is checked or charged");
+        axum::Router::new().nest_service("/mcp", baseline::ungated(downstream))
+    } else {
+        axum::Router::new().nest_service("/mcp", mcp)
+    };
+    let app = app
         .fallback_service(admin)
         .layer(middleware::from_fn(client_addr))
         .layer(cors(&args.cors_origins));
