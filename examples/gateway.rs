@@ -770,10 +770,13 @@ async fn serve<St: KeyStore>(
     .map_err(|e| format!("server stopped: {e}"))
 }
 
-/// Logs to stderr at the RUST_LOG level (default `info`), as text or JSON lines.
+/// Logs to stderr at the RUST_LOG level (default `info`, rmcp's own at `warn`), as text or
+/// JSON lines.
 fn init_logging(json: bool) {
+    // rmcp logs every session it opens and closes at INFO, and the demo server opens one per
+    // request: at INFO that is four lines a call, more work than the call itself.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rmcp=warn"));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

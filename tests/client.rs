@@ -32,6 +32,41 @@ fn client(gw: &TestGateway, key: &str) -> PayGateClient {
     .unwrap()
 }
 
+/// A sleeper that moves the gateway's clock instead of sleeping, noting each wait.
+fn clock_sleeper(
+    gw: &TestGateway,
+    waited: &Arc<Mutex<Vec<Duration>>>,
+) -> impl Fn(Duration) -> paygate_mcp::client::BoxFuture<()> + Send + Sync + 'static {
+    let (waited, clock) = (waited.clone(), gw.clock.clone());
+    move |d| {
+        waited.lock().push(d);
+        clock.advance_ms(d.as_millis() as i64);
+        Box::pin(async {})
+    }
+}
+
+/// A payment hook standing in for a purchase: an operator tops `key` up by `credits` and
+/// the call is retried; each request's `credits_required` is noted in `asked`.
+fn top_up_hook(
+    gw: &TestGateway,
+    key: &str,
+    credits: u64,
+    asked: &Arc<Mutex<Vec<u64>>>,
+) -> impl Fn(paygate_mcp::client::PaymentRequired) -> paygate_mcp::client::BoxFuture<PaymentDecision>
+       + Send
+       + Sync
+       + 'static {
+    let (asked, gate, key) = (asked.clone(), gw.gate.clone(), key.to_string());
+    move |needed| {
+        asked.lock().push(needed.credits_required);
+        let (gate, key) = (gate.clone(), key.clone());
+        Box::pin(async move {
+            gate.top_up(key.as_str(), credits).await.unwrap();
+            PaymentDecision::Retry
+        })
+    }
+}
+
 #[tokio::test]
 async fn tools_prices_balance_and_a_paid_call() {
     let gw = gateway(
@@ -143,18 +178,12 @@ async fn a_rate_limit_is_waited_out_for_the_gateways_retry_after() {
         Arc::new(gateway(json!({"defaultCreditsPerCall": 1, "globalRateLimitPerMin": 1})).await);
     let key = gw.key(10).await;
     let waited: Arc<Mutex<Vec<Duration>>> = Arc::default();
-    let (w, clock) = (waited.clone(), gw.clock.clone());
     let c = PayGateClient::builder(
         &format!("http://{}", gw.host()),
         Credentials::ApiKey(key.clone()),
     )
     .wait_on_rate_limit(2, Duration::from_secs(120))
-    // The gateway's clock moves instead of this test sleeping.
-    .sleeper(move |d| {
-        w.lock().push(d);
-        clock.advance_ms(d.as_millis() as i64);
-        Box::pin(async {})
-    })
+    .sleeper(clock_sleeper(&gw, &waited))
     .build()
     .unwrap();
     c.call_tool("echo", json!({})).await.unwrap();
@@ -216,20 +245,11 @@ async fn payment_required_is_paid_through_the_hook_and_charged_once() {
     let gw = Arc::new(gateway(json!({"defaultCreditsPerCall": 5})).await);
     let key = gw.key(2).await;
     let asked: Arc<Mutex<Vec<u64>>> = Arc::default();
-    let (a, gate, k) = (asked.clone(), gw.gate.clone(), key.clone());
     let c = PayGateClient::builder(
         &format!("http://{}", gw.host()),
         Credentials::ApiKey(key.clone()),
     )
-    .on_payment_required(move |needed| {
-        a.lock().push(needed.credits_required);
-        let (gate, k) = (gate.clone(), k.clone());
-        // Stands in for a purchase: an operator's top-up.
-        Box::pin(async move {
-            gate.top_up(k.as_str(), 10).await.unwrap();
-            PaymentDecision::Retry
-        })
-    })
+    .on_payment_required(top_up_hook(&gw, &key, 10, &asked))
     .build()
     .unwrap();
     let before = gw.downstream_calls();
@@ -489,26 +509,13 @@ mod rmcp_agent {
         let key = gw.key(7).await;
         let waited: Arc<Mutex<Vec<Duration>>> = Arc::default();
         let bought: Arc<Mutex<Vec<u64>>> = Arc::default();
-        let (w, clock) = (waited.clone(), gw.clock.clone());
-        let (b, gate, k) = (bought.clone(), gw.gate.clone(), key.clone());
         let c = PayGateClient::builder(
             &format!("http://{}", gw.host()),
             Credentials::ApiKey(key.clone()),
         )
         .wait_on_rate_limit(2, Duration::from_secs(120))
-        .sleeper(move |d| {
-            w.lock().push(d);
-            clock.advance_ms(d.as_millis() as i64);
-            Box::pin(async {})
-        })
-        .on_payment_required(move |needed| {
-            b.lock().push(needed.credits_required);
-            let (gate, k) = (gate.clone(), k.clone());
-            Box::pin(async move {
-                gate.top_up(k.as_str(), 10).await.unwrap();
-                PaymentDecision::Retry
-            })
-        })
+        .sleeper(clock_sleeper(&gw, &waited))
+        .on_payment_required(top_up_hook(&gw, &key, 10, &bought))
         .build()
         .unwrap();
         let agent = agent(c).await;

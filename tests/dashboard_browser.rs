@@ -95,6 +95,20 @@ async fn save_screenshot(browser: &Browser, name: &str) {
     }
 }
 
+/// Opens a key's dialog with `manage`, presses `action` and agrees in the page's own
+/// confirmation.
+async fn confirmed(browser: &Browser, manage: &str, action: &str) {
+    browser.click(manage).await;
+    browser.click(action).await;
+    browser
+        .until(
+            "the confirmation",
+            "document.querySelector('#confirm-dialog').open",
+        )
+        .await;
+    browser.click("#confirm-ok").await;
+}
+
 /// Reads a key as the admin API lists it, by keyId.
 async fn listed(gateway: &ExampleGateway, key_id: &str) -> Value {
     let keys: Value = reqwest::Client::new()
@@ -450,15 +464,7 @@ async fn an_operator_runs_the_business_from_the_dashboard() {
     // Rotate: a new secret, shown once; the old key stops, the new one works.
     open_view(&browser, "keys").await;
     browser.until("the key's row", &row).await;
-    browser.click(&manage).await;
-    browser.click("#key-rotate").await;
-    browser
-        .until(
-            "the confirmation",
-            "document.querySelector('#confirm-dialog').open",
-        )
-        .await;
-    browser.click("#confirm-ok").await;
+    confirmed(&browser, &manage, "#key-rotate").await;
     let rotated = browser
         .until(
             "the rotated key's secret",
@@ -473,15 +479,7 @@ async fn an_operator_runs_the_business_from_the_dashboard() {
 
     // Revoke, through the page's own confirmation.
     browser.until("the key's row", &row).await;
-    browser.click(&manage).await;
-    browser.click("#key-revoke").await;
-    browser
-        .until(
-            "the confirmation",
-            "document.querySelector('#confirm-dialog').open",
-        )
-        .await;
-    browser.click("#confirm-ok").await;
+    confirmed(&browser, &manage, "#key-revoke").await;
     browser
         .until(
             "the revoked status",

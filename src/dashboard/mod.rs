@@ -51,6 +51,17 @@ struct Asset {
 
 const JS: &str = "text/javascript; charset=utf-8";
 
+/// An embedded file of `assets/`, served as `/dashboard/<name>`.
+macro_rules! asset {
+    ($name:literal, $content_type:expr) => {
+        Asset {
+            path: concat!("/", $name),
+            content_type: $content_type,
+            body: include_str!(concat!("assets/", $name)),
+        }
+    };
+}
+
 /// Every file of the page. The page itself is the empty path; the others are named
 /// relative to it (`dashboard/app.js`), so a prefix in front of the admin API carries over.
 const ASSETS: &[Asset] = &[
@@ -59,61 +70,17 @@ const ASSETS: &[Asset] = &[
         content_type: "text/html; charset=utf-8",
         body: include_str!("assets/index.html"),
     },
-    Asset {
-        path: "/style.css",
-        content_type: "text/css; charset=utf-8",
-        body: include_str!("assets/style.css"),
-    },
-    Asset {
-        path: "/icon.svg",
-        content_type: "image/svg+xml",
-        body: include_str!("assets/icon.svg"),
-    },
-    Asset {
-        path: "/app.js",
-        content_type: JS,
-        body: include_str!("assets/app.js"),
-    },
-    Asset {
-        path: "/api.js",
-        content_type: JS,
-        body: include_str!("assets/api.js"),
-    },
-    Asset {
-        path: "/dom.js",
-        content_type: JS,
-        body: include_str!("assets/dom.js"),
-    },
-    Asset {
-        path: "/charts.js",
-        content_type: JS,
-        body: include_str!("assets/charts.js"),
-    },
-    Asset {
-        path: "/overview.js",
-        content_type: JS,
-        body: include_str!("assets/overview.js"),
-    },
-    Asset {
-        path: "/keys.js",
-        content_type: JS,
-        body: include_str!("assets/keys.js"),
-    },
-    Asset {
-        path: "/key_forms.js",
-        content_type: JS,
-        body: include_str!("assets/key_forms.js"),
-    },
-    Asset {
-        path: "/alerts.js",
-        content_type: JS,
-        body: include_str!("assets/alerts.js"),
-    },
-    Asset {
-        path: "/audit.js",
-        content_type: JS,
-        body: include_str!("assets/audit.js"),
-    },
+    asset!("style.css", "text/css; charset=utf-8"),
+    asset!("icon.svg", "image/svg+xml"),
+    asset!("app.js", JS),
+    asset!("api.js", JS),
+    asset!("dom.js", JS),
+    asset!("charts.js", JS),
+    asset!("overview.js", JS),
+    asset!("keys.js", JS),
+    asset!("key_forms.js", JS),
+    asset!("alerts.js", JS),
+    asset!("audit.js", JS),
 ];
 
 /// Whether `path` (as the request named it, before any trailing `/` is trimmed) belongs to

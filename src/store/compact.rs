@@ -17,12 +17,16 @@ use crate::quota::{Quota, QuotaUsage};
 const MASKED_LEN: usize = 14;
 const NO_TIME: i64 = i64::MIN;
 
+/// A key's tags, sorted by name: a boxed slice costs a few dozen bytes where a `BTreeMap`
+/// node costs several hundred, and most keys carry one or two tags.
+pub(crate) type Tags = Box<[(Box<str>, Box<str>)]>;
+
 #[derive(Debug, Clone, Default, PartialEq)]
 struct Policy {
     quota: Option<Quota>,
     allowed_tools: Vec<String>,
     denied_tools: Vec<String>,
-    tags: BTreeMap<String, String>,
+    tags: Tags,
     ip_allowlist: Vec<IpNet>,
     /// A masked form that is not the usual 14 ASCII characters.
     masked: Option<String>,
@@ -64,7 +68,11 @@ impl StoredKey {
             quota: rec.quota,
             allowed_tools: rec.allowed_tools.clone(),
             denied_tools: rec.denied_tools.clone(),
-            tags: rec.tags.clone(),
+            tags: rec
+                .tags
+                .iter()
+                .map(|(name, value)| (name.as_str().into(), value.as_str().into()))
+                .collect(),
             ip_allowlist: rec.ip_allowlist.clone(),
             masked: (!inline).then(|| rec.key_masked.clone()),
         };
@@ -104,7 +112,11 @@ impl StoredKey {
             denied_tools: p.map(|p| p.denied_tools.clone()).unwrap_or_default(),
             expires_at: (self.expires_ms != NO_TIME).then(|| ms_to_datetime(self.expires_ms)),
             quota: self.quota(),
-            tags: p.map(|p| p.tags.clone()).unwrap_or_default(),
+            tags: self
+                .tags()
+                .iter()
+                .map(|(name, value)| (name.to_string(), value.to_string()))
+                .collect(),
             ip_allowlist: p.map(|p| p.ip_allowlist.clone()).unwrap_or_default(),
             quota_usage: self.quota_usage,
             expiry_notified: self.expiry_notified,
@@ -184,20 +196,18 @@ impl StoredKey {
         }
     }
 
-    /// The key's tags, if it has any.
-    pub(crate) fn tags(&self) -> Option<&BTreeMap<String, String>> {
-        self.policy
-            .as_deref()
-            .map(|p| &p.tags)
-            .filter(|t| !t.is_empty())
+    /// The key's tags, sorted by name (empty when it has none).
+    pub(crate) fn tags(&self) -> &[(Box<str>, Box<str>)] {
+        self.policy.as_deref().map_or(&[], |p| &p.tags)
     }
 
     /// Whether the tags contain every pair in `wanted`.
     pub(crate) fn has_tags(&self, wanted: &BTreeMap<String, String>) -> bool {
-        let tags = self.policy.as_deref().map(|p| &p.tags);
-        wanted
-            .iter()
-            .all(|(k, v)| tags.and_then(|t| t.get(k)) == Some(v))
+        let tags = self.tags();
+        wanted.iter().all(|(name, value)| {
+            tags.binary_search_by(|(n, _)| (**n).cmp(name.as_str()))
+                .is_ok_and(|at| *tags[at].1 == **value)
+        })
     }
 }
 

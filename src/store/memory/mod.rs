@@ -56,13 +56,87 @@ type WindowMap = HashMap<KeyDigest, Box<KeyWindows>, BuildHasherDefault<DigestHa
 /// One tag (name, value).
 type TagPair = (String, String);
 
+/// How many keys one tag's set holds in a sorted vector before it becomes a B-tree.
+const FEW_KEYS: usize = 32;
+
+/// The keys under one tag in one shard. Most tags are on a few keys per shard: a sorted
+/// vector holds those in a few dozen bytes where a B-tree node takes ~370; a tag on many
+/// keys moves to a B-tree, so adding and removing stay cheap.
+enum DigestSet {
+    Few(Vec<KeyDigest>),
+    Many(BTreeSet<KeyDigest>),
+}
+
+impl Default for DigestSet {
+    fn default() -> Self {
+        DigestSet::Few(Vec::new())
+    }
+}
+
+impl DigestSet {
+    fn insert(&mut self, key: KeyDigest) {
+        match self {
+            DigestSet::Few(keys) => match keys.binary_search(&key) {
+                Ok(_) => {}
+                Err(at) if keys.len() < FEW_KEYS => keys.insert(at, key),
+                Err(_) => {
+                    let mut many: BTreeSet<KeyDigest> = keys.drain(..).collect();
+                    many.insert(key);
+                    *self = DigestSet::Many(many);
+                }
+            },
+            DigestSet::Many(keys) => {
+                keys.insert(key);
+            }
+        }
+    }
+
+    fn remove(&mut self, key: &KeyDigest) {
+        match self {
+            DigestSet::Few(keys) => {
+                if let Ok(at) = keys.binary_search(key) {
+                    keys.remove(at);
+                }
+            }
+            DigestSet::Many(keys) => {
+                keys.remove(key);
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            DigestSet::Few(keys) => keys.len(),
+            DigestSet::Many(keys) => keys.len(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The keys after `after` (all when none), in order.
+    fn after(&self, after: Option<KeyDigest>) -> Box<dyn Iterator<Item = &KeyDigest> + '_> {
+        match self {
+            DigestSet::Few(keys) => {
+                let start = after.map_or(0, |a| keys.partition_point(|k| *k <= a));
+                Box::new(keys[start..].iter())
+            }
+            DigestSet::Many(keys) => {
+                let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+                Box::new(keys.range((lower, Bound::Unbounded)))
+            }
+        }
+    }
+}
+
 #[derive(Default)]
 struct Shard {
     keys: BTreeMap<KeyDigest, StoredKey>,
     /// Rate windows of keys with calls in the last minute only.
     windows: WindowMap,
     /// This shard's keys by tag, so a tag search reads only the keys that carry the tag.
-    by_tag: HashMap<TagPair, BTreeSet<KeyDigest>>,
+    by_tag: HashMap<TagPair, DigestSet>,
     last_sweep_ms: i64,
     /// Bumped by every change to a record, so snapshots can skip an unchanged store.
     version: u64,
@@ -85,19 +159,19 @@ fn adjust(stats: &mut StoreStats, before: (u64, u64), after: (u64, u64)) {
 
 impl Shard {
     /// Adds `key` to the tag index under each of `tags`.
-    fn index_tags(&mut self, key: KeyDigest, tags: Option<&BTreeMap<String, String>>) {
-        for (name, value) in tags.into_iter().flatten() {
+    fn index_tags(&mut self, key: KeyDigest, tags: &[(Box<str>, Box<str>)]) {
+        for (name, value) in tags {
             self.by_tag
-                .entry((name.clone(), value.clone()))
+                .entry((name.to_string(), value.to_string()))
                 .or_default()
                 .insert(key);
         }
     }
 
     /// Removes `key` from the tag index under each of `tags`.
-    fn unindex_tags(&mut self, key: &KeyDigest, tags: Option<&BTreeMap<String, String>>) {
-        for (name, value) in tags.into_iter().flatten() {
-            let pair = (name.clone(), value.clone());
+    fn unindex_tags(&mut self, key: &KeyDigest, tags: &[(Box<str>, Box<str>)]) {
+        for (name, value) in tags {
+            let pair = (name.to_string(), value.to_string());
             if let Some(keys) = self.by_tag.get_mut(&pair) {
                 keys.remove(key);
                 if keys.is_empty() {
@@ -550,9 +624,8 @@ impl KeyStore for MemoryKeyStore {
                 else {
                     break; // some wanted tag is on no key of this shard
                 };
-                let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
                 let mut seen = 0;
-                for key in candidates.range((lower, Bound::Unbounded)) {
+                for key in candidates.after(after) {
                     if out.len() >= limit {
                         return ready(Ok(out));
                     }
@@ -613,6 +686,36 @@ impl KeyStore for MemoryKeyStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tag_set_keeps_order_and_members_across_its_two_forms() {
+        let keys: Vec<KeyDigest> = (0..100).map(|n| KeyDigest::of(&format!("k{n}"))).collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        let mut set = DigestSet::default();
+        for (n, key) in keys.iter().enumerate() {
+            set.insert(*key);
+            set.insert(*key);
+            assert_eq!(set.len(), n + 1, "a repeat adds nothing");
+            assert_eq!(matches!(set, DigestSet::Few(_)), n < FEW_KEYS);
+        }
+        let all: Vec<KeyDigest> = set.after(None).copied().collect();
+        assert_eq!(all, sorted);
+        let tail: Vec<KeyDigest> = set.after(Some(sorted[49])).copied().collect();
+        assert_eq!(tail, sorted[50..]);
+        for key in &keys {
+            set.remove(key);
+        }
+        assert!(set.is_empty());
+        let mut few = DigestSet::default();
+        for key in &keys[..5] {
+            few.insert(*key);
+        }
+        let mut five = keys[..5].to_vec();
+        five.sort();
+        let tail: Vec<KeyDigest> = few.after(Some(five[1])).copied().collect();
+        assert_eq!(tail, five[2..]);
+    }
     use crate::blocking::block_on;
 
     const NOW: i64 = 1_700_000_000_000;
