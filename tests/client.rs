@@ -32,6 +32,22 @@ fn client(gw: &TestGateway, key: &str) -> PayGateClient {
     .unwrap()
 }
 
+/// What the gateway says `key` must wait, asked directly by a plain client (which waits
+/// for nothing).
+async fn gateway_wait(gw: &TestGateway, key: &str) -> Duration {
+    let probe = client(gw, key)
+        .call_tool("echo", json!({}))
+        .await
+        .unwrap_err();
+    match probe {
+        ClientError::RateLimited {
+            retry_after: Some(wait),
+            ..
+        } => wait,
+        other => panic!("rate limited, with a wait: {other:?}"),
+    }
+}
+
 /// A sleeper that moves the gateway's clock instead of sleeping, noting each wait.
 fn clock_sleeper(
     gw: &TestGateway,
@@ -187,18 +203,7 @@ async fn a_rate_limit_is_waited_out_for_the_gateways_retry_after() {
     .build()
     .unwrap();
     c.call_tool("echo", json!({})).await.unwrap();
-    // What the gateway says to wait, asked directly.
-    let probe = client(&gw, &key)
-        .call_tool("echo", json!({}))
-        .await
-        .unwrap_err();
-    let ClientError::RateLimited {
-        retry_after: Some(expected),
-        ..
-    } = probe
-    else {
-        panic!("{probe:?}");
-    };
+    let expected = gateway_wait(&gw, &key).await;
     // The HTTP header says the same as the body's figure the client read.
     let raw = reqwest::Client::new()
         .post(format!("http://{}/mcp", gw.host()))
@@ -520,18 +525,7 @@ mod rmcp_agent {
         .unwrap();
         let agent = agent(c).await;
         echo(&agent).await.unwrap();
-        // What the gateway says to wait, asked by a plain client with the same key.
-        let probe = client(&gw, &key)
-            .call_tool("echo", json!({}))
-            .await
-            .unwrap_err();
-        let ClientError::RateLimited {
-            retry_after: Some(expected),
-            ..
-        } = probe
-        else {
-            panic!("{probe:?}");
-        };
+        let expected = gateway_wait(&gw, &key).await;
         // Rate limited, then short of credits (2 left, 5 needed): waits, pays, runs once.
         let before = gw.downstream_calls();
         echo(&agent).await.unwrap();

@@ -66,17 +66,26 @@ async fn call(gateway: &ExampleGateway, api_key: &str, tool: &str) -> Value {
 
 /// Creates a key through the admin API; its secret.
 async fn create_key(gateway: &ExampleGateway, name: &str, credits: u64) -> String {
-    let created: Value = reqwest::Client::new()
-        .post(gateway.url("/keys"))
-        .header("x-admin-key", ADMIN)
-        .json(&json!({"name": name, "credits": credits}))
-        .send()
-        .await
-        .expect("the admin API answers")
-        .json()
-        .await
-        .expect("a JSON answer");
+    let body = json!({"name": name, "credits": credits});
+    let created = admin(gateway, reqwest::Method::POST, "/keys", Some(body)).await;
     created["key"].as_str().expect("the new key").to_string()
+}
+
+/// An admin API request with the admin key; its JSON answer.
+async fn admin(
+    gateway: &ExampleGateway,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> Value {
+    let mut req = reqwest::Client::new()
+        .request(method, gateway.url(path))
+        .header("x-admin-key", ADMIN);
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    let resp = req.send().await.expect("the admin API answers");
+    resp.json().await.expect("a JSON answer")
 }
 
 /// Saves the overview as a PNG under `target/screenshots/`, and over `docs/` when
@@ -111,15 +120,7 @@ async fn confirmed(browser: &Browser, manage: &str, action: &str) {
 
 /// Reads a key as the admin API lists it, by keyId.
 async fn listed(gateway: &ExampleGateway, key_id: &str) -> Value {
-    let keys: Value = reqwest::Client::new()
-        .get(gateway.url("/keys"))
-        .header("x-admin-key", ADMIN)
-        .send()
-        .await
-        .expect("the admin API answers")
-        .json()
-        .await
-        .expect("a JSON answer");
+    let keys = admin(gateway, reqwest::Method::GET, "/keys", None).await;
     keys.as_array()
         .and_then(|keys| keys.iter().find(|k| k["keyId"] == key_id))
         .cloned()
@@ -429,15 +430,7 @@ async fn an_operator_runs_the_business_from_the_dashboard() {
         )
         .await;
     assert_eq!(rules, json!([["credits_low", "1000"]]));
-    let polled: Value = reqwest::Client::new()
-        .get(gateway.url("/alerts"))
-        .header("x-admin-key", ADMIN)
-        .send()
-        .await
-        .expect("the admin API answers")
-        .json()
-        .await
-        .expect("a JSON answer");
+    let polled = admin(&gateway, reqwest::Method::GET, "/alerts", None).await;
     assert_eq!(polled["count"], json!(fired.as_array().unwrap().len()));
 
     // The audit log lists what the operator did, and filters by type.
