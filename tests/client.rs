@@ -32,6 +32,20 @@ fn client(gw: &TestGateway, key: &str) -> PayGateClient {
     .unwrap()
 }
 
+/// A key with 100 credits that may call `search` only.
+async fn search_only_key(gw: &TestGateway) -> String {
+    let key = gw.key(100).await;
+    common::update(
+        &gw.gate,
+        &key,
+        KeyUpdate::SetAcl {
+            allowed_tools: vec!["search".into()],
+            denied_tools: vec![],
+        },
+    );
+    key
+}
+
 /// What the gateway says `key` must wait, asked directly by a plain client (which waits
 /// for nothing).
 async fn gateway_wait(gw: &TestGateway, key: &str) -> Duration {
@@ -143,15 +157,7 @@ async fn every_denial_comes_back_typed() {
         "{err:?}"
     );
     // Forbidden: a tool off the key's list.
-    let narrow = gw.key(100).await;
-    common::update(
-        &gw.gate,
-        &narrow,
-        KeyUpdate::SetAcl {
-            allowed_tools: vec!["search".into()],
-            denied_tools: vec![],
-        },
-    );
+    let narrow = search_only_key(&gw).await;
     let err = client(&gw, &narrow)
         .call_tool("echo", json!({}))
         .await
@@ -468,15 +474,7 @@ mod rmcp_agent {
             }
         );
 
-        let narrow = gw.key(100).await;
-        common::update(
-            &gw.gate,
-            &narrow,
-            KeyUpdate::SetAcl {
-                allowed_tools: vec!["search".into()],
-                denied_tools: vec![],
-            },
-        );
+        let narrow = search_only_key(&gw).await;
         let err = echo(&agent(client(&gw, &narrow)).await).await.unwrap_err();
         assert!(matches!(err, ClientError::Forbidden { .. }), "{err:?}");
 
