@@ -24,8 +24,11 @@ pub struct DemoServer {
 
 impl Default for DemoServer {
     fn default() -> Self {
+        // In stateless mode rmcp makes a server per request; building the router derives
+        // every tool's JSON schema, so it is built once and cloned.
+        static ROUTER: std::sync::OnceLock<ToolRouter<DemoServer>> = std::sync::OnceLock::new();
         Self {
-            tool_router: Self::tool_router(),
+            tool_router: ROUTER.get_or_init(Self::tool_router).clone(),
         }
     }
 }

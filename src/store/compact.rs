@@ -1,34 +1,34 @@
-//! The in-memory store's compact form of a key record: fixed-size fields inline, the rarely
-//! set policy (ACL, tags, IP allowlist, own quota) behind one optional box, so a million keys
-//! stay within a few hundred bytes each.
+//! The in-memory store's compact form of a key record: fixed-size fields inline, tags shared
+//! with the other keys that carry the same ones, the rarely set policy (ACL, IP allowlist,
+//! own quota) behind one optional box, so a million keys stay within a few hundred bytes
+//! each.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use super::memory::tags::{Tag, TagSet};
 use super::KeySnapshot;
 use crate::clock::ms_to_datetime;
 use crate::deny::DenyReason;
 use crate::key::{canonical_ip, KeyDigest, KeyId, KeyRecord};
 use crate::quota::{Quota, QuotaUsage};
 
-/// Length of a masked key (`pg_1234...abcd`).
-const MASKED_LEN: usize = 14;
+/// A masked key's usual form, `pg_1234...abcd`: its 7 + 4 characters are kept inline and
+/// the dots implied.
+const MASK_HEAD: usize = 7;
+const MASK_DOTS: &str = "...";
+const MASKED_INLINE: usize = 11;
 const NO_TIME: i64 = i64::MIN;
-
-/// A key's tags, sorted by name: a boxed slice costs a few dozen bytes where a `BTreeMap`
-/// node costs several hundred, and most keys carry one or two tags.
-pub(crate) type Tags = Box<[(Box<str>, Box<str>)]>;
 
 #[derive(Debug, Clone, Default, PartialEq)]
 struct Policy {
     quota: Option<Quota>,
     allowed_tools: Vec<String>,
     denied_tools: Vec<String>,
-    tags: Tags,
     ip_allowlist: Vec<IpNet>,
-    /// A masked form that is not the usual 14 ASCII characters.
+    /// A masked form that is not the usual `pg_1234...abcd`.
     masked: Option<String>,
 }
 
@@ -49,30 +49,31 @@ pub(crate) struct StoredKey {
     pub(crate) last_used_ms: i64,
     expires_ms: i64,
     pub(crate) quota_usage: QuotaUsage,
-    masked: [u8; MASKED_LEN],
+    masked: [u8; MASKED_INLINE],
     pub(crate) key_id: KeyId,
     pub(crate) active: bool,
     pub(crate) expiry_notified: bool,
     name: Box<str>,
+    /// Shared through the store's [`TagIndex`](super::memory::tags::TagIndex).
+    pub(crate) tags: Option<TagSet>,
     policy: Option<Box<Policy>>,
 }
 
 impl StoredKey {
     pub(crate) fn from_record(rec: &KeyRecord) -> Self {
-        let mut masked = [0u8; MASKED_LEN];
-        let inline = rec.key_masked.len() == MASKED_LEN && rec.key_masked.is_ascii();
+        let mut masked = [0u8; MASKED_INLINE];
+        let bytes = rec.key_masked.as_bytes();
+        let inline = bytes.len() == MASKED_INLINE + MASK_DOTS.len()
+            && bytes.is_ascii()
+            && &bytes[MASK_HEAD..MASK_HEAD + MASK_DOTS.len()] == MASK_DOTS.as_bytes();
         if inline {
-            masked.copy_from_slice(rec.key_masked.as_bytes());
+            masked[..MASK_HEAD].copy_from_slice(&bytes[..MASK_HEAD]);
+            masked[MASK_HEAD..].copy_from_slice(&bytes[MASK_HEAD + MASK_DOTS.len()..]);
         }
         let policy = Policy {
             quota: rec.quota,
             allowed_tools: rec.allowed_tools.clone(),
             denied_tools: rec.denied_tools.clone(),
-            tags: rec
-                .tags
-                .iter()
-                .map(|(name, value)| (name.as_str().into(), value.as_str().into()))
-                .collect(),
             ip_allowlist: rec.ip_allowlist.clone(),
             masked: (!inline).then(|| rec.key_masked.clone()),
         };
@@ -90,6 +91,7 @@ impl StoredKey {
             active: rec.active,
             expiry_notified: rec.expiry_notified,
             name: rec.name.as_str().into(),
+            tags: TagSet::new(rec.tags.iter().map(|(n, v)| (n.as_str(), v.as_str()))),
             policy: (!policy.is_empty()).then(|| Box::new(policy)),
         }
     }
@@ -126,14 +128,23 @@ impl StoredKey {
     pub(crate) fn masked(&self) -> String {
         match self.policy.as_deref().and_then(|p| p.masked.clone()) {
             Some(m) => m,
-            None => String::from_utf8_lossy(&self.masked).into_owned(),
+            None => {
+                let (head, tail) = self.masked.split_at(MASK_HEAD);
+                let mut out = String::from_utf8_lossy(head).into_owned();
+                out.push_str(MASK_DOTS);
+                out.push_str(&String::from_utf8_lossy(tail));
+                out
+            }
         }
     }
 
     pub(crate) fn set_masked(&mut self, masked: &str) {
+        // The shared tags stay as they are.
+        let tags = self.tags.take();
         let mut rec = self.to_record(KeyDigest([0; 32]));
         rec.key_masked = masked.to_string();
         *self = Self::from_record(&rec);
+        self.tags = tags;
     }
 
     pub(crate) fn quota(&self) -> Option<Quota> {
@@ -197,8 +208,8 @@ impl StoredKey {
     }
 
     /// The key's tags, sorted by name (empty when it has none).
-    pub(crate) fn tags(&self) -> &[(Box<str>, Box<str>)] {
-        self.policy.as_deref().map_or(&[], |p| &p.tags)
+    pub(crate) fn tags(&self) -> &[Tag] {
+        self.tags.as_ref().map_or(&[], TagSet::as_slice)
     }
 
     /// Whether the tags contain every pair in `wanted`.
@@ -239,6 +250,15 @@ mod tests {
         rec.expiry_notified = true;
         let stored = StoredKey::from_record(&rec);
         assert_eq!(stored.to_record(rec.key_hash), rec);
+        for masked in [
+            "pg_0123...cdef",
+            "pg_0123.x.cdef",
+            "pg_01234...cdef",
+            "pg_012é...cde",
+        ] {
+            rec.key_masked = masked.into();
+            assert_eq!(StoredKey::from_record(&rec).to_record(rec.key_hash), rec);
+        }
         assert!(stored.is_expired_at(9_000) && !stored.is_expired_at(8_999));
         assert_eq!(stored.acl_denial("c"), Some(DenyReason::ToolNotAllowed));
         assert!(!stored.permits_ip(Some("11.0.0.1".parse().unwrap())));
@@ -247,7 +267,7 @@ mod tests {
     #[test]
     fn a_plain_key_is_small() {
         assert!(
-            // 152 before the 10-byte account id.
+            // 152 before the 10-byte account id; shared tags fit in the 3 bytes of dots.
             std::mem::size_of::<StoredKey>() <= 160,
             "{}",
             std::mem::size_of::<StoredKey>()

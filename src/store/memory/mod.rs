@@ -1,7 +1,7 @@
 //! The embedded default store: keys in memory, sharded so threads working on different keys
 //! never wait for each other.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::future::{ready, Ready};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::ops::Bound;
@@ -11,6 +11,7 @@ use parking_lot::{Mutex, RwLock};
 mod charge;
 mod grants;
 mod payments;
+pub(in crate::store) mod tags;
 
 pub(crate) use grants::{GrantSection, GrantSnapshot};
 
@@ -23,12 +24,13 @@ use crate::deny::DenyReason;
 use crate::key::{KeyDigest, KeyId, KeyRecord};
 use crate::ratelimit::{KeyWindows, WINDOW_MS};
 use charge::{denied, key_denial, Limits};
+use tags::Tag;
 
 /// Shards are chosen by the digest's first byte, so iterating shards in order walks keys in
 /// digest order: listing needs no merge.
 const SHARDS: usize = 64;
 
-/// Keys a tag search reads under one shard lock before letting gated calls in.
+/// Keys a tag search takes from the tag index at a time.
 const SEARCH_SLICE: usize = 256;
 
 /// Rotations remembered for refunds in flight.
@@ -53,90 +55,12 @@ impl Hasher for DigestHasher {
 
 type WindowMap = HashMap<KeyDigest, Box<KeyWindows>, BuildHasherDefault<DigestHasher>>;
 
-/// One tag (name, value).
-type TagPair = (String, String);
-
-/// How many keys one tag's set holds in a sorted vector before it becomes a B-tree.
-const FEW_KEYS: usize = 32;
-
-/// The keys under one tag in one shard. Most tags are on a few keys per shard: a sorted
-/// vector holds those in a few dozen bytes where a B-tree node takes ~370; a tag on many
-/// keys moves to a B-tree, so adding and removing stay cheap.
-enum DigestSet {
-    Few(Vec<KeyDigest>),
-    Many(BTreeSet<KeyDigest>),
-}
-
-impl Default for DigestSet {
-    fn default() -> Self {
-        DigestSet::Few(Vec::new())
-    }
-}
-
-impl DigestSet {
-    fn insert(&mut self, key: KeyDigest) {
-        match self {
-            DigestSet::Few(keys) => match keys.binary_search(&key) {
-                Ok(_) => {}
-                Err(at) if keys.len() < FEW_KEYS => keys.insert(at, key),
-                Err(_) => {
-                    let mut many: BTreeSet<KeyDigest> = keys.drain(..).collect();
-                    many.insert(key);
-                    *self = DigestSet::Many(many);
-                }
-            },
-            DigestSet::Many(keys) => {
-                keys.insert(key);
-            }
-        }
-    }
-
-    fn remove(&mut self, key: &KeyDigest) {
-        match self {
-            DigestSet::Few(keys) => {
-                if let Ok(at) = keys.binary_search(key) {
-                    keys.remove(at);
-                }
-            }
-            DigestSet::Many(keys) => {
-                keys.remove(key);
-            }
-        }
-    }
-
-    fn len(&self) -> usize {
-        match self {
-            DigestSet::Few(keys) => keys.len(),
-            DigestSet::Many(keys) => keys.len(),
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The keys after `after` (all when none), in order.
-    fn after(&self, after: Option<KeyDigest>) -> Box<dyn Iterator<Item = &KeyDigest> + '_> {
-        match self {
-            DigestSet::Few(keys) => {
-                let start = after.map_or(0, |a| keys.partition_point(|k| *k <= a));
-                Box::new(keys[start..].iter())
-            }
-            DigestSet::Many(keys) => {
-                let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
-                Box::new(keys.range((lower, Bound::Unbounded)))
-            }
-        }
-    }
-}
-
 #[derive(Default)]
 struct Shard {
     keys: BTreeMap<KeyDigest, StoredKey>,
     /// Rate windows of keys with calls in the last minute only.
     windows: WindowMap,
     /// This shard's keys by tag, so a tag search reads only the keys that carry the tag.
-    by_tag: HashMap<TagPair, DigestSet>,
     last_sweep_ms: i64,
     /// Bumped by every change to a record, so snapshots can skip an unchanged store.
     version: u64,
@@ -158,29 +82,6 @@ fn adjust(stats: &mut StoreStats, before: (u64, u64), after: (u64, u64)) {
 }
 
 impl Shard {
-    /// Adds `key` to the tag index under each of `tags`.
-    fn index_tags(&mut self, key: KeyDigest, tags: &[(Box<str>, Box<str>)]) {
-        for (name, value) in tags {
-            self.by_tag
-                .entry((name.to_string(), value.to_string()))
-                .or_default()
-                .insert(key);
-        }
-    }
-
-    /// Removes `key` from the tag index under each of `tags`.
-    fn unindex_tags(&mut self, key: &KeyDigest, tags: &[(Box<str>, Box<str>)]) {
-        for (name, value) in tags {
-            let pair = (name.to_string(), value.to_string());
-            if let Some(keys) = self.by_tag.get_mut(&pair) {
-                keys.remove(key);
-                if keys.is_empty() {
-                    self.by_tag.remove(&pair);
-                }
-            }
-        }
-    }
-
     /// Frees the windows of keys idle for a minute; runs at most once a minute per shard.
     fn sweep_windows(&mut self, now_ms: i64) {
         if now_ms - self.last_sweep_ms < WINDOW_MS {
@@ -215,6 +116,9 @@ pub struct MemoryKeyStore {
     /// million keys within their memory budget). Taken only after a shard lock, never before
     /// one.
     ids: RwLock<HashMap<KeyId, u64>>,
+    /// Every key's tags (shared sets) and the keys under each tag. Taken only after a shard
+    /// lock, never before one.
+    tags: RwLock<tags::TagIndex>,
     /// Held shared by each rotation and exclusively by an export, so a snapshot never sees a
     /// record that moved between shards twice, or not at all. Taken before any shard lock.
     rotations: RwLock<()>,
@@ -271,6 +175,7 @@ impl MemoryKeyStore {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             moved: Mutex::new(std::collections::VecDeque::new()),
             ids: RwLock::new(HashMap::new()),
+            tags: RwLock::default(),
             rotations: RwLock::new(()),
             grants: grants::GrantTable::default(),
             payments: Mutex::default(),
@@ -293,10 +198,14 @@ impl MemoryKeyStore {
         let before = contribution(&stored);
         let mut rec = stored.to_record(*key);
         let out = f(&mut rec, shard);
-        let stored_after = StoredKey::from_record(&rec);
-        if stored.tags() != stored_after.tags() {
-            shard.unindex_tags(key, stored.tags());
-            shard.index_tags(*key, stored_after.tags());
+        let mut stored_after = StoredKey::from_record(&rec);
+        if stored.tags == stored_after.tags {
+            // Moved, not copied: the shared set's count tells when no key holds it.
+            stored_after.tags = stored.tags;
+        } else {
+            let mut index = self.tags.write();
+            index.remove(key, stored.tags);
+            index.add(*key, &mut stored_after.tags);
         }
         let stored = stored_after;
         shard.version += 1;
@@ -459,7 +368,7 @@ impl KeyStore for MemoryKeyStore {
         if shard.keys.contains_key(&record.key_hash) {
             return ready(Err(StoreError::Duplicate));
         }
-        let stored = StoredKey::from_record(&record);
+        let mut stored = StoredKey::from_record(&record);
         {
             let mut ids = self.ids.write();
             if ids.contains_key(&stored.key_id) {
@@ -470,7 +379,7 @@ impl KeyStore for MemoryKeyStore {
         adjust(&mut shard.stats, (0, 0), contribution(&stored));
         shard.stats.total_keys += 1;
         shard.version += 1;
-        shard.index_tags(record.key_hash, stored.tags());
+        self.tags.write().add(record.key_hash, &mut stored.tags);
         shard.keys.insert(record.key_hash, stored);
         ready(Ok(()))
     }
@@ -533,7 +442,8 @@ impl KeyStore for MemoryKeyStore {
             return ready(Ok(None));
         };
         let windows = first.windows.remove(old);
-        first.unindex_tags(old, rec.tags());
+        let mut tags = self.tags.write();
+        tags.rekey(old, new_key, rec.tags.as_ref());
         rec.set_masked(&new_masked);
         first.version += 1;
         // The record's share of the aggregates moves with it.
@@ -548,7 +458,7 @@ impl KeyStore for MemoryKeyStore {
         };
         adjust(&mut target.stats, (0, 0), share);
         target.stats.total_keys += 1;
-        target.index_tags(new_key, rec.tags());
+        drop(tags);
         self.ids.write().insert(rec.key_id, digest_head(&new_key));
         target.keys.insert(new_key, rec);
         if let Some(w) = windows {
@@ -607,41 +517,34 @@ impl KeyStore for MemoryKeyStore {
             // Every key matches: the first `limit` in listing order.
             return ready(self.list(None, limit).into_inner().map(|page| page.keys));
         }
-        let wanted: Vec<TagPair> = tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let wanted: Vec<Tag> = tags
+            .iter()
+            .map(|(name, value)| (name.as_str().into(), value.as_str().into()))
+            .collect();
         let mut out = Vec::new();
-        for shard in self.shards.iter() {
-            // Only the keys carrying the shard's rarest wanted tag are read, a slice at a
-            // time with the lock released in between, so a search never holds up the gated
-            // calls on a shard for long.
-            let mut after = None;
-            loop {
-                let guard = shard.lock();
-                let Some(candidates) = wanted
-                    .iter()
-                    .map(|pair| guard.by_tag.get(pair))
-                    .collect::<Option<Vec<_>>>()
-                    .and_then(|sets| sets.into_iter().min_by_key(|s| s.len()))
-                else {
-                    break; // some wanted tag is on no key of this shard
-                };
-                let mut seen = 0;
-                for key in candidates.after(after) {
-                    if out.len() >= limit {
-                        return ready(Ok(out));
-                    }
-                    if let Some(rec) = guard.keys.get(key).filter(|r| r.has_tags(tags)) {
-                        out.push(rec.to_record(*key));
-                    }
-                    after = Some(*key);
-                    seen += 1;
-                    if seen == SEARCH_SLICE {
-                        break;
-                    }
-                }
-                if seen < SEARCH_SLICE {
+        let mut after = None;
+        while out.len() < limit {
+            // Only keys carrying the rarest wanted tag are read, a slice at a time; the
+            // index is let go before any shard is locked, and each shard is held for one
+            // key, so a search never holds up gated calls for long.
+            let candidates = {
+                let index = self.tags.read();
+                index.candidates(&wanted, after, SEARCH_SLICE)
+            };
+            let Some(candidates) = candidates else { break };
+            for key in &candidates {
+                if out.len() >= limit {
                     break;
                 }
+                let shard = self.shard(key).lock();
+                if let Some(rec) = shard.keys.get(key).filter(|r| r.has_tags(tags)) {
+                    out.push(rec.to_record(*key));
+                }
             }
+            if candidates.len() < SEARCH_SLICE {
+                break;
+            }
+            after = candidates.last().copied();
         }
         ready(Ok(out))
     }
@@ -687,35 +590,6 @@ impl KeyStore for MemoryKeyStore {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_tag_set_keeps_order_and_members_across_its_two_forms() {
-        let keys: Vec<KeyDigest> = (0..100).map(|n| KeyDigest::of(&format!("k{n}"))).collect();
-        let mut sorted = keys.clone();
-        sorted.sort();
-        let mut set = DigestSet::default();
-        for (n, key) in keys.iter().enumerate() {
-            set.insert(*key);
-            set.insert(*key);
-            assert_eq!(set.len(), n + 1, "a repeat adds nothing");
-            assert_eq!(matches!(set, DigestSet::Few(_)), n < FEW_KEYS);
-        }
-        let all: Vec<KeyDigest> = set.after(None).copied().collect();
-        assert_eq!(all, sorted);
-        let tail: Vec<KeyDigest> = set.after(Some(sorted[49])).copied().collect();
-        assert_eq!(tail, sorted[50..]);
-        for key in &keys {
-            set.remove(key);
-        }
-        assert!(set.is_empty());
-        let mut few = DigestSet::default();
-        for key in &keys[..5] {
-            few.insert(*key);
-        }
-        let mut five = keys[..5].to_vec();
-        five.sort();
-        let tail: Vec<KeyDigest> = few.after(Some(five[1])).copied().collect();
-        assert_eq!(tail, five[2..]);
-    }
     use crate::blocking::block_on;
 
     const NOW: i64 = 1_700_000_000_000;
@@ -744,6 +618,54 @@ mod tests {
         digests.dedup();
         assert_eq!(digests.len(), expected, "no key listed twice");
         assert_eq!(block_on(store.search_by_tags(&want, 10)).unwrap().len(), 10);
+    }
+
+    #[test]
+    fn keys_share_their_tags_through_updates_and_rotations() {
+        let store = MemoryKeyStore::new();
+        let team = |name: &str| -> BTreeMap<String, String> {
+            [("team".to_string(), name.to_string())].into()
+        };
+        let mut digests = Vec::new();
+        for i in 0..50 {
+            let mut rec = KeyRecord::new(&format!("pg_share_{i:04}"), "k", 1, NOW);
+            rec.tags = team("red");
+            digests.push(rec.key_hash);
+            block_on(store.insert(rec)).unwrap();
+        }
+        assert_eq!(store.tags.read().distinct_sets(), 1);
+        // A refund rewrites the record: its tags stay the shared set.
+        let receipt = charge(&store, &digests[0], NOW, 0).receipt.unwrap();
+        block_on(store.refund(receipt, NOW)).unwrap();
+        assert_eq!(store.tags.read().distinct_sets(), 1);
+        let blue: BTreeMap<String, Option<String>> =
+            [("team".to_string(), Some("blue".to_string()))].into();
+        for key in &digests[..49] {
+            block_on(store.update(key, &KeyUpdate::MergeTags(blue.clone()))).unwrap();
+        }
+        assert_eq!(store.tags.read().distinct_sets(), 2);
+        let rotated = KeyDigest::of("pg_share_rotated");
+        block_on(store.rotate(&digests[49], rotated, "pg_sha...ated".into())).unwrap();
+        let red = block_on(store.search_by_tags(&team("red"), 10)).unwrap();
+        assert_eq!(
+            red.iter().map(|r| r.key_hash).collect::<Vec<_>>(),
+            [rotated]
+        );
+        block_on(store.update(&rotated, &KeyUpdate::MergeTags(blue))).unwrap();
+        assert_eq!(
+            store.tags.read().distinct_sets(),
+            1,
+            "no key is red any more"
+        );
+        assert!(block_on(store.search_by_tags(&team("red"), 10))
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            block_on(store.search_by_tags(&team("blue"), 100))
+                .unwrap()
+                .len(),
+            50
+        );
     }
 
     fn charge(store: &MemoryKeyStore, key: &KeyDigest, now_ms: i64, limit: u64) -> ChargeOutcome {
