@@ -48,7 +48,11 @@ struct Gateway {
 
 impl Gateway {
     fn start(args: &[&str]) -> Gateway {
-        let bin = root().join("target/release/examples/gateway");
+        // GATEWAY_BIN measures another build (scripts/profile_stdio.sh: one with frame
+        // pointers, or an older commit's).
+        let bin = std::env::var_os("GATEWAY_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root().join("target/release/examples/gateway"));
         assert!(
             bin.is_file(),
             "build it first: cargo build --release --features redis --example gateway"
@@ -293,9 +297,26 @@ fn stdio_rows(s: &Settings, rows: &mut Vec<Row>) {
     let gw = Gateway::start(&["--server", &server, "--rate-limit", "0"]);
     std::thread::sleep(Duration::from_millis(500));
     let key = gw.rich_key();
+    // PERF_DATA: record the gateway's call graph while the rounds run.
+    let perf = std::env::var_os("PERF_DATA").map(|out| {
+        let child = Command::new("perf")
+            .args(["record", "-q", "-F", "999", "--call-graph", "fp", "-o"])
+            .arg(out)
+            .args(["-p", &gw.pid().to_string()])
+            .spawn()
+            .expect("perf runs");
+        std::thread::sleep(Duration::from_millis(500));
+        child
+    });
     let [r] = alternate(s, &[(&gw, &key, 16)])[..] else {
         unreachable!()
     };
+    if let Some(mut perf) = perf {
+        let _ = Command::new("kill")
+            .args(["-INT", &perf.id().to_string()])
+            .status();
+        let _ = perf.wait();
+    }
     rows.push(row(
         "wrapping a Node stdio MCP server, gated `tools/call`",
         format!(

@@ -219,16 +219,29 @@ impl AuditLog {
         message: impl Into<String>,
         metadata: Value,
     ) -> u64 {
-        let event_type = truncate(event_type.into(), MAX_AUDIT_LABEL_CHARS);
-        let actor = truncate(
-            redact_full_keys(&actor.into()).into_owned(),
-            MAX_AUDIT_LABEL_CHARS,
-        );
+        self.record_sanitized(
+            event_type.into(),
+            actor.into(),
+            message.into(),
+            sanitize_value(&metadata),
+        )
+    }
+
+    /// [`record`](Self::record) for metadata already within the bounds and free of full keys
+    /// (the gate's own events build it so), without the copy the check makes.
+    fn record_sanitized(
+        &self,
+        event_type: String,
+        actor: String,
+        message: String,
+        metadata: Value,
+    ) -> u64 {
+        let event_type = truncate(event_type, MAX_AUDIT_LABEL_CHARS);
+        let actor = truncate(redact_full_keys(&actor).into_owned(), MAX_AUDIT_LABEL_CHARS);
         let message = truncate(
-            redact_full_keys(&message.into()).into_owned(),
+            redact_full_keys(&message).into_owned(),
             MAX_AUDIT_TEXT_CHARS,
         );
-        let metadata = sanitize_value(&metadata);
         let class = Class::of(&event_type, &actor) as usize;
         let now_ms = self.clock.now_ms();
 
@@ -244,7 +257,12 @@ impl AuditLog {
         ring.next_id = ring.next_id.saturating_add(1);
         let id = ring.next_id;
         ring.newest_ms = Some(ms);
-        *ring.by_type.entry(event_type.clone()).or_insert(0) += 1;
+        match ring.by_type.get_mut(&event_type) {
+            Some(n) => *n += 1,
+            None => {
+                ring.by_type.insert(event_type.clone(), 1);
+            }
+        }
         ring.rings[class].push_back(AuditEvent {
             id,
             timestamp: crate::clock::ms_to_datetime(ms),

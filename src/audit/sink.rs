@@ -1,9 +1,10 @@
 //! The audit log as an [`EventSink`]: gate decisions become `gate.allow` and `gate.deny`,
 //! admin events keep their type and data, each with a readable message.
 
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use super::AuditLog;
+use crate::key::redact_full_keys;
 use crate::meter::{AdminEvent, EventSink, UsageEvent};
 
 impl EventSink for AuditLog {
@@ -11,13 +12,12 @@ impl EventSink for AuditLog {
     /// `{tool, creditsCharged, denyReason, keyId}` as metadata (`keyId` when the key is
     /// known).
     fn usage(&self, event: &UsageEvent) {
-        // Cut request-derived text before it is copied into the message and metadata.
+        // Cut request-derived text before it is copied into the message and metadata, and
+        // mask any full key in it: the metadata is then within the log's bounds as built.
         let max = crate::meter::MAX_EVENT_TEXT_BYTES;
-        let tool = crate::meter::clip(&event.tool, max);
-        let deny_reason = event
-            .deny_reason
-            .as_deref()
-            .map(|r| crate::meter::clip(r, max));
+        let bounded = |text: &str| redact_full_keys(&crate::meter::clip(text, max)).into_owned();
+        let tool = bounded(&event.tool);
+        let deny_reason = event.deny_reason.as_deref().map(bounded);
         let (event_type, message) = if event.allowed {
             let mut m = format!("Allowed call to {tool} ({} credits)", event.credits_charged);
             if let Some(reason) = &deny_reason {
@@ -28,21 +28,21 @@ impl EventSink for AuditLog {
             let reason = deny_reason.as_deref().unwrap_or("denied");
             ("gate.deny", format!("Denied call to {tool}: {reason}"))
         };
-        self.record(
-            event_type,
-            crate::meter::clip(&event.api_key, max),
+        let mut metadata = Map::with_capacity(4);
+        metadata.insert("tool".into(), Value::String(tool));
+        metadata.insert("creditsCharged".into(), event.credits_charged.into());
+        metadata.insert(
+            "denyReason".into(),
+            deny_reason.map_or(Value::Null, Value::String),
+        );
+        if let Some(id) = event.key_id {
+            metadata.insert("keyId".into(), json!(id));
+        }
+        self.record_sanitized(
+            event_type.to_string(),
+            crate::meter::clip(&event.api_key, max).to_string(),
             message,
-            {
-                let mut metadata = json!({
-                    "tool": tool,
-                    "creditsCharged": event.credits_charged,
-                    "denyReason": deny_reason,
-                });
-                if let (Some(id), Some(map)) = (event.key_id, metadata.as_object_mut()) {
-                    map.insert("keyId".into(), json!(id));
-                }
-                metadata
-            },
+            Value::Object(metadata),
         );
     }
 
@@ -104,6 +104,26 @@ fn key_suffix(data: &Value) -> String {
 mod tests {
     use super::*;
     use crate::audit::test_support::{event_bytes, log_at, usage, T0};
+
+    #[test]
+    fn a_full_key_in_a_call_is_masked_everywhere_it_is_stored() {
+        let (_, log) = log_at(T0);
+        let key = format!("pg_{}", "ab12".repeat(12));
+        let mut e = usage(false, Some(&format!("because {key}")));
+        e.api_key = key.clone();
+        e.tool = format!("tool-{key}");
+        log.usage(&e);
+        e.allowed = true;
+        log.usage(&e);
+        for stored in log.export() {
+            let text = serde_json::to_string(&stored).unwrap();
+            assert!(!text.contains(&key), "{text}");
+            assert!(stored.metadata["tool"]
+                .as_str()
+                .unwrap()
+                .starts_with("tool-pg_"));
+        }
+    }
 
     #[test]
     fn keyless_calls_with_huge_tool_names_store_little() {
