@@ -98,7 +98,7 @@ impl Limits {
         {
             first.get_or_insert((DenyReason::SpendingLimitExceeded, None));
         }
-        let usage = rec.quota_usage.rolled(req.now_ms);
+        let usage = rec.quota_usage().rolled(req.now_ms);
         if let Some(reason) = rec
             .quota()
             .or(req.global_quota)
@@ -133,16 +133,17 @@ impl Limits {
             rec.total_spent = rec.total_spent.saturating_add(price);
             rec.total_calls = rec.total_calls.saturating_add(1);
         }
-        rec.quota_usage = rec.quota_usage.rolled(req.now_ms);
+        let mut usage = rec.quota_usage().rolled(req.now_ms);
         if self.checks.quotas {
-            rec.quota_usage.add(price, req.now_ms);
+            usage.add(price, req.now_ms);
         }
+        rec.set_quota_usage(usage);
         rec.set_last_used(req.now_ms);
         (self.checks.credits || self.checks.quotas).then_some(ChargeReceipt {
             key: req.key,
             credits: price,
-            day: rec.quota_usage.day,
-            month: rec.quota_usage.month,
+            day: usage.day,
+            month: usage.month,
             billed: self.checks.credits,
             counted: self.checks.quotas,
             nonce: None,
