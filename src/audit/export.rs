@@ -5,12 +5,13 @@ use std::borrow::Cow;
 
 use chrono::SecondsFormat;
 
+use super::entry::Entry;
 use super::{AuditEvent, AuditLog};
 
 impl AuditLog {
     /// Every event held, oldest first.
     pub fn export(&self) -> Vec<AuditEvent> {
-        self.pruned().oldest_first().cloned().collect()
+        self.pruned().oldest_first().map(Entry::to_event).collect()
     }
 
     /// Every event held, oldest first, as CSV with the header

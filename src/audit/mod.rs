@@ -44,6 +44,7 @@ use crate::key::redact_full_keys;
 #[cfg(doc)]
 use crate::meter::EventSink;
 
+mod entry;
 mod export;
 mod query;
 mod rings;
@@ -57,6 +58,7 @@ pub(crate) use export::neutralize_formula;
 pub use query::{AuditPage, AuditQuery};
 pub use stats::AuditStats;
 
+use entry::{Decision, Entry};
 use rings::{Class, Rings};
 use sanitize::{sanitize_value, truncate};
 
@@ -227,8 +229,8 @@ impl AuditLog {
         )
     }
 
-    /// [`record`](Self::record) for metadata already within the bounds and free of full keys
-    /// (the gate's own events build it so), without the copy the check makes.
+    /// [`record`](Self::record) for metadata already within the bounds and free of full keys,
+    /// without the copy the check makes.
     fn record_sanitized(
         &self,
         event_type: String,
@@ -242,9 +244,30 @@ impl AuditLog {
             redact_full_keys(&message).into_owned(),
             MAX_AUDIT_TEXT_CHARS,
         );
-        let class = Class::of(&event_type, &actor) as usize;
-        let now_ms = self.clock.now_ms();
+        let class = Class::of(&event_type, &actor);
+        self.push(class, |id, ms| {
+            Entry::Event(AuditEvent {
+                id,
+                timestamp: crate::clock::ms_to_datetime(ms),
+                event_type,
+                actor,
+                message,
+                metadata,
+            })
+        })
+    }
 
+    /// Records a gate decision in its compact form (see [`Entry`]).
+    fn record_decision(&self, decision: Decision) -> u64 {
+        let class = Class::of("gate.", &decision.actor);
+        self.push(class, |id, ms| Entry::Decision { id, ms, decision })
+    }
+
+    /// Adds the entry `make` builds from its id and time to `class`'s ring, first dropping
+    /// what is too old and, when the ring is full, its oldest.
+    fn push(&self, class: Class, make: impl FnOnce(u64, i64) -> Entry) -> u64 {
+        let class = class as usize;
+        let now_ms = self.clock.now_ms();
         let mut ring = self.ring.lock();
         // Keep the rings in timestamp order even if the clock steps back.
         let ms = ring.newest_ms.map_or(now_ms, |newest| newest.max(now_ms));
@@ -257,20 +280,14 @@ impl AuditLog {
         ring.next_id = ring.next_id.saturating_add(1);
         let id = ring.next_id;
         ring.newest_ms = Some(ms);
-        match ring.by_type.get_mut(&event_type) {
+        let entry = make(id, ms);
+        match ring.by_type.get_mut(entry.event_type()) {
             Some(n) => *n += 1,
             None => {
-                ring.by_type.insert(event_type.clone(), 1);
+                ring.by_type.insert(entry.event_type().to_string(), 1);
             }
         }
-        ring.rings[class].push_back(AuditEvent {
-            id,
-            timestamp: crate::clock::ms_to_datetime(ms),
-            event_type,
-            actor,
-            message,
-            metadata,
-        });
+        ring.rings[class].push_back(entry);
         id
     }
 

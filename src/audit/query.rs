@@ -49,10 +49,14 @@ impl Default for AuditQuery {
 impl AuditQuery {
     /// Whether `event` passes every filter (the limit aside).
     pub fn matches(&self, event: &AuditEvent) -> bool {
-        (self.types.is_empty() || self.types.contains(&event.event_type))
-            && self.actor.as_ref().is_none_or(|a| *a == event.actor)
-            && self.since.is_none_or(|s| event.timestamp >= s)
-            && self.until.is_none_or(|u| event.timestamp <= u)
+        self.passes(&event.event_type, &event.actor, || event.timestamp)
+    }
+
+    fn passes(&self, event_type: &str, actor: &str, at: impl Fn() -> DateTime<Utc>) -> bool {
+        (self.types.is_empty() || self.types.iter().any(|t| t == event_type))
+            && self.actor.as_ref().is_none_or(|a| a == actor)
+            && self.since.is_none_or(|s| at() >= s)
+            && self.until.is_none_or(|u| at() <= u)
     }
 }
 
@@ -73,10 +77,13 @@ impl AuditLog {
         let ring = self.pruned();
         let mut events = Vec::with_capacity(limit.min(ring.len()));
         let mut total = 0;
-        for event in ring.newest_first().filter(|e| query.matches(e)) {
+        let matching = ring
+            .newest_first()
+            .filter(|e| query.passes(e.event_type(), e.actor(), || e.timestamp()));
+        for entry in matching {
             total += 1;
             if total > query.offset && events.len() < limit {
-                events.push(event.clone());
+                events.push(entry.to_event());
             }
         }
         AuditPage { events, total }

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use super::AuditEvent;
+use super::entry::Entry;
 
 /// Which ring an event is kept in; a flood of one class only evicts events of that class.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,7 +42,7 @@ impl Class {
 #[derive(Debug, Default)]
 pub(super) struct Rings {
     /// One ring per [`Class`], each in id (and so timestamp) order.
-    pub(super) rings: [VecDeque<AuditEvent>; CLASSES],
+    pub(super) rings: [VecDeque<Entry>; CLASSES],
     /// Events held, by type, over every ring.
     pub(super) by_type: BTreeMap<String, usize>,
     pub(super) next_id: u64,
@@ -58,10 +58,11 @@ impl Rings {
         let Some(old) = self.rings.get_mut(class).and_then(VecDeque::pop_front) else {
             return;
         };
-        if let Some(n) = self.by_type.get_mut(&old.event_type) {
+        let event_type = old.event_type();
+        if let Some(n) = self.by_type.get_mut(event_type) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                self.by_type.remove(&old.event_type);
+                self.by_type.remove(event_type);
             }
         }
     }
@@ -72,7 +73,7 @@ impl Rings {
         for class in 0..CLASSES {
             while self.rings[class]
                 .front()
-                .is_some_and(|e| e.timestamp.timestamp_millis() < cutoff_ms)
+                .is_some_and(|e| e.ms() < cutoff_ms)
             {
                 self.pop_oldest(class);
             }
@@ -89,14 +90,14 @@ impl Rings {
     }
 
     /// Every event, oldest first (merged by id).
-    pub(super) fn oldest_first(&self) -> Merged<std::collections::vec_deque::Iter<'_, AuditEvent>> {
+    pub(super) fn oldest_first(&self) -> Merged<std::collections::vec_deque::Iter<'_, Entry>> {
         Merged::new(self.rings.each_ref().map(|r| r.iter()), false)
     }
 
     /// Every event, newest first (merged by id).
     pub(super) fn newest_first(
         &self,
-    ) -> Merged<std::iter::Rev<std::collections::vec_deque::Iter<'_, AuditEvent>>> {
+    ) -> Merged<std::iter::Rev<std::collections::vec_deque::Iter<'_, Entry>>> {
         Merged::new(self.rings.each_ref().map(|r| r.iter().rev()), true)
     }
 }
@@ -108,7 +109,7 @@ pub(super) struct Merged<I: Iterator> {
     newest_first: bool,
 }
 
-impl<'a, I: Iterator<Item = &'a AuditEvent>> Merged<I> {
+impl<'a, I: Iterator<Item = &'a Entry>> Merged<I> {
     fn new(inputs: [I; CLASSES], newest_first: bool) -> Self {
         Self {
             inputs: inputs.map(Iterator::peekable),
@@ -117,13 +118,13 @@ impl<'a, I: Iterator<Item = &'a AuditEvent>> Merged<I> {
     }
 }
 
-impl<'a, I: Iterator<Item = &'a AuditEvent>> Iterator for Merged<I> {
-    type Item = &'a AuditEvent;
+impl<'a, I: Iterator<Item = &'a Entry>> Iterator for Merged<I> {
+    type Item = &'a Entry;
 
-    fn next(&mut self) -> Option<&'a AuditEvent> {
+    fn next(&mut self) -> Option<&'a Entry> {
         let mut best: Option<(usize, u64)> = None;
         for (i, input) in self.inputs.iter_mut().enumerate() {
-            let Some(id) = input.peek().map(|e| e.id) else {
+            let Some(id) = input.peek().map(|e| e.id()) else {
                 continue;
             };
             let better = best.is_none_or(|(_, b)| if self.newest_first { id > b } else { id < b });

@@ -1,9 +1,11 @@
 //! The audit log as an [`EventSink`]: gate decisions become `gate.allow` and `gate.deny`,
 //! admin events keep their type and data, each with a readable message.
 
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 
-use super::AuditLog;
+use super::entry::Decision;
+use super::sanitize::truncate;
+use super::{AuditLog, MAX_AUDIT_LABEL_CHARS};
 use crate::key::redact_full_keys;
 use crate::meter::{AdminEvent, EventSink, UsageEvent};
 
@@ -12,38 +14,19 @@ impl EventSink for AuditLog {
     /// `{tool, creditsCharged, denyReason, keyId}` as metadata (`keyId` when the key is
     /// known).
     fn usage(&self, event: &UsageEvent) {
-        // Cut request-derived text before it is copied into the message and metadata, and
-        // mask any full key in it: the metadata is then within the log's bounds as built.
+        // Request-derived text is cut and any full key in it masked now; the message and
+        // metadata are built from these parts when the log is read.
         let max = crate::meter::MAX_EVENT_TEXT_BYTES;
-        let bounded = |text: &str| redact_full_keys(&crate::meter::clip(text, max)).into_owned();
-        let tool = bounded(&event.tool);
-        let deny_reason = event.deny_reason.as_deref().map(bounded);
-        let (event_type, message) = if event.allowed {
-            let mut m = format!("Allowed call to {tool} ({} credits)", event.credits_charged);
-            if let Some(reason) = &deny_reason {
-                m.push_str(&format!(", would deny: {reason}"));
-            }
-            ("gate.allow", m)
-        } else {
-            let reason = deny_reason.as_deref().unwrap_or("denied");
-            ("gate.deny", format!("Denied call to {tool}: {reason}"))
-        };
-        let mut metadata = Map::with_capacity(4);
-        metadata.insert("tool".into(), Value::String(tool));
-        metadata.insert("creditsCharged".into(), event.credits_charged.into());
-        metadata.insert(
-            "denyReason".into(),
-            deny_reason.map_or(Value::Null, Value::String),
-        );
-        if let Some(id) = event.key_id {
-            metadata.insert("keyId".into(), json!(id));
-        }
-        self.record_sanitized(
-            event_type.to_string(),
-            crate::meter::clip(&event.api_key, max).to_string(),
-            message,
-            Value::Object(metadata),
-        );
+        let bounded =
+            |text: &str| -> Box<str> { redact_full_keys(&crate::meter::clip(text, max)).into() };
+        self.record_decision(Decision {
+            allowed: event.allowed,
+            actor: truncate(bounded(&event.api_key).into(), MAX_AUDIT_LABEL_CHARS).into(),
+            tool: bounded(&event.tool),
+            credits: event.credits_charged,
+            deny_reason: event.deny_reason.as_deref().map(bounded),
+            key_id: event.key_id,
+        });
     }
 
     /// Records the admin event under its own type, with `data.actor` (when a string) or
@@ -102,6 +85,8 @@ fn key_suffix(data: &Value) -> String {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
     use crate::audit::test_support::{event_bytes, log_at, usage, T0};
 

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::entry::Entry;
 use super::AuditLog;
 
 /// A summary of the log, for `GET /audit/stats`.
@@ -39,8 +40,8 @@ impl AuditLog {
         AuditStats {
             total_events: ring.len(),
             events_by_type: ring.by_type.clone(),
-            oldest_event: ring.oldest_first().next().map(|e| e.timestamp),
-            newest_event: ring.newest_first().next().map(|e| e.timestamp),
+            oldest_event: ring.oldest_first().next().map(Entry::timestamp),
+            newest_event: ring.newest_first().next().map(Entry::timestamp),
             capacity: self.capacity,
             max_age_days: self.max_age_days,
         }
