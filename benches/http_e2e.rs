@@ -1,6 +1,6 @@
 //! End-to-end HTTP throughput of a gated `tools/call` against the same server without the
-//! layers, driven by `wrk` over loopback. Run through `scripts/bench_http.sh`, which installs
-//! wrk when it is missing.
+//! layers, driven by `wrk` over loopback: `cargo bench --bench http_e2e` (wrk must be
+//! installed; `scripts/bench_http.sh` installs it).
 //!
 //! Two downstreams: a minimal JSON-RPC responder (the layers' worst case: nothing else costs
 //! anything) and the rmcp demo server in stateless JSON mode (a real MCP server).
@@ -69,7 +69,7 @@ fn main() {
     let quick = std::env::args().all(|a| a != "--bench");
     if quick {
         // `cargo test --benches` builds this; the measurement needs wrk and minutes.
-        println!("http_e2e: run scripts/bench_http.sh to measure");
+        println!("http_e2e: run `cargo bench --bench http_e2e` to measure");
         return;
     }
     let rt = tokio::runtime::Builder::new_multi_thread()

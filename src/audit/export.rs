@@ -11,7 +11,10 @@ use super::{AuditEvent, AuditLog};
 impl AuditLog {
     /// Every event held, oldest first.
     pub fn export(&self) -> Vec<AuditEvent> {
-        self.pruned().oldest_first().map(Entry::to_event).collect()
+        // Copied under the lock, turned into events after it, so gated calls never wait for
+        // the rendering.
+        let entries: Vec<Entry> = self.pruned().oldest_first().cloned().collect();
+        entries.iter().map(Entry::to_event).collect()
     }
 
     /// Every event held, oldest first, as CSV with the header

@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::entry::Entry;
 use super::{AuditEvent, AuditLog, DEFAULT_AUDIT_QUERY_LIMIT, MAX_AUDIT_QUERY_LIMIT};
 
 /// A filter for [`AuditLog::query`]. Every field is optional; the default matches every
@@ -75,17 +76,20 @@ impl AuditLog {
     pub fn query(&self, query: &AuditQuery) -> AuditPage {
         let limit = query.limit.min(MAX_AUDIT_QUERY_LIMIT);
         let ring = self.pruned();
-        let mut events = Vec::with_capacity(limit.min(ring.len()));
+        let mut page = Vec::with_capacity(limit.min(ring.len()));
         let mut total = 0;
         let matching = ring
             .newest_first()
             .filter(|e| query.passes(e.event_type(), e.actor(), || e.timestamp()));
         for entry in matching {
             total += 1;
-            if total > query.offset && events.len() < limit {
-                events.push(entry.to_event());
+            if total > query.offset && page.len() < limit {
+                page.push(entry.clone());
             }
         }
+        // Rendered after the lock goes, so gated calls never wait for it.
+        drop(ring);
+        let events = page.iter().map(Entry::to_event).collect();
         AuditPage { events, total }
     }
 }

@@ -48,8 +48,8 @@ pub(crate) struct StoredKey {
     created_ms: i64,
     pub(crate) last_used_ms: i64,
     expires_ms: i64,
-    /// Boxed, and absent while every counter is zero: most keys never count against a
-    /// quota, and 48 bytes inline cost a million keys ~60 MB.
+    /// Boxed, and absent until the key first counts against a quota: most keys never do,
+    /// and 48 bytes inline cost a million keys ~60 MB.
     quota_usage: Option<Box<QuotaUsage>>,
     masked: [u8; MASKED_INLINE],
     pub(crate) key_id: KeyId,
@@ -236,15 +236,9 @@ impl StoredKey {
     }
 }
 
-/// `usage` when it counts anything; `None` when every counter is zero (then its day and
-/// month do not matter: readers roll the counters over first).
+/// `usage` unless it is the default: a key never counted against a quota holds nothing.
 fn counted(usage: QuotaUsage) -> Option<QuotaUsage> {
-    let zero = QuotaUsage {
-        day: usage.day,
-        month: usage.month,
-        ..QuotaUsage::default()
-    };
-    (usage != zero).then_some(usage)
+    (usage != QuotaUsage::default()).then_some(usage)
 }
 
 #[cfg(test)]
@@ -290,21 +284,29 @@ mod tests {
     }
 
     #[test]
-    fn quota_counters_are_held_only_while_they_count() {
+    fn quota_counters_are_held_only_once_they_count() {
         let rec = KeyRecord::new("pg_0123456789abcdef0123456789abcdef", "n", 5, 1_000);
         let mut stored = StoredKey::from_record(&rec);
-        let mut usage = stored.quota_usage().rolled(90_000_000_000);
-        stored.set_quota_usage(usage);
+        stored.set_quota_usage(stored.quota_usage());
         assert!(
             stored.quota_usage.is_none(),
-            "a rolled-over zero holds nothing"
+            "a key never counted holds nothing"
         );
+        let mut usage = stored.quota_usage().rolled(90_000_000_000);
         usage.add(3, 90_000_000_000);
         stored.set_quota_usage(usage);
         assert_eq!(stored.quota_usage(), usage);
         assert_eq!(stored.to_record(rec.key_hash).quota_usage.daily_credits, 3);
-        stored.set_quota_usage(usage.rolled(200_000_000_000));
-        assert!(stored.quota_usage.is_none());
+        // Counters back at zero keep their date, as a record read back must.
+        let zero = usage.rolled(200_000_000_000);
+        stored.set_quota_usage(zero);
+        assert_eq!(stored.to_record(rec.key_hash).quota_usage, zero);
+        let mut imported = rec.clone();
+        imported.quota_usage = zero;
+        assert_eq!(
+            StoredKey::from_record(&imported).to_record(rec.key_hash),
+            imported
+        );
     }
 
     #[test]

@@ -133,11 +133,13 @@ impl Limits {
             rec.total_spent = rec.total_spent.saturating_add(price);
             rec.total_calls = rec.total_calls.saturating_add(1);
         }
+        // Counters are stored only when they count: every reader rolls them over first, so
+        // a key never held to a quota keeps holding nothing.
         let mut usage = rec.quota_usage().rolled(req.now_ms);
         if self.checks.quotas {
             usage.add(price, req.now_ms);
+            rec.set_quota_usage(usage);
         }
-        rec.set_quota_usage(usage);
         rec.set_last_used(req.now_ms);
         (self.checks.credits || self.checks.quotas).then_some(ChargeReceipt {
             key: req.key,

@@ -60,7 +60,6 @@ struct Shard {
     keys: BTreeMap<KeyDigest, StoredKey>,
     /// Rate windows of keys with calls in the last minute only.
     windows: WindowMap,
-    /// This shard's keys by tag, so a tag search reads only the keys that carry the tag.
     last_sweep_ms: i64,
     /// Bumped by every change to a record, so snapshots can skip an unchanged store.
     version: u64,
@@ -379,7 +378,9 @@ impl KeyStore for MemoryKeyStore {
         adjust(&mut shard.stats, (0, 0), contribution(&stored));
         shard.stats.total_keys += 1;
         shard.version += 1;
-        self.tags.write().add(record.key_hash, &mut stored.tags);
+        if stored.tags.is_some() {
+            self.tags.write().add(record.key_hash, &mut stored.tags);
+        }
         shard.keys.insert(record.key_hash, stored);
         ready(Ok(()))
     }
@@ -442,9 +443,10 @@ impl KeyStore for MemoryKeyStore {
             return ready(Ok(None));
         };
         let windows = first.windows.remove(old);
-        let mut tags = self.tags.write();
-        tags.rekey(old, new_key, rec.tags.as_ref());
         rec.set_masked(&new_masked);
+        if rec.tags.is_some() {
+            self.tags.write().rekey(old, new_key, rec.tags.as_ref());
+        }
         first.version += 1;
         // The record's share of the aggregates moves with it.
         let share = contribution(&rec);
@@ -458,7 +460,6 @@ impl KeyStore for MemoryKeyStore {
         };
         adjust(&mut target.stats, (0, 0), share);
         target.stats.total_keys += 1;
-        drop(tags);
         self.ids.write().insert(rec.key_id, digest_head(&new_key));
         target.keys.insert(new_key, rec);
         if let Some(w) = windows {
