@@ -25,7 +25,7 @@ pub(super) struct Decision {
 }
 
 impl Decision {
-    fn event_type(&self) -> &'static str {
+    pub(super) fn event_type(&self) -> &'static str {
         if self.allowed {
             "gate.allow"
         } else {

@@ -221,29 +221,16 @@ impl AuditLog {
         message: impl Into<String>,
         metadata: Value,
     ) -> u64 {
-        self.record_sanitized(
-            event_type.into(),
-            actor.into(),
-            message.into(),
-            sanitize_value(&metadata),
-        )
-    }
-
-    /// [`record`](Self::record) for metadata already within the bounds and free of full keys,
-    /// without the copy the check makes.
-    fn record_sanitized(
-        &self,
-        event_type: String,
-        actor: String,
-        message: String,
-        metadata: Value,
-    ) -> u64 {
-        let event_type = truncate(event_type, MAX_AUDIT_LABEL_CHARS);
-        let actor = truncate(redact_full_keys(&actor).into_owned(), MAX_AUDIT_LABEL_CHARS);
+        let event_type = truncate(event_type.into(), MAX_AUDIT_LABEL_CHARS);
+        let actor = truncate(
+            redact_full_keys(&actor.into()).into_owned(),
+            MAX_AUDIT_LABEL_CHARS,
+        );
         let message = truncate(
-            redact_full_keys(&message).into_owned(),
+            redact_full_keys(&message.into()).into_owned(),
             MAX_AUDIT_TEXT_CHARS,
         );
+        let metadata = sanitize_value(&metadata);
         let class = Class::of(&event_type, &actor);
         self.push(class, |id, ms| {
             Entry::Event(AuditEvent {
@@ -259,7 +246,7 @@ impl AuditLog {
 
     /// Records a gate decision in its compact form (see [`Entry`]).
     fn record_decision(&self, decision: Decision) -> u64 {
-        let class = Class::of("gate.", &decision.actor);
+        let class = Class::of(decision.event_type(), &decision.actor);
         self.push(class, |id, ms| Entry::Decision { id, ms, decision })
     }
 
