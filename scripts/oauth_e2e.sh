@@ -22,7 +22,8 @@ port=3493
 log=$(mktemp)
 work=$(mktemp -d)
 pid=
-trap 'kill $pid 2>/dev/null || true; rm -rf "$log" "$log.err" "$work"' EXIT
+# The gateway saves its state file as it stops: wait for it before removing the directory.
+trap '{ kill $pid && wait $pid; } 2>/dev/null || true; rm -rf "$log" "$log.err" "$work" || true' EXIT
 
 # Starts the gateway with OAuth on $port (and any extra flags) and reads its admin key.
 start_gateway() {
