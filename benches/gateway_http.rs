@@ -9,10 +9,15 @@
 //! `POST /keys` (memory per key, tag search, and gated latency while the admin API works);
 //! the Redis store.
 
+#[path = "common/redis_server.rs"]
+mod redis_server;
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use redis_server::RedisServer;
 
 const CALL: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"q":"hello"}}}"#;
 const ADMIN: &str = "bench-admin-key-0123456789abcdef";
@@ -559,26 +564,8 @@ fn search_until(base: &str, stop: &std::sync::atomic::AtomicBool, pace: Option<D
 }
 
 fn redis_row(s: &Settings, rows: &mut Vec<Row>) {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-        l.local_addr().expect("addr").port()
-    };
-    let _redis = Proc(
-        Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server runs (scripts/bench_http.sh installs it)"),
-    );
-    std::thread::sleep(Duration::from_millis(300));
-    let url = format!("redis://127.0.0.1:{port}");
+    let redis = RedisServer::start();
+    let url = redis.url.clone();
     // The store's own cost shows with a downstream that does nothing; the demo server's
     // would hide it.
     for (name, extra) in [

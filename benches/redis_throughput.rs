@@ -7,12 +7,15 @@
 //! own key through one `Gate` (one multiplexed connection); it prints calls/s per round and
 //! the median of the rounds.
 
-use std::process::{Command, Stdio};
+#[path = "common/redis_server.rs"]
+mod redis_server;
+
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use paygate_mcp::store::redis::{RedisConfig, RedisKeyStore};
 use paygate_mcp::{CallRequest, Gate, PayGateConfig, SystemClock};
+use redis_server::RedisServer;
 
 const ROUNDS: usize = 5;
 const CONCURRENCY: usize = 64;
@@ -21,32 +24,7 @@ const CALLS_PER_TASK: usize = 500;
 fn main() {
     // Under `cargo test --benches` run one tiny round, as a smoke test.
     let quick = std::env::args().all(|a| a != "--bench");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port");
-    let mut server = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server must be installed (apt-get install -y redis-server)");
-    let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "redis-server did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let redis = RedisServer::start();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -57,8 +35,9 @@ fn main() {
     } else {
         (ROUNDS, CONCURRENCY, CALLS_PER_TASK)
     };
+    let url = redis.url.clone();
     let rates = runtime.block_on(async move {
-        let store = RedisKeyStore::connect(RedisConfig::new(format!("redis://127.0.0.1:{port}")))
+        let store = RedisKeyStore::connect(RedisConfig::new(url))
             .await
             .expect("connect");
         let cfg = PayGateConfig::default().with_rate_limit(1_000_000);
@@ -94,8 +73,7 @@ fn main() {
         }
         rates
     });
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(redis);
     let mut sorted = rates.clone();
     sorted.sort_by(f64::total_cmp);
     for (i, r) in rates.iter().enumerate() {
